@@ -1,0 +1,1 @@
+//! Address movers for tidepool on AWS.
