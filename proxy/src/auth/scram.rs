@@ -118,10 +118,11 @@ impl ScramServer {
     /// Handles SASLInitialResponse: checks the mechanism and client-first
     /// message, and returns server-first for AuthenticationSASLContinue.
     pub fn client_first(&mut self, mechanism: &str, data: &[u8]) -> Result<Vec<u8>, AuthError> {
-        if !matches!(self.state, State::AwaitingClientFirst) {
+        // Any failure below ends the exchange: a client gets one try.
+        let state = std::mem::replace(&mut self.state, State::Finished);
+        if !matches!(state, State::AwaitingClientFirst) {
             return Err(AuthError::protocol("unexpected SASL initial response"));
         }
-        self.state = State::Finished;
         match mechanism {
             SCRAM_SHA_256 => {}
             SCRAM_SHA_256_PLUS => {
