@@ -1,1 +1,13 @@
+//! tidepool: a high-availability controller and pooling proxy for
+//! PostgreSQL. See `docs/architecture.md` for the map of this crate.
+
+pub mod admin;
 pub mod auth;
+pub mod backend;
+pub mod cluster;
+pub mod config;
+pub mod pool;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod session;

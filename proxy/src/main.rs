@@ -1,1 +1,161 @@
-fn main() {}
+//! The `tidepool` command: `run`, `check-config`, `ctl`.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
+
+use tidepool::{
+    cluster,
+    config::{Config, ConfigError, LogFormat},
+    server::{self, Shared},
+};
+
+#[derive(Parser)]
+#[command(name = "tidepool", version, about = "High-availability pooling proxy for PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve clients until SIGINT or SIGTERM; SIGHUP reloads the configuration.
+    Run {
+        #[arg(short, long, env = "TIDEPOOL_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file: exit 0, or list every error with its key.
+    CheckConfig {
+        #[arg(short, long, env = "TIDEPOOL_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    print_errors(&config, &errors);
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(run(cfg, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("tidepool: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: OK ({} backends, {} users, pool mode {:?})",
+                path.display(),
+                c.backends.len(),
+                c.users.len(),
+                c.pool.mode
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_errors(path, &errors);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_errors(path: &std::path::Path, errors: &[ConfigError]) {
+    eprintln!("{}: {} error(s)", path.display(), errors.len());
+    for e in errors {
+        if e.path.is_empty() {
+            eprintln!("  {}", e.message);
+        } else {
+            eprintln!("  {}: {}", e.path, e.message);
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.logging.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.logging.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
+    let listen = cfg.server.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Shared::new(cfg, Some(path), shutdown_rx.clone());
+
+    tokio::spawn(cluster::run_checks(
+        shared.cluster.clone(),
+        shared.health_settings.subscribe(),
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(reap_idle(shared.clone()));
+    tokio::spawn(handle_signals(shared.clone(), shutdown_tx));
+
+    tracing::info!(%listen, "tidepool serving");
+    server::serve(listener, shared).await;
+    tracing::info!("tidepool stopped");
+    Ok(())
+}
+
+/// SIGINT/SIGTERM shut down gracefully; SIGHUP reloads the configuration.
+async fn handle_signals(shared: Arc<Shared>, shutdown: watch::Sender<bool>) {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match server::reload(&shared) {
+                Ok(outcome) => tracing::info!(?outcome, "configuration reloaded"),
+                Err(errors) => {
+                    for e in errors {
+                        tracing::error!("reload refused, configuration unchanged: {e}");
+                    }
+                }
+            },
+        }
+    }
+    tracing::info!("shutdown requested");
+    let _ = shutdown.send(true);
+}
+
+/// Closes idle backend connections past their idle timeout or lifetime.
+async fn reap_idle(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        shared.pools.for_each(|p| {
+            p.reap();
+        });
+    }
+}

@@ -1,0 +1,7 @@
+//! The admin surface: `SHOW POOL_*` on the client port, the HTTP API
+//! (health, readiness, metrics, control) and the counters behind them.
+//! Admin code reads snapshots and counters; it changes node state only by
+//! asking `cluster`.
+
+pub mod metrics;
+pub mod show;

@@ -1,0 +1,244 @@
+//! `SHOW POOL_*` commands answered by tidepool itself on the client port,
+//! with Pgpool-II's names and columns where Pgpool-II has them.
+
+use std::{sync::atomic::Ordering, time::UNIX_EPOCH};
+
+use bytes::BytesMut;
+
+use crate::{cluster::Role, protocol::messages, server::Shared};
+
+/// A result set of text columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub columns: Vec<&'static str>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    /// RowDescription, DataRows and CommandComplete.
+    pub fn encode(&self, out: &mut BytesMut) {
+        messages::row_description(out, &self.columns);
+        for r in &self.rows {
+            messages::data_row(out, r);
+        }
+        messages::command_complete(out, &format!("SHOW {}", self.rows.len()));
+    }
+}
+
+/// The answer to `sql` if it is one of tidepool's own SHOW commands.
+pub fn answer(sql: &str, shared: &Shared) -> Option<Table> {
+    let cmd = sql.trim().trim_end_matches(';').trim();
+    let (show, what) = cmd.split_once(char::is_whitespace)?;
+    if !show.eq_ignore_ascii_case("show") {
+        return None;
+    }
+    let what = what.trim().to_ascii_lowercase();
+    Some(match what.as_str() {
+        "pool_nodes" => pool_nodes(shared),
+        "pool_pools" => pool_pools(shared),
+        "pool_processes" => pool_processes(shared),
+        "pool_version" => Table {
+            columns: vec!["pool_version"],
+            rows: vec![vec![Some(format!("tidepool {}", env!("CARGO_PKG_VERSION")))]],
+        },
+        "pool_health_check_stats" => health_check_stats(shared),
+        "pool_backend_stats" => backend_stats(shared),
+        _ => return None,
+    })
+}
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn pool_nodes(shared: &Shared) -> Table {
+    let snap = shared.cluster.snapshot();
+    let primary = snap.primary().map(|n| n.id);
+    let total_weight: f64 = snap.nodes.iter().map(|n| n.weight).sum();
+    let rows = snap
+        .nodes
+        .iter()
+        .map(|n| {
+            let c = shared.cluster.counters(n.id).unwrap_or_default();
+            let role = if Some(n.id) == primary {
+                Role::Primary
+            } else if n.role == Role::Primary {
+                Role::Unknown
+            } else {
+                n.role
+            };
+            let changed = n
+                .last_status_change
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            vec![
+                s(n.id),
+                s(&n.host),
+                s(n.port),
+                s(n.status.as_str()),
+                s(if n.reachable { "up" } else { "down" }),
+                s(format!(
+                    "{:.6}",
+                    if total_weight > 0.0 { n.weight / total_weight } else { 0.0 }
+                )),
+                s(role.as_str()),
+                s(n.role.as_str()),
+                s(c.selects.load(Ordering::Relaxed)),
+                s(Some(n.id) == primary),
+                s(0),
+                s(""),
+                s(""),
+                s(humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(changed))),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "node_id",
+            "hostname",
+            "port",
+            "status",
+            "pg_status",
+            "lb_weight",
+            "role",
+            "pg_role",
+            "select_cnt",
+            "load_balance_node",
+            "replication_delay",
+            "replication_state",
+            "replication_sync_state",
+            "last_status_change",
+        ],
+        rows,
+    }
+}
+
+fn pool_pools(shared: &Shared) -> Table {
+    let rows = shared
+        .pools
+        .stats()
+        .into_iter()
+        .map(|p| {
+            vec![
+                s(p.node),
+                s(&p.database),
+                s(&p.user),
+                s(p.total),
+                s(p.total - p.idle),
+                s(p.idle),
+                s(p.waiting),
+                s(p.max_size),
+                s(p.checkouts),
+                s(p.connects),
+                s(p.wait_us / 1000),
+                s(p.wait_timeouts + p.queue_full),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "node_id",
+            "database",
+            "username",
+            "connections",
+            "active",
+            "idle",
+            "waiting_clients",
+            "max_size",
+            "checkouts",
+            "connects",
+            "wait_ms_total",
+            "wait_errors",
+        ],
+        rows,
+    }
+}
+
+fn pool_processes(shared: &Shared) -> Table {
+    let m = &shared.metrics;
+    Table {
+        columns: vec!["clients_active", "clients_total", "sessions_pinned", "queries"],
+        rows: vec![vec![
+            s(m.clients_active.load(Ordering::Relaxed)),
+            s(m.clients_total.load(Ordering::Relaxed)),
+            s(m.pinned.load(Ordering::Relaxed)),
+            s(m.queries.load(Ordering::Relaxed)),
+        ]],
+    }
+}
+
+fn health_check_stats(shared: &Shared) -> Table {
+    let snap = shared.cluster.snapshot();
+    let rows = snap
+        .nodes
+        .iter()
+        .map(|n| {
+            let c = shared.cluster.counters(n.id).unwrap_or_default();
+            vec![
+                s(n.id),
+                s(&n.host),
+                s(n.port),
+                s(n.status.as_str()),
+                s(n.role.as_str()),
+                s(c.health_checks.load(Ordering::Relaxed)),
+                s(c.health_checks.load(Ordering::Relaxed)
+                    - c.health_check_failures.load(Ordering::Relaxed)),
+                s(c.health_check_failures.load(Ordering::Relaxed)),
+                n.last_error.clone(),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "node_id",
+            "hostname",
+            "port",
+            "status",
+            "role",
+            "total_count",
+            "success_count",
+            "fail_count",
+            "last_error",
+        ],
+        rows,
+    }
+}
+
+fn backend_stats(shared: &Shared) -> Table {
+    let snap = shared.cluster.snapshot();
+    let per_node = shared.pools.per_node();
+    let rows = snap
+        .nodes
+        .iter()
+        .map(|n| {
+            let c = shared.cluster.counters(n.id).unwrap_or_default();
+            let (conns, idle) = per_node.get(&n.id).copied().unwrap_or((0, 0));
+            vec![
+                s(n.id),
+                s(&n.host),
+                s(n.port),
+                s(n.status.as_str()),
+                s(n.role.as_str()),
+                s(c.selects.load(Ordering::Relaxed)),
+                s(c.queries.load(Ordering::Relaxed)),
+                s(conns),
+                s(idle),
+            ]
+        })
+        .collect();
+    Table {
+        columns: vec![
+            "node_id",
+            "hostname",
+            "port",
+            "status",
+            "role",
+            "select_cnt",
+            "query_cnt",
+            "connections",
+            "idle_connections",
+        ],
+        rows,
+    }
+}

@@ -1,0 +1,365 @@
+//! One connection from tidepool to a PostgreSQL server.
+//!
+//! tidepool logs in as the client's user (md5, SCRAM-SHA-256 or cleartext,
+//! with `postgres-protocol` doing the client side of each), then the session
+//! forwards frames both ways. The connection remembers what pooling needs:
+//! the server's reported parameters, the settings tidepool applied, and which
+//! named statements it has prepared.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::protocol::{
+    frame::{self, Frame, FrameError},
+    messages::{self, ErrorFields},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out after {0:?} connecting to the backend")]
+    Timeout(Duration),
+    #[error("backend refused the login: {} ({})", .0.message, .0.code)]
+    Refused(ErrorFields),
+    #[error("backend asks for a password but none is configured for this user")]
+    NoPassword,
+    #[error("backend asks for an authentication method tidepool does not speak ({0})")]
+    UnsupportedAuth(String),
+    #[error("backend connection closed")]
+    Closed,
+    #[error("backend I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend protocol: {0}")]
+    Protocol(String),
+    #[error("backend error: {} ({})", .0.message, .0.code)]
+    Server(ErrorFields),
+}
+
+impl From<FrameError> for BackendError {
+    fn from(e: FrameError) -> Self {
+        BackendError::Protocol(e.to_string())
+    }
+}
+
+/// Where and as whom to connect.
+pub struct ConnectParams<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: Option<&'a str>,
+    pub database: &'a str,
+    /// Extra startup parameters (application_name, client_encoding, …).
+    pub options: &'a [(String, String)],
+    pub timeout: Duration,
+}
+
+/// A logged-in backend connection.
+pub struct ServerConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Index of the node in the node table.
+    pub node: usize,
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: Bytes,
+    /// Parameters the server reported with ParameterStatus.
+    pub reported: BTreeMap<String, String>,
+    /// Session settings in force on this connection, as SQL value text,
+    /// keyed by lower-case name.
+    pub settings: BTreeMap<String, String>,
+    /// Server-side names of statements prepared on this connection.
+    pub prepared: HashSet<String>,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// Connects and logs in, within `p.timeout` as a whole.
+    pub async fn connect(node: usize, p: &ConnectParams<'_>) -> Result<ServerConn, BackendError> {
+        tokio::time::timeout(p.timeout, Self::connect_inner(node, p))
+            .await
+            .map_err(|_| BackendError::Timeout(p.timeout))?
+    }
+
+    async fn connect_inner(node: usize, p: &ConnectParams<'_>) -> Result<ServerConn, BackendError> {
+        // Resolved on every connect, so a DNS endpoint that moves (RDS,
+        // Aurora) is followed.
+        let stream = TcpStream::connect((p.host, p.port))
+            .await
+            .map_err(|source| BackendError::Connect {
+                addr: format!("{}:{}", p.host, p.port),
+                source,
+            })?;
+        stream.set_nodelay(true)?;
+        let addr = stream.peer_addr()?;
+        let mut conn = ServerConn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            node,
+            addr,
+            pid: 0,
+            secret: Bytes::new(),
+            reported: BTreeMap::new(),
+            settings: BTreeMap::new(),
+            prepared: HashSet::new(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+        };
+        let mut startup: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];
+        for (k, v) in p.options {
+            startup.push((k, v));
+        }
+        let mut out = BytesMut::new();
+        messages::startup(&mut out, &startup);
+        conn.stream.write_all(&out).await?;
+        conn.authenticate(p).await?;
+        for (k, v) in p.options {
+            conn.settings.insert(k.to_ascii_lowercase(), quote_literal(v));
+        }
+        Ok(conn)
+    }
+
+    async fn authenticate(&mut self, p: &ConnectParams<'_>) -> Result<(), BackendError> {
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'R' => {
+                    let body = f.body();
+                    if body.len() < 4 {
+                        return Err(BackendError::Protocol("short authentication message".into()));
+                    }
+                    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let data = &body[4..];
+                    let mut out = BytesMut::new();
+                    match code {
+                        0 => {}
+                        3 => {
+                            let pw = p.password.ok_or(BackendError::NoPassword)?;
+                            messages::password(&mut out, pw);
+                        }
+                        5 => {
+                            let pw = p.password.ok_or(BackendError::NoPassword)?;
+                            let salt: [u8; 4] = data
+                                .try_into()
+                                .map_err(|_| BackendError::Protocol("bad md5 salt".into()))?;
+                            messages::password(
+                                &mut out,
+                                &md5_hash(p.user.as_bytes(), pw.as_bytes(), salt),
+                            );
+                        }
+                        10 => {
+                            let pw = p.password.ok_or(BackendError::NoPassword)?;
+                            let mechs: Vec<&[u8]> =
+                                data.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                            if !mechs.contains(&&b"SCRAM-SHA-256"[..]) {
+                                return Err(BackendError::UnsupportedAuth(
+                                    String::from_utf8_lossy(data).replace('\0', " "),
+                                ));
+                            }
+                            let s = sasl::ScramSha256::new(
+                                pw.as_bytes(),
+                                sasl::ChannelBinding::unsupported(),
+                            );
+                            messages::sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| BackendError::Protocol("SASL out of order".into()))?;
+                            s.update(data)
+                                .map_err(|e| BackendError::Protocol(e.to_string()))?;
+                            messages::sasl_response(&mut out, s.message());
+                        }
+                        12 => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| BackendError::Protocol("SASL out of order".into()))?;
+                            s.finish(data)
+                                .map_err(|e| BackendError::Protocol(e.to_string()))?;
+                        }
+                        other => {
+                            return Err(BackendError::UnsupportedAuth(format!("code {other}")));
+                        }
+                    }
+                    if !out.is_empty() {
+                        self.stream.write_all(&out).await?;
+                    }
+                }
+                b'S' => {
+                    let (k, v) = messages::read_parameter_status(&f)?;
+                    self.reported.insert(k, v);
+                }
+                b'K' => {
+                    if let Some((pid, secret)) = messages::read_backend_key_data(&f) {
+                        self.pid = pid;
+                        self.secret = secret;
+                    }
+                }
+                b'E' => return Err(BackendError::Refused(messages::read_error(&f))),
+                b'N' => {}
+                b'Z' => return Ok(()),
+                other => {
+                    return Err(BackendError::Protocol(format!(
+                        "unexpected message '{}' during login",
+                        other as char
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Reads the next whole frame.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            if let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
+                return Ok(f);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(BackendError::Closed);
+            }
+        }
+    }
+
+    /// Reads whatever frames are buffered or arrive next; at least one.
+    /// Cancel-safe: bytes read stay in the buffer if the future is dropped.
+    pub async fn read_frames(&mut self, out: &mut Vec<Frame>) -> Result<(), BackendError> {
+        loop {
+            while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
+                out.push(f);
+            }
+            if !out.is_empty() {
+                return Ok(());
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(BackendError::Closed);
+            }
+        }
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Runs `sql` as a simple query and waits for its end, keeping the
+    /// results to itself. Used for settings and resets, never for client SQL.
+    pub async fn run_silent(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.write_all(&out).await?;
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'E' => error = Some(messages::read_error(&f)),
+                b'S' => {
+                    let (k, v) = messages::read_parameter_status(&f)?;
+                    self.reported.insert(k, v);
+                }
+                b'Z' => {
+                    return match error {
+                        Some(e) => Err(BackendError::Server(e)),
+                        None if messages::ready_status(&f) != b'I' => Err(BackendError::Protocol(
+                            "connection left inside a transaction".into(),
+                        )),
+                        None => Ok(()),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings this connection's session settings to `wanted` (SQL value text
+    /// keyed by lower-case name) with as few statements as possible.
+    pub async fn apply_settings(
+        &mut self,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
+        let mut sql = String::new();
+        for (k, v) in wanted {
+            if self.settings.get(k) != Some(v) {
+                sql.push_str(&format!("SET {} TO {};", quote_ident(k), v));
+            }
+        }
+        for k in self.settings.keys() {
+            if !wanted.contains_key(k) {
+                sql.push_str(&format!("RESET {};", quote_ident(k)));
+            }
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        self.run_silent(&sql).await?;
+        self.settings = wanted.clone();
+        Ok(())
+    }
+}
+
+/// Sends a CancelRequest for `pid`/`secret` to the server at `addr`.
+pub async fn send_cancel(addr: SocketAddr, pid: i32, secret: &[u8]) -> std::io::Result<()> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    let mut out = BytesMut::new();
+    messages::cancel_request(&mut out, pid, secret);
+    stream.write_all(&out).await?;
+    // The server closes the connection once it has read the request.
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+    Ok(())
+}
+
+/// `value` as an SQL string literal.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// `name` as an SQL identifier, quoted only when needed. Dotted names
+/// (custom settings such as `app.user_id`) are quoted part by part.
+pub fn quote_ident(name: &str) -> String {
+    name.split('.')
+        .map(|part| {
+            if !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+            {
+                part.to_string()
+            } else {
+                format!("\"{}\"", part.replace('"', "\"\""))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_identifiers_are_quoted_safely() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_ident("search_path"), "search_path");
+        assert_eq!(quote_ident("DateStyle"), "\"DateStyle\"");
+        assert_eq!(quote_ident("app.user_id"), "app.user_id");
+        assert_eq!(quote_ident("x\"y"), "\"x\"\"y\"");
+    }
+}

@@ -1,0 +1,70 @@
+//! Every default value of the configuration, in one place.
+
+use std::time::Duration;
+
+use super::{
+    HealthCheckConfig, LogFormat, LoggingConfig, PoolConfig, PoolMode, ServerConfig,
+};
+
+pub const CLIENT_PORT: u16 = 9999;
+pub const ADMIN_PORT: u16 = 9898;
+
+pub fn backend_port() -> u16 {
+    5432
+}
+
+pub fn backend_weight() -> f64 {
+    1.0
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], CLIENT_PORT).into(),
+            admin_listen: ([127, 0, 0, 1], ADMIN_PORT).into(),
+            admin_token: None,
+            admin_token_file: None,
+            max_client_connections: 10_000,
+            startup_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(30),
+            state_dir: None,
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: PoolMode::Transaction,
+            max_size: 20,
+            max_waiting_clients: 10_000,
+            checkout_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(5),
+            reset_query: "DISCARD ALL".to_string(),
+        }
+    }
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            user: "postgres".to_string(),
+            password: None,
+            database: "postgres".to_string(),
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}

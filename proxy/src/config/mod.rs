@@ -1,0 +1,215 @@
+//! Configuration: one TOML file, validated as a whole.
+//!
+//! Every key is declared here with its default (in `defaults.rs`), so the
+//! file and `docs/configuration.md` describe the same thing. Loading never
+//! stops at the first problem: [`Config::load_str`] collects every error with
+//! its key path (`backends[1].port`) so `tidepool check-config` can list them
+//! all at once.
+
+mod defaults;
+mod validate;
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::HbaRuleConfig;
+
+pub use validate::ConfigError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub pool: PoolConfig,
+    pub health_check: HealthCheckConfig,
+    pub logging: LoggingConfig,
+    pub backends: Vec<BackendConfig>,
+    pub users: Vec<UserConfig>,
+    pub hba: Vec<HbaRuleConfig>,
+}
+
+/// `[server]`: where clients and administrators connect.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address for PostgreSQL clients.
+    pub listen: SocketAddr,
+    /// Address of the admin HTTP API (health, metrics, control).
+    pub admin_listen: SocketAddr,
+    /// Bearer token for the admin API; required when `admin_listen` is not loopback.
+    pub admin_token: Option<String>,
+    /// File holding the admin token (first line), instead of `admin_token`.
+    pub admin_token_file: Option<String>,
+    /// Most client connections served at once; more are refused with 53300.
+    pub max_client_connections: usize,
+    /// Time a client has to finish startup and authentication.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// Close client connections idle this long outside a transaction (0 = never).
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// On shutdown, how long to wait for clients to finish before closing them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Where tidepool keeps state that must survive restarts.
+    pub state_dir: Option<String>,
+}
+
+/// Pooling modes, as in PgBouncer and Pgpool-II.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// A backend connection serves one client for the client's whole session.
+    Session,
+    /// A backend connection serves a client for one transaction at a time.
+    Transaction,
+}
+
+/// `[pool]`: backend connection pools, one per (node, user, database).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    /// Most backend connections in one pool.
+    pub max_size: usize,
+    /// Most clients waiting for a connection of one pool; more get 53300 at once.
+    pub max_waiting_clients: usize,
+    /// How long a client waits for a backend connection before an error.
+    #[serde(with = "humantime_serde")]
+    pub checkout_timeout: Duration,
+    /// Idle backend connections are closed after this long (0 = never).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Backend connections are closed at check-in once this old (0 = never).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Time to open a backend connection, authentication included.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Run on a session-mode connection when its client leaves.
+    pub reset_query: String,
+}
+
+/// `[health_check]`: how tidepool watches every backend.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// A `tracing` filter such as `info` or `tidepool=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What tidepool may do with a backend when it fails.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendFlag {
+    /// Self-managed node: tidepool may detach and promote it.
+    #[default]
+    AllowToFailover,
+    /// tidepool never detaches or promotes it.
+    DisallowToFailover,
+    /// A managed endpoint (RDS, Aurora writer) that is always the primary;
+    /// AWS runs its failover and tidepool rides it out.
+    AlwaysPrimary,
+}
+
+/// One `[[backends]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "defaults::backend_port")]
+    pub port: u16,
+    #[serde(default = "defaults::backend_weight")]
+    pub weight: f64,
+    #[serde(default)]
+    pub flag: BackendFlag,
+}
+
+/// One `[[users]]` entry: who may log in, and how tidepool logs in for them.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plaintext, an md5 verifier (`md5…`) or a SCRAM verifier (`SCRAM-SHA-256$…`).
+    pub password: String,
+    /// Password tidepool uses towards the backends when `password` is a verifier.
+    #[serde(default)]
+    pub backend_password: Option<String>,
+    /// Per-user override of `pool.max_size`.
+    #[serde(default)]
+    pub pool_max_size: Option<usize>,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )]
+        })?;
+        Self::load_str(&text)
+    }
+
+    /// Parses and validates TOML text, collecting every error.
+    pub fn load_str(text: &str) -> Result<Config, Vec<ConfigError>> {
+        validate::parse_and_validate(text)
+    }
+
+    /// The backend password for `user`, if tidepool can log in as them.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The admin token, read from `admin_token` or `admin_token_file`.
+    pub fn admin_token(&self) -> std::io::Result<Option<String>> {
+        if let Some(t) = &self.server.admin_token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.server.admin_token_file {
+            Some(f) => Ok(std::fs::read_to_string(f)?
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl UserConfig {
+    /// The password tidepool sends to backends for this user.
+    pub fn password_for_backend(&self) -> Option<&str> {
+        if let Some(p) = &self.backend_password {
+            return Some(p);
+        }
+        match crate::auth::Secret::parse(&self.password) {
+            crate::auth::Secret::Plain(_) => Some(self.password.as_str()),
+            _ => None,
+        }
+    }
+}

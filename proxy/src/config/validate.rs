@@ -1,0 +1,336 @@
+//! Parsing that reports every problem at once, each with its key path.
+
+use std::collections::HashSet;
+
+use serde::de::DeserializeOwned;
+
+use super::{Config, PoolMode};
+use crate::auth::Secret;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Key path such as `backends[1].port`; empty for the file as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+const SECTIONS: &[&str] = &[
+    "server",
+    "pool",
+    "health_check",
+    "logging",
+    "backends",
+    "users",
+    "hba",
+];
+
+/// Deserializes one value, naming the failing key relative to `prefix`.
+fn section<T: DeserializeOwned + Default>(
+    value: Option<&toml::Value>,
+    prefix: &str,
+    errors: &mut Vec<ConfigError>,
+) -> T {
+    let Some(value) = value else {
+        return T::default();
+    };
+    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(error_at(prefix, &e));
+            T::default()
+        }
+    }
+}
+
+/// Deserializes every element of an array of tables on its own, so that one
+/// bad entry does not hide the errors of the others.
+fn entries<T: DeserializeOwned>(
+    value: Option<&toml::Value>,
+    prefix: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<T> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        errors.push(ConfigError::new(
+            prefix,
+            format!("must be an array of tables ([[{prefix}]] entries)"),
+        ));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{prefix}[{i}]");
+        match serde_path_to_error::deserialize::<_, T>(item.clone()) {
+            Ok(v) => out.push(v),
+            Err(e) => errors.push(error_at(&path, &e)),
+        }
+    }
+    out
+}
+
+fn error_at(prefix: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let inner = e.path().to_string();
+    let path = match inner.as_str() {
+        "." | "" => prefix.to_string(),
+        p => format!("{prefix}.{p}"),
+    };
+    // toml's message may carry its own position text; keep the first line.
+    let msg = e.inner().message().lines().next().unwrap_or("invalid value");
+    ConfigError::new(path, msg.to_string())
+}
+
+pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start].matches('\n').count() + 1;
+                format!("line {line}")
+            })
+            .unwrap_or_default();
+        vec![ConfigError::new(at, format!("TOML syntax: {}", e.message()))]
+    })?;
+    let mut errors = Vec::new();
+    for key in table.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            errors.push(ConfigError::new(
+                key.clone(),
+                format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+            ));
+        }
+    }
+    let config = Config {
+        server: section(table.get("server"), "server", &mut errors),
+        pool: section(table.get("pool"), "pool", &mut errors),
+        health_check: section(table.get("health_check"), "health_check", &mut errors),
+        logging: section(table.get("logging"), "logging", &mut errors),
+        backends: entries(table.get("backends"), "backends", &mut errors),
+        users: entries(table.get("users"), "users", &mut errors),
+        hba: entries(table.get("hba"), "hba", &mut errors),
+    };
+    errors.extend(semantic_errors(&config));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks that need more than one key, or a value's meaning.
+pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |path: String, msg: String| errors.push(ConfigError::new(path, msg));
+
+    if c.backends.is_empty() {
+        err(
+            "backends".into(),
+            "at least one [[backends]] entry is required".into(),
+        );
+    }
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, b) in c.backends.iter().enumerate() {
+        if b.name.trim().is_empty() {
+            err(format!("backends[{i}].name"), "must not be empty".into());
+        } else if !names.insert(b.name.as_str()) {
+            err(
+                format!("backends[{i}].name"),
+                format!("duplicate backend name {:?}; names must be unique", b.name),
+            );
+        }
+        if b.host.trim().is_empty() {
+            err(format!("backends[{i}].host"), "must not be empty".into());
+        }
+        if b.port == 0 {
+            err(format!("backends[{i}].port"), "must be 1..=65535".into());
+        }
+        if !addrs.insert((b.host.as_str(), b.port)) {
+            err(
+                format!("backends[{i}]"),
+                format!("{}:{} is configured twice", b.host, b.port),
+            );
+        }
+        if !(b.weight.is_finite() && b.weight >= 0.0) {
+            err(
+                format!("backends[{i}].weight"),
+                "must be a finite number >= 0 (0 = never a read target)".into(),
+            );
+        }
+    }
+    if c.pool.max_size == 0 {
+        err("pool.max_size".into(), "must be at least 1".into());
+    }
+    if c.pool.mode == PoolMode::Session && c.pool.reset_query.trim().is_empty() {
+        // Allowed, but worth knowing: session state leaks between clients.
+    }
+    if c.server.max_client_connections == 0 {
+        err(
+            "server.max_client_connections".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if c.server.listen == c.server.admin_listen {
+        err(
+            "server.admin_listen".into(),
+            "must differ from server.listen".into(),
+        );
+    }
+    if !c.server.admin_listen.ip().is_loopback()
+        && c.server.admin_token.is_none()
+        && c.server.admin_token_file.is_none()
+    {
+        err(
+            "server.admin_token".into(),
+            format!(
+                "admin_listen {} is not loopback: set admin_token or admin_token_file",
+                c.server.admin_listen
+            ),
+        );
+    }
+    if c.server.admin_token.is_some() && c.server.admin_token_file.is_some() {
+        err(
+            "server.admin_token_file".into(),
+            "set admin_token or admin_token_file, not both".into(),
+        );
+    }
+    if c.health_check.period.is_zero() {
+        err("health_check.period".into(), "must be greater than 0".into());
+    }
+    if c.health_check.timeout.is_zero() {
+        err("health_check.timeout".into(), "must be greater than 0".into());
+    }
+    if c.pool.connect_timeout.is_zero() {
+        err("pool.connect_timeout".into(), "must be greater than 0".into());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.logging.level) {
+        err("logging.level".into(), format!("not a valid filter: {e}"));
+    }
+    let mut users = HashSet::new();
+    for (i, u) in c.users.iter().enumerate() {
+        if !users.insert(u.name.as_str()) {
+            err(
+                format!("users[{i}].name"),
+                format!("duplicate user {:?}", u.name),
+            );
+        }
+        let secret = Secret::parse(&u.password);
+        if !matches!(secret, Secret::Plain(_)) && u.backend_password.is_none() {
+            err(
+                format!("users[{i}].backend_password"),
+                "password is a verifier, so tidepool cannot log in to the backends \
+                 for this user: set backend_password"
+                    .into(),
+            );
+        }
+        if u.pool_max_size == Some(0) {
+            err(
+                format!("users[{i}].pool_max_size"),
+                "must be at least 1".into(),
+            );
+        }
+    }
+    for issue in crate::auth::Hba::validate(&c.hba) {
+        err(issue.key, issue.message);
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:9999"
+[[backends]]
+name = "pg0"
+host = "127.0.0.1"
+[[users]]
+name = "app"
+password = "secret"
+"#;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = Config::load_str(MINIMAL).unwrap();
+        assert_eq!(c.pool.mode, PoolMode::Transaction);
+        assert_eq!(c.backends[0].port, 5432);
+        assert_eq!(c.backends[0].weight, 1.0);
+        assert_eq!(c.server.admin_listen.port(), 9898);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key_path() {
+        let text = r#"
+bogus = 1
+[server]
+listen = "127.0.0.1:9999"
+[pool]
+mode = "statement"
+[[backends]]
+name = "pg0"
+host = "127.0.0.1"
+port = "x"
+[[backends]]
+name = "pg1"
+host = "127.0.0.1"
+weight = -1.0
+colour = "blue"
+[[backends]]
+name = "pg2"
+host = "h"
+weight = -2.0
+"#;
+        let errs = Config::load_str(text).unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"bogus"), "{errs:?}");
+        assert!(paths.contains(&"pool.mode"), "{errs:?}");
+        assert!(paths.contains(&"backends[0].port"), "{errs:?}");
+        assert!(paths.iter().any(|p| p.starts_with("backends[1]")), "{errs:?}");
+        assert!(paths.contains(&"backends[2].weight"), "{errs:?}");
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let text = format!("{MINIMAL}\n[pool]\ncheckout_timeout = \"250ms\"\nidle_timeout = \"2m\"\n");
+        let c = Config::load_str(&text).unwrap();
+        assert_eq!(c.pool.checkout_timeout.as_millis(), 250);
+        assert_eq!(c.pool.idle_timeout.as_secs(), 120);
+    }
+
+    #[test]
+    fn non_loopback_admin_needs_a_token() {
+        let text = MINIMAL.replace(
+            "[server]\n",
+            "[server]\nadmin_listen = \"0.0.0.0:9898\"\n",
+        );
+        let errs = Config::load_str(&text).unwrap_err();
+        assert_eq!(errs[0].path, "server.admin_token");
+    }
+
+    #[test]
+    fn verifier_without_backend_password_is_refused() {
+        let text = MINIMAL.replace("\"secret\"", "\"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"");
+        let errs = Config::load_str(&text).unwrap_err();
+        assert_eq!(errs[0].path, "users[0].backend_password");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let errs = Config::load_str("[server\nlisten=1").unwrap_err();
+        assert!(errs[0].path.starts_with("line "), "{errs:?}");
+    }
+}

@@ -1,0 +1,421 @@
+//! Backend connection pools, one per (node, user, database).
+//!
+//! A pool owns at most `max_size` connections, idle or lent out. A client
+//! that finds none idle and none to open waits in a bounded queue; a
+//! returned connection is handed straight to the first waiter. Pools never
+//! choose a node: the router does, from a snapshot of the node table.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::oneshot;
+
+use crate::backend::{BackendError, ConnectParams, ServerConn};
+
+/// Identifies a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub node: usize,
+    pub user: String,
+    pub database: String,
+}
+
+/// Limits of one pool, changeable at reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolLimits {
+    pub max_size: usize,
+    pub max_waiting: usize,
+    pub checkout_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Where a pool connects, and with which password.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("too many clients are waiting for a connection to {0} (pool.max_waiting_clients)")]
+    QueueFull(String),
+    #[error("no backend connection to {0} became free within {1:?} (pool.checkout_timeout)")]
+    Timeout(String, Duration),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+enum Handoff {
+    /// An idle connection, ready to use.
+    Conn(Box<ServerConn>),
+    /// Permission to open a new connection.
+    Slot,
+}
+
+struct Inner {
+    idle: VecDeque<ServerConn>,
+    /// Connections that exist: idle, lent out, or being opened.
+    total: usize,
+    waiters: VecDeque<oneshot::Sender<Handoff>>,
+    limits: PoolLimits,
+}
+
+/// Counters shown by `SHOW POOL_POOLS` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    pub checkouts: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+    pub queue_full: AtomicU64,
+    /// Total microseconds clients spent waiting for a connection.
+    pub wait_us: AtomicU64,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    inner: Mutex<Inner>,
+    target: Mutex<Target>,
+    pub counters: PoolCounters,
+}
+
+/// A snapshot of a pool for display.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStats {
+    pub node: usize,
+    pub user: String,
+    pub database: String,
+    pub total: usize,
+    pub idle: usize,
+    pub waiting: usize,
+    pub max_size: usize,
+    pub checkouts: u64,
+    pub connects: u64,
+    pub connect_errors: u64,
+    pub wait_timeouts: u64,
+    pub queue_full: u64,
+    pub wait_us: u64,
+}
+
+/// A connection lent to a client. Dropping it without [`Lease::release`]
+/// closes the connection (the client vanished or the connection broke).
+pub struct Lease {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("lease holds a connection")
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Gives the connection back for reuse.
+    pub fn release(mut self) {
+        if let Some(mut c) = self.conn.take() {
+            c.last_used = Instant::now();
+            self.pool.check_in(c);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.pool.discard_one();
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(key: PoolKey, limits: PoolLimits, target: Target) -> Arc<Pool> {
+        Arc::new(Pool {
+            key,
+            inner: Mutex::new(Inner {
+                idle: VecDeque::new(),
+                total: 0,
+                waiters: VecDeque::new(),
+                limits,
+            }),
+            target: Mutex::new(target),
+            counters: PoolCounters::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "node {} for user {:?} database {:?}",
+            self.key.node, self.key.user, self.key.database
+        )
+    }
+
+    /// Lends a connection: an idle one, a new one, or the next one returned.
+    /// `options` are the startup parameters used if a new one is opened.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        options: &[(String, String)],
+    ) -> Result<Lease, PoolError> {
+        self.counters.checkouts.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let wait = {
+            let mut inner = self.lock();
+            let limits = inner.limits.clone();
+            let mut found = None;
+            while let Some(c) = inner.idle.pop_back() {
+                if expired(&c, &limits) {
+                    inner.total -= 1;
+                    continue;
+                }
+                found = Some(c);
+                break;
+            }
+            if let Some(c) = found {
+                return Ok(self.lease(c));
+            }
+            if inner.total < limits.max_size {
+                inner.total += 1;
+                None
+            } else if inner.waiters.len() >= limits.max_waiting {
+                self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                return Err(PoolError::QueueFull(self.name()));
+            } else {
+                let (tx, rx) = oneshot::channel();
+                inner.waiters.push_back(tx);
+                Some((rx, limits.checkout_timeout))
+            }
+        };
+        if let Some((rx, timeout)) = wait {
+            let handoff = tokio::time::timeout(timeout, rx).await;
+            self.counters
+                .wait_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            match handoff {
+                Ok(Ok(Handoff::Conn(c))) => return Ok(self.lease(*c)),
+                Ok(Ok(Handoff::Slot)) => {}
+                Ok(Err(_)) | Err(_) => {
+                    self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(PoolError::Timeout(self.name(), timeout));
+                }
+            }
+        }
+        // We hold a slot: open a new connection.
+        match self.open(options).await {
+            Ok(c) => Ok(self.lease(c)),
+            Err(e) => {
+                self.discard_one();
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn open(&self, options: &[(String, String)]) -> Result<ServerConn, BackendError> {
+        self.counters.connects.fetch_add(1, Ordering::Relaxed);
+        let target = self.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let timeout = self.lock().limits.connect_timeout;
+        let params = ConnectParams {
+            host: &target.host,
+            port: target.port,
+            user: &self.key.user,
+            password: target.password.as_deref(),
+            database: &self.key.database,
+            options,
+            timeout,
+        };
+        let r = ServerConn::connect(self.key.node, &params).await;
+        if r.is_err() {
+            self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn lease(self: &Arc<Self>, c: ServerConn) -> Lease {
+        Lease {
+            conn: Some(c),
+            pool: self.clone(),
+        }
+    }
+
+    fn check_in(&self, c: ServerConn) {
+        let mut inner = self.lock();
+        if expired(&c, &inner.limits) || inner.total > inner.limits.max_size {
+            drop(inner);
+            self.discard_one();
+            return;
+        }
+        let mut c = Box::new(c);
+        while let Some(w) = inner.waiters.pop_front() {
+            match w.send(Handoff::Conn(c)) {
+                Ok(()) => return,
+                Err(Handoff::Conn(back)) => c = back,
+                Err(Handoff::Slot) => unreachable!("sent a connection"),
+            }
+        }
+        inner.idle.push_back(*c);
+    }
+
+    /// Forgets one connection (closed or never opened) and lets a waiter
+    /// open one in its place.
+    fn discard_one(&self) {
+        let mut inner = self.lock();
+        inner.total = inner.total.saturating_sub(1);
+        if inner.total < inner.limits.max_size {
+            while let Some(w) = inner.waiters.pop_front() {
+                if w.send(Handoff::Slot).is_ok() {
+                    inner.total += 1;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Applies new limits; a larger pool lets waiters open connections at
+    /// once, a smaller one shrinks as connections come back.
+    pub fn set_limits(&self, limits: PoolLimits) {
+        let mut inner = self.lock();
+        inner.limits = limits;
+        while inner.total < inner.limits.max_size {
+            let Some(w) = inner.waiters.pop_front() else {
+                break;
+            };
+            if w.send(Handoff::Slot).is_ok() {
+                inner.total += 1;
+            }
+        }
+        while inner.total > inner.limits.max_size && !inner.idle.is_empty() {
+            inner.idle.pop_front();
+            inner.total -= 1;
+        }
+    }
+
+    pub fn set_target(&self, target: Target) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
+    /// Closes idle connections past their idle timeout or lifetime.
+    pub fn reap(&self) -> usize {
+        let mut inner = self.lock();
+        let limits = inner.limits.clone();
+        let before = inner.idle.len();
+        inner.idle.retain(|c| !expired(c, &limits));
+        let closed = before - inner.idle.len();
+        inner.total -= closed;
+        closed
+    }
+
+    /// Closes every idle connection (node detached, settings changed).
+    pub fn drain_idle(&self) {
+        let mut inner = self.lock();
+        let n = inner.idle.len();
+        inner.idle.clear();
+        inner.total -= n;
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let inner = self.lock();
+        let c = &self.counters;
+        PoolStats {
+            node: self.key.node,
+            user: self.key.user.clone(),
+            database: self.key.database.clone(),
+            total: inner.total,
+            idle: inner.idle.len(),
+            waiting: inner.waiters.iter().filter(|w| !w.is_closed()).count(),
+            max_size: inner.limits.max_size,
+            checkouts: c.checkouts.load(Ordering::Relaxed),
+            connects: c.connects.load(Ordering::Relaxed),
+            connect_errors: c.connect_errors.load(Ordering::Relaxed),
+            wait_timeouts: c.wait_timeouts.load(Ordering::Relaxed),
+            queue_full: c.queue_full.load(Ordering::Relaxed),
+            wait_us: c.wait_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn expired(c: &ServerConn, l: &PoolLimits) -> bool {
+    (!l.idle_timeout.is_zero() && c.last_used.elapsed() >= l.idle_timeout)
+        || (!l.max_lifetime.is_zero() && c.created.elapsed() >= l.max_lifetime)
+}
+
+/// Every pool, created on first use.
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pools {
+    pub fn new() -> Self {
+        Pools {
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pool for `key`, made with `make` if it does not exist yet.
+    pub fn get_or_create(
+        &self,
+        key: &PoolKey,
+        make: impl FnOnce() -> (PoolLimits, Target),
+    ) -> Arc<Pool> {
+        let mut pools = self.lock();
+        if let Some(p) = pools.get(key) {
+            return p.clone();
+        }
+        let (limits, target) = make();
+        let p = Pool::new(key.clone(), limits, target);
+        pools.insert(key.clone(), p.clone());
+        p
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    /// Applies `f` to every pool (reloads).
+    pub fn for_each(&self, mut f: impl FnMut(&Pool)) {
+        for p in self.all() {
+            f(&p);
+        }
+    }
+
+    pub fn stats(&self) -> Vec<PoolStats> {
+        self.all().iter().map(|p| p.stats()).collect()
+    }
+
+    /// Totals per node: (connections, idle).
+    pub fn per_node(&self) -> BTreeMap<usize, (usize, usize)> {
+        let mut m = BTreeMap::new();
+        for s in self.stats() {
+            let e = m.entry(s.node).or_insert((0, 0));
+            e.0 += s.total;
+            e.1 += s.idle;
+        }
+        m
+    }
+}

@@ -1,0 +1,241 @@
+//! Where one protocol message ends and the next begins.
+//!
+//! After startup every message is `tag:u8, len:i32, body[len-4]`. The startup
+//! phase has no tag: `len:i32, code:i32, …`. Checking that a whole frame is
+//! buffered is separate from taking it, so a reader can keep reading until
+//! [`check`] says a frame is complete.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Largest startup packet accepted (PostgreSQL's own limit).
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+/// Largest regular message accepted from a client (PostgreSQL's limit, 1 GB).
+pub const MAX_MESSAGE: usize = 0x3fff_ffff;
+
+pub const SSL_REQUEST_CODE: u32 = 80877103;
+pub const GSSENC_REQUEST_CODE: u32 = 80877104;
+pub const CANCEL_REQUEST_CODE: u32 = 80877102;
+
+/// A whole message: tag, length and body, as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    /// The whole frame, tag and length included, ready to forward as is.
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[5..]
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("invalid message length {0}")]
+    BadLength(i64),
+    #[error("message of {0} bytes exceeds the limit of {1} bytes")]
+    TooLong(usize, usize),
+    #[error("invalid startup packet: {0}")]
+    BadStartup(String),
+}
+
+/// Returns the length of the complete frame at the front of `buf`, if any.
+pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(FrameError::BadLength(len as i64));
+    }
+    let total = len as usize + 1;
+    if total > max {
+        return Err(FrameError::TooLong(total, max));
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Takes one whole frame off the front of `buf`.
+pub fn take(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    match check(buf, max)? {
+        Some(n) => {
+            let bytes = buf.split_to(n).freeze();
+            Ok(Some(Frame {
+                tag: bytes[0],
+                bytes,
+            }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The first packet a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel {
+        pid: i32,
+        secret: Bytes,
+    },
+    Startup {
+        major: u16,
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Parses a startup-phase packet if a whole one is buffered.
+pub fn take_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len < 8 {
+        return Err(FrameError::BadLength(len as i64));
+    }
+    let len = len as usize;
+    if len > MAX_STARTUP_PACKET {
+        return Err(FrameError::TooLong(len, MAX_STARTUP_PACKET));
+    }
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let mut pkt = buf.split_to(len).freeze();
+    pkt.advance(4);
+    let code = pkt.get_u32();
+    match code {
+        SSL_REQUEST_CODE if len == 8 => Ok(Some(StartupPacket::SslRequest)),
+        GSSENC_REQUEST_CODE if len == 8 => Ok(Some(StartupPacket::GssEncRequest)),
+        CANCEL_REQUEST_CODE if len >= 12 => {
+            let pid = pkt.get_i32();
+            Ok(Some(StartupPacket::Cancel { pid, secret: pkt }))
+        }
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => Err(
+            FrameError::BadStartup(format!("request code {code} with length {len}")),
+        ),
+        _ => {
+            let major = (code >> 16) as u16;
+            let minor = (code & 0xffff) as u16;
+            let params = parse_params(&pkt)?;
+            Ok(Some(StartupPacket::Startup {
+                major,
+                minor,
+                params,
+            }))
+        }
+    }
+}
+
+/// Parses `name\0value\0…\0` of a StartupMessage.
+fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, FrameError> {
+    let mut params = Vec::new();
+    loop {
+        let name = cstr(&mut body)?;
+        if name.is_empty() {
+            if !body.is_empty() {
+                return Err(FrameError::BadStartup("data after the terminator".into()));
+            }
+            return Ok(params);
+        }
+        let value = cstr(&mut body)?;
+        params.push((name, value));
+    }
+}
+
+/// Reads a NUL-terminated UTF-8 string, advancing `buf`.
+pub fn cstr(buf: &mut &[u8]) -> Result<String, FrameError> {
+    let end = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
+    let s = std::str::from_utf8(&buf[..end])
+        .map_err(|_| FrameError::BadStartup("string is not valid UTF-8".into()))?
+        .to_string();
+    *buf = &buf[end + 1..];
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn startup(params: &[(&str, &str)]) -> BytesMut {
+        let mut body = BytesMut::new();
+        body.put_u32(196608);
+        for (k, v) in params {
+            body.put_slice(k.as_bytes());
+            body.put_u8(0);
+            body.put_slice(v.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut out = BytesMut::new();
+        out.put_i32(body.len() as i32 + 4);
+        out.put_slice(&body);
+        out
+    }
+
+    #[test]
+    fn startup_message_waits_for_all_bytes_then_parses() {
+        let full = startup(&[("user", "app"), ("database", "db")]);
+        let mut partial = BytesMut::from(&full[..full.len() - 1]);
+        assert_eq!(take_startup(&mut partial).unwrap(), None);
+        let mut buf = full.clone();
+        match take_startup(&mut buf).unwrap().unwrap() {
+            StartupPacket::Startup { major, params, .. } => {
+                assert_eq!(major, 3);
+                assert_eq!(params[0], ("user".into(), "app".into()));
+                assert_eq!(params[1], ("database".into(), "db".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn garbage_and_oversized_startup_packets_are_errors() {
+        let mut tiny = BytesMut::from(&[0u8, 0, 0, 3, 1, 2, 3][..]);
+        assert!(take_startup(&mut tiny).is_err());
+        let mut huge = BytesMut::from(&[0u8, 1, 0, 0, 0, 3, 0, 0][..]);
+        assert!(matches!(take_startup(&mut huge), Err(FrameError::TooLong(..))));
+        let mut unterminated = BytesMut::new();
+        unterminated.put_i32(13);
+        unterminated.put_u32(196608);
+        unterminated.put_slice(b"user");
+        assert!(take_startup(&mut unterminated).is_err());
+    }
+
+    #[test]
+    fn ssl_and_cancel_requests_are_recognised() {
+        let mut ssl = BytesMut::new();
+        ssl.put_i32(8);
+        ssl.put_u32(SSL_REQUEST_CODE);
+        assert_eq!(take_startup(&mut ssl).unwrap(), Some(StartupPacket::SslRequest));
+        let mut cancel = BytesMut::new();
+        cancel.put_i32(16);
+        cancel.put_u32(CANCEL_REQUEST_CODE);
+        cancel.put_i32(42);
+        cancel.put_i32(7);
+        match take_startup(&mut cancel).unwrap().unwrap() {
+            StartupPacket::Cancel { pid, secret } => {
+                assert_eq!(pid, 42);
+                assert_eq!(&secret[..], &7i32.to_be_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_are_split_only_when_complete() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x09abcd\0S\0\0"[..]);
+        let f = take(&mut buf, MAX_MESSAGE).unwrap().unwrap();
+        assert_eq!(f.tag, b'Q');
+        assert_eq!(f.body(), b"abcd\0");
+        assert_eq!(take(&mut buf, MAX_MESSAGE).unwrap(), None);
+        let mut bad = BytesMut::from(&b"Q\0\0\0\x02"[..]);
+        assert!(take(&mut bad, MAX_MESSAGE).is_err());
+    }
+}

@@ -1,0 +1,385 @@
+//! Messages tidepool writes itself, and the few fields it reads.
+//!
+//! Writing goes through `pgwire`'s message types. Reading client frames is
+//! done with small bounds-checked readers here, because a malformed client
+//! message must become an ErrorResponse, never a panic.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::{
+    Message,
+    cancel::CancelRequest,
+    response::{
+        CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+    },
+    startup::{
+        Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, Password,
+        SASLInitialResponse, SASLResponse, SecretKey, Startup,
+    },
+};
+
+use super::frame::{self, Frame, FrameError};
+
+fn encode<M: Message>(m: &M, out: &mut BytesMut) {
+    // Encoding into a BytesMut cannot fail for these message types.
+    m.encode(out).expect("encoding a protocol message");
+}
+
+/// Severity of a message tidepool reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// An ErrorResponse with severity, SQLSTATE, message and an optional hint.
+pub fn error_response(
+    out: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) {
+    let mut fields = vec![
+        (b'S', severity.as_str().to_string()),
+        (b'V', severity.as_str().to_string()),
+        (b'C', code.to_string()),
+        (b'M', message.to_string()),
+    ];
+    if let Some(h) = hint {
+        fields.push((b'H', h.to_string()));
+    }
+    encode(&ErrorResponse::new(fields), out);
+}
+
+pub fn notice(out: &mut BytesMut, message: &str) {
+    let fields = vec![
+        (b'S', "NOTICE".to_string()),
+        (b'V', "NOTICE".to_string()),
+        (b'C', "00000".to_string()),
+        (b'M', message.to_string()),
+    ];
+    encode(&NoticeResponse::new(fields), out);
+}
+
+pub fn auth_ok(out: &mut BytesMut) {
+    encode(&Authentication::Ok, out);
+}
+
+pub fn auth_cleartext(out: &mut BytesMut) {
+    encode(&Authentication::CleartextPassword, out);
+}
+
+pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
+    encode(&Authentication::MD5Password(salt.to_vec()), out);
+}
+
+pub fn auth_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
+    encode(
+        &Authentication::SASL(mechanisms.iter().map(|m| m.to_string()).collect()),
+        out,
+    );
+}
+
+pub fn auth_sasl_continue(out: &mut BytesMut, data: &[u8]) {
+    encode(
+        &Authentication::SASLContinue(Bytes::copy_from_slice(data)),
+        out,
+    );
+}
+
+pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
+    encode(&Authentication::SASLFinal(Bytes::copy_from_slice(data)), out);
+}
+
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    encode(&ParameterStatus::new(name.into(), value.into()), out);
+}
+
+pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
+    encode(&BackendKeyData::new(pid, SecretKey::I32(secret)), out);
+}
+
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    encode(&ReadyForQuery::new(status), out);
+}
+
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    encode(&CommandComplete::new(tag.into()), out);
+}
+
+pub fn negotiate_protocol_version(out: &mut BytesMut, newest_minor: i32, unsupported: Vec<String>) {
+    encode(&NegotiateProtocolVersion::new(newest_minor, unsupported), out);
+}
+
+/// RowDescription of text columns (type `text`, OID 25).
+pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
+    let len = 4 + 2 + columns.iter().map(|c| c.len() + 1 + 18).sum::<usize>();
+    out.put_u8(b'T');
+    out.put_i32(len as i32);
+    out.put_i16(columns.len() as i16);
+    for c in columns {
+        out.put_slice(c.as_bytes());
+        out.put_u8(0);
+        out.put_i32(0); // table oid
+        out.put_i16(0); // column number
+        out.put_i32(25); // text
+        out.put_i16(-1); // variable length
+        out.put_i32(-1); // no type modifier
+        out.put_i16(0); // text format
+    }
+}
+
+/// DataRow of text values (`None` is SQL NULL).
+pub fn data_row(out: &mut BytesMut, values: &[Option<String>]) {
+    let len = 4 + 2 + values
+        .iter()
+        .map(|v| 4 + v.as_ref().map_or(0, |s| s.len()))
+        .sum::<usize>();
+    out.put_u8(b'D');
+    out.put_i32(len as i32);
+    out.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(s) => {
+                out.put_i32(s.len() as i32);
+                out.put_slice(s.as_bytes());
+            }
+            None => out.put_i32(-1),
+        }
+    }
+}
+
+/// A simple Query message.
+pub fn query(out: &mut BytesMut, sql: &str) {
+    out.put_u8(b'Q');
+    out.put_i32((4 + sql.len() + 1) as i32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
+/// A StartupMessage (protocol 3.0) towards a backend.
+pub fn startup(out: &mut BytesMut, params: &[(&str, &str)]) {
+    let mut s = Startup::new();
+    for (k, v) in params {
+        s.parameters.insert((*k).to_string(), (*v).to_string());
+    }
+    encode(&s, out);
+}
+
+pub fn password(out: &mut BytesMut, password: &str) {
+    encode(&Password::new(password.into()), out);
+}
+
+pub fn sasl_initial_response(out: &mut BytesMut, mechanism: &str, data: &[u8]) {
+    encode(
+        &SASLInitialResponse::new(mechanism.into(), Some(Bytes::copy_from_slice(data))),
+        out,
+    );
+}
+
+pub fn sasl_response(out: &mut BytesMut, data: &[u8]) {
+    encode(&SASLResponse::new(Bytes::copy_from_slice(data)), out);
+}
+
+pub fn cancel_request(out: &mut BytesMut, pid: i32, secret: &[u8]) {
+    let key = match <[u8; 4]>::try_from(secret) {
+        Ok(b) => SecretKey::I32(i32::from_be_bytes(b)),
+        Err(_) => SecretKey::Bytes(Bytes::copy_from_slice(secret)),
+    };
+    encode(&CancelRequest::new(pid, key), out);
+}
+
+pub fn terminate(out: &mut BytesMut) {
+    out.put_slice(b"X\0\0\0\x04");
+}
+
+// ---- readers -------------------------------------------------------------
+
+/// The transaction status byte of a ReadyForQuery ('I', 'T' or 'E').
+pub fn ready_status(f: &Frame) -> u8 {
+    f.body().first().copied().unwrap_or(b'I')
+}
+
+/// Name and value of a ParameterStatus.
+pub fn read_parameter_status(f: &Frame) -> Result<(String, String), FrameError> {
+    let mut b = f.body();
+    Ok((frame::cstr(&mut b)?, frame::cstr(&mut b)?))
+}
+
+/// Fields of an ErrorResponse or NoticeResponse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorFields {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+pub fn read_error(f: &Frame) -> ErrorFields {
+    let mut out = ErrorFields::default();
+    let mut b = f.body();
+    while let Some((&kind, rest)) = b.split_first() {
+        if kind == 0 {
+            break;
+        }
+        b = rest;
+        let Ok(v) = frame::cstr(&mut b) else { break };
+        match kind {
+            b'V' => out.severity = v,
+            b'S' if out.severity.is_empty() => out.severity = v,
+            b'C' => out.code = v,
+            b'M' => out.message = v,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Process id and secret of a BackendKeyData.
+pub fn read_backend_key_data(f: &Frame) -> Option<(i32, Bytes)> {
+    let b = f.body();
+    if b.len() < 8 {
+        return None;
+    }
+    let pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((pid, f.bytes.slice(9..)))
+}
+
+/// The SQL text of a simple Query.
+pub fn read_query(f: &Frame) -> Result<&str, FrameError> {
+    let b = f.body();
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end]).map_err(|_| FrameError::BadStartup("query is not UTF-8".into()))
+}
+
+/// Statement name and query text of a Parse.
+pub fn read_parse(f: &Frame) -> Result<(String, String), FrameError> {
+    let mut b = f.body();
+    let name = frame::cstr(&mut b)?;
+    let query = frame::cstr(&mut b)?;
+    Ok((name, query))
+}
+
+/// Portal name, statement name, and the offset in the frame where the rest
+/// of a Bind begins.
+pub fn read_bind(f: &Frame) -> Result<(String, String, usize), FrameError> {
+    let mut b = f.body();
+    let portal = frame::cstr(&mut b)?;
+    let stmt = frame::cstr(&mut b)?;
+    let offset = f.bytes.len() - b.len();
+    Ok((portal, stmt, offset))
+}
+
+/// Kind ('S' statement or 'P' portal) and name of a Describe or Close.
+pub fn read_target(f: &Frame) -> Result<(u8, String), FrameError> {
+    let (&kind, mut rest) = f
+        .body()
+        .split_first()
+        .ok_or_else(|| FrameError::BadStartup("empty Describe/Close".into()))?;
+    Ok((kind, frame::cstr(&mut rest)?))
+}
+
+/// A Parse like `f` but naming the statement `name`.
+pub fn rename_parse(f: &Frame, name: &str) -> Result<Bytes, FrameError> {
+    let mut b = f.body();
+    frame::cstr(&mut b)?;
+    Ok(with_header(f.tag, &[name.as_bytes(), b"\0", b]))
+}
+
+/// A Bind like `f` but binding statement `stmt`.
+pub fn rename_bind(f: &Frame, stmt: &str) -> Result<Bytes, FrameError> {
+    let (portal, _, offset) = read_bind(f)?;
+    Ok(with_header(
+        b'B',
+        &[
+            portal.as_bytes(),
+            b"\0",
+            stmt.as_bytes(),
+            b"\0",
+            &f.bytes[offset..],
+        ],
+    ))
+}
+
+/// A Describe or Close of kind `kind` naming `name`.
+pub fn target_message(tag: u8, kind: u8, name: &str) -> Bytes {
+    with_header(tag, &[&[kind], name.as_bytes(), b"\0"])
+}
+
+fn with_header(tag: u8, parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = BytesMut::with_capacity(len + 5);
+    out.put_u8(tag);
+    out.put_i32((len + 4) as i32);
+    for p in parts {
+        out.put_slice(p);
+    }
+    out.freeze()
+}
+
+/// Parses the first frame of `bytes` (for tests and small helpers).
+pub fn frame_of(bytes: &[u8]) -> Frame {
+    let mut b = BytesMut::from(bytes);
+    frame::take(&mut b, frame::MAX_MESSAGE)
+        .expect("valid frame")
+        .expect("complete frame")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_round_trips_through_the_reader() {
+        let mut out = BytesMut::new();
+        error_response(&mut out, Severity::Fatal, "28P01", "password authentication failed", None);
+        let f = frame_of(&out);
+        assert_eq!(f.tag, b'E');
+        let e = read_error(&f);
+        assert_eq!(e.code, "28P01");
+        assert_eq!(e.severity, "FATAL");
+        assert_eq!(e.message, "password authentication failed");
+    }
+
+    #[test]
+    fn bind_rename_keeps_parameters() {
+        let mut body = BytesMut::new();
+        body.put_slice(b"p1\0s0\0");
+        body.put_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+        let orig = with_header(b'B', &[&body]);
+        let f = frame_of(&orig);
+        let renamed = frame_of(&rename_bind(&f, "tidepool_9").unwrap());
+        let (portal, stmt, off) = read_bind(&renamed).unwrap();
+        assert_eq!((portal.as_str(), stmt.as_str()), ("p1", "tidepool_9"));
+        assert_eq!(&renamed.bytes[off..], &body[6..]);
+    }
+
+    #[test]
+    fn parse_rename_keeps_query() {
+        let orig = with_header(b'P', &[b"s1\0SELECT $1\0\0\x01\0\0\0\x17"]);
+        let renamed = frame_of(&rename_parse(&frame_of(&orig), "").unwrap());
+        assert_eq!(read_parse(&renamed).unwrap(), ("".into(), "SELECT $1".into()));
+        assert_eq!(&renamed.body()[1..], &orig[8..]);
+    }
+
+    #[test]
+    fn malformed_client_messages_are_errors_not_panics() {
+        let f = frame_of(b"P\0\0\0\x07ab");
+        assert!(read_parse(&f).is_err());
+        let f = frame_of(b"D\0\0\0\x04");
+        assert!(read_target(&f).is_err());
+    }
+}

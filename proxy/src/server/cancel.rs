@@ -1,0 +1,121 @@
+//! CancelRequest routing.
+//!
+//! Each client gets a key (pid, secret) made by tidepool. A CancelRequest
+//! arrives on a new connection carrying that key; tidepool finds the client
+//! and forwards a CancelRequest with the real key of the backend connection
+//! serving it at that moment, if any.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, Weak},
+};
+
+use bytes::Bytes;
+use subtle::ConstantTimeEq;
+
+/// The backend a client is using right now, for cancellation.
+#[derive(Debug, Default)]
+pub struct CancelSlot {
+    target: Mutex<Option<(SocketAddr, i32, Bytes)>>,
+}
+
+impl CancelSlot {
+    pub fn set(&self, addr: SocketAddr, pid: i32, secret: Bytes) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some((addr, pid, secret));
+    }
+
+    pub fn clear(&self) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn get(&self) -> Option<(SocketAddr, i32, Bytes)> {
+        self.target.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Every live client's cancel key.
+#[derive(Default)]
+pub struct CancelRegistry {
+    entries: Mutex<HashMap<i32, (i32, Weak<CancelSlot>)>>,
+}
+
+/// Removes the client's key when the session ends.
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
+    pub pid: i32,
+    pub secret: i32,
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.pid);
+    }
+}
+
+impl CancelRegistry {
+    /// Gives a new client a unique key.
+    pub fn register(self: &Arc<Self>) -> Registration {
+        let slot = Arc::new(CancelSlot::default());
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let pid: i32 = rand::random::<u32>() as i32 & 0x7fff_ffff;
+            if pid == 0 || entries.contains_key(&pid) {
+                continue;
+            }
+            let secret: i32 = rand::random();
+            entries.insert(pid, (secret, Arc::downgrade(&slot)));
+            return Registration {
+                registry: self.clone(),
+                pid,
+                secret,
+                slot,
+            };
+        }
+    }
+
+    /// The backend to cancel for a request with this key, if the key is
+    /// right and the client is running something.
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<(SocketAddr, i32, Bytes)> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (expected, slot) = entries.get(&pid)?;
+        if !bool::from(expected.to_be_bytes().ct_eq(secret)) {
+            return None;
+        }
+        slot.upgrade()?.get()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_right_key_finds_the_backend() {
+        let reg = Arc::new(CancelRegistry::default());
+        let r = reg.register();
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        assert!(reg.lookup(r.pid, &r.secret.to_be_bytes()).is_none(), "idle client");
+        r.slot.set(addr, 77, Bytes::from_static(b"abcd"));
+        let (a, pid, _) = reg.lookup(r.pid, &r.secret.to_be_bytes()).unwrap();
+        assert_eq!((a, pid), (addr, 77));
+        assert!(reg.lookup(r.pid, &(r.secret ^ 1).to_be_bytes()).is_none());
+        let pid = r.pid;
+        drop(r);
+        assert!(reg.lookup(pid, &[0; 4]).is_none());
+        assert!(reg.is_empty());
+    }
+}

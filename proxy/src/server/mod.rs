@@ -1,0 +1,185 @@
+//! Accepting clients: the listener, startup, authentication, and graceful
+//! shutdown. Each client runs in its own task; nothing here blocks another
+//! client.
+
+mod cancel;
+mod startup;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+pub use cancel::{CancelRegistry, CancelSlot, Registration};
+
+use crate::{
+    admin::metrics::Metrics,
+    auth::Hba,
+    cluster::Cluster,
+    config::{Config, ConfigError, HealthCheckConfig},
+    pool::{PoolLimits, Pools},
+};
+
+/// What every task shares. Owned by `server`; handed to the admin surface.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub config_path: Option<PathBuf>,
+    pub hba: ArcSwap<Hba>,
+    pub cluster: Arc<Cluster>,
+    pub pools: Pools,
+    pub cancels: Arc<CancelRegistry>,
+    pub metrics: Metrics,
+    pub health_settings: watch::Sender<HealthCheckConfig>,
+    /// Becomes true when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Key for mock SCRAM exchanges of unknown users, fixed for the process.
+    pub mock_key: [u8; 32],
+    pub started: SystemTime,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Shared> {
+        let hba = Hba::from_config(&config.hba).unwrap_or_else(|_| Hba::new(vec![]));
+        let cluster = Cluster::new(&config.backends);
+        let (health_settings, _) = watch::channel(config.health_check.clone());
+        Arc::new(Shared {
+            hba: ArcSwap::from_pointee(hba),
+            cluster,
+            pools: Pools::new(),
+            cancels: Arc::new(CancelRegistry::default()),
+            metrics: Metrics::default(),
+            health_settings,
+            shutdown,
+            mock_key: rand::random(),
+            started: SystemTime::now(),
+            config_path,
+            config: ArcSwap::from_pointee(config),
+        })
+    }
+}
+
+/// Pool limits for `user` under `config`.
+pub fn pool_limits(config: &Config, user: &str) -> PoolLimits {
+    let p = &config.pool;
+    PoolLimits {
+        max_size: config
+            .user(user)
+            .and_then(|u| u.pool_max_size)
+            .unwrap_or(p.max_size),
+        max_waiting: p.max_waiting_clients,
+        checkout_timeout: p.checkout_timeout,
+        idle_timeout: p.idle_timeout,
+        max_lifetime: p.max_lifetime,
+        connect_timeout: p.connect_timeout,
+    }
+}
+
+/// What a reload changed, for the log and the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub pools_updated: usize,
+    pub backends_changed: bool,
+    /// Keys whose change needs a restart (listen addresses, pool mode for
+    /// sessions already running).
+    pub needs_restart: Vec<String>,
+}
+
+/// Re-reads the configuration file and applies it without dropping clients.
+/// An invalid file changes nothing.
+pub fn reload(shared: &Shared) -> Result<ReloadOutcome, Vec<ConfigError>> {
+    let Some(path) = &shared.config_path else {
+        return Err(vec![ConfigError::new("", "no configuration file to reload")]);
+    };
+    let new = Config::load(path)?;
+    Ok(apply(shared, new))
+}
+
+fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
+    let old = shared.config.load_full();
+    let mut needs_restart = Vec::new();
+    if old.server.listen != new.server.listen {
+        needs_restart.push("server.listen".to_string());
+    }
+    if old.server.admin_listen != new.server.admin_listen {
+        needs_restart.push("server.admin_listen".to_string());
+    }
+    if old.pool.mode != new.pool.mode {
+        // New sessions use the new mode; running ones keep theirs.
+        needs_restart.push("pool.mode (running sessions keep the old mode)".to_string());
+    }
+    let backends_changed = old.backends != new.backends;
+    if backends_changed {
+        shared.cluster.reconfigure(&new.backends);
+    }
+    if let Ok(hba) = Hba::from_config(&new.hba) {
+        shared.hba.store(Arc::new(hba));
+    }
+    shared.health_settings.send_replace(new.health_check.clone());
+    let snapshot = shared.cluster.snapshot();
+    let mut pools_updated = 0;
+    shared.pools.for_each(|p| {
+        p.set_limits(pool_limits(&new, &p.key.user));
+        if let Some(n) = snapshot.node(p.key.node) {
+            p.set_target(crate::pool::Target {
+                host: n.host.clone(),
+                port: n.port,
+                password: new
+                    .user(&p.key.user)
+                    .and_then(|u| u.password_for_backend().map(str::to_string)),
+            });
+        }
+        pools_updated += 1;
+    });
+    shared.config.store(Arc::new(new));
+    shared.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+    ReloadOutcome {
+        pools_updated,
+        backends_changed,
+        needs_restart,
+    }
+}
+
+/// Accepts clients until shutdown, then waits (bounded) for them to finish.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut clients = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    clients.spawn(async move { startup::handle(stream, peer, shared).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let grace = shared.config.load().server.shutdown_timeout;
+    tracing::info!(clients = clients.len(), ?grace, "shutting down: waiting for clients");
+    let _ = tokio::time::timeout(grace, async {
+        while clients.join_next().await.is_some() {}
+    })
+    .await;
+    clients.abort_all();
+}
+
+/// Address a listener for `addr` binds, for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    addr.to_string()
+}

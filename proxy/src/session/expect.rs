@@ -1,0 +1,39 @@
+//! What the session waits for from the backend, in order.
+//!
+//! Every forwarded message that the server answers leaves an entry here;
+//! the answers arrive in the same order. This is how tidepool knows when a
+//! connection is idle, which replies to a Parse it injected must be hidden,
+//! and where replies it makes up itself (a Close of a statement that stays
+//! prepared server-side) belong in the stream.
+
+use bytes::{BufMut, BytesMut};
+
+use super::state::SettingChange;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// A simple Query or FunctionCall: everything up to ReadyForQuery.
+    /// Carries the setting changes to confirm on CommandComplete.
+    Simple { settings: Vec<SettingChange> },
+    /// ParseComplete; `hidden` when tidepool injected the Parse.
+    Parse {
+        hidden: bool,
+        server_name: Option<String>,
+    },
+    Bind,
+    /// ParameterDescription? then RowDescription or NoData.
+    Describe,
+    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    Close,
+    Sync,
+    /// A reply tidepool makes itself ('1' ParseComplete, '3' CloseComplete),
+    /// sent when it reaches the front.
+    Synthetic(u8),
+}
+
+/// Writes a body-less reply such as ParseComplete or CloseComplete.
+pub fn emit_synthetic(out: &mut BytesMut, tag: u8) {
+    out.put_u8(tag);
+    out.put_i32(4);
+}

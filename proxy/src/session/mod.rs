@@ -1,0 +1,740 @@
+//! One client's session: the state machine between a client and the
+//! backend connection serving it.
+//!
+//! The session forwards frames without re-encoding them. It reads only what
+//! pooling needs: statement names (so named prepared statements survive a
+//! change of backend connection in transaction mode), the ends of responses
+//! (so a connection goes back to its pool at ReadyForQuery 'I'), settings
+//! and pinning state (see [`state`]).
+
+mod expect;
+pub mod state;
+mod statements;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
+};
+
+use crate::{
+    backend::{BackendError, quote_literal},
+    config::PoolMode,
+    pool::{Lease, PoolError, PoolKey, PoolLimits, Target},
+    protocol::{
+        frame::{self, Frame},
+        messages::{self, Severity},
+        sqlstate,
+    },
+    router,
+    server::{CancelSlot, Shared},
+};
+use expect::Expect;
+use state::{PinReason, SettingChange};
+use statements::Statement;
+
+/// Parameters the backend reports that a client may also set; kept per
+/// client so that any backend connection serving it is set the same way.
+const TRACKED_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+];
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    #[error("client closed the connection")]
+    ClientGone,
+    #[error("client terminated the session")]
+    Terminated,
+    #[error("client I/O: {0}")]
+    ClientIo(#[from] std::io::Error),
+    #[error("client protocol violation: {0}")]
+    Protocol(String),
+    #[error("backend lost: {0}")]
+    Backend(String),
+    #[error("server shutting down")]
+    Shutdown,
+    #[error("session idle too long")]
+    IdleTimeout,
+}
+
+/// Everything one client session holds.
+pub struct Session {
+    shared: Arc<Shared>,
+    pub user: String,
+    pub database: String,
+    mode: PoolMode,
+    /// Settings the client asked for at login (name → SQL value text).
+    startup_settings: BTreeMap<String, String>,
+    /// Settings in force for this client now.
+    settings: BTreeMap<String, String>,
+    lease: Option<Lease>,
+    pins: BTreeSet<PinReason>,
+    statements: HashMap<String, Arc<Statement>>,
+    pending: VecDeque<Expect>,
+    /// After an error in an extended-protocol batch the server skips
+    /// messages until Sync; so does the bookkeeping.
+    skipping: bool,
+    tx_status: u8,
+    cancel: Arc<CancelSlot>,
+    to_client: BytesMut,
+    to_backend: BytesMut,
+}
+
+impl Session {
+    pub fn new(
+        shared: Arc<Shared>,
+        user: String,
+        database: String,
+        startup_params: &[(String, String)],
+        cancel: Arc<CancelSlot>,
+    ) -> Session {
+        let mode = shared.config.load().pool.mode;
+        let startup_settings: BTreeMap<String, String> = startup_params
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), quote_literal(v)))
+            .collect();
+        Session {
+            shared,
+            user,
+            database,
+            mode,
+            settings: startup_settings.clone(),
+            startup_settings,
+            lease: None,
+            pins: BTreeSet::new(),
+            statements: HashMap::new(),
+            pending: VecDeque::new(),
+            skipping: false,
+            tx_status: b'I',
+            cancel,
+            to_client: BytesMut::with_capacity(8 * 1024),
+            to_backend: BytesMut::with_capacity(8 * 1024),
+        }
+    }
+
+    /// Takes a backend connection for login: proves the database and user
+    /// work and collects the ParameterStatus values to report.
+    pub async fn login(&mut self) -> Result<BTreeMap<String, String>, String> {
+        self.acquire().await.map_err(|(_, m)| m)?;
+        let reported = self.lease.as_mut().map(|l| l.conn().reported.clone());
+        if self.mode == PoolMode::Transaction {
+            self.release();
+        }
+        Ok(reported.unwrap_or_default())
+    }
+
+    /// Serves the client until it leaves.
+    pub async fn run(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut wr: OwnedWriteHalf,
+        mut client_buf: BytesMut,
+    ) -> Result<(), SessionEnd> {
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut backend_frames = Vec::new();
+        let result = loop {
+            // Handle whatever whole client frames are buffered.
+            let mut r = Ok(());
+            while r.is_ok() {
+                match frame::take(&mut client_buf, frame::MAX_MESSAGE) {
+                    Ok(Some(f)) => r = self.on_client_frame(f).await,
+                    Ok(None) => break,
+                    Err(e) => r = Err(SessionEnd::Protocol(e.to_string())),
+                }
+            }
+            if let Err(e) = self.flush_backend().await {
+                r = Err(e);
+            }
+            wr.write_all(&self.to_client).await?;
+            self.to_client.clear();
+            if let Err(e) = r {
+                break Err(e);
+            }
+            if *shutdown.borrow() && self.is_idle() {
+                break Err(SessionEnd::Shutdown);
+            }
+            let idle_timeout = self.shared.config.load().server.client_idle_timeout;
+            let idle_wait = if self.is_idle() && !idle_timeout.is_zero() {
+                idle_timeout
+            } else {
+                Duration::from_secs(86_400 * 365)
+            };
+            tokio::select! {
+                n = rd.read_buf(&mut client_buf) => {
+                    if n? == 0 {
+                        break Err(SessionEnd::ClientGone);
+                    }
+                }
+                r = read_backend(&mut self.lease, &mut backend_frames), if self.lease.is_some() => {
+                    match r {
+                        Ok(()) => {
+                            for f in backend_frames.drain(..) {
+                                self.on_backend_frame(f);
+                            }
+                            self.after_backend_batch();
+                        }
+                        Err(e) => {
+                            self.lease = None;
+                            self.cancel.clear();
+                            self.error(Severity::Fatal, sqlstate::CONNECTION_FAILURE,
+                                &format!("lost the backend connection: {e}"),
+                                Some("reconnect; tidepool serves new sessions from a healthy node"));
+                            wr.write_all(&self.to_client).await?;
+                            break Err(SessionEnd::Backend(e.to_string()));
+                        }
+                    }
+                }
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(idle_wait) => {
+                    if self.is_idle() {
+                        self.error(Severity::Fatal, "57P05",
+                            "terminating connection due to idle-session timeout", None);
+                        wr.write_all(&self.to_client).await?;
+                        break Err(SessionEnd::IdleTimeout);
+                    }
+                }
+            }
+        };
+        if matches!(result, Err(SessionEnd::Shutdown)) {
+            self.error(
+                Severity::Fatal,
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to tidepool shutdown",
+                None,
+            );
+            let _ = wr.write_all(&self.to_client).await;
+        }
+        self.finish().await;
+        result
+    }
+
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.tx_status == b'I' && self.to_backend.is_empty()
+    }
+
+    /// Returns the backend connection at the end of the session.
+    async fn finish(&mut self) {
+        self.cancel.clear();
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        if !self.pending.is_empty() || self.tx_status != b'I' {
+            return; // dropped: the server rolls back and the connection closes
+        }
+        if self.mode == PoolMode::Session {
+            let reset = self.shared.config.load().pool.reset_query.clone();
+            if !reset.trim().is_empty() {
+                let conn = lease.conn();
+                if conn.run_silent(&reset).await.is_err() {
+                    return;
+                }
+                conn.settings.clear();
+                conn.prepared.clear();
+            }
+        }
+        lease.release();
+    }
+
+    fn error(&mut self, sev: Severity, code: &str, msg: &str, hint: Option<&str>) {
+        messages::error_response(&mut self.to_client, sev, code, msg, hint);
+    }
+
+    async fn flush_backend(&mut self) -> Result<(), SessionEnd> {
+        if self.to_backend.is_empty() {
+            return Ok(());
+        }
+        let Some(lease) = self.lease.as_mut() else {
+            self.to_backend.clear();
+            return Ok(());
+        };
+        let r = lease.conn().write_all(&self.to_backend).await;
+        self.to_backend.clear();
+        r.map_err(|e| SessionEnd::Backend(e.to_string()))
+    }
+
+    /// Gets a backend connection for this client and brings its settings
+    /// to the client's. Errors carry an SQLSTATE and a message.
+    async fn acquire(&mut self) -> Result<(), (&'static str, String)> {
+        if self.lease.is_some() {
+            return Ok(());
+        }
+        let snapshot = self.shared.cluster.snapshot();
+        let Some(node) = router::write_node(&snapshot) else {
+            return Err((
+                sqlstate::CANNOT_CONNECT_NOW,
+                "no primary node is available".to_string(),
+            ));
+        };
+        let key = PoolKey {
+            node: node.id,
+            user: self.user.clone(),
+            database: self.database.clone(),
+        };
+        let shared = self.shared.clone();
+        let pool = self
+            .shared
+            .pools
+            .get_or_create(&key, || pool_setup(&shared, &key, (&node.host, node.port)));
+        let mut lease = pool.checkout(&[]).await.map_err(|e| match &e {
+            PoolError::QueueFull(_) | PoolError::Timeout(..) => {
+                (sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
+            }
+            PoolError::Backend(BackendError::Refused(f)) => {
+                (code_of(&f.code), f.message.clone())
+            }
+            PoolError::Backend(_) => (sqlstate::CANNOT_CONNECT_NOW, e.to_string()),
+        })?;
+        let conn = lease.conn();
+        if let Err(e) = conn.apply_settings(&self.settings).await {
+            return Err(match e {
+                BackendError::Server(f) => (code_of(&f.code), f.message),
+                other => (sqlstate::CONNECTION_FAILURE, other.to_string()),
+            });
+        }
+        self.cancel.set(conn.addr, conn.pid, conn.secret.clone());
+        self.lease = Some(lease);
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.cancel.clear();
+            lease.release();
+        }
+    }
+
+    /// Makes sure a backend is attached before `f` is forwarded; on failure
+    /// answers the client as PostgreSQL would and returns false.
+    async fn ensure_backend(&mut self, simple: bool) -> bool {
+        if self.lease.is_some() {
+            return true;
+        }
+        match self.acquire().await {
+            Ok(()) => true,
+            Err((code, msg)) => {
+                self.shared.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+                self.error(Severity::Error, code, &msg, None);
+                if simple {
+                    messages::ready_for_query(&mut self.to_client, self.tx_status);
+                } else {
+                    self.skipping = true;
+                }
+                false
+            }
+        }
+    }
+
+    fn push(&mut self, e: Expect) {
+        if self.skipping {
+            return;
+        }
+        if let Expect::Synthetic(tag) = e
+            && self.pending.is_empty()
+        {
+            expect::emit_synthetic(&mut self.to_client, tag);
+            return;
+        }
+        self.pending.push_back(e);
+    }
+
+    async fn on_client_frame(&mut self, f: Frame) -> Result<(), SessionEnd> {
+        let tx_mode = self.mode == PoolMode::Transaction;
+        match f.tag {
+            b'X' => return Err(SessionEnd::Terminated),
+            b'Q' => {
+                let sql = messages::read_query(&f)
+                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?
+                    .to_string();
+                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                if let Some(table) = crate::admin::show::answer(&sql, &self.shared) {
+                    table.encode(&mut self.to_client);
+                    messages::ready_for_query(&mut self.to_client, self.tx_status);
+                    return Ok(());
+                }
+                if !self.ensure_backend(true).await {
+                    return Ok(());
+                }
+                self.count_statement(&sql);
+                let effects = state::analyze(&sql);
+                self.note_pins(&effects);
+                self.to_backend.extend_from_slice(&f.bytes);
+                self.pending.push_back(Expect::Simple {
+                    settings: effects.settings,
+                });
+            }
+            b'P' => {
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                let (name, query) =
+                    messages::read_parse(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                self.count_statement(&query);
+                self.note_pins(&state::analyze(&query));
+                if tx_mode && !name.is_empty() && !self.skipping {
+                    let stmt = Arc::new(
+                        Statement::from_parse(&f)
+                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
+                    );
+                    self.statements.insert(name, stmt.clone());
+                    let conn = self.lease.as_mut().expect("attached").conn();
+                    if conn.prepared.contains(&stmt.server_name) {
+                        self.push(Expect::Synthetic(b'1'));
+                    } else {
+                        conn.prepared.insert(stmt.server_name.clone());
+                        self.to_backend.extend_from_slice(&stmt.parse);
+                        self.push(Expect::Parse {
+                            hidden: false,
+                            server_name: Some(stmt.server_name.clone()),
+                        });
+                    }
+                } else {
+                    self.to_backend.extend_from_slice(&f.bytes);
+                    self.push(Expect::Parse {
+                        hidden: false,
+                        server_name: None,
+                    });
+                }
+            }
+            b'B' => {
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                let (_, stmt_name, _) =
+                    messages::read_bind(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                match self.mapped(tx_mode, &stmt_name) {
+                    Some(stmt) => {
+                        self.ensure_prepared(&stmt);
+                        let b = messages::rename_bind(&f, &stmt.server_name)
+                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                        self.to_backend.extend_from_slice(&b);
+                    }
+                    None => self.to_backend.extend_from_slice(&f.bytes),
+                }
+                self.push(Expect::Bind);
+            }
+            b'D' | b'C' => {
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                let (kind, name) =
+                    messages::read_target(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                let stmt = if kind == b'S' {
+                    self.mapped(tx_mode, &name)
+                } else {
+                    None
+                };
+                match (f.tag, stmt) {
+                    (b'D', Some(stmt)) => {
+                        self.ensure_prepared(&stmt);
+                        self.to_backend.extend_from_slice(&messages::target_message(
+                            b'D',
+                            b'S',
+                            &stmt.server_name,
+                        ));
+                        self.push(Expect::Describe);
+                    }
+                    (b'C', Some(_)) => {
+                        // The server-side statement stays for other clients;
+                        // only this client's name goes.
+                        if !self.skipping {
+                            self.statements.remove(&name);
+                        }
+                        self.push(Expect::Synthetic(b'3'));
+                    }
+                    (tag, None) => {
+                        self.to_backend.extend_from_slice(&f.bytes);
+                        self.push(if tag == b'D' {
+                            Expect::Describe
+                        } else {
+                            Expect::Close
+                        });
+                    }
+                    _ => unreachable!("tag is D or C"),
+                }
+            }
+            b'E' => {
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                self.to_backend.extend_from_slice(&f.bytes);
+                self.push(Expect::Execute);
+            }
+            b'S' => {
+                if self.lease.is_none() && self.skipping {
+                    // Nothing reached a backend since the error: answer here.
+                    self.skipping = false;
+                    messages::ready_for_query(&mut self.to_client, self.tx_status);
+                    return Ok(());
+                }
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                self.skipping = false;
+                self.to_backend.extend_from_slice(&f.bytes);
+                self.push(Expect::Sync);
+            }
+            b'H' => {
+                if self.lease.is_some() {
+                    self.to_backend.extend_from_slice(&f.bytes);
+                }
+            }
+            b'F' => {
+                if !self.ensure_backend(true).await {
+                    return Ok(());
+                }
+                self.to_backend.extend_from_slice(&f.bytes);
+                self.pending.push_back(Expect::Simple { settings: vec![] });
+            }
+            b'd' | b'c' | b'f' => {
+                if self.lease.is_some() {
+                    self.to_backend.extend_from_slice(&f.bytes);
+                }
+            }
+            other => {
+                self.error(
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &format!("invalid frontend message type {}", other as char),
+                    None,
+                );
+                return Err(SessionEnd::Protocol(format!(
+                    "invalid frontend message type {other}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The statement `name` stands for, when statements are renamed.
+    fn mapped(&self, tx_mode: bool, name: &str) -> Option<Arc<Statement>> {
+        if !tx_mode || name.is_empty() || self.skipping {
+            return None;
+        }
+        self.statements.get(name).cloned()
+    }
+
+    /// Prepares `stmt` on the attached connection if it is not there yet.
+    fn ensure_prepared(&mut self, stmt: &Statement) {
+        let conn = self.lease.as_mut().expect("attached").conn();
+        if conn.prepared.insert(stmt.server_name.clone()) {
+            self.to_backend.extend_from_slice(&stmt.parse);
+            self.push(Expect::Parse {
+                hidden: true,
+                server_name: Some(stmt.server_name.clone()),
+            });
+        }
+    }
+
+    fn note_pins(&mut self, e: &state::Effects) {
+        if self.mode != PoolMode::Transaction {
+            return;
+        }
+        for p in &e.unpins {
+            self.pins.remove(p);
+        }
+        for p in &e.pins {
+            if self.pins.insert(*p) {
+                self.shared.metrics.pinned.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(reason = p.as_str(), "session pinned to its backend connection");
+            }
+        }
+    }
+
+    fn count_statement(&self, sql: &str) {
+        let Some(lease) = &self.lease else { return };
+        if let Some(c) = self.shared.cluster.counters(lease_node(lease)) {
+            c.queries.fetch_add(1, Ordering::Relaxed);
+            let head = sql.trim_start().get(..6).unwrap_or("");
+            if head.eq_ignore_ascii_case("select") {
+                c.selects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn on_backend_frame(&mut self, f: Frame) {
+        let mut forward = true;
+        match f.tag {
+            b'Z' => {
+                self.tx_status = messages::ready_status(&f);
+                self.pop_through_end();
+            }
+            b'1' => {
+                if let Some(Expect::Parse { hidden, .. }) = self.pending.front() {
+                    forward = !hidden;
+                    self.pending.pop_front();
+                }
+            }
+            b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
+            b'3' => self.pop_if(|e| matches!(e, Expect::Close)),
+            b'n' | b'T' => self.pop_if(|e| matches!(e, Expect::Describe)),
+            b'I' | b's' => self.pop_if(|e| matches!(e, Expect::Execute)),
+            b'C' => {
+                if let Some(Expect::Simple { settings }) = self.pending.front_mut() {
+                    let body = f.body();
+                    let tag = &body[..body.len().saturating_sub(1)];
+                    if (tag == b"SET" || tag == b"RESET" || tag == b"DISCARD ALL")
+                        && !settings.is_empty()
+                    {
+                        let change = settings.remove(0);
+                        self.confirm_setting(&change);
+                    }
+                } else {
+                    self.pop_if(|e| matches!(e, Expect::Execute));
+                }
+            }
+            b'E' => {
+                if !matches!(self.pending.front(), Some(Expect::Simple { .. })) {
+                    // Extended protocol: the server skips to the next Sync.
+                    while let Some(e) = self.pending.front() {
+                        if matches!(e, Expect::Sync) {
+                            break;
+                        }
+                        if let Some(Expect::Parse {
+                            server_name: Some(n),
+                            ..
+                        }) = self.pending.pop_front()
+                            && let Some(l) = self.lease.as_mut()
+                        {
+                            l.conn().prepared.remove(&n);
+                        }
+                    }
+                    if self.pending.is_empty() {
+                        self.skipping = true;
+                    }
+                }
+            }
+            b'S' => {
+                if let Ok((k, v)) = messages::read_parameter_status(&f) {
+                    let key = k.to_ascii_lowercase();
+                    if TRACKED_REPORTED.contains(&key.as_str()) {
+                        let value = quote_literal(&v);
+                        self.settings.insert(key.clone(), value.clone());
+                        if let Some(l) = self.lease.as_mut() {
+                            l.conn().settings.insert(key, value);
+                        }
+                    }
+                    if let Some(l) = self.lease.as_mut() {
+                        l.conn().reported.insert(k, v);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if forward {
+            self.to_client.extend_from_slice(&f.bytes);
+        }
+        self.emit_ready_synthetics();
+    }
+
+    fn confirm_setting(&mut self, change: &SettingChange) {
+        state::apply_change(&mut self.settings, &self.startup_settings, change);
+        if let Some(l) = self.lease.as_mut() {
+            let conn = l.conn();
+            match change {
+                SettingChange::Set(k, v) => {
+                    conn.settings.insert(k.clone(), v.clone());
+                }
+                SettingChange::Reset(k) => {
+                    conn.settings.remove(k);
+                }
+                SettingChange::ResetAll => {
+                    conn.settings.clear();
+                }
+            }
+            if self.mode == PoolMode::Transaction
+                && matches!(change, SettingChange::ResetAll)
+                && self.pins.is_empty()
+            {
+                // DISCARD ALL also dropped every prepared statement.
+                conn.prepared.clear();
+            }
+        }
+    }
+
+    fn pop_if(&mut self, f: impl Fn(&Expect) -> bool) {
+        if self.pending.front().is_some_and(f) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// ReadyForQuery ends a simple query or a Sync.
+    fn pop_through_end(&mut self) {
+        while let Some(e) = self.pending.pop_front() {
+            if matches!(e, Expect::Sync | Expect::Simple { .. }) {
+                break;
+            }
+        }
+    }
+
+    fn emit_ready_synthetics(&mut self) {
+        while let Some(Expect::Synthetic(tag)) = self.pending.front() {
+            expect::emit_synthetic(&mut self.to_client, *tag);
+            self.pending.pop_front();
+        }
+    }
+
+    /// In transaction mode, the connection goes back to its pool as soon as
+    /// the client is outside a transaction with nothing pending.
+    fn after_backend_batch(&mut self) {
+        if self.mode == PoolMode::Transaction
+            && self.tx_status == b'I'
+            && self.pending.is_empty()
+            && self.pins.is_empty()
+            && self.to_backend.is_empty()
+        {
+            self.release();
+        }
+    }
+}
+
+fn lease_node(lease: &Lease) -> usize {
+    lease.pool().key.node
+}
+
+async fn read_backend(lease: &mut Option<Lease>, out: &mut Vec<Frame>) -> Result<(), BackendError> {
+    match lease {
+        Some(l) => l.conn().read_frames(out).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SQLSTATE from a backend error, or a generic one.
+fn code_of(code: &str) -> &'static str {
+    match code {
+        "28P01" => sqlstate::INVALID_PASSWORD,
+        "28000" => sqlstate::INVALID_AUTHORIZATION,
+        "3D000" => "3D000",
+        "53300" => sqlstate::TOO_MANY_CONNECTIONS,
+        "57P03" => sqlstate::CANNOT_CONNECT_NOW,
+        _ => sqlstate::CONNECTION_FAILURE,
+    }
+}
+
+/// Limits and target of a new pool, from the current configuration.
+fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (PoolLimits, Target) {
+    let config = shared.config.load();
+    let user = config.user(&key.user);
+    let limits = crate::server::pool_limits(&config, &key.user);
+    let target = Target {
+        host: host.to_string(),
+        port,
+        password: user.and_then(|u| u.password_for_backend().map(str::to_string)),
+    };
+    (limits, target)
+}
+
+/// Keeps `Bytes` in scope for submodules.
+#[allow(dead_code)]
+type Raw = Bytes;

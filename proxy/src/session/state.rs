@@ -1,0 +1,341 @@
+//! What a statement does to session state that pooling must carry.
+//!
+//! In transaction mode a client's statements may run on different backend
+//! connections. Settings made with `SET` are carried by re-applying them;
+//! state that cannot be carried (temporary tables, session advisory locks,
+//! LISTEN, cursors WITH HOLD, SQL-level PREPARE) pins the client to its
+//! connection until the state is gone. This is a lexical scan of the
+//! statement's leading keywords, deliberately conservative: when it sees
+//! such state it pins.
+
+use std::collections::BTreeMap;
+
+/// Session state that keeps a client on one backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PinReason {
+    TempTable,
+    AdvisoryLock,
+    Listen,
+    CursorWithHold,
+    SqlPrepare,
+}
+
+impl PinReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinReason::TempTable => "temp_table",
+            PinReason::AdvisoryLock => "advisory_lock",
+            PinReason::Listen => "listen",
+            PinReason::CursorWithHold => "cursor_with_hold",
+            PinReason::SqlPrepare => "sql_prepare",
+        }
+    }
+}
+
+/// A change to session settings, applied once the backend confirms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingChange {
+    /// `SET name TO value` (value as SQL text).
+    Set(String, String),
+    Reset(String),
+    ResetAll,
+}
+
+/// Effects of one query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub pins: Vec<PinReason>,
+    pub unpins: Vec<PinReason>,
+    pub settings: Vec<SettingChange>,
+}
+
+/// Splits on `;` outside quotes, comments and dollar-quoted strings.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut i, mut start) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // $tag$ … $tag$
+                if let Some(end) = sql[i + 1..].find('$') {
+                    let tag = &sql[i..i + end + 2];
+                    if tag[1..tag.len() - 1]
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '_')
+                    {
+                        let body = i + tag.len();
+                        if let Some(close) = sql[body..].find(tag) {
+                            i = body + close + tag.len() - 1;
+                        }
+                    }
+                }
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(&sql[start.min(sql.len())..]);
+    out.into_iter().filter(|s| !strip(s).is_empty()).collect()
+}
+
+/// The statement without leading whitespace and comments.
+fn strip(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return s.trim_end();
+        }
+    }
+}
+
+/// Lower-cased words of the statement (identifier characters only).
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '*'))
+        .filter(|w| !w.is_empty())
+        .take(8)
+        .map(|w| w.to_ascii_lowercase())
+        .collect()
+}
+
+/// Scans a query string for pinning state and setting changes.
+pub fn analyze(sql: &str) -> Effects {
+    let mut e = Effects::default();
+    for stmt in split_statements(sql) {
+        analyze_one(strip(stmt), &mut e);
+    }
+    e
+}
+
+fn analyze_one(stmt: &str, e: &mut Effects) {
+    let w = words(stmt);
+    let lower = stmt.to_ascii_lowercase();
+    let w0 = w.first().map(String::as_str).unwrap_or("");
+    let w1 = w.get(1).map(String::as_str).unwrap_or("");
+    match w0 {
+        "create" => {
+            let temp = w[1..]
+                .iter()
+                .take_while(|x| !matches!(x.as_str(), "table" | "sequence" | "view"))
+                .any(|x| x == "temp" || x == "temporary");
+            if temp {
+                e.pins.push(PinReason::TempTable);
+            }
+        }
+        "listen" => e.pins.push(PinReason::Listen),
+        "unlisten" if w1 == "*" || stmt.trim_end().ends_with('*') => {
+            e.unpins.push(PinReason::Listen)
+        }
+        "prepare" if w1 != "transaction" => e.pins.push(PinReason::SqlPrepare),
+        "deallocate" if w.iter().any(|x| x == "all") => e.unpins.push(PinReason::SqlPrepare),
+        "declare" if lower.contains("with hold") => e.pins.push(PinReason::CursorWithHold),
+        "close" if w1 == "all" => e.unpins.push(PinReason::CursorWithHold),
+        "discard" => match w1 {
+            "all" => {
+                e.unpins.extend([
+                    PinReason::TempTable,
+                    PinReason::AdvisoryLock,
+                    PinReason::Listen,
+                    PinReason::CursorWithHold,
+                    PinReason::SqlPrepare,
+                ]);
+                e.settings.push(SettingChange::ResetAll);
+            }
+            "temp" | "temporary" => e.unpins.push(PinReason::TempTable),
+            _ => {}
+        },
+        "set" => {
+            if let Some(change) = parse_set(stmt) {
+                e.settings.push(change);
+            }
+        }
+        "reset" => match w1 {
+            "all" => e.settings.push(SettingChange::ResetAll),
+            "" => {}
+            name => e.settings.push(SettingChange::Reset(name.to_string())),
+        },
+        _ => {}
+    }
+    if lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock") {
+        e.pins.push(PinReason::AdvisoryLock);
+    }
+    if lower.contains("pg_advisory_unlock_all") {
+        e.unpins.push(PinReason::AdvisoryLock);
+    }
+}
+
+/// Parses `SET [SESSION] name {TO|=} value` and `SET TIME ZONE value`.
+/// `SET LOCAL` and `SET TRANSACTION …` end with the transaction: not tracked.
+fn parse_set(stmt: &str) -> Option<SettingChange> {
+    let rest = stmt[3..].trim_start();
+    let lower = rest.to_ascii_lowercase();
+    if lower.starts_with("local ")
+        || lower.starts_with("transaction")
+        || lower.starts_with("constraints")
+        || lower.starts_with("role")
+        || lower.starts_with("session authorization")
+        || lower.starts_with("session characteristics")
+    {
+        return None;
+    }
+    let rest = if lower.starts_with("session ") {
+        rest[8..].trim_start()
+    } else {
+        rest
+    };
+    let lower = rest.to_ascii_lowercase();
+    if let Some(v) = lower.strip_prefix("time zone") {
+        let value = rest[rest.len() - v.len()..].trim();
+        return Some(SettingChange::Set("timezone".into(), value.to_string()));
+    }
+    let name_end = rest.find(|c: char| c.is_whitespace() || c == '=')?;
+    let name = rest[..name_end].trim_matches('"').to_ascii_lowercase();
+    let after = rest[name_end..].trim_start();
+    let value = if let Some(v) = after.strip_prefix('=') {
+        v
+    } else if after.len() >= 2 && after[..2].eq_ignore_ascii_case("to") {
+        &after[2..]
+    } else {
+        return None;
+    };
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("default") {
+        return Some(SettingChange::Reset(name));
+    }
+    Some(SettingChange::Set(name, value.to_string()))
+}
+
+/// Applies a confirmed change to a map of settings (name → SQL value text).
+/// `startup` holds the values the client asked for at login, which a reset
+/// returns to, as it does on a direct connection.
+pub fn apply_change(
+    settings: &mut BTreeMap<String, String>,
+    startup: &BTreeMap<String, String>,
+    change: &SettingChange,
+) {
+    match change {
+        SettingChange::Set(k, v) => {
+            settings.insert(k.clone(), v.clone());
+        }
+        SettingChange::Reset(k) => match startup.get(k) {
+            Some(v) => {
+                settings.insert(k.clone(), v.clone());
+            }
+            None => {
+                settings.remove(k);
+            }
+        },
+        SettingChange::ResetAll => *settings = startup.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_state_that_cannot_move_pins() {
+        assert_eq!(analyze("CREATE TEMP TABLE t(a int)").pins, [PinReason::TempTable]);
+        assert_eq!(
+            analyze("create local temporary table t(a int)").pins,
+            [PinReason::TempTable]
+        );
+        assert!(analyze("CREATE TABLE temp_x(a int)").pins.is_empty());
+        assert_eq!(analyze("select pg_advisory_lock(1)").pins, [PinReason::AdvisoryLock]);
+        assert!(analyze("select pg_advisory_xact_lock(1)").pins.is_empty());
+        assert_eq!(analyze("LISTEN chan").pins, [PinReason::Listen]);
+        assert_eq!(
+            analyze("DECLARE c CURSOR WITH HOLD FOR SELECT 1").pins,
+            [PinReason::CursorWithHold]
+        );
+        assert!(analyze("DECLARE c CURSOR FOR SELECT 1").pins.is_empty());
+        assert_eq!(analyze("PREPARE p AS SELECT 1").pins, [PinReason::SqlPrepare]);
+        assert!(analyze("PREPARE TRANSACTION 'x'").pins.is_empty());
+    }
+
+    #[test]
+    fn state_going_away_unpins() {
+        assert!(analyze("DISCARD ALL").unpins.contains(&PinReason::Listen));
+        assert_eq!(analyze("UNLISTEN *").unpins, [PinReason::Listen]);
+        assert_eq!(analyze("DEALLOCATE ALL").unpins, [PinReason::SqlPrepare]);
+        assert_eq!(
+            analyze("select pg_advisory_unlock_all()").unpins,
+            [PinReason::AdvisoryLock]
+        );
+    }
+
+    #[test]
+    fn set_and_reset_are_tracked_but_not_set_local() {
+        assert_eq!(
+            analyze("SET search_path TO app, public").settings,
+            [SettingChange::Set("search_path".into(), "app, public".into())]
+        );
+        assert_eq!(
+            analyze("set session statement_timeout = '5s';").settings,
+            [SettingChange::Set("statement_timeout".into(), "'5s'".into())]
+        );
+        assert_eq!(
+            analyze("SET TIME ZONE 'UTC'").settings,
+            [SettingChange::Set("timezone".into(), "'UTC'".into())]
+        );
+        assert!(analyze("SET LOCAL work_mem = '1MB'").settings.is_empty());
+        assert!(analyze("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").settings.is_empty());
+        assert_eq!(
+            analyze("RESET work_mem").settings,
+            [SettingChange::Reset("work_mem".into())]
+        );
+        assert_eq!(analyze("RESET ALL").settings, [SettingChange::ResetAll]);
+        assert_eq!(
+            analyze("SET work_mem TO DEFAULT").settings,
+            [SettingChange::Reset("work_mem".into())]
+        );
+    }
+
+    #[test]
+    fn statements_split_outside_quotes() {
+        let parts = split_statements("SELECT ';'; SET a = 1; SELECT $x$;$x$; -- c;\n");
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        let e = analyze("SELECT 1; LISTEN x; /* ; */ SET a TO 2");
+        assert_eq!(e.pins, [PinReason::Listen]);
+        assert_eq!(e.settings, [SettingChange::Set("a".into(), "2".into())]);
+    }
+
+    #[test]
+    fn resets_return_to_startup_values() {
+        let startup = BTreeMap::from([("application_name".to_string(), "'x'".to_string())]);
+        let mut s = startup.clone();
+        apply_change(&mut s, &startup, &SettingChange::Set("application_name".into(), "'y'".into()));
+        apply_change(&mut s, &startup, &SettingChange::Set("work_mem".into(), "'1MB'".into()));
+        apply_change(&mut s, &startup, &SettingChange::Reset("application_name".into()));
+        assert_eq!(s["application_name"], "'x'");
+        apply_change(&mut s, &startup, &SettingChange::ResetAll);
+        assert_eq!(s, startup);
+    }
+}
