@@ -257,6 +257,37 @@ impl ServerConn {
         Ok(())
     }
 
+    /// Writes `data` while reading whatever the server sends meanwhile into
+    /// `frames`. A server blocked on sending results stops reading its input;
+    /// reading while writing keeps a large pipelined batch from deadlocking.
+    pub async fn write_all_reading(
+        &mut self,
+        mut data: &[u8],
+        frames: &mut Vec<Frame>,
+    ) -> Result<(), BackendError> {
+        while !data.is_empty() {
+            let (mut r, mut w) = self.stream.split();
+            tokio::select! {
+                n = w.write(data) => {
+                    let n = n?;
+                    if n == 0 {
+                        return Err(BackendError::Closed);
+                    }
+                    data = &data[n..];
+                }
+                n = r.read_buf(&mut self.buf) => {
+                    if n? == 0 {
+                        return Err(BackendError::Closed);
+                    }
+                    while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
+                        frames.push(f);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `sql` as a simple query and waits for its end, keeping the
     /// results to itself. Used for settings and resets, never for client SQL.
     pub async fn run_silent(&mut self, sql: &str) -> Result<(), BackendError> {

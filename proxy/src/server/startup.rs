@@ -59,7 +59,7 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     let _guard = ClientGuard(shared.clone());
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::new();
     let timeout = shared.config.load().server.startup_timeout;
 
     let started = tokio::time::timeout(timeout, read_startup(&mut rd, &mut wr, &mut buf, &shared)).await;

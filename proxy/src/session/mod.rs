@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -118,8 +118,9 @@ impl Session {
             skipping: false,
             tx_status: b'I',
             cancel,
-            to_client: BytesMut::with_capacity(8 * 1024),
-            to_backend: BytesMut::with_capacity(8 * 1024),
+            // Grown on demand: thousands of idle clients must cost little.
+            to_client: BytesMut::new(),
+            to_backend: BytesMut::new(),
         }
     }
 
@@ -157,7 +158,7 @@ impl Session {
                 r = Err(e);
             }
             wr.write_all(&self.to_client).await?;
-            self.to_client.clear();
+            shrink(&mut self.to_client);
             if let Err(e) = r {
                 break Err(e);
             }
@@ -258,9 +259,20 @@ impl Session {
             self.to_backend.clear();
             return Ok(());
         };
-        let r = lease.conn().write_all(&self.to_backend).await;
-        self.to_backend.clear();
-        r.map_err(|e| SessionEnd::Backend(e.to_string()))
+        let mut frames = Vec::new();
+        let r = lease
+            .conn()
+            .write_all_reading(&self.to_backend, &mut frames)
+            .await;
+        shrink(&mut self.to_backend);
+        r.map_err(|e| SessionEnd::Backend(e.to_string()))?;
+        if !frames.is_empty() {
+            for f in frames {
+                self.on_backend_frame(f);
+            }
+            self.after_backend_batch();
+        }
+        Ok(())
     }
 
     /// Gets a backend connection for this client and brings its settings
@@ -699,6 +711,15 @@ impl Session {
     }
 }
 
+/// Empties a buffer, giving back memory a large result left behind.
+fn shrink(buf: &mut BytesMut) {
+    if buf.capacity() > 256 * 1024 {
+        *buf = BytesMut::new();
+    } else {
+        buf.clear();
+    }
+}
+
 fn lease_node(lease: &Lease) -> usize {
     lease.pool().key.node
 }
@@ -734,7 +755,3 @@ fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (Poo
     };
     (limits, target)
 }
-
-/// Keeps `Bytes` in scope for submodules.
-#[allow(dead_code)]
-type Raw = Bytes;
