@@ -6,6 +6,7 @@ mod cancel;
 mod startup;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
@@ -19,7 +20,7 @@ pub use cancel::{CancelRegistry, CancelSlot, Registration};
 
 use crate::{
     admin::metrics::Metrics,
-    auth::Hba,
+    auth::{Hba, ScramVerifier, Secret},
     cluster::Cluster,
     config::{Config, ConfigError, HealthCheckConfig},
     pool::{PoolLimits, Pools},
@@ -30,6 +31,8 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     pub config_path: Option<PathBuf>,
     pub hba: ArcSwap<Hba>,
+    /// Each configured user's secret, with its SCRAM verifier derived once.
+    pub secrets: ArcSwap<HashMap<String, Arc<UserSecret>>>,
     pub cluster: Arc<Cluster>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
@@ -53,6 +56,7 @@ impl Shared {
         let (health_settings, _) = watch::channel(config.health_check.clone());
         Arc::new(Shared {
             hba: ArcSwap::from_pointee(hba),
+            secrets: ArcSwap::from_pointee(user_secrets(&config)),
             cluster,
             pools: Pools::new(),
             cancels: Arc::new(CancelRegistry::default()),
@@ -65,6 +69,26 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
         })
     }
+}
+
+/// A user's stored secret and the SCRAM verifier that serves it.
+pub struct UserSecret {
+    pub secret: Secret,
+    /// Derived once per load: PBKDF2 costs milliseconds, too much to repeat
+    /// for every login. `None` when the secret cannot serve SCRAM.
+    pub scram: Option<ScramVerifier>,
+}
+
+fn user_secrets(config: &Config) -> HashMap<String, Arc<UserSecret>> {
+    config
+        .users
+        .iter()
+        .map(|u| {
+            let secret = Secret::parse(&u.password);
+            let scram = secret.scram_verifier().ok();
+            (u.name.clone(), Arc::new(UserSecret { secret, scram }))
+        })
+        .collect()
 }
 
 /// Pool limits for `user` under `config`.
@@ -122,6 +146,9 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
     }
     if let Ok(hba) = Hba::from_config(&new.hba) {
         shared.hba.store(Arc::new(hba));
+    }
+    if old.users != new.users {
+        shared.secrets.store(Arc::new(user_secrets(&new)));
     }
     shared.health_settings.send_replace(new.health_check.clone());
     let snapshot = shared.cluster.snapshot();

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::Shared;
 use crate::{
     auth::{
-        self, AuthError, Method, SCRAM_SHA_256, ScramServer, Secret, effective_method,
+        self, AuthError, Method, SCRAM_SHA_256, ScramServer, effective_method,
         md5_salt, verify_md5_response,
     },
     protocol::{
@@ -258,7 +258,6 @@ async fn authenticate(
     user: &str,
     database: &str,
 ) -> Result<(), Refusal> {
-    let config = shared.config.load();
     let hba = shared.hba.load();
     let host = peer.ip();
     let method = hba.lookup(user, database, host, false).ok_or_else(|| {
@@ -273,7 +272,8 @@ async fn authenticate(
             format!("tidepool hba rejects connection for host \"{host}\", user \"{user}\", database \"{database}\""),
         ));
     }
-    let Some(user_config) = config.user(user) else {
+    let secrets = shared.secrets.load();
+    let Some(user_secret) = secrets.get(user) else {
         if method == Method::Trust {
             return Err(refuse(
                 sqlstate::INVALID_AUTHORIZATION,
@@ -286,8 +286,8 @@ async fn authenticate(
         let r = scram_exchange(rd, wr, buf, out, &mut scram).await;
         return Err(auth_refusal(r.err().unwrap_or(AuthError::InvalidPassword), user));
     };
-    let secret = Secret::parse(&user_config.password);
-    let method = effective_method(method, &secret).map_err(|e| {
+    let secret = &user_secret.secret;
+    let method = effective_method(method, secret).map_err(|e| {
         tracing::warn!(user, "{e}");
         auth_refusal(e, user)
     })?;
@@ -305,14 +305,14 @@ async fn authenticate(
             messages::auth_md5(out, salt);
             let pw = read_password(rd, wr, buf, out).await?;
             let pw = cstring(&pw)?;
-            verify_md5_response(&secret, user, salt, &pw)
+            verify_md5_response(secret, user, salt, &pw)
         }
-        Method::ScramSha256 => match secret.scram_verifier() {
-            Ok(v) => {
-                let mut scram = ScramServer::new_random(v);
+        Method::ScramSha256 => match &user_secret.scram {
+            Some(v) => {
+                let mut scram = ScramServer::new_random(v.clone());
                 scram_exchange(rd, wr, buf, out, &mut scram).await
             }
-            Err(e) => Err(e),
+            None => secret.scram_verifier().map(|_| ()),
         },
     };
     result.map_err(|e| auth_refusal(e, user))
