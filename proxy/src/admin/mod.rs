@@ -3,5 +3,7 @@
 //! Admin code reads snapshots and counters; it changes node state only by
 //! asking `cluster`.
 
+pub mod http;
 pub mod metrics;
+pub mod prometheus;
 pub mod show;

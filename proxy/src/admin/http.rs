@@ -1,0 +1,359 @@
+//! The admin HTTP API on `server.admin_listen`: liveness, readiness,
+//! Prometheus metrics, the node table, and control requests.
+//!
+//! Handlers only read snapshots and counters, or ask the owner of a piece
+//! of state to change it (`server::reload` for the configuration). Requests
+//! that belong to features this build does not contain (failover actions,
+//! the watchdog, the query cache) are answered 501 with the feature's name,
+//! so a script never mistakes "not available" for "done".
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::{
+    admin::prometheus,
+    cluster::{Node, Role, Snapshot},
+    server::{self, Shared},
+};
+
+/// Serves the admin API on `listener` until `shared.shutdown` turns true.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let stop = async move {
+        // A dropped sender means nobody can ask for shutdown any more: keep
+        // serving rather than stop on a closed channel.
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    if let Err(e) = axum::serve(listener, router(shared))
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "admin HTTP server failed");
+    }
+}
+
+/// Every route of the admin API. Everything but `/healthz` sits behind the
+/// bearer token when one is configured: liveness probes carry no secret.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let protected = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/pools", get(pools))
+        .route("/v1/reload", post(reload))
+        .route("/v1/nodes/{id}/attach", post(node_action_unavailable))
+        .route("/v1/nodes/{id}/detach", post(node_action_unavailable))
+        .route("/v1/nodes/{id}/promote", post(node_action_unavailable))
+        .route("/v1/nodes/{id}/recover", post(node_action_unavailable))
+        .route("/v1/watchdog", get(watchdog_unavailable))
+        .route("/v1/watchdog/switchover", post(watchdog_unavailable))
+        .route("/v1/cache/invalidate", post(cache_unavailable))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(protected)
+        .with_state(shared)
+}
+
+/// An error answer: a status and a JSON body whose `error` says what went
+/// wrong and what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    fn with(mut self, key: &str, value: Value) -> Self {
+        self.body[key] = value;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// Rejects requests without the configured bearer token. The token is read
+/// per request so that a reload (or a rotated token file) takes effect at
+/// once; when it cannot be read, every request is refused.
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let expected = match shared.config.load().admin_token() {
+        Ok(None) => return next.run(request).await,
+        Ok(Some(token)) => token,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read server.admin_token_file; refusing admin requests");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read server.admin_token_file ({e}); fix the file and reload"),
+            )
+            .into_response();
+        }
+    };
+    if token_matches(request.headers(), &expected) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin token: send `Authorization: Bearer <server.admin_token>`",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Compares digests in constant time, so that neither the content nor the
+/// length of the token leaks through response timing.
+fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given = Sha256::digest(given.trim().as_bytes());
+    let expected = Sha256::digest(expected.as_bytes());
+    given.ct_eq(&expected).into()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready means writes have somewhere to go: a primary is known.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let snap = shared.cluster.snapshot();
+    if let Some(p) = snap.primary() {
+        return Json(json!({ "ready": true, "primary": p.name })).into_response();
+    }
+    let nodes: Vec<String> = snap
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} {}{}",
+                n.name,
+                n.status.as_str(),
+                n.role.as_str(),
+                n.last_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let reason = if nodes.is_empty() {
+        "no backends are configured".to_string()
+    } else {
+        format!(
+            "no primary is known in the node table: {}",
+            nodes.join(", ")
+        )
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "ready": false, "reason": reason })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
+        prometheus::render(&shared),
+    )
+        .into_response()
+}
+
+/// A node as the API shows it: the snapshot's fields, the counters, and
+/// Pgpool's split between `role` (what tidepool acts on) and `pg_role`
+/// (what PostgreSQL reported).
+fn node_json(shared: &Shared, snap: &Snapshot, n: &Node) -> Value {
+    let primary = snap.primary().map(|p| p.id);
+    let role = if Some(n.id) == primary {
+        Role::Primary
+    } else if n.role == Role::Primary {
+        Role::Unknown
+    } else {
+        n.role
+    };
+    let c = shared.cluster.counters(n.id).unwrap_or_default();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let mut v = serde_json::to_value(n).unwrap_or_else(|_| json!({}));
+    v["role"] = json!(role.as_str());
+    v["pg_role"] = json!(n.role.as_str());
+    v["primary"] = json!(Some(n.id) == primary);
+    v["selects"] = json!(load(&c.selects));
+    v["queries"] = json!(load(&c.queries));
+    v["health_checks"] = json!(load(&c.health_checks));
+    v["health_check_failures"] = json!(load(&c.health_check_failures));
+    v
+}
+
+fn pools_json(shared: &Shared, snap: &Snapshot) -> Value {
+    let pools: Vec<Value> = shared
+        .pools
+        .stats()
+        .into_iter()
+        .map(|p| {
+            let name = snap.node(p.node).map(|n| n.name.clone());
+            let mut v = serde_json::to_value(&p).unwrap_or_else(|_| json!({}));
+            v["node_name"] = json!(name);
+            v["active"] = json!(p.total.saturating_sub(p.idle));
+            v
+        })
+        .collect();
+    Value::Array(pools)
+}
+
+async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let snap = shared.cluster.snapshot();
+    let nodes: Vec<Value> = snap
+        .nodes
+        .iter()
+        .map(|n| node_json(&shared, &snap, n))
+        .collect();
+    Json(json!({
+        "generation": snap.generation,
+        "primary": snap.primary().map(|p| p.name.clone()),
+        "nodes": nodes,
+        "pools": pools_json(&shared, &snap),
+    }))
+}
+
+async fn pools(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let snap = shared.cluster.snapshot();
+    Json(json!({ "pools": pools_json(&shared, &snap) }))
+}
+
+/// Re-reads the configuration file; an invalid file changes nothing and
+/// every problem is listed with its key path.
+async fn reload(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    let task = tokio::task::spawn_blocking({
+        let shared = shared.clone();
+        move || server::reload(&shared)
+    });
+    let outcome = task.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload did not finish: {e}"),
+        )
+    })?;
+    match outcome {
+        Ok(outcome) => {
+            tracing::info!(?outcome, "configuration reloaded through the admin API");
+            Ok(Json(json!({ "reloaded": true, "outcome": outcome })))
+        }
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("reload refused, configuration unchanged: {e}");
+            }
+            let list: Vec<Value> = errors
+                .iter()
+                .map(|e| json!({ "path": e.path, "message": e.message }))
+                .collect();
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "configuration rejected ({} error(s)); nothing was changed",
+                    errors.len()
+                ),
+            )
+            .with("errors", Value::Array(list)))
+        }
+    }
+}
+
+/// The answer for requests whose feature this build does not contain.
+fn unavailable(feature: &str, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "{what} needs the {feature} feature, which is not available in this build of tidepool"
+        ),
+    )
+    .with("feature", json!(feature))
+}
+
+async fn node_action_unavailable(Path(id): Path<String>, uri: Uri) -> ApiError {
+    let action = uri
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or("change")
+        .to_string();
+    unavailable("failover", &format!("{action} of node {id}"))
+}
+
+async fn watchdog_unavailable() -> ApiError {
+    unavailable("watchdog", "the watchdog API")
+}
+
+async fn cache_unavailable() -> ApiError {
+    unavailable("query cache", "cache invalidation")
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such admin endpoint: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_matches() {
+        assert!(token_matches(&bearer("Bearer s3cret"), "s3cret"));
+        assert!(!token_matches(&bearer("Bearer s3cre"), "s3cret"));
+        assert!(!token_matches(&bearer("Bearer s3cret!"), "s3cret"));
+        assert!(!token_matches(&bearer("Basic s3cret"), "s3cret"));
+        assert!(!token_matches(&HeaderMap::new(), "s3cret"));
+    }
+}

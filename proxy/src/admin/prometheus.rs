@@ -1,0 +1,530 @@
+//! `/metrics`: every counter tidepool keeps, rendered in the Prometheus /
+//! OpenMetrics text format at scrape time.
+//!
+//! The figures live where the hot path bumps them (plain atomics in
+//! `admin::metrics`, the pools, the node table), so nothing is mirrored into
+//! a second set of metric objects. A scrape first copies them into
+//! [`Figures`] (plain data, no locks held afterwards) and then encodes that
+//! copy through `prometheus-client`'s collector interface, which takes care
+//! of the exposition details (HELP/TYPE lines, `_total` suffixes, escaping).
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    cluster::{Role, Status},
+    pool::PoolStats,
+    server::Shared,
+};
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Process-wide figures.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFigures {
+    pub clients_active: i64,
+    pub clients_total: u64,
+    pub auth_failures: u64,
+    pub client_errors: u64,
+    pub queries: u64,
+    pub cancel_requests: u64,
+    pub sessions_pinned: u64,
+    pub reloads: u64,
+}
+
+/// One node of the node table, with its counters.
+#[derive(Debug, Clone)]
+pub struct NodeFigures {
+    pub name: String,
+    pub status: Status,
+    /// The role tidepool acts on (the same as `SHOW POOL_NODES`' `role`).
+    pub role: Role,
+    pub reachable: bool,
+    pub selects: u64,
+    pub queries: u64,
+    pub health_checks: u64,
+    pub health_check_failures: u64,
+}
+
+/// One pool, labelled by node name rather than index so that dashboards
+/// survive a reordering of `[[backends]]`.
+#[derive(Debug, Clone)]
+pub struct PoolFigures {
+    pub node: String,
+    pub stats: PoolStats,
+}
+
+/// Everything one scrape reports, copied out of the live state.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub process: ProcessFigures,
+    pub nodes: Vec<NodeFigures>,
+    pub pools: Vec<PoolFigures>,
+}
+
+impl Figures {
+    /// Copies the current figures out of `shared`.
+    pub fn gather(shared: &Shared) -> Figures {
+        let m = &shared.metrics;
+        let process = ProcessFigures {
+            clients_active: m.clients_active.load(Ordering::Relaxed),
+            clients_total: m.clients_total.load(Ordering::Relaxed),
+            auth_failures: m.auth_failures.load(Ordering::Relaxed),
+            client_errors: m.client_errors.load(Ordering::Relaxed),
+            queries: m.queries.load(Ordering::Relaxed),
+            cancel_requests: m.cancel_requests.load(Ordering::Relaxed),
+            sessions_pinned: m.pinned.load(Ordering::Relaxed),
+            reloads: m.reloads.load(Ordering::Relaxed),
+        };
+        let snap = shared.cluster.snapshot();
+        let primary = snap.primary().map(|n| n.id);
+        let nodes = snap
+            .nodes
+            .iter()
+            .map(|n| {
+                let c = shared.cluster.counters(n.id).unwrap_or_default();
+                NodeFigures {
+                    name: n.name.clone(),
+                    status: n.status,
+                    role: effective_role(n.id, n.role, primary),
+                    reachable: n.reachable,
+                    selects: c.selects.load(Ordering::Relaxed),
+                    queries: c.queries.load(Ordering::Relaxed),
+                    health_checks: c.health_checks.load(Ordering::Relaxed),
+                    health_check_failures: c.health_check_failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let pools = shared
+            .pools
+            .stats()
+            .into_iter()
+            .map(|stats| PoolFigures {
+                node: snap
+                    .node(stats.node)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_else(|| stats.node.to_string()),
+                stats,
+            })
+            .collect();
+        Figures {
+            process,
+            nodes,
+            pools,
+        }
+    }
+}
+
+/// A node that reports itself primary but is not the one tidepool routes
+/// writes to (two primaries after a split) is shown as unknown, as in
+/// `SHOW POOL_NODES`.
+fn effective_role(id: usize, reported: Role, primary: Option<usize>) -> Role {
+    if Some(id) == primary {
+        Role::Primary
+    } else if reported == Role::Primary {
+        Role::Unknown
+    } else {
+        reported
+    }
+}
+
+/// The text exposition of `shared`'s current figures.
+pub fn render(shared: &Shared) -> String {
+    encode(Figures::gather(shared))
+}
+
+/// The text exposition of `figures`.
+pub fn encode(figures: Figures) -> String {
+    let mut registry = Registry::with_prefix("tidepool");
+    registry.register_collector(Box::new(figures));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes one metric family: a descriptor and one sample per label set
+/// (or a single unlabelled sample).
+fn family<V>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, V)>,
+    write: impl Fn(V, prometheus_client::encoding::MetricEncoder) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let mut metric = enc.encode_descriptor(name, help, unit, kind)?;
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            // A process-wide figure: one sample, written without `{}`.
+            return write(value, metric);
+        }
+        write(value, metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> std::fmt::Result {
+    family(
+        enc,
+        name,
+        help,
+        None,
+        MetricType::Counter,
+        samples,
+        |v, e| ConstCounter::new(v).encode(e),
+    )
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, i64)>,
+) -> std::fmt::Result {
+    family(enc, name, help, None, MetricType::Gauge, samples, |v, e| {
+        ConstGauge::new(v).encode(e)
+    })
+}
+
+fn one<V>(v: V) -> [(Labels, V); 1] {
+    [(Vec::new(), v)]
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Collector for Figures {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        self.encode_process(&mut enc)?;
+        self.encode_pools(&mut enc)?;
+        self.encode_nodes(&mut enc)
+    }
+}
+
+impl Figures {
+    fn encode_process(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let p = &self.process;
+        gauges(
+            enc,
+            "clients_active",
+            "Client connections open now.",
+            one(p.clients_active),
+        )?;
+        counters(
+            enc,
+            "clients",
+            "Client connections accepted.",
+            one(p.clients_total),
+        )?;
+        counters(
+            enc,
+            "auth_failures",
+            "Client authentications that failed.",
+            one(p.auth_failures),
+        )?;
+        counters(
+            enc,
+            "client_errors",
+            "Client sessions that ended with a protocol or I/O error.",
+            one(p.client_errors),
+        )?;
+        counters(
+            enc,
+            "queries",
+            "Queries relayed for clients.",
+            one(p.queries),
+        )?;
+        counters(
+            enc,
+            "cancel_requests",
+            "Cancel requests received.",
+            one(p.cancel_requests),
+        )?;
+        counters(
+            enc,
+            "sessions_pinned",
+            "Transaction-mode sessions pinned to one backend connection.",
+            one(p.sessions_pinned),
+        )?;
+        counters(
+            enc,
+            "reloads",
+            "Configuration reloads applied.",
+            one(p.reloads),
+        )
+    }
+
+    fn encode_pools(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let labelled = |f: fn(&PoolStats) -> u64| {
+            self.pools
+                .iter()
+                .map(move |p| {
+                    let labels = vec![
+                        ("node", p.node.clone()),
+                        ("user", p.stats.user.clone()),
+                        ("database", p.stats.database.clone()),
+                    ];
+                    (labels, f(&p.stats))
+                })
+                .collect::<Vec<_>>()
+        };
+        let as_gauge = |v: Vec<(Labels, u64)>| {
+            v.into_iter()
+                .map(|(l, n)| (l, i64::try_from(n).unwrap_or(i64::MAX)))
+        };
+        gauges(
+            enc,
+            "pool_connections",
+            "Backend connections of the pool: idle, lent out or being opened.",
+            as_gauge(labelled(|s| s.total as u64)),
+        )?;
+        gauges(
+            enc,
+            "pool_connections_idle",
+            "Idle backend connections of the pool.",
+            as_gauge(labelled(|s| s.idle as u64)),
+        )?;
+        gauges(
+            enc,
+            "pool_connections_active",
+            "Backend connections of the pool lent to clients or being opened.",
+            as_gauge(labelled(|s| s.total.saturating_sub(s.idle) as u64)),
+        )?;
+        gauges(
+            enc,
+            "pool_max_size",
+            "Most backend connections the pool may hold.",
+            as_gauge(labelled(|s| s.max_size as u64)),
+        )?;
+        gauges(
+            enc,
+            "pool_waiting_clients",
+            "Clients waiting for a backend connection of the pool.",
+            as_gauge(labelled(|s| s.waiting as u64)),
+        )?;
+        counters(
+            enc,
+            "pool_checkouts",
+            "Backend connections lent to clients.",
+            labelled(|s| s.checkouts),
+        )?;
+        counters(
+            enc,
+            "pool_connects",
+            "Backend connections opened.",
+            labelled(|s| s.connects),
+        )?;
+        counters(
+            enc,
+            "pool_connect_errors",
+            "Backend connections that failed to open.",
+            labelled(|s| s.connect_errors),
+        )?;
+        counters(
+            enc,
+            "pool_wait_timeouts",
+            "Clients that gave up waiting (pool.checkout_timeout).",
+            labelled(|s| s.wait_timeouts),
+        )?;
+        counters(
+            enc,
+            "pool_queue_full",
+            "Clients refused because the wait queue was full (pool.max_waiting_clients).",
+            labelled(|s| s.queue_full),
+        )?;
+        let wait = self.pools.iter().map(|p| {
+            let labels = vec![
+                ("node", p.node.clone()),
+                ("user", p.stats.user.clone()),
+                ("database", p.stats.database.clone()),
+            ];
+            (labels, p.stats.wait_us as f64 / 1e6)
+        });
+        family(
+            enc,
+            "pool_wait",
+            "Time clients spent waiting for a backend connection.",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+            wait,
+            |v, e| ConstCounter::new(v).encode(e),
+        )
+    }
+
+    fn encode_nodes(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let per_node = |f: fn(&NodeFigures) -> u64| {
+            self.nodes
+                .iter()
+                .map(move |n| (vec![("node", n.name.clone())], f(n)))
+                .collect::<Vec<_>>()
+        };
+        gauges(
+            enc,
+            "node_up",
+            "1 when the node is attached and answering health checks.",
+            self.nodes.iter().map(|n| {
+                (
+                    vec![("node", n.name.clone())],
+                    i64::from(n.status == Status::Up),
+                )
+            }),
+        )?;
+        let statuses = [Status::Up, Status::Waiting, Status::Down];
+        gauges(
+            enc,
+            "node_status",
+            "1 for the node's current status (up, waiting, down), 0 for the others.",
+            self.nodes.iter().flat_map(|n| {
+                statuses.iter().map(|s| {
+                    let labels = vec![("node", n.name.clone()), ("status", s.as_str().to_string())];
+                    (labels, i64::from(n.status == *s))
+                })
+            }),
+        )?;
+        let roles = [Role::Primary, Role::Standby, Role::Unknown];
+        gauges(
+            enc,
+            "node_role",
+            "1 for the node's current role (primary, standby, unknown), 0 for the others.",
+            self.nodes.iter().flat_map(|n| {
+                roles.iter().map(|r| {
+                    let labels = vec![("node", n.name.clone()), ("role", r.as_str().to_string())];
+                    (labels, i64::from(n.role == *r))
+                })
+            }),
+        )?;
+        gauges(
+            enc,
+            "node_reachable",
+            "1 when the last health check reached the server.",
+            self.nodes
+                .iter()
+                .map(|n| (vec![("node", n.name.clone())], i64::from(n.reachable))),
+        )?;
+        counters(
+            enc,
+            "node_selects",
+            "Read-only statements routed to the node.",
+            per_node(|n| n.selects),
+        )?;
+        counters(
+            enc,
+            "node_queries",
+            "Statements routed to the node.",
+            per_node(|n| n.queries),
+        )?;
+        counters(
+            enc,
+            "node_health_checks",
+            "Health checks run against the node.",
+            per_node(|n| n.health_checks),
+        )?;
+        counters(
+            enc,
+            "node_health_check_failures",
+            "Health checks of the node that failed.",
+            per_node(|n| n.health_check_failures),
+        )?;
+        gauges(
+            enc,
+            "nodes",
+            "Nodes in the node table.",
+            one(count(self.nodes.len())),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(node: &str, user: &str) -> PoolFigures {
+        PoolFigures {
+            node: node.into(),
+            stats: PoolStats {
+                node: 0,
+                user: user.into(),
+                database: "app".into(),
+                total: 3,
+                idle: 1,
+                waiting: 0,
+                max_size: 20,
+                checkouts: 9,
+                connects: 3,
+                connect_errors: 0,
+                wait_timeouts: 0,
+                queue_full: 0,
+                wait_us: 1_500_000,
+            },
+        }
+    }
+
+    #[test]
+    fn counters_get_the_total_suffix_and_labels_name_the_node() {
+        let text = encode(Figures {
+            process: ProcessFigures {
+                queries: 42,
+                ..Default::default()
+            },
+            nodes: vec![NodeFigures {
+                name: "pg0".into(),
+                status: Status::Up,
+                role: Role::Primary,
+                reachable: true,
+                selects: 5,
+                queries: 7,
+                health_checks: 3,
+                health_check_failures: 1,
+            }],
+            pools: vec![pool("pg0", "app")],
+        });
+        assert!(text.contains("# TYPE tidepool_queries counter\n"), "{text}");
+        assert!(text.contains("tidepool_queries_total 42\n"), "{text}");
+        assert!(
+            text.contains("tidepool_node_up{node=\"pg0\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("tidepool_node_role{node=\"pg0\",role=\"primary\"} 1\n"));
+        assert!(text.contains("tidepool_node_role{node=\"pg0\",role=\"standby\"} 0\n"));
+        assert!(text.contains(
+            "tidepool_pool_connections_active{node=\"pg0\",user=\"app\",database=\"app\"} 2\n"
+        ));
+        assert!(text.contains(
+            "tidepool_pool_wait_seconds_total{node=\"pg0\",user=\"app\",database=\"app\"} 1.5\n"
+        ));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let text = encode(Figures {
+            pools: vec![pool("pg0", "we\"ird")],
+            ..Default::default()
+        });
+        assert!(text.contains("user=\"we\\\"ird\""), "{text}");
+    }
+
+    #[test]
+    fn a_second_primary_is_reported_as_unknown() {
+        assert_eq!(effective_role(1, Role::Primary, Some(0)), Role::Unknown);
+        assert_eq!(effective_role(0, Role::Primary, Some(0)), Role::Primary);
+        assert_eq!(effective_role(2, Role::Standby, Some(0)), Role::Standby);
+    }
+}
