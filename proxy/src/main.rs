@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
 
 use tidepool::{
-    cluster,
+    admin, cluster,
     config::{Config, ConfigError, LogFormat},
+    ctl,
     server::{self, Shared},
 };
 
@@ -31,12 +32,15 @@ enum Command {
         #[arg(short, long, env = "TIDEPOOL_CONFIG")]
         config: PathBuf,
     },
+    /// Control a running tidepool through its admin HTTP API.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
+        Command::Ctl(args) => run_ctl(args),
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -58,6 +62,24 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `ctl` is a short-lived client: one request on a single-threaded runtime.
+fn run_ctl(args: ctl::CtlArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(ctl::run(args)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tidepool ctl: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -109,6 +131,10 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+    let admin_listen = cfg.server.admin_listen;
+    let admin_listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen} (server.admin_listen)"))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Shared::new(cfg, Some(path), shutdown_rx.clone());
 
@@ -119,8 +145,9 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     ));
     tokio::spawn(reap_idle(shared.clone()));
     tokio::spawn(handle_signals(shared.clone(), shutdown_tx));
+    tokio::spawn(admin::http::serve(admin_listener, shared.clone()));
 
-    tracing::info!(%listen, "tidepool serving");
+    tracing::info!(%listen, %admin_listen, "tidepool serving");
     server::serve(listener, shared).await;
     tracing::info!("tidepool stopped");
     Ok(())
