@@ -14,7 +14,11 @@ use tidepool::{
 };
 
 #[derive(Parser)]
-#[command(name = "tidepool", version, about = "High-availability pooling proxy for PostgreSQL")]
+#[command(
+    name = "tidepool",
+    version,
+    about = "High-availability pooling proxy for PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
