@@ -128,7 +128,8 @@ impl ServerConn {
         conn.stream.write_all(&out).await?;
         conn.authenticate(p).await?;
         for (k, v) in p.options {
-            conn.settings.insert(k.to_ascii_lowercase(), quote_literal(v));
+            conn.settings
+                .insert(k.to_ascii_lowercase(), quote_literal(v));
         }
         Ok(conn)
     }
@@ -141,7 +142,9 @@ impl ServerConn {
                 b'R' => {
                     let body = f.body();
                     if body.len() < 4 {
-                        return Err(BackendError::Protocol("short authentication message".into()));
+                        return Err(BackendError::Protocol(
+                            "short authentication message".into(),
+                        ));
                     }
                     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                     let data = &body[4..];
@@ -179,17 +182,17 @@ impl ServerConn {
                             scram = Some(s);
                         }
                         11 => {
-                            let s = scram
-                                .as_mut()
-                                .ok_or_else(|| BackendError::Protocol("SASL out of order".into()))?;
+                            let s = scram.as_mut().ok_or_else(|| {
+                                BackendError::Protocol("SASL out of order".into())
+                            })?;
                             s.update(data)
                                 .map_err(|e| BackendError::Protocol(e.to_string()))?;
                             messages::sasl_response(&mut out, s.message());
                         }
                         12 => {
-                            let s = scram
-                                .as_mut()
-                                .ok_or_else(|| BackendError::Protocol("SASL out of order".into()))?;
+                            let s = scram.as_mut().ok_or_else(|| {
+                                BackendError::Protocol("SASL out of order".into())
+                            })?;
                             s.finish(data)
                                 .map_err(|e| BackendError::Protocol(e.to_string()))?;
                         }

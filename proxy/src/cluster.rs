@@ -277,7 +277,11 @@ pub async fn run_checks(
         }
         // Restart the per-node tasks when the node list itself changes.
         let count = snap.nodes.len();
-        let names: Vec<String> = snap.nodes.iter().map(|n| format!("{}:{}", n.host, n.port)).collect();
+        let names: Vec<String> = snap
+            .nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.host, n.port))
+            .collect();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => { tasks.abort_all(); return; }

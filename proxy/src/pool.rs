@@ -227,7 +227,11 @@ impl Pool {
 
     async fn open(&self, options: &[(String, String)]) -> Result<ServerConn, BackendError> {
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
-        let target = self.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let target = self
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let timeout = self.lock().limits.connect_timeout;
         let params = ConnectParams {
             host: &target.host,

@@ -39,7 +39,10 @@ pub fn answer(sql: &str, shared: &Shared) -> Option<Table> {
         "pool_processes" => pool_processes(shared),
         "pool_version" => Table {
             columns: vec!["pool_version"],
-            rows: vec![vec![Some(format!("tidepool {}", env!("CARGO_PKG_VERSION")))]],
+            rows: vec![vec![Some(format!(
+                "tidepool {}",
+                env!("CARGO_PKG_VERSION")
+            ))]],
         },
         "pool_health_check_stats" => health_check_stats(shared),
         "pool_backend_stats" => backend_stats(shared),
@@ -80,7 +83,11 @@ fn pool_nodes(shared: &Shared) -> Table {
                 s(if n.reachable { "up" } else { "down" }),
                 s(format!(
                     "{:.6}",
-                    if total_weight > 0.0 { n.weight / total_weight } else { 0.0 }
+                    if total_weight > 0.0 {
+                        n.weight / total_weight
+                    } else {
+                        0.0
+                    }
                 )),
                 s(role.as_str()),
                 s(n.role.as_str()),
@@ -89,7 +96,9 @@ fn pool_nodes(shared: &Shared) -> Table {
                 s(0),
                 s(""),
                 s(""),
-                s(humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(changed))),
+                s(humantime::format_rfc3339_seconds(
+                    UNIX_EPOCH + std::time::Duration::from_secs(changed),
+                )),
             ]
         })
         .collect();
@@ -158,7 +167,12 @@ fn pool_pools(shared: &Shared) -> Table {
 fn pool_processes(shared: &Shared) -> Table {
     let m = &shared.metrics;
     Table {
-        columns: vec!["clients_active", "clients_total", "sessions_pinned", "queries"],
+        columns: vec![
+            "clients_active",
+            "clients_total",
+            "sessions_pinned",
+            "queries",
+        ],
         rows: vec![vec![
             s(m.clients_active.load(Ordering::Relaxed)),
             s(m.clients_total.load(Ordering::Relaxed)),

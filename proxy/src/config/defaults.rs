@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use super::{
-    HealthCheckConfig, LogFormat, LoggingConfig, PoolConfig, PoolMode, ServerConfig,
-};
+use super::{HealthCheckConfig, LogFormat, LoggingConfig, PoolConfig, PoolMode, ServerConfig};
 
 pub const CLIENT_PORT: u16 = 9999;
 pub const ADMIN_PORT: u16 = 9898;

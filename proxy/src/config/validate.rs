@@ -88,7 +88,12 @@ fn error_at(prefix: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> Co
         p => format!("{prefix}.{p}"),
     };
     // toml's message may carry its own position text; keep the first line.
-    let msg = e.inner().message().lines().next().unwrap_or("invalid value");
+    let msg = e
+        .inner()
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid value");
     ConfigError::new(path, msg.to_string())
 }
 
@@ -101,7 +106,10 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
                 format!("line {line}")
             })
             .unwrap_or_default();
-        vec![ConfigError::new(at, format!("TOML syntax: {}", e.message()))]
+        vec![ConfigError::new(
+            at,
+            format!("TOML syntax: {}", e.message()),
+        )]
     })?;
     let mut errors = Vec::new();
     for key in table.keys() {
@@ -207,13 +215,22 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
         );
     }
     if c.health_check.period.is_zero() {
-        err("health_check.period".into(), "must be greater than 0".into());
+        err(
+            "health_check.period".into(),
+            "must be greater than 0".into(),
+        );
     }
     if c.health_check.timeout.is_zero() {
-        err("health_check.timeout".into(), "must be greater than 0".into());
+        err(
+            "health_check.timeout".into(),
+            "must be greater than 0".into(),
+        );
     }
     if c.pool.connect_timeout.is_zero() {
-        err("pool.connect_timeout".into(), "must be greater than 0".into());
+        err(
+            "pool.connect_timeout".into(),
+            "must be greater than 0".into(),
+        );
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.logging.level) {
         err("logging.level".into(), format!("not a valid filter: {e}"));
@@ -299,13 +316,17 @@ weight = -2.0
         assert!(paths.contains(&"bogus"), "{errs:?}");
         assert!(paths.contains(&"pool.mode"), "{errs:?}");
         assert!(paths.contains(&"backends[0].port"), "{errs:?}");
-        assert!(paths.iter().any(|p| p.starts_with("backends[1]")), "{errs:?}");
+        assert!(
+            paths.iter().any(|p| p.starts_with("backends[1]")),
+            "{errs:?}"
+        );
         assert!(paths.contains(&"backends[2].weight"), "{errs:?}");
     }
 
     #[test]
     fn durations_are_human_readable() {
-        let text = format!("{MINIMAL}\n[pool]\ncheckout_timeout = \"250ms\"\nidle_timeout = \"2m\"\n");
+        let text =
+            format!("{MINIMAL}\n[pool]\ncheckout_timeout = \"250ms\"\nidle_timeout = \"2m\"\n");
         let c = Config::load_str(&text).unwrap();
         assert_eq!(c.pool.checkout_timeout.as_millis(), 250);
         assert_eq!(c.pool.idle_timeout.as_secs(), 120);
@@ -313,10 +334,7 @@ weight = -2.0
 
     #[test]
     fn non_loopback_admin_needs_a_token() {
-        let text = MINIMAL.replace(
-            "[server]\n",
-            "[server]\nadmin_listen = \"0.0.0.0:9898\"\n",
-        );
+        let text = MINIMAL.replace("[server]\n", "[server]\nadmin_listen = \"0.0.0.0:9898\"\n");
         let errs = Config::load_str(&text).unwrap_err();
         assert_eq!(errs[0].path, "server.admin_token");
     }

@@ -200,7 +200,10 @@ mod tests {
         let mut tiny = BytesMut::from(&[0u8, 0, 0, 3, 1, 2, 3][..]);
         assert!(take_startup(&mut tiny).is_err());
         let mut huge = BytesMut::from(&[0u8, 1, 0, 0, 0, 3, 0, 0][..]);
-        assert!(matches!(take_startup(&mut huge), Err(FrameError::TooLong(..))));
+        assert!(matches!(
+            take_startup(&mut huge),
+            Err(FrameError::TooLong(..))
+        ));
         let mut unterminated = BytesMut::new();
         unterminated.put_i32(13);
         unterminated.put_u32(196608);
@@ -213,7 +216,10 @@ mod tests {
         let mut ssl = BytesMut::new();
         ssl.put_i32(8);
         ssl.put_u32(SSL_REQUEST_CODE);
-        assert_eq!(take_startup(&mut ssl).unwrap(), Some(StartupPacket::SslRequest));
+        assert_eq!(
+            take_startup(&mut ssl).unwrap(),
+            Some(StartupPacket::SslRequest)
+        );
         let mut cancel = BytesMut::new();
         cancel.put_i32(16);
         cancel.put_u32(CANCEL_REQUEST_CODE);

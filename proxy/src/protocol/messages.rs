@@ -8,9 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::{
     Message,
     cancel::CancelRequest,
-    response::{
-        CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
-    },
+    response::{CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus},
     startup::{
         Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, Password,
         SASLInitialResponse, SASLResponse, SecretKey, Startup,
@@ -97,7 +95,10 @@ pub fn auth_sasl_continue(out: &mut BytesMut, data: &[u8]) {
 }
 
 pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
-    encode(&Authentication::SASLFinal(Bytes::copy_from_slice(data)), out);
+    encode(
+        &Authentication::SASLFinal(Bytes::copy_from_slice(data)),
+        out,
+    );
 }
 
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
@@ -122,7 +123,10 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
 }
 
 pub fn negotiate_protocol_version(out: &mut BytesMut, newest_minor: i32, unsupported: Vec<String>) {
-    encode(&NegotiateProtocolVersion::new(newest_minor, unsupported), out);
+    encode(
+        &NegotiateProtocolVersion::new(newest_minor, unsupported),
+        out,
+    );
 }
 
 /// RowDescription of text columns (type `text`, OID 25).
@@ -145,10 +149,12 @@ pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
 
 /// DataRow of text values (`None` is SQL NULL).
 pub fn data_row(out: &mut BytesMut, values: &[Option<String>]) {
-    let len = 4 + 2 + values
-        .iter()
-        .map(|v| 4 + v.as_ref().map_or(0, |s| s.len()))
-        .sum::<usize>();
+    let len = 4
+        + 2
+        + values
+            .iter()
+            .map(|v| 4 + v.as_ref().map_or(0, |s| s.len()))
+            .sum::<usize>();
     out.put_u8(b'D');
     out.put_i32(len as i32);
     out.put_i16(values.len() as i16);
@@ -345,7 +351,13 @@ mod tests {
     #[test]
     fn error_response_round_trips_through_the_reader() {
         let mut out = BytesMut::new();
-        error_response(&mut out, Severity::Fatal, "28P01", "password authentication failed", None);
+        error_response(
+            &mut out,
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed",
+            None,
+        );
         let f = frame_of(&out);
         assert_eq!(f.tag, b'E');
         let e = read_error(&f);
@@ -371,7 +383,10 @@ mod tests {
     fn parse_rename_keeps_query() {
         let orig = with_header(b'P', &[b"s1\0SELECT $1\0\0\x01\0\0\0\x17"]);
         let renamed = frame_of(&rename_parse(&frame_of(&orig), "").unwrap());
-        assert_eq!(read_parse(&renamed).unwrap(), ("".into(), "SELECT $1".into()));
+        assert_eq!(
+            read_parse(&renamed).unwrap(),
+            ("".into(), "SELECT $1".into())
+        );
         assert_eq!(&renamed.body()[1..], &orig[8..]);
     }
 

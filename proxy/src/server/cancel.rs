@@ -30,7 +30,10 @@ impl CancelSlot {
     }
 
     pub fn get(&self) -> Option<(SocketAddr, i32, Bytes)> {
-        self.target.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -108,7 +111,10 @@ mod tests {
         let reg = Arc::new(CancelRegistry::default());
         let r = reg.register();
         let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
-        assert!(reg.lookup(r.pid, &r.secret.to_be_bytes()).is_none(), "idle client");
+        assert!(
+            reg.lookup(r.pid, &r.secret.to_be_bytes()).is_none(),
+            "idle client"
+        );
         r.slot.set(addr, 77, Bytes::from_static(b"abcd"));
         let (a, pid, _) = reg.lookup(r.pid, &r.secret.to_be_bytes()).unwrap();
         assert_eq!((a, pid), (addr, 77));

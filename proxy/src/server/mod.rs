@@ -121,7 +121,10 @@ pub struct ReloadOutcome {
 /// An invalid file changes nothing.
 pub fn reload(shared: &Shared) -> Result<ReloadOutcome, Vec<ConfigError>> {
     let Some(path) = &shared.config_path else {
-        return Err(vec![ConfigError::new("", "no configuration file to reload")]);
+        return Err(vec![ConfigError::new(
+            "",
+            "no configuration file to reload",
+        )]);
     };
     let new = Config::load(path)?;
     Ok(apply(shared, new))
@@ -150,7 +153,9 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
     if old.users != new.users {
         shared.secrets.store(Arc::new(user_secrets(&new)));
     }
-    shared.health_settings.send_replace(new.health_check.clone());
+    shared
+        .health_settings
+        .send_replace(new.health_check.clone());
     let snapshot = shared.cluster.snapshot();
     let mut pools_updated = 0;
     shared.pools.for_each(|p| {
@@ -198,7 +203,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
     drop(listener);
     let grace = shared.config.load().server.shutdown_timeout;
-    tracing::info!(clients = clients.len(), ?grace, "shutting down: waiting for clients");
+    tracing::info!(
+        clients = clients.len(),
+        ?grace,
+        "shutting down: waiting for clients"
+    );
     let _ = tokio::time::timeout(grace, async {
         while clients.join_next().await.is_some() {}
     })

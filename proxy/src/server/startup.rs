@@ -15,8 +15,8 @@ use tracing::Instrument;
 use super::Shared;
 use crate::{
     auth::{
-        self, AuthError, Method, SCRAM_SHA_256, ScramServer, effective_method,
-        md5_salt, verify_md5_response,
+        self, AuthError, Method, SCRAM_SHA_256, ScramServer, effective_method, md5_salt,
+        verify_md5_response,
     },
     protocol::{
         StartupPacket,
@@ -49,20 +49,28 @@ struct ClientGuard(Arc<Shared>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.0.metrics.clients_active.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .metrics
+            .clients_active
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     shared.metrics.clients_total.fetch_add(1, Ordering::Relaxed);
-    let active = shared.metrics.clients_active.fetch_add(1, Ordering::Relaxed) + 1;
+    let active = shared
+        .metrics
+        .clients_active
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
     let _guard = ClientGuard(shared.clone());
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::new();
     let timeout = shared.config.load().server.startup_timeout;
 
-    let started = tokio::time::timeout(timeout, read_startup(&mut rd, &mut wr, &mut buf, &shared)).await;
+    let started =
+        tokio::time::timeout(timeout, read_startup(&mut rd, &mut wr, &mut buf, &shared)).await;
     let (params, minor_asked, pq_options) = match started {
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => return, // cancel request, or the client left
@@ -89,12 +97,22 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
         }
         let max = shared.config.load().server.max_client_connections;
         let outcome = if active > max as i64 {
-            Err(refuse(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already"))
+            Err(refuse(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            ))
         } else {
-            let auth = authenticate(&mut rd, &mut wr, &mut buf, &mut out, &shared, peer, &user, &database);
+            let auth = authenticate(
+                &mut rd, &mut wr, &mut buf, &mut out, &shared, peer, &user, &database,
+            );
             tokio::time::timeout(timeout, auth)
                 .await
-                .unwrap_or_else(|_| Err(refuse(sqlstate::PROTOCOL_VIOLATION, "authentication timed out")))
+                .unwrap_or_else(|_| {
+                    Err(refuse(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "authentication timed out",
+                    ))
+                })
         };
         if let Err(r) = outcome {
             shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -162,13 +180,16 @@ async fn read_startup(
     loop {
         let packet = match frame::take_startup(buf) {
             Ok(Some(p)) => p,
-            Ok(None) => {
-                match rd.read_buf(buf).await {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => continue,
-                }
+            Ok(None) => match rd.read_buf(buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => continue,
+            },
+            Err(e) => {
+                return Err(refuse(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup packet: {e}"),
+                ));
             }
-            Err(e) => return Err(refuse(sqlstate::PROTOCOL_VIOLATION, format!("invalid startup packet: {e}"))),
         };
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
@@ -179,19 +200,30 @@ async fn read_startup(
                 }
             }
             StartupPacket::Cancel { pid, secret } => {
-                shared.metrics.cancel_requests.fetch_add(1, Ordering::Relaxed);
-                if let Some((addr, backend_pid, backend_secret)) = shared.cancels.lookup(pid, &secret) {
-                    if let Err(e) = crate::backend::send_cancel(addr, backend_pid, &backend_secret).await {
-                        tracing::warn!(%addr, error = %e, "could not forward a cancel request");
-                    }
+                shared
+                    .metrics
+                    .cancel_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some((addr, backend_pid, backend_secret)) =
+                    shared.cancels.lookup(pid, &secret)
+                    && let Err(e) =
+                        crate::backend::send_cancel(addr, backend_pid, &backend_secret).await
+                {
+                    tracing::warn!(%addr, error = %e, "could not forward a cancel request");
                 }
                 return Ok(None);
             }
-            StartupPacket::Startup { major, minor, params } => {
+            StartupPacket::Startup {
+                major,
+                minor,
+                params,
+            } => {
                 if major != 3 {
                     return Err(refuse(
                         sqlstate::FEATURE_NOT_SUPPORTED,
-                        format!("unsupported frontend protocol {major}.{minor}: tidepool supports 3.0"),
+                        format!(
+                            "unsupported frontend protocol {major}.{minor}: tidepool supports 3.0"
+                        ),
                     ));
                 }
                 let pq: Vec<String> = params
@@ -199,14 +231,19 @@ async fn read_startup(
                     .filter(|(k, _)| k.starts_with("_pq_."))
                     .map(|(k, _)| k.clone())
                     .collect();
-                let params: Vec<_> = params.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
+                let params: Vec<_> = params
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with("_pq_."))
+                    .collect();
                 if param(&params, "user").is_none_or(|u| u.is_empty()) {
                     return Err(refuse(
                         sqlstate::INVALID_AUTHORIZATION,
                         "no PostgreSQL user name specified in startup packet",
                     ));
                 }
-                if param(&params, "replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+                if param(&params, "replication")
+                    .is_some_and(|r| r != "false" && r != "0" && r != "off")
+                {
                     return Err(refuse(
                         sqlstate::FEATURE_NOT_SUPPORTED,
                         "replication connections are not served through tidepool; connect to the node directly",
@@ -219,7 +256,10 @@ async fn read_startup(
 }
 
 fn param(params: &[(String, String)], name: &str) -> Option<String> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
 }
 
 /// Startup parameters that become session settings: everything but the
@@ -269,7 +309,9 @@ async fn authenticate(
     if method == Method::Reject {
         return Err(refuse(
             sqlstate::INVALID_AUTHORIZATION,
-            format!("tidepool hba rejects connection for host \"{host}\", user \"{user}\", database \"{database}\""),
+            format!(
+                "tidepool hba rejects connection for host \"{host}\", user \"{user}\", database \"{database}\""
+            ),
         ));
     }
     let secrets = shared.secrets.load();
@@ -284,7 +326,10 @@ async fn authenticate(
         // from wrong passwords.
         let mut scram = ScramServer::mock(user, &shared.mock_key);
         let r = scram_exchange(rd, wr, buf, out, &mut scram).await;
-        return Err(auth_refusal(r.err().unwrap_or(AuthError::InvalidPassword), user));
+        return Err(auth_refusal(
+            r.err().unwrap_or(AuthError::InvalidPassword),
+            user,
+        ));
     };
     let secret = &user_secret.secret;
     let method = effective_method(method, secret).map_err(|e| {
@@ -356,7 +401,12 @@ async fn read_password(
     buf: &mut BytesMut,
     out: &mut BytesMut,
 ) -> Result<Frame, Refusal> {
-    let io = |_| refuse(sqlstate::PROTOCOL_VIOLATION, "client left during authentication");
+    let io = |_| {
+        refuse(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client left during authentication",
+        )
+    };
     wr.write_all(out).await.map_err(io)?;
     out.clear();
     loop {
@@ -365,12 +415,18 @@ async fn read_password(
             Ok(Some(f)) => {
                 return Err(refuse(
                     sqlstate::PROTOCOL_VIOLATION,
-                    format!("expected password response, got message type {}", f.tag as char),
+                    format!(
+                        "expected password response, got message type {}",
+                        f.tag as char
+                    ),
                 ));
             }
             Ok(None) => {
                 if rd.read_buf(buf).await.map_err(io)? == 0 {
-                    return Err(refuse(sqlstate::PROTOCOL_VIOLATION, "client left during authentication"));
+                    return Err(refuse(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "client left during authentication",
+                    ));
                 }
             }
             Err(e) => return Err(refuse(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
@@ -393,7 +449,9 @@ fn sasl_initial(f: &Frame) -> Result<(String, Vec<u8>), FrameError> {
     let len = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     let data = &b[4..];
     if len >= 0 && len as usize != data.len() {
-        return Err(FrameError::BadStartup("SASLInitialResponse length mismatch".into()));
+        return Err(FrameError::BadStartup(
+            "SASLInitialResponse length mismatch".into(),
+        ));
     }
     let mut v = Vec::with_capacity(data.len());
     v.put_slice(data);
@@ -409,7 +467,10 @@ mod tests {
         let params = vec![
             ("user".to_string(), "app".to_string()),
             ("application_name".to_string(), "psql".to_string()),
-            ("options".to_string(), "-c search_path=app --work-mem=4MB -cstatement_timeout=5s".to_string()),
+            (
+                "options".to_string(),
+                "-c search_path=app --work-mem=4MB -cstatement_timeout=5s".to_string(),
+            ),
         ];
         let s = session_settings(&params);
         assert!(s.contains(&("application_name".into(), "psql".into())));

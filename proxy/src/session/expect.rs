@@ -14,7 +14,9 @@ use super::state::SettingChange;
 pub enum Expect {
     /// A simple Query or FunctionCall: everything up to ReadyForQuery.
     /// Carries the setting changes to confirm on CommandComplete.
-    Simple { settings: Vec<SettingChange> },
+    Simple {
+        settings: Vec<SettingChange>,
+    },
     /// ParseComplete; `hidden` when tidepool injected the Parse.
     Parse {
         hidden: bool,

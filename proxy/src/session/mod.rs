@@ -302,9 +302,7 @@ impl Session {
             PoolError::QueueFull(_) | PoolError::Timeout(..) => {
                 (sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
             }
-            PoolError::Backend(BackendError::Refused(f)) => {
-                (code_of(&f.code), f.message.clone())
-            }
+            PoolError::Backend(BackendError::Refused(f)) => (code_of(&f.code), f.message.clone()),
             PoolError::Backend(_) => (sqlstate::CANNOT_CONNECT_NOW, e.to_string()),
         })?;
         let conn = lease.conn();
@@ -335,7 +333,10 @@ impl Session {
         match self.acquire().await {
             Ok(()) => true,
             Err((code, msg)) => {
-                self.shared.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .client_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 self.error(Severity::Error, code, &msg, None);
                 if simple {
                     messages::ready_for_query(&mut self.to_client, self.tx_status);
@@ -559,7 +560,10 @@ impl Session {
         for p in &e.pins {
             if self.pins.insert(*p) {
                 self.shared.metrics.pinned.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(reason = p.as_str(), "session pinned to its backend connection");
+                tracing::debug!(
+                    reason = p.as_str(),
+                    "session pinned to its backend connection"
+                );
             }
         }
     }
@@ -606,25 +610,23 @@ impl Session {
                     self.pop_if(|e| matches!(e, Expect::Execute));
                 }
             }
-            b'E' => {
-                if !matches!(self.pending.front(), Some(Expect::Simple { .. })) {
-                    // Extended protocol: the server skips to the next Sync.
-                    while let Some(e) = self.pending.front() {
-                        if matches!(e, Expect::Sync) {
-                            break;
-                        }
-                        if let Some(Expect::Parse {
-                            server_name: Some(n),
-                            ..
-                        }) = self.pending.pop_front()
-                            && let Some(l) = self.lease.as_mut()
-                        {
-                            l.conn().prepared.remove(&n);
-                        }
+            b'E' if !matches!(self.pending.front(), Some(Expect::Simple { .. })) => {
+                // Extended protocol: the server skips to the next Sync.
+                while let Some(e) = self.pending.front() {
+                    if matches!(e, Expect::Sync) {
+                        break;
                     }
-                    if self.pending.is_empty() {
-                        self.skipping = true;
+                    if let Some(Expect::Parse {
+                        server_name: Some(n),
+                        ..
+                    }) = self.pending.pop_front()
+                        && let Some(l) = self.lease.as_mut()
+                    {
+                        l.conn().prepared.remove(&n);
                     }
+                }
+                if self.pending.is_empty() {
+                    self.skipping = true;
                 }
             }
             b'S' => {

@@ -262,13 +262,19 @@ mod tests {
 
     #[test]
     fn session_state_that_cannot_move_pins() {
-        assert_eq!(analyze("CREATE TEMP TABLE t(a int)").pins, [PinReason::TempTable]);
+        assert_eq!(
+            analyze("CREATE TEMP TABLE t(a int)").pins,
+            [PinReason::TempTable]
+        );
         assert_eq!(
             analyze("create local temporary table t(a int)").pins,
             [PinReason::TempTable]
         );
         assert!(analyze("CREATE TABLE temp_x(a int)").pins.is_empty());
-        assert_eq!(analyze("select pg_advisory_lock(1)").pins, [PinReason::AdvisoryLock]);
+        assert_eq!(
+            analyze("select pg_advisory_lock(1)").pins,
+            [PinReason::AdvisoryLock]
+        );
         assert!(analyze("select pg_advisory_xact_lock(1)").pins.is_empty());
         assert_eq!(analyze("LISTEN chan").pins, [PinReason::Listen]);
         assert_eq!(
@@ -276,7 +282,10 @@ mod tests {
             [PinReason::CursorWithHold]
         );
         assert!(analyze("DECLARE c CURSOR FOR SELECT 1").pins.is_empty());
-        assert_eq!(analyze("PREPARE p AS SELECT 1").pins, [PinReason::SqlPrepare]);
+        assert_eq!(
+            analyze("PREPARE p AS SELECT 1").pins,
+            [PinReason::SqlPrepare]
+        );
         assert!(analyze("PREPARE TRANSACTION 'x'").pins.is_empty());
     }
 
@@ -295,18 +304,28 @@ mod tests {
     fn set_and_reset_are_tracked_but_not_set_local() {
         assert_eq!(
             analyze("SET search_path TO app, public").settings,
-            [SettingChange::Set("search_path".into(), "app, public".into())]
+            [SettingChange::Set(
+                "search_path".into(),
+                "app, public".into()
+            )]
         );
         assert_eq!(
             analyze("set session statement_timeout = '5s';").settings,
-            [SettingChange::Set("statement_timeout".into(), "'5s'".into())]
+            [SettingChange::Set(
+                "statement_timeout".into(),
+                "'5s'".into()
+            )]
         );
         assert_eq!(
             analyze("SET TIME ZONE 'UTC'").settings,
             [SettingChange::Set("timezone".into(), "'UTC'".into())]
         );
         assert!(analyze("SET LOCAL work_mem = '1MB'").settings.is_empty());
-        assert!(analyze("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").settings.is_empty());
+        assert!(
+            analyze("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                .settings
+                .is_empty()
+        );
         assert_eq!(
             analyze("RESET work_mem").settings,
             [SettingChange::Reset("work_mem".into())]
@@ -331,9 +350,21 @@ mod tests {
     fn resets_return_to_startup_values() {
         let startup = BTreeMap::from([("application_name".to_string(), "'x'".to_string())]);
         let mut s = startup.clone();
-        apply_change(&mut s, &startup, &SettingChange::Set("application_name".into(), "'y'".into()));
-        apply_change(&mut s, &startup, &SettingChange::Set("work_mem".into(), "'1MB'".into()));
-        apply_change(&mut s, &startup, &SettingChange::Reset("application_name".into()));
+        apply_change(
+            &mut s,
+            &startup,
+            &SettingChange::Set("application_name".into(), "'y'".into()),
+        );
+        apply_change(
+            &mut s,
+            &startup,
+            &SettingChange::Set("work_mem".into(), "'1MB'".into()),
+        );
+        apply_change(
+            &mut s,
+            &startup,
+            &SettingChange::Reset("application_name".into()),
+        );
         assert_eq!(s["application_name"], "'x'");
         apply_change(&mut s, &startup, &SettingChange::ResetAll);
         assert_eq!(s, startup);

@@ -9,11 +9,7 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::protocol::{
-    Frame, FrameError,
-    frame,
-    messages,
-};
+use crate::protocol::{Frame, FrameError, frame, messages};
 
 #[derive(Debug)]
 pub struct Statement {
