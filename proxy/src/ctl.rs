@@ -24,19 +24,24 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:9898";
 pub struct CtlArgs {
     /// Admin API base URL [default: TIDEPOOL_ADMIN_URL, else the config's
     /// server.admin_listen, else http://127.0.0.1:9898].
-    #[arg(long, env = "TIDEPOOL_ADMIN_URL")]
+    #[arg(long, global = true, env = "TIDEPOOL_ADMIN_URL")]
     pub url: Option<String>,
     /// Configuration file to take server.admin_listen and the admin token from.
-    #[arg(short, long)]
+    #[arg(short, long, global = true)]
     pub config: Option<PathBuf>,
     /// Admin token [default: the config's admin token, if -c is given].
-    #[arg(long, env = "TIDEPOOL_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TIDEPOOL_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Print the server's JSON answer as it is.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     /// Give up on the request after this long.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -83,12 +88,10 @@ pub enum CtlError {
     Token(std::io::Error),
     #[error("bad admin URL {url:?}: {reason}")]
     Url { url: String, reason: String },
-    #[error("cannot reach the admin API at {url}: {source}")]
-    Request {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    /// `detail` holds the whole cause chain ("connection refused" sits
+    /// several sources below reqwest's own message).
+    #[error("cannot reach the admin API at {url}: {detail}")]
+    Request { url: String, detail: String },
     /// The server refused; `message` is its own explanation.
     #[error("{status}: {message}")]
     Server { status: StatusCode, message: String },
@@ -208,9 +211,9 @@ async fn call(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Value, CtlError> {
-    let failed = |source| CtlError::Request {
+    let failed = |e: reqwest::Error| CtlError::Request {
         url: url.to_string(),
-        source,
+        detail: cause_chain(&e),
     };
     let client = reqwest::Client::builder()
         .timeout(timeout)
@@ -235,6 +238,20 @@ async fn call(
             message: server_message(&value),
         })
     }
+}
+
+fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// The server's explanation of a refusal: its `error` (or `reason`),

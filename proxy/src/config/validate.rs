@@ -59,6 +59,7 @@ fn entries<T: DeserializeOwned>(
     value: Option<&toml::Value>,
     prefix: &str,
     errors: &mut Vec<ConfigError>,
+    positions: &mut Vec<usize>,
 ) -> Vec<T> {
     let Some(value) = value else {
         return Vec::new();
@@ -74,7 +75,10 @@ fn entries<T: DeserializeOwned>(
     for (i, item) in items.iter().enumerate() {
         let path = format!("{prefix}[{i}]");
         match serde_path_to_error::deserialize::<_, T>(item.clone()) {
-            Ok(v) => out.push(v),
+            Ok(v) => {
+                out.push(v);
+                positions.push(i);
+            }
             Err(e) => errors.push(error_at(&path, &e)),
         }
     }
@@ -112,6 +116,7 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
         )]
     })?;
     let mut errors = Vec::new();
+    let mut positions: [Vec<usize>; 3] = Default::default();
     for key in table.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             errors.push(ConfigError::new(
@@ -125,11 +130,29 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
         pool: section(table.get("pool"), "pool", &mut errors),
         health_check: section(table.get("health_check"), "health_check", &mut errors),
         logging: section(table.get("logging"), "logging", &mut errors),
-        backends: entries(table.get("backends"), "backends", &mut errors),
-        users: entries(table.get("users"), "users", &mut errors),
-        hba: entries(table.get("hba"), "hba", &mut errors),
+        backends: entries(
+            table.get("backends"),
+            "backends",
+            &mut errors,
+            &mut positions[0],
+        ),
+        users: entries(table.get("users"), "users", &mut errors, &mut positions[1]),
+        hba: entries(table.get("hba"), "hba", &mut errors, &mut positions[2]),
     };
-    errors.extend(semantic_errors(&config));
+    // Entries that failed to parse are missing from `config`: point the
+    // semantic errors at the entries' places in the file.
+    for mut e in semantic_errors(&config) {
+        for (section, pos) in ["backends", "users", "hba"].iter().zip(&positions) {
+            if let Some(rest) = e.path.strip_prefix(&format!("{section}["))
+                && let Some((n, tail)) = rest.split_once(']')
+                && let Ok(n) = n.parse::<usize>()
+                && let Some(orig) = pos.get(n)
+            {
+                e.path = format!("{section}[{orig}]{tail}");
+            }
+        }
+        errors.push(e);
+    }
     if errors.is_empty() {
         Ok(config)
     } else {

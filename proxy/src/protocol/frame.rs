@@ -205,7 +205,7 @@ mod tests {
             Err(FrameError::TooLong(..))
         ));
         let mut unterminated = BytesMut::new();
-        unterminated.put_i32(13);
+        unterminated.put_i32(12);
         unterminated.put_u32(196608);
         unterminated.put_slice(b"user");
         assert!(take_startup(&mut unterminated).is_err());

@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn malformed_client_messages_are_errors_not_panics() {
-        let f = frame_of(b"P\0\0\0\x07ab");
+        let f = frame_of(b"P\0\0\0\x06ab");
         assert!(read_parse(&f).is_err());
         let f = frame_of(b"D\0\0\0\x04");
         assert!(read_target(&f).is_err());
