@@ -462,7 +462,7 @@ async fn nodes_and_pools_are_listed_and_ctl_shows_them() {
     assert_eq!(admin.get("/v1/pools").await.0, StatusCode::OK);
 
     let url = admin.url("");
-    let out = admin.ctl(&["--url", &url, "--json", "nodes"]).await;
+    let out = admin.ctl(&["--url", &url, "nodes", "--json"]).await;
     assert!(
         out.status.success(),
         "{}",
