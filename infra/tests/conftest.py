@@ -101,6 +101,19 @@ def checkov_report(out_dir):
     return failed
 
 
+@pytest.fixture(scope="session")
+def etc(out_dir):
+    """Stand-ins for the files user data writes from Secrets Manager."""
+    path = out_dir / "etc"
+    path.mkdir(exist_ok=True)
+    (path / "admin.token").write_text("admin-token-for-tests\n")
+    (path / "watchdog.key").write_text("watchdog-key-for-tests\n")
+    (path / "users.json").write_text(json.dumps([
+        {"username": "app", "password": "app-pass\"with'quotes"},
+        {"username": "report", "password": "report-pass"}]))
+    return path
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -36,19 +36,6 @@ ADDRESSES = {
 }
 
 
-@pytest.fixture(scope="session")
-def etc(out_dir):
-    """Stand-ins for the files user data writes from Secrets Manager."""
-    path = out_dir / "etc"
-    path.mkdir(exist_ok=True)
-    (path / "admin.token").write_text("admin-token-for-tests\n")
-    (path / "watchdog.key").write_text("watchdog-key-for-tests\n")
-    (path / "users.json").write_text(json.dumps([
-        {"username": "app", "password": "app-pass\"with'quotes"},
-        {"username": "report", "password": "report-pass"}]))
-    return path
-
-
 def render(env, etc, out=None, node="tp-b"):
     full = {"TIDEPOOL_NODE_NAME": node, "TIDEPOOL_NODES": NODES,
             "TIDEPOOL_USERS_FILE": str(etc / "users.json"), "TIDEPOOL_ETC": str(etc)}

@@ -173,3 +173,26 @@ def test_project_rules_fail_a_broken_cluster_template(mutate):
     assert policy_rules.check_template(template, "cluster") == []
     mutate(template)
     assert MUTATIONS[mutate] in {f.rule for f in policy_rules.check_template(template, "cluster")}
+
+
+# What moto ignores, checked in the template itself.
+def test_route_table_mode_turns_off_source_dest_check_on_the_fixed_enis():
+    template = policy_rules.load_template(CLUSTER)
+    assert template["Conditions"]["IsRouteTable"] == {"Fn::Equals": [{"Ref": "AddressMode"}, "route_table"]}
+    for eni in ("EniA", "EniB", "EniC"):
+        props = template["Resources"][eni]["Properties"]
+        assert props["SourceDestCheck"] == {"Fn::If": ["IsRouteTable", False, True]}
+
+
+def test_route53_mode_zone_is_private_to_the_vpc():
+    zone = policy_rules.load_template(CLUSTER)["Resources"]["HostedZone"]["Properties"]
+    assert zone["VPCs"] == [{"VPCId": {"Ref": "VpcId"}, "VPCRegion": {"Ref": "AWS::Region"}}]
+
+
+def test_nodes_require_imdsv2_and_expose_their_tags():
+    for template in TEMPLATES:
+        for name, res in policy_rules.load_template(template)["Resources"].items():
+            if res["Type"] == "AWS::EC2::LaunchTemplate":
+                options = res["Properties"]["LaunchTemplateData"]["MetadataOptions"]
+                assert options["HttpTokens"] == "required", name
+                assert options["InstanceMetadataTags"] == "enabled", name
