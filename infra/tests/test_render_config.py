@@ -141,6 +141,7 @@ def test_reports_every_missing_setting_at_once(etc):
     ({"TIDEPOOL_BACKEND_KIND": "docdb"}, "expected one of ec2, rds, aurora"),
     ({"TIDEPOOL_NODE_NAME": "tp-z"}, "is not in TIDEPOOL_NODES"),
     ({"TIDEPOOL_ROUTE_TABLE_IDS": "main"}, "rtb-"),
+    ({"TIDEPOOL_ROUTE_TABLE_IDS": "rtb-1,rtb-2,rtb-3,rtb-4,rtb-5"}, "at most 4 route tables"),
 ])
 def test_rejects_wrong_settings(env, message, etc):
     full = combo_env("route_table", "ec2", "in_process")
