@@ -5,7 +5,9 @@ Usage: policy_rules.py TEMPLATE...   (prints each finding; exit 1 if any)
 
 Rules (ids appear in findings and in infra/tests/bad/*.yaml "# expect:" lines):
   iam-mutating-wildcard  an Allow statement grants a non-read action (anything
-                         but Describe*/List*/Get*) on Resource "*"
+                         but Describe*/List*/Get*) on Resource "*", or on an
+                         ARN with a wildcard in it ("...:cluster:*"); only a
+                         log group's streams ("log-group:NAME:*") may be open
   iam-wildcard-read      a read action on "*" that AWS can scope (only the few
                          in UNSCOPABLE_READS may use "*")
   iam-wildcard-action    an Action with a wildcard, or Allow with NotAction /
@@ -35,6 +37,8 @@ UNSCOPABLE_READS = {
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeRouteTables",
 }
+# The one partial wildcard a write may use: the streams of one log group.
+LOG_STREAMS = re.compile(r"arn:[^:]+:logs:[^:]+:[^:]+:log-group:[^:*]+:\*")
 SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|token|credential|privatekey|sharedkey)")
 SECRET_REFERENCE_SUFFIXES = ("Arn", "Arns", "Name", "Id", "Path")
 PASSWORD_PROPERTIES = {"MasterUserPassword", "Password", "AdminPassword", "SecretString"}
@@ -129,6 +133,15 @@ def policy_documents(template):
                 yield path, value
 
 
+def resource_text(resource):
+    """A resource as text when the template spells it out (a literal or the
+    template of an Fn::Sub), else None (a Ref or GetAtt names one resource)."""
+    if isinstance(resource, dict) and "Fn::Sub" in resource:
+        resource = resource["Fn::Sub"]
+        resource = resource[0] if isinstance(resource, list) else resource
+    return resource if isinstance(resource, str) else None
+
+
 def check_statement(where, stmt, found):
     if not isinstance(stmt, dict) or stmt.get("Effect") != "Allow":
         return
@@ -136,12 +149,17 @@ def check_statement(where, stmt, found):
         found("iam-wildcard-action", where, "Allow with NotAction/NotResource grants all but a few")
     actions = [a for a in leaves(stmt.get("Action", [])) if isinstance(a, str)]
     resources = leaves(stmt.get("Resource", []))
-    star = any(r == "*" or r == {"Fn::Sub": "*"} for r in resources)
+    texts = [resource_text(r) for r in resources]
+    star = "*" in texts
+    partial = [r for r in texts if r and r != "*" and "*" in r and not LOG_STREAMS.fullmatch(r)]
     for action in actions:
         if "*" in action:
             found("iam-wildcard-action", where, "action %r has a wildcard; name each action" % action)
             continue
         verb = action.split(":", 1)[-1]
+        if partial and not verb.startswith(READ_PREFIXES):
+            found("iam-mutating-wildcard", where,
+                  "%s on %s: name the resources it changes, no wildcards" % (action, partial[0]))
         if not star:
             continue
         if not verb.startswith(READ_PREFIXES):

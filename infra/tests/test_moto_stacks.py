@@ -52,7 +52,7 @@ CASE_IDS = ["-".join(c) for c in CASES]
 MOVE_ACTIONS = {
     "eip": {"ec2:AssociateAddress", "ec2:DisassociateAddress"},
     "route53": {"route53:ChangeResourceRecordSets"},
-    "route_table": {"ec2:CreateRoute", "ec2:ReplaceRoute"},
+    "route_table": {"ec2:CreateRoute", "ec2:ReplaceRoute", "ec2:DeleteRoute"},
 }
 BACKEND_ACTIONS = {"ec2": set(), "rds": {"rds:RebootDBInstance"}, "aurora": {"rds:FailoverDBCluster"}}
 
@@ -384,6 +384,7 @@ def test_cluster_iam_grants_each_move_only_on_what_it_moves(case, aws, cluster, 
             assert set(function_grants[action]) == tables
     if kind == "aurora":
         assert function_grants["rds:FailoverDBCluster"] == [aurora["DBClusterArn"]]
+        assert function_grants["rds:DescribeDBInstances"] == ["arn:aws:rds:%s:123456789012:db:*" % REGION]
     if kind == "rds":
         primary = aws("rds").describe_db_instances(
             DBInstanceIdentifier=backend_params["rds"]["DbInstanceIdentifier"])["DBInstances"][0]

@@ -131,6 +131,11 @@ def _aurora_failover_anywhere(t):
     _statement(t, "FailoverAuroraPolicy", "FailOverAurora")["Resource"] = "*"
 
 
+def _route_on_every_table(t):
+    _statement(t, "MoveRoutePolicy", "PointVipRoute")["Resource"] = {
+        "Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:route-table/*"}
+
+
 def _invoke_any_function(t):
     _statement(t, "InvokeFailoverPolicy", "InvokeFailover")["Resource"] = "*"
 
@@ -159,6 +164,7 @@ MUTATIONS = {
     _record_on_any_zone: "iam-mutating-wildcard",
     _routes_on_any_table: "iam-mutating-wildcard",
     _aurora_failover_anywhere: "iam-mutating-wildcard",
+    _route_on_every_table: "iam-mutating-wildcard",
     _invoke_any_function: "iam-mutating-wildcard",
     _admin_port_to_world: "sg-open-control-port",
     _admin_cidr_unconstrained: "sg-open-control-port",
