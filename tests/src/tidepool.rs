@@ -31,7 +31,10 @@ pub struct TidepoolOpts {
     /// Where to probe for readiness; default 127.0.0.1 and the port of
     /// `server.listen`.
     pub wait_addr: Option<SocketAddr>,
-    /// How long to wait for the client port to accept connections.
+    /// After the client port accepts, also wait until the admin API's
+    /// `GET /readyz` answers 200 (a primary is known).
+    pub wait_ready: bool,
+    /// How long to wait for the client port (and readiness).
     pub start_timeout: Duration,
 }
 
@@ -39,10 +42,14 @@ impl Default for TidepoolOpts {
     fn default() -> Self {
         Self {
             bin: None,
-            env: vec![("RUST_LOG".into(), "info".into())],
+            env: vec![
+                ("RUST_LOG".into(), "info".into()),
+                ("NO_COLOR".into(), "1".into()),
+            ],
             args: Vec::new(),
             wrapper: Vec::new(),
             wait_addr: None,
+            wait_ready: true,
             start_timeout: Duration::from_secs(30),
         }
     }
@@ -113,7 +120,11 @@ impl Tidepool {
         let addr = opts
             .wait_addr
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
-        tidepool.wait_accepting(addr, opts.start_timeout)?;
+        let deadline = Instant::now() + opts.start_timeout;
+        tidepool.wait_accepting(addr, deadline)?;
+        if opts.wait_ready {
+            tidepool.wait_ready(deadline)?;
+        }
         Ok(tidepool)
     }
 
@@ -133,8 +144,7 @@ impl Tidepool {
         Ok(bin)
     }
 
-    fn wait_accepting(&mut self, addr: SocketAddr, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+    fn wait_accepting(&mut self, addr: SocketAddr, deadline: Instant) -> Result<()> {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -147,12 +157,45 @@ impl Tidepool {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "tidepool did not accept on {addr} within {timeout:?}; log:\n{}",
+                    "tidepool did not accept on {addr} in time; log:\n{}",
                     self.log_tail(40)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "tidepool exited during start-up ({status}); log:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            let answer = self.http_get("/readyz");
+            if matches!(answer, Ok((200, _))) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "tidepool did not become ready in time: GET /readyz gave {answer:?}; log:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` on the admin HTTP API; returns the status code and body.
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_request(self.admin_port, "GET", path)
+    }
+
+    /// `POST path` (empty body) on the admin HTTP API; returns the status
+    /// code and body.
+    pub fn http_post(&self, path: &str) -> Result<(u16, String)> {
+        http_request(self.admin_port, "POST", path)
     }
 
     /// Client port (`server.listen`).
@@ -319,6 +362,54 @@ impl Drop for Tidepool {
     }
 }
 
+/// A minimal HTTP/1.1 exchange with 127.0.0.1:`port` (no client library
+/// needed for a handful of admin calls).
+fn http_request(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+/// Decodes a chunked HTTP body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// The client and admin ports named by a config (`server.listen`,
 /// `server.admin_listen`), with DESIGN's defaults.
 fn ports_of(config_toml: &str) -> Result<(u16, u16)> {
@@ -341,12 +432,14 @@ fn ports_of(config_toml: &str) -> Result<(u16, u16)> {
 }
 
 /// A minimal tidepool config for `cluster`: client port `port`, admin port
-/// `admin_port`, transaction pooling, every node as a backend, user
-/// `app`/`app`.
+/// `admin_port`, transaction pooling, health checks as the cluster's
+/// superuser, every node as a backend, user `app`/`app`.
 pub fn minimal_config(cluster: &PgCluster, port: u16, admin_port: u16) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\n\
-         [pool]\nmode = \"transaction\"\n\n{}\n[[users]]\nname = \"app\"\npassword = \"app\"\n",
+         [pool]\nmode = \"transaction\"\n\n\
+         [health_check]\nuser = \"postgres\"\npassword = \"postgres\"\n\n\
+         {}\n[[users]]\nname = \"app\"\npassword = \"app\"\n",
         cluster.backends_toml()
     )
 }
@@ -366,6 +459,14 @@ mod tests {
         assert_eq!(
             ports_of("[pool]\nmode = \"session\"\n").unwrap(),
             (9999, 9898)
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
         );
     }
 
