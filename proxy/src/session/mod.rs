@@ -85,6 +85,9 @@ pub struct Session {
     /// After an error in an extended-protocol batch the server skips
     /// messages until Sync; so does the bookkeeping.
     skipping: bool,
+    /// The server is in COPY FROM STDIN: it ignores Sync and Flush until
+    /// the client's CopyDone or CopyFail.
+    copy_in: bool,
     tx_status: u8,
     cancel: Arc<CancelSlot>,
     to_client: BytesMut,
@@ -116,6 +119,7 @@ impl Session {
             statements: HashMap::new(),
             pending: VecDeque::new(),
             skipping: false,
+            copy_in: false,
             tx_status: b'I',
             cancel,
             // Grown on demand: thousands of idle clients must cost little.
@@ -151,7 +155,15 @@ impl Session {
                 match frame::take(&mut client_buf, frame::MAX_MESSAGE) {
                     Ok(Some(f)) => r = self.on_client_frame(f).await,
                     Ok(None) => break,
-                    Err(e) => r = Err(SessionEnd::Protocol(e.to_string())),
+                    Err(e) => {
+                        self.error(
+                            Severity::Fatal,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            &format!("invalid message from client: {e}"),
+                            None,
+                        );
+                        r = Err(SessionEnd::Protocol(e.to_string()));
+                    }
                 }
             }
             if let Err(e) = self.flush_backend().await {
@@ -362,6 +374,7 @@ impl Session {
     }
 
     async fn on_client_frame(&mut self, f: Frame) -> Result<(), SessionEnd> {
+        tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "client message");
         let tx_mode = self.mode == PoolMode::Transaction;
         match f.tag {
             b'X' => return Err(SessionEnd::Terminated),
@@ -496,7 +509,9 @@ impl Session {
                 }
                 self.skipping = false;
                 self.to_backend.extend_from_slice(&f.bytes);
-                self.push(Expect::Sync);
+                if !self.copy_in {
+                    self.push(Expect::Sync);
+                }
             }
             b'H' => {
                 if self.lease.is_some() {
@@ -511,6 +526,9 @@ impl Session {
                 self.pending.push_back(Expect::Simple { settings: vec![] });
             }
             b'd' | b'c' | b'f' => {
+                if f.tag != b'd' {
+                    self.copy_in = false;
+                }
                 if self.lease.is_some() {
                     self.to_backend.extend_from_slice(&f.bytes);
                 }
@@ -580,6 +598,7 @@ impl Session {
     }
 
     fn on_backend_frame(&mut self, f: Frame) {
+        tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "backend message");
         let mut forward = true;
         match f.tag {
             b'Z' => {
@@ -593,6 +612,17 @@ impl Session {
                 }
             }
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
+            b'G' => {
+                // COPY FROM STDIN: Syncs the client sent before this reply
+                // are ignored by the server; it answers only the Sync after
+                // CopyDone.
+                self.copy_in = true;
+                if matches!(self.pending.front(), Some(Expect::Execute)) {
+                    while matches!(self.pending.get(1), Some(Expect::Sync)) {
+                        self.pending.remove(1);
+                    }
+                }
+            }
             b'3' => self.pop_if(|e| matches!(e, Expect::Close)),
             b'n' | b'T' => self.pop_if(|e| matches!(e, Expect::Describe)),
             b'I' | b's' => self.pop_if(|e| matches!(e, Expect::Execute)),
