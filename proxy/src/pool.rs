@@ -85,6 +85,9 @@ pub struct PoolCounters {
 pub struct Pool {
     pub key: PoolKey,
     inner: Mutex<Inner>,
+    /// What the server reported (ParameterStatus) when a connection of this
+    /// pool last logged in.
+    server_parameters: Mutex<Option<BTreeMap<String, String>>>,
     target: Mutex<Target>,
     pub counters: PoolCounters,
 }
@@ -151,6 +154,7 @@ impl Pool {
                 limits,
             }),
             target: Mutex::new(target),
+            server_parameters: Mutex::new(None),
             counters: PoolCounters::default(),
         })
     }
@@ -243,8 +247,16 @@ impl Pool {
             timeout,
         };
         let r = ServerConn::connect(self.key.node, &params).await;
-        if r.is_err() {
-            self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+        match &r {
+            Ok(c) => {
+                *self
+                    .server_parameters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(c.reported.clone())
+            }
+            Err(_) => {
+                self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
         r
     }
@@ -306,6 +318,14 @@ impl Pool {
             inner.idle.pop_front();
             inner.total -= 1;
         }
+    }
+
+    /// The server's parameters as last reported to a new connection.
+    pub fn server_parameters(&self) -> Option<BTreeMap<String, String>> {
+        self.server_parameters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_target(&self, target: Target) {

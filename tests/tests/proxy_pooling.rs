@@ -108,7 +108,13 @@ async fn an_overfull_wait_queue_gives_a_clear_error_not_a_hang() {
     assert!(started.elapsed() < Duration::from_secs(20));
     let messages: Vec<String> = results
         .iter()
-        .map(|r| r.as_ref().err().unwrap().to_string())
+        .map(|r| {
+            r.as_ref()
+                .err()
+                .and_then(|e| e.as_db_error())
+                .map(|d| d.message().to_string())
+                .unwrap_or_default()
+        })
         .collect();
     assert!(
         messages.iter().any(|m| m.contains("max_waiting_clients")),

@@ -76,6 +76,8 @@ pub struct Session {
     mode: PoolMode,
     /// Settings the client asked for at login (name → SQL value text).
     startup_settings: BTreeMap<String, String>,
+    /// The same, as the client wrote them.
+    startup_params: Vec<(String, String)>,
     /// Settings in force for this client now.
     settings: BTreeMap<String, String>,
     lease: Option<Lease>,
@@ -114,6 +116,7 @@ impl Session {
             mode,
             settings: startup_settings.clone(),
             startup_settings,
+            startup_params: startup_params.to_vec(),
             lease: None,
             pins: BTreeSet::new(),
             statements: HashMap::new(),
@@ -131,6 +134,19 @@ impl Session {
     /// Takes a backend connection for login: proves the database and user
     /// work and collects the ParameterStatus values to report.
     pub async fn login(&mut self) -> Result<BTreeMap<String, String>, String> {
+        if self.mode == PoolMode::Transaction {
+            // A pool that has logged in once knows the server's parameters:
+            // new clients need not wait for a free connection to start.
+            let pool = self.write_pool().map_err(|(_, m)| m)?;
+            if let Some(mut reported) = pool.server_parameters() {
+                for (name, value) in &self.startup_params {
+                    if let Some(key) = reported.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned() {
+                        reported.insert(key, value.clone());
+                    }
+                }
+                return Ok(reported);
+            }
+        }
         self.acquire().await.map_err(|(_, m)| m)?;
         let reported = self.lease.as_mut().map(|l| l.conn().reported.clone());
         if self.mode == PoolMode::Transaction {
@@ -243,7 +259,17 @@ impl Session {
             return;
         };
         if !self.pending.is_empty() || self.tx_status != b'I' {
-            return; // dropped: the server rolls back and the connection closes
+            // The client left mid-statement or mid-transaction. Cancel what
+            // runs so the server notices at once, then close the connection:
+            // the server rolls the transaction back.
+            let conn = lease.conn();
+            let (addr, pid, secret) = (conn.addr, conn.pid, conn.secret.clone());
+            if !self.pending.is_empty() {
+                tokio::spawn(async move {
+                    let _ = crate::backend::send_cancel(addr, pid, &secret).await;
+                });
+            }
+            return;
         }
         if self.mode == PoolMode::Session {
             let reset = self.shared.config.load().pool.reset_query.clone();
@@ -289,10 +315,8 @@ impl Session {
 
     /// Gets a backend connection for this client and brings its settings
     /// to the client's. Errors carry an SQLSTATE and a message.
-    async fn acquire(&mut self) -> Result<(), (&'static str, String)> {
-        if self.lease.is_some() {
-            return Ok(());
-        }
+    /// The pool of the node that takes this session's statements.
+    fn write_pool(&self) -> Result<Arc<crate::pool::Pool>, (&'static str, String)> {
         let snapshot = self.shared.cluster.snapshot();
         let Some(node) = router::write_node(&snapshot) else {
             return Err((
@@ -306,10 +330,17 @@ impl Session {
             database: self.database.clone(),
         };
         let shared = self.shared.clone();
-        let pool = self
+        Ok(self
             .shared
             .pools
-            .get_or_create(&key, || pool_setup(&shared, &key, (&node.host, node.port)));
+            .get_or_create(&key, || pool_setup(&shared, &key, (&node.host, node.port))))
+    }
+
+    async fn acquire(&mut self) -> Result<(), (&'static str, String)> {
+        if self.lease.is_some() {
+            return Ok(());
+        }
+        let pool = self.write_pool()?;
         let mut lease = pool.checkout(&[]).await.map_err(|e| match &e {
             PoolError::QueueFull(_) | PoolError::Timeout(..) => {
                 (sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
