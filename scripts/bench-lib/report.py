@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""Turns the raw numbers of scripts/bench into docs/benchmarks.md.
+
+Inputs: results.csv (one line per pgbench run), meta.tsv (machine,
+versions, command, settings), memory.jsonl (one line per target of the
+idle-clients test), and the failover JSON/text files named in meta.tsv.
+Output: Markdown on stdout.
+"""
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+
+WORKLOADS = [
+    ("select-simple", "Select-only, simple protocol", "pgbench -S -M simple"),
+    ("select-extended", "Select-only, extended protocol", "pgbench -S -M extended"),
+    ("select-prepared", "Select-only, prepared statements", "pgbench -S -M prepared"),
+    ("tpcb", "TPC-B-like read-write", "pgbench (default script) -M simple"),
+    ("select-connect", "Select-only, a new connection per transaction", "pgbench -S -C"),
+]
+TARGET_NAMES = {
+    "direct": "direct (primary)",
+    "pgbouncer": "PgBouncer",
+    "pgpool": "Pgpool-II",
+    "tidepool-tx": "tidepool (transaction)",
+    "tidepool-session": "tidepool (session)",
+    "tidepool-tx-lb": "tidepool (transaction, read LB)",
+}
+TARGET_ORDER = list(TARGET_NAMES)
+TIDEPOOLS = ["tidepool-tx", "tidepool-session", "tidepool-tx-lb"]
+PEERS = ["direct", "pgbouncer", "pgpool"]
+
+
+def fnum(v, digits=0):
+    if v is None:
+        return "–"
+    if digits == 0:
+        return "{:,.0f}".format(v)
+    return "{:.{}f}".format(v, digits)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fratio(r):
+    return "–" if r is None else "{:.2f}×".format(r)
+
+
+def fms(v):
+    if v is None:
+        return "–"
+    return "{:.2f}".format(v) if v < 10 else "{:.1f}".format(v)
+
+
+def mib(kb):
+    return kb / 1024.0
+
+
+def load_meta(path):
+    meta, multi = {}, {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if "\t" not in line:
+                continue
+            k, v = line.split("\t", 1)
+            meta.setdefault(k, v)
+            multi.setdefault(k, []).append(v)
+    return meta, multi
+
+
+def load_results(path):
+    cells = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            key = (row["workload"], int(row["clients"]), row["target"])
+            cells.setdefault(key, []).append(row)
+    return cells
+
+
+def summarize(rows):
+    """Median over the successful rounds; None when there are none."""
+    ok = [r for r in rows if r["status"] == "ok" and r["tps"]]
+    if not ok:
+        return None
+
+    def med(field):
+        vals = [float(r[field]) for r in ok if r[field]]
+        return statistics.median(vals) if vals else None
+
+    tps = [float(r["tps"]) for r in ok]
+    return {
+        "tps": statistics.median(tps),
+        "tps_min": min(tps),
+        "tps_max": max(tps),
+        "rounds": len(ok),
+        "mean": med("mean_ms"),
+        "p50": med("p50_ms"),
+        "p95": med("p95_ms"),
+        "p99": med("p99_ms"),
+        "failed": sum(int(r["failed"] or 0) for r in ok),
+    }
+
+
+def problem(rows):
+    statuses = sorted({r["status"] for r in rows if r["status"] != "ok"})
+    return "; ".join(statuses) if statuses else "no result"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--meta", required=True)
+    ap.add_argument("--memory")
+    args = ap.parse_args()
+
+    meta, multi = load_meta(args.meta)
+    cells = load_results(args.results)
+    workloads = [w for w in WORKLOADS if any(k[0] == w[0] for k in cells)]
+    clients = sorted({k[1] for k in cells})
+    targets = [t for t in TARGET_ORDER if any(k[2] == t for k in cells)]
+    summary = {k: summarize(v) for k, v in cells.items()}
+
+    def tps(w, c, t):
+        s = summary.get((w, c, t))
+        return s["tps"] if s else None
+
+    out = []
+    p = out.append
+    p("# Benchmarks")
+    p("")
+    p("tidepool side by side with direct PostgreSQL, PgBouncer and Pgpool-II, measured in one")
+    p("run on one machine by `scripts/bench` (this page is its output; `scripts/bench --quick`")
+    p("is a one-minute smoke of the same code). The numbers are only comparable within this")
+    p("page: every target ran on the same machine, interleaved, minutes apart.")
+    p("")
+
+    # --- goals -------------------------------------------------------------------
+    memory = []
+    if args.memory and os.path.exists(args.memory):
+        with open(args.memory) as f:
+            memory = [json.loads(l) for l in f if l.strip()]
+    fo_pgpool = None
+    path = meta.get("failover_pgpool", "")
+    if path and os.path.exists(path):
+        with open(path) as f:
+            fo_pgpool = json.load(f)
+    fo_tidepool_text = None
+    path = meta.get("failover_tidepool", "")
+    if path and os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path) as f:
+            fo_tidepool_text = f.read().strip()
+
+    p("## Where tidepool stands")
+    p("")
+    p("Read against the goals, with tidepool in transaction pooling (`tidepool-tx`). A ratio is")
+    p("tidepool's median tps divided by the other's; \"met\" compares the medians as they are,")
+    p("with no allowance for noise (see the spread columns below).")
+    p("")
+    p("| goal | measured | verdict |")
+    p("| --- | --- | --- |")
+
+    def goal_row(title, pairs, need):
+        """pairs: list of (label, ratio or None)."""
+        have = [(l, r) for l, r in pairs if r is not None]
+        if not have:
+            p("| %s | not measured in this run | – |" % title)
+            return
+        text = ", ".join("%s %s" % (l, fratio(r)) for l, r in have)
+        verdict = "met" if all(r >= need for _, r in have) else "**not met**"
+        if verdict != "met" and any(r >= need for _, r in have):
+            verdict = "**not met** (%d of %d)" % (sum(r >= need for _, r in have), len(have))
+        p("| %s | %s | %s |" % (title, text, verdict))
+
+    sel = [w for w in ("select-simple", "select-extended", "select-prepared") if any(k[0] == w for k in cells)]
+    big = [c for c in clients if c >= 16]
+    short = {"select-simple": "simple", "select-extended": "extended", "select-prepared": "prepared"}
+    goal_row(
+        "select-only tps ≥ PgBouncer's at 16+ clients",
+        [("%s/%d:" % (short[w], c), ratio(tps(w, c, "tidepool-tx"), tps(w, c, "pgbouncer"))) for w in sel for c in big],
+        1.0,
+    )
+    goal_row(
+        "select-only tps ≥ 2× Pgpool-II's at 16+ clients",
+        [("%s/%d:" % (short[w], c), ratio(tps(w, c, "tidepool-tx"), tps(w, c, "pgpool"))) for w in sel for c in big],
+        2.0,
+    )
+    goal_row(
+        "`-C` tps ≥ 3× direct",
+        [("%d clients:" % c, ratio(tps("select-connect", c, "tidepool-tx"), tps("select-connect", c, "direct"))) for c in clients],
+        3.0,
+    )
+    tp_mem = next((m for m in memory if m["target"] == "tidepool"), None)
+    if tp_mem:
+        rss = mib(tp_mem["after"]["rss_kb"])
+        opened = tp_mem["clients"]["opened"]
+        verdict = "met" if rss < 100 and opened >= 10000 else "**not met**"
+        if opened < 10000:
+            verdict += " (only %d clients in this run)" % opened
+        p("| 10,000 idle clients under 100 MB RSS | %s MiB with %s clients | %s |" % (fnum(rss, 1), fnum(opened), verdict))
+    else:
+        p("| 10,000 idle clients under 100 MB RSS | not measured in this run | – |")
+    if fo_tidepool_text:
+        p("| failover outage median under 1 s | see [Failover](#failover-outage) (scripts/bench-failover) | see below |")
+    else:
+        p("| failover outage median under 1 s | not measured: %s | – |" % (
+            "scripts/bench-failover does not exist yet" if meta.get("failover_tidepool_script") == "absent"
+            else "scripts/bench-failover gave no output in this run"))
+    p("")
+
+    # --- machine -----------------------------------------------------------------
+    p("## Machine and versions")
+    p("")
+    p("| | |")
+    p("| --- | --- |")
+    for key, label in [
+        ("cpu", "CPU"), ("nproc", "cores (nproc)"), ("memory", "memory"), ("os", "OS"), ("kernel", "kernel"),
+        ("loadavg", "load average at the end"), ("postgresql", "PostgreSQL"), ("pgbench", "pgbench"),
+        ("pgbouncer", "PgBouncer"), ("pgpool", "Pgpool-II"), ("tidepool", "tidepool (git commit)"),
+        ("started", "started (UTC)"), ("finished", "finished (UTC)"),
+    ]:
+        p("| %s | %s |" % (label, meta.get(key, "?")))
+    p("")
+    p("Command: `%s` (%s mode: %s round(s) of %s s per run, scale %s, clients %s)." % (
+        meta.get("command", "scripts/bench"), meta.get("mode"), meta.get("rounds"), meta.get("duration"),
+        meta.get("scale"), meta.get("clients")))
+    p("")
+
+    # --- method ------------------------------------------------------------------
+    p("## Method")
+    p("")
+    p("- **Cluster**: a primary and two streaming standbys of the same PostgreSQL on 127.0.0.1")
+    p("  (`scripts/dev-cluster`, normal durability: `fsync` and `synchronous_commit` on;")
+    p("  `max_connections = 700` so that every target's server connections fit at once).")
+    p("  `pgbench -i` once, directly on the primary; before each TPC-B run the branches and")
+    p("  tellers are vacuumed and the history truncated, directly on the primary.")
+    p("- **Targets**, all on 127.0.0.1, all logging in as `app` with SCRAM-SHA-256:")
+    p("  - *direct*: the primary itself.")
+    p("  - *PgBouncer*: `pool_mode = transaction`, `auth_type = scram-sha-256` with an")
+    p("    `auth_file` (plaintext, so it can log in to the server with SCRAM),")
+    p("    `default_pool_size = 20`, connection logging off; towards the primary.")
+    p("  - *Pgpool-II*: `backend_clustering_mode = 'streaming_replication'`, `load_balance_mode = on`")
+    p("    over the three nodes, `num_init_children = %s` (the most clients + 8), `max_pool = 1`" % meta.get("pgpool_children", "?"))
+    p("    (one user and database), health checks every second and `sr_check_user = 'postgres'`,")
+    p("    SCRAM through `pool_hba.conf` and `pool_passwd`; started with `-D`.")
+    p("  - *tidepool (transaction)*: `pool.mode = \"transaction\"`, `max_size = 20` (PgBouncer's pool")
+    p("    size), the three nodes as backends; default logging.")
+    p("  - *tidepool (session)*: `pool.mode = \"session\"`, `max_size = %s` (a server connection per" % meta.get("session_pool", "?"))
+    p("    client, like session pooling anywhere).")
+    p("  - *tidepool (transaction, read LB)*: %s." % meta.get("lb_note", "?"))
+    p("- **Runs**: `pgbench -n -T <duration> -c <clients> -j min(clients, 2)`, interleaved: each")
+    p("  round runs every (workload, clients) cell once per target, in an order rotated between")
+    p("  cells and rounds, so slow drifts of the machine's load fall on every target alike.")
+    p("  Tables show the **median over rounds** of tps and of each latency figure, and the")
+    p("  lowest–highest tps over rounds as the spread. Latencies come from pgbench's")
+    p("  per-transaction logs (`-l`): mean and the 50th/95th/99th percentiles, in ms.")
+    p("- pgbench runs on the same machine and competes with the target for the cores: a proxy's")
+    p("  CPU cost shows up twice as lower tps. On a machine shared with other work, compare")
+    p("  ratios within this page, not absolute numbers with other pages.")
+    p("")
+
+    # --- throughput --------------------------------------------------------------
+    p("## Throughput")
+    p("")
+    for w, title, cmd in workloads:
+        p("### %s (`%s`)" % (title, cmd))
+        p("")
+        p("| clients | target | tps (median) | spread | vs direct | p50 ms | p95 ms | p99 ms | mean ms |")
+        p("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for c in clients:
+            for t in targets:
+                rows = cells.get((w, c, t))
+                if not rows:
+                    continue
+                s = summary[(w, c, t)]
+                name = TARGET_NAMES[t]
+                if t.startswith("tidepool"):
+                    name = "**%s**" % name
+                if s is None:
+                    p("| %d | %s | %s | | | | | | |" % (c, name, problem(rows).replace("|", "/")))
+                    continue
+                spread = "%s–%s" % (fnum(s["tps_min"]), fnum(s["tps_max"])) if s["rounds"] > 1 else "1 round"
+                p("| %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    c, name, fnum(s["tps"]), spread,
+                    "–" if t == "direct" else fratio(ratio(s["tps"], tps(w, c, "direct"))),
+                    fms(s["p50"]), fms(s["p95"]), fms(s["p99"]), fms(s["mean"])))
+        p("")
+
+    # --- ratios ------------------------------------------------------------------
+    tps_targets = [t for t in TIDEPOOLS if t in targets]
+    if tps_targets:
+        p("## tidepool against each peer")
+        p("")
+        p("tidepool's median tps divided by the peer's, per workload and client count (> 1: tidepool")
+        p("is faster).")
+        p("")
+        peers = [t for t in PEERS if t in targets]
+        head = "| workload | clients | " + " | ".join(
+            "%s / %s" % (TARGET_NAMES[tp].replace("tidepool ", "tp "), TARGET_NAMES[pe]) for tp in tps_targets for pe in peers) + " |"
+        p(head)
+        p("| --- | ---: |" + " ---: |" * (len(tps_targets) * len(peers)))
+        for w, title, _ in workloads:
+            for c in clients:
+                vals = [fratio(ratio(tps(w, c, tp), tps(w, c, pe))) for tp in tps_targets for pe in peers]
+                p("| %s | %d | %s |" % (w, c, " | ".join(vals)))
+        p("")
+
+    # --- memory ------------------------------------------------------------------
+    p("## Memory with idle clients")
+    p("")
+    if not memory:
+        p("Not measured in this run (`--no-memory`).")
+    else:
+        p("Each target started fresh, then a client (`scripts/bench-lib/benchtool.py idle-clients`,")
+        p("asyncio) opened the connections — StartupMessage, authentication (`trust` for `app` from")
+        p("127.0.0.1 for this test only), until ReadyForQuery — and held them idle. Memory is summed")
+        p("over the target's processes: RSS (resident pages; pages shared between Pgpool-II's")
+        p("forked children are counted in each) and PSS (shared pages split among the processes")
+        p("sharing them). Per client = (RSS holding them − RSS idle) / clients opened.")
+        p("")
+        p("| target | setting | clients asked | opened | processes | RSS idle | RSS holding them | PSS holding them | per client |")
+        p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for m in memory:
+            cl = m["clients"]
+            opened = cl["opened"]
+            per = (m["after"]["rss_kb"] - m["before"]["rss_kb"]) / opened if opened else None
+            p("| %s | %s | %s | %s | %s | %s MiB | %s MiB | %s MiB | %s |" % (
+                {"tidepool": "**tidepool**", "pgbouncer": "PgBouncer", "pgpool": "Pgpool-II"}.get(m["target"], m["target"]),
+                m["note"], fnum(cl["requested"]), fnum(opened), m["after"]["procs"],
+                fnum(mib(m["before"]["rss_kb"]), 1), fnum(mib(m["after"]["rss_kb"]), 1), fnum(mib(m["after"]["pss_kb"]), 1),
+                "–" if per is None else "%s KiB" % fnum(per, 1)))
+        errs = [(m["target"], m["clients"]["errors"]) for m in memory if m["clients"].get("errors")]
+        if errs:
+            p("")
+            for t, e in errs:
+                p("- %s refused some clients: %s" % (t, "; ".join("%s (×%d)" % (k, v) for k, v in e.items())))
+        p("")
+        p("Pgpool-II serves one client per child process and each child holds its own server")
+        p("connections, so it cannot hold 10,000 idle clients on this cluster: it is measured at")
+        p("`num_init_children = %s` (every one of its clients also costs a PostgreSQL backend per node" % meta.get("pgpool_idle", "?"))
+        p("it connects to). PgBouncer and tidepool hold idle clients without server connections.")
+    p("")
+
+    # --- failover ----------------------------------------------------------------
+    p("## Failover outage")
+    p("")
+    p("A client writes every 100 ms through a kept connection, reconnecting after any error; the")
+    p("primary gets SIGKILL; the outage is the gap between the last write that succeeded before")
+    p("and the first that succeeded after (so it includes up to 100 ms of the write interval).")
+    p("")
+    if fo_pgpool:
+        p("**Pgpool-II** (`scripts/bench-failover-pgpool`; %s): %d run(s), %d recovered — min **%s ms**, median **%s ms**, max **%s ms**." % (
+            fo_pgpool["settings"], len(fo_pgpool["runs"]), fo_pgpool["recovered"],
+            fnum(fo_pgpool["min_ms"]), fnum(fo_pgpool["median_ms"]), fnum(fo_pgpool["max_ms"])))
+        p("")
+        p("| run | outage ms | writes ok | writes failed | first error | nodes after (id:status:role) |")
+        p("| ---: | ---: | ---: | ---: | --- | --- |")
+        for r in fo_pgpool["runs"]:
+            p("| %d | %s | %d | %d | %s | %s |" % (r["run"], fnum(r["outage_ms"]), r["writes_ok"], r["writes_failed"],
+                                                  (r.get("first_error") or "").replace("|", "/"), r.get("nodes_after", "")))
+        p("")
+    elif meta.get("failover_runs") == "0":
+        p("**Pgpool-II**: not measured in this run (`--failover-runs 0`).")
+        p("")
+    else:
+        p("**Pgpool-II**: `scripts/bench-failover-pgpool` gave no result in this run.")
+        p("")
+    if fo_tidepool_text:
+        p("**tidepool** (`scripts/bench-failover`, its output as printed):")
+        p("")
+        p("```")
+        p(fo_tidepool_text)
+        p("```")
+    elif meta.get("failover_tidepool_script") == "absent":
+        p("**tidepool**: not measured — `scripts/bench-failover` (tidepool's own failover benchmark)")
+        p("does not exist yet; tidepool's automatic failover is being built.")
+    else:
+        p("**tidepool**: `scripts/bench-failover` gave no result in this run.")
+    p("")
+
+    # --- profile -----------------------------------------------------------------
+    perfs = multi.get("perf", [])
+    if perfs:
+        p("## Where tidepool spends its CPU")
+        p("")
+        p("`perf record -F 999 -g` on the `tidepool-tx` process during a 16-client run; self time per")
+        p("symbol (`perf report --no-children --sort symbol`), symbols above 0.8 %.")
+        p("")
+        for item in perfs:
+            w, path = item.split("=", 1)
+            p("**%s**" % w)
+            p("")
+            p("```")
+            try:
+                with open(path) as f:
+                    lines = [l.rstrip() for l in f if l.strip()]
+                p("\n".join(lines) if lines else "(no samples)")
+            except OSError:
+                p("(no profile)")
+            p("```")
+            p("")
+
+    p("## Reproduce")
+    p("")
+    p("```sh")
+    p("scripts/bench            # full report into docs/benchmarks.md (about half an hour)")
+    p("scripts/bench --quick    # smoke: a minute, report in .tidepool-dev/bench/report.md")
+    p("scripts/bench --help     # options: rounds, duration, clients, targets, --perf, ...")
+    p("scripts/bench-failover-pgpool --runs 5   # Pgpool-II's failover outage alone")
+    p("```")
+    p("")
+    p("Raw numbers of the last run: `.tidepool-dev/bench/results.csv` (one line per pgbench run).")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
