@@ -142,10 +142,14 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Shared::new(cfg, Some(path), shutdown_rx.clone());
 
+    // The manager restores the persisted state (fenced nodes stay down)
+    // before the first health check can bring a node up.
+    tokio::spawn(cluster::run_manager(shared.clone()));
     tokio::spawn(cluster::run_checks(
         shared.cluster.clone(),
         shared.health_settings.subscribe(),
         shutdown_rx.clone(),
+        shared.control.sender(),
     ));
     tokio::spawn(reap_idle(shared.clone()));
     tokio::spawn(handle_signals(shared.clone(), shutdown_tx));

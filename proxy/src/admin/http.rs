@@ -2,17 +2,18 @@
 //! Prometheus metrics, the node table, and control requests.
 //!
 //! Handlers only read snapshots and counters, or ask the owner of a piece
-//! of state to change it (`server::reload` for the configuration). Requests
-//! that belong to features this build does not contain (failover actions,
-//! the watchdog, the query cache) are answered 501 with the feature's name,
-//! so a script never mistakes "not available" for "done".
+//! of state to change it (`server::reload` for the configuration, the
+//! cluster's failover manager for attach, detach, promote and recover).
+//! Requests that belong to features this build does not contain (the
+//! watchdog, the query cache) are answered 501 with the feature's name, so a
+//! script never mistakes "not available" for "done".
 
 use std::sync::Arc;
 
 use axum::{
     Json, Router,
     extract::{Path, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -24,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     admin::prometheus,
-    cluster::{Node, Role, Snapshot},
+    cluster::{Action, ControlError, Node, Role, Snapshot},
     server::{self, Shared},
 };
 
@@ -55,10 +56,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/pools", get(pools))
         .route("/v1/reload", post(reload))
-        .route("/v1/nodes/{id}/attach", post(node_action_unavailable))
-        .route("/v1/nodes/{id}/detach", post(node_action_unavailable))
-        .route("/v1/nodes/{id}/promote", post(node_action_unavailable))
-        .route("/v1/nodes/{id}/recover", post(node_action_unavailable))
+        .route("/v1/nodes/{id}/attach", post(attach))
+        .route("/v1/nodes/{id}/detach", post(detach))
+        .route("/v1/nodes/{id}/promote", post(promote))
+        .route("/v1/nodes/{id}/recover", post(recover))
         .route("/v1/watchdog", get(watchdog_unavailable))
         .route("/v1/watchdog/switchover", post(watchdog_unavailable))
         .route("/v1/cache/invalidate", post(cache_unavailable))
@@ -221,6 +222,9 @@ fn node_json(shared: &Shared, snap: &Snapshot, n: &Node) -> Value {
     v["queries"] = json!(load(&c.queries));
     v["health_checks"] = json!(load(&c.health_checks));
     v["health_check_failures"] = json!(load(&c.health_check_failures));
+    v["health_check_retries"] = json!(load(&c.health_check_retries));
+    v["detaches"] = json!(load(&c.detaches));
+    v["detach_reason"] = json!(c.detach_reason());
     v
 }
 
@@ -309,14 +313,75 @@ fn unavailable(feature: &str, what: &str) -> ApiError {
     .with("feature", json!(feature))
 }
 
-async fn node_action_unavailable(Path(id): Path<String>, uri: Uri) -> ApiError {
-    let action = uri
-        .path()
-        .rsplit('/')
-        .next()
-        .unwrap_or("change")
-        .to_string();
-    unavailable("failover", &format!("{action} of node {id}"))
+/// Carries out a node action through the failover manager and answers
+/// with the node's state afterwards.
+async fn node_action(shared: &Shared, id: &str, action: Action) -> Result<Json<Value>, ApiError> {
+    match shared.control.request(id, action).await {
+        Ok(v) => Ok(Json(v)),
+        Err(e) => {
+            let status = match &e {
+                ControlError::NoSuchNode(_) => StatusCode::NOT_FOUND,
+                ControlError::Conflict(_) => StatusCode::CONFLICT,
+                ControlError::Failed(_) => StatusCode::BAD_GATEWAY,
+                ControlError::NotRunning => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Err(ApiError::new(
+                status,
+                format!("{} of node {id}: {e}", action.as_str()),
+            ))
+        }
+    }
+}
+
+async fn attach(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    node_action(&shared, &id, Action::Attach).await
+}
+
+async fn detach(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    node_action(&shared, &id, Action::Detach).await
+}
+
+async fn recover(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    node_action(&shared, &id, Action::Recover).await
+}
+
+/// `{"switchover": true}` asks for a planned switchover; an empty body or
+/// `false` promotes the node and fences the current primary.
+async fn promote(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let switchover = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON like {{\"switchover\": true}}: {e}"),
+            )
+        })?;
+        match v.get("switchover") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("switchover must be true or false, not {other}"),
+                ));
+            }
+        }
+    };
+    node_action(&shared, &id, Action::Promote { switchover }).await
 }
 
 async fn watchdog_unavailable() -> ApiError {

@@ -184,22 +184,41 @@ fn pool_processes(shared: &Shared) -> Table {
 
 fn health_check_stats(shared: &Shared) -> Table {
     let snap = shared.cluster.snapshot();
+    let time = |ms: u64| {
+        (ms > 0).then(|| {
+            humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                .to_string()
+        })
+    };
     let rows = snap
         .nodes
         .iter()
         .map(|n| {
             let c = shared.cluster.counters(n.id).unwrap_or_default();
+            let total = c.health_checks.load(Ordering::Relaxed);
+            let failed = c.health_check_failures.load(Ordering::Relaxed);
+            let micros = c.health_check_micros.load(Ordering::Relaxed);
+            let average_ms = if total > 0 {
+                micros as f64 / total as f64 / 1000.0
+            } else {
+                0.0
+            };
             vec![
                 s(n.id),
                 s(&n.host),
                 s(n.port),
                 s(n.status.as_str()),
                 s(n.role.as_str()),
-                s(c.health_checks.load(Ordering::Relaxed)),
-                s(c.health_checks.load(Ordering::Relaxed)
-                    - c.health_check_failures.load(Ordering::Relaxed)),
-                s(c.health_check_failures.load(Ordering::Relaxed)),
+                s(total),
+                s(total - failed),
+                s(failed),
                 n.last_error.clone(),
+                s(c.health_check_retries.load(Ordering::Relaxed)),
+                s(format!("{average_ms:.3}")),
+                time(c.last_health_check_ms.load(Ordering::Relaxed)),
+                time(c.last_health_check_ok_ms.load(Ordering::Relaxed)),
+                time(c.last_health_check_failed_ms.load(Ordering::Relaxed)),
+                c.detach_reason(),
             ]
         })
         .collect();
@@ -214,6 +233,12 @@ fn health_check_stats(shared: &Shared) -> Table {
             "success_count",
             "fail_count",
             "last_error",
+            "retry_count",
+            "average_duration",
+            "last_health_check",
+            "last_successful_health_check",
+            "last_failed_health_check",
+            "detach_reason",
         ],
         rows,
     }

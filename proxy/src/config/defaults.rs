@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{HealthCheckConfig, LogFormat, LoggingConfig, PoolConfig, PoolMode, ServerConfig};
+use super::{FailoverConfig, HealthCheckConfig, LogFormat, LoggingConfig, PoolConfig, PoolMode, ServerConfig};
 
 pub const CLIENT_PORT: u16 = 9999;
 pub const ADMIN_PORT: u16 = 9898;
@@ -49,11 +49,40 @@ impl Default for PoolConfig {
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         HealthCheckConfig {
+            // A crash closes the check's connection, which wakes the
+            // check at once; the period only bounds how late a silent
+            // failure (no RST: a lost instance) is noticed.
             period: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             user: "postgres".to_string(),
             password: None,
             database: "postgres".to_string(),
+            // Two quick retries: a refused connection fails in
+            // microseconds, so a crash is declared ~400 ms after it shows.
+            max_retries: 2,
+            retry_delay: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            auto_failover: true,
+            detach_false_primary: true,
+            replication_user: None,
+            replication_password: None,
+            failover_command: None,
+            follow_primary_command: None,
+            switchover_command: None,
+            recovery_command: None,
+            pg_bin_dir: None,
+            promote_timeout: Duration::from_secs(30),
+            switchover_timeout: Duration::from_secs(30),
+            recovery_timeout: Duration::from_secs(600),
+            recovery_max_lag_bytes: 16 * 1024 * 1024,
+            command_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub pool: PoolConfig,
     pub health_check: HealthCheckConfig,
+    pub failover: FailoverConfig,
     pub logging: LoggingConfig,
     pub backends: Vec<BackendConfig>,
     pub users: Vec<UserConfig>,
@@ -103,6 +104,53 @@ pub struct HealthCheckConfig {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// Failed checks retried before the node counts as failed.
+    pub max_retries: u32,
+    /// Pause between a failed check and its retry.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Time to open the check's connection (login included).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// `[failover]`: what tidepool does when a node fails, and how it promotes,
+/// repoints and recovers nodes. See `docs/failover.md`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Promote a standby when the primary fails its health checks.
+    pub auto_failover: bool,
+    /// When two nodes answer as primary, detach the one on the older timeline.
+    pub detach_false_primary: bool,
+    /// Role standbys stream as (built-in follow and recovery).
+    pub replication_user: Option<String>,
+    pub replication_password: Option<String>,
+    /// Shell command that promotes the new primary instead of `pg_promote()`.
+    pub failover_command: Option<String>,
+    /// Shell command run for each remaining standby instead of the built-in repointing.
+    pub follow_primary_command: Option<String>,
+    /// Shell command that turns the old primary into a standby of the new one
+    /// when its data directory is not reachable.
+    pub switchover_command: Option<String>,
+    /// Shell command that recovers a node when its data directory is not reachable.
+    pub recovery_command: Option<String>,
+    /// Directory of `pg_ctl`, `pg_rewind`, `pg_basebackup`, `pg_controldata`.
+    pub pg_bin_dir: Option<String>,
+    /// Most time a promotion may take.
+    #[serde(with = "humantime_serde")]
+    pub promote_timeout: Duration,
+    /// Most time a switchover waits for the new primary to catch up.
+    #[serde(with = "humantime_serde")]
+    pub switchover_timeout: Duration,
+    /// Most time an online recovery may take (copy included).
+    #[serde(with = "humantime_serde")]
+    pub recovery_timeout: Duration,
+    /// A recovered standby is attached once it lags by at most this many bytes of WAL.
+    pub recovery_max_lag_bytes: u64,
+    /// Most time one shell command may run.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
 }
 
 /// `[logging]`.
@@ -147,6 +195,41 @@ pub struct BackendConfig {
     pub weight: f64,
     #[serde(default)]
     pub flag: BackendFlag,
+    /// The node's data directory, when it is on this machine (switchover
+    /// and online recovery use it).
+    #[serde(default)]
+    pub data_directory: Option<String>,
+    /// Server log for `pg_ctl start -l` (default: `postgresql.log` beside
+    /// the data directory).
+    #[serde(default)]
+    pub log_file: Option<String>,
+    /// Per-node overrides of `[health_check]`.
+    #[serde(default, with = "humantime_serde")]
+    pub health_check_period: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub health_check_timeout: Option<Duration>,
+    #[serde(default)]
+    pub health_check_max_retries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub health_check_retry_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub health_check_connect_timeout: Option<Duration>,
+}
+
+impl BackendConfig {
+    /// The health-check settings of this node: `global` with its overrides.
+    pub fn health_check(&self, global: &HealthCheckConfig) -> HealthCheckConfig {
+        HealthCheckConfig {
+            period: self.health_check_period.unwrap_or(global.period),
+            timeout: self.health_check_timeout.unwrap_or(global.timeout),
+            max_retries: self.health_check_max_retries.unwrap_or(global.max_retries),
+            retry_delay: self.health_check_retry_delay.unwrap_or(global.retry_delay),
+            connect_timeout: self
+                .health_check_connect_timeout
+                .unwrap_or(global.connect_timeout),
+            ..global.clone()
+        }
+    }
 }
 
 /// One `[[users]]` entry: who may log in, and how tidepool logs in for them.

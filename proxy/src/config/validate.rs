@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "server",
     "pool",
     "health_check",
+    "failover",
     "logging",
     "backends",
     "users",
@@ -129,6 +130,7 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
         server: section(table.get("server"), "server", &mut errors),
         pool: section(table.get("pool"), "pool", &mut errors),
         health_check: section(table.get("health_check"), "health_check", &mut errors),
+        failover: section(table.get("failover"), "failover", &mut errors),
         logging: section(table.get("logging"), "logging", &mut errors),
         backends: entries(
             table.get("backends"),
@@ -247,6 +249,37 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
         err(
             "health_check.timeout".into(),
             "must be greater than 0".into(),
+        );
+    }
+    if c.health_check.connect_timeout.is_zero() {
+        err(
+            "health_check.connect_timeout".into(),
+            "must be greater than 0".into(),
+        );
+    }
+    for (i, b) in c.backends.iter().enumerate() {
+        for (key, v) in [
+            ("health_check_period", b.health_check_period),
+            ("health_check_timeout", b.health_check_timeout),
+            ("health_check_connect_timeout", b.health_check_connect_timeout),
+        ] {
+            if v.is_some_and(|d| d.is_zero()) {
+                err(format!("backends[{i}].{key}"), "must be greater than 0".into());
+            }
+        }
+        if let Some(d) = &b.data_directory
+            && !std::path::Path::new(d).is_absolute()
+        {
+            err(
+                format!("backends[{i}].data_directory"),
+                "must be an absolute path".into(),
+            );
+        }
+    }
+    if c.failover.replication_password.is_some() && c.failover.replication_user.is_none() {
+        err(
+            "failover.replication_user".into(),
+            "replication_password is set: also set replication_user".into(),
         );
     }
     if c.pool.connect_timeout.is_zero() {

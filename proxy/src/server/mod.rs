@@ -38,6 +38,8 @@ pub struct Shared {
     pub cancels: Arc<CancelRegistry>,
     pub metrics: Metrics,
     pub health_settings: watch::Sender<HealthCheckConfig>,
+    /// The failover manager's queue (attach, detach, promote, recover).
+    pub control: crate::cluster::Control,
     /// Becomes true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// Key for mock SCRAM exchanges of unknown users, fixed for the process.
@@ -62,6 +64,7 @@ impl Shared {
             cancels: Arc::new(CancelRegistry::default()),
             metrics: Metrics::default(),
             health_settings,
+            control: crate::cluster::Control::default(),
             shutdown,
             mock_key: rand::random(),
             started: SystemTime::now(),

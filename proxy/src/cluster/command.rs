@@ -1,0 +1,318 @@
+//! Processes the manager runs: operator commands (`failover_command` and
+//! friends, with Pgpool-II's placeholders) and PostgreSQL's own tools
+//! (`pg_ctl`, `pg_rewind`, `pg_basebackup`, `pg_controldata`), the latter as
+//! the owner of the data directory they work on.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::process::Command;
+
+use super::executor::ActionError;
+
+/// Values of a command's placeholders; absent ones expand to nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    /// `%d %h %p %D`: the failed (or acted-on) node.
+    pub node_id: Option<usize>,
+    pub node_host: Option<String>,
+    pub node_port: Option<u16>,
+    pub node_dir: Option<String>,
+    /// `%m %H %r %R`: the new main (primary) node.
+    pub new_id: Option<usize>,
+    pub new_host: Option<String>,
+    pub new_port: Option<u16>,
+    pub new_dir: Option<String>,
+    /// `%M`: the old main node; `%P %N %S`: the old primary.
+    pub old_main_id: Option<usize>,
+    pub old_id: Option<usize>,
+    pub old_host: Option<String>,
+    pub old_port: Option<u16>,
+}
+
+/// `template` with Pgpool-II's placeholders replaced: `%d %h %p %D` (failed
+/// node), `%m %H %r %R` (new main node), `%M` (old main), `%P %N %S` (old
+/// primary), `%%`. Unknown placeholders are kept as they are.
+pub fn expand(template: &str, v: &Vars) -> String {
+    fn o<T: ToString>(x: &Option<T>) -> String {
+        x.as_ref().map(ToString::to_string).unwrap_or_default()
+    }
+    let mut out = String::with_capacity(template.len());
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(k) = chars.next() else {
+            out.push('%');
+            break;
+        };
+        let s = match k {
+            'd' => o(&v.node_id),
+            'h' => o(&v.node_host),
+            'p' => o(&v.node_port),
+            'D' => o(&v.node_dir),
+            'm' => o(&v.new_id),
+            'H' => o(&v.new_host),
+            'r' => o(&v.new_port),
+            'R' => o(&v.new_dir),
+            'M' => o(&v.old_main_id),
+            'P' => o(&v.old_id),
+            'N' => o(&v.old_host),
+            'S' => o(&v.old_port),
+            '%' => "%".into(),
+            other => format!("%{other}"),
+        };
+        out.push_str(&s);
+    }
+    out
+}
+
+/// Runs `command` with `sh -c`, bounded by `timeout`; fails on a non-zero exit.
+pub async fn shell(command: &str, timeout: Duration) -> Result<String, ActionError> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command);
+    run(cmd, command, timeout).await
+}
+
+async fn run(mut cmd: Command, shown: &str, timeout: Duration) -> Result<String, ActionError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group: servers it starts must outlive tidepool.
+        .process_group(0);
+    let fail = |reason: String| ActionError::Command {
+        command: shown.to_string(),
+        reason,
+    };
+    tracing::info!(command = %shown, "running");
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| fail(format!("timed out after {timeout:?}")))?
+        .map_err(|e| fail(e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(fail(format!("{}: {}", out.status, tail.join(" / "))));
+    }
+    Ok(stdout)
+}
+
+/// PostgreSQL's server tools, run as the owner of a data directory.
+#[derive(Debug, Clone)]
+pub struct PgTools {
+    bin_dir: Option<PathBuf>,
+    timeout: Duration,
+}
+
+/// Who owns a data directory, and whether tidepool must switch to them.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+    switch: bool,
+}
+
+fn owner_of(dir: &Path) -> Result<Owner, ActionError> {
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        ActionError::Refused(format!(
+            "data directory {} is not reachable: {e}",
+            dir.display()
+        ))
+    })?;
+    // /proc/self belongs to this process's effective user.
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    Ok(Owner {
+        uid: meta.uid(),
+        gid: meta.gid(),
+        switch: me == 0 && meta.uid() != 0,
+    })
+}
+
+impl PgTools {
+    /// `bin_dir` from the configuration, else the newest
+    /// `/usr/lib/postgresql/*/bin`, else `PATH`.
+    pub fn new(bin_dir: Option<&str>, timeout: Duration) -> PgTools {
+        let bin_dir = bin_dir.map(PathBuf::from).or_else(|| {
+            let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|p| p.join("pg_ctl").exists())
+                .collect();
+            v.sort_by_key(|p| {
+                p.parent()
+                    .and_then(|v| v.file_name())
+                    .and_then(|v| v.to_str())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            });
+            v.pop()
+        });
+        PgTools { bin_dir, timeout }
+    }
+
+    fn program(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// Runs `tool args` as the owner of `data_dir`, with `env` added.
+    pub async fn run(
+        &self,
+        data_dir: &Path,
+        tool: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<String, ActionError> {
+        let owner = owner_of(data_dir)?;
+        let program = self.program(tool);
+        let mut cmd = Command::new(&program);
+        cmd.args(args).current_dir("/");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if owner.switch {
+            cmd.uid(owner.uid).gid(owner.gid);
+        }
+        let shown = format!("{} {}", program.display(), args.join(" "));
+        run(cmd, &shown, self.timeout).await
+    }
+
+    /// Whether a server runs on `data_dir`.
+    pub async fn running(&self, data_dir: &Path) -> bool {
+        let d = data_dir.to_string_lossy();
+        self.run(data_dir, "pg_ctl", &["status", "-D", &d], &[])
+            .await
+            .is_ok()
+    }
+
+    /// Stops the server of `data_dir` (fast, then immediate) if it runs.
+    pub async fn stop(&self, data_dir: &Path) -> Result<(), ActionError> {
+        if !self.running(data_dir).await {
+            return Ok(());
+        }
+        let d = data_dir.to_string_lossy();
+        let fast = ["stop", "-D", &d, "-m", "fast", "-w", "-t", "60"];
+        if self.run(data_dir, "pg_ctl", &fast, &[]).await.is_ok() {
+            return Ok(());
+        }
+        let immediate = ["stop", "-D", &d, "-m", "immediate", "-w", "-t", "30"];
+        self.run(data_dir, "pg_ctl", &immediate, &[])
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts the server of `data_dir`, its output going to `log`.
+    pub async fn start(&self, data_dir: &Path, log: &Path) -> Result<(), ActionError> {
+        let d = data_dir.to_string_lossy();
+        let l = log.to_string_lossy();
+        let secs = self.timeout.as_secs().max(10).to_string();
+        let args = ["start", "-D", &d, "-l", &l, "-w", "-t", &secs];
+        self.run(data_dir, "pg_ctl", &args, &[]).await.map(|_| ())
+    }
+
+    /// `Latest checkpoint location` and whether the cluster was shut down
+    /// cleanly, from `pg_controldata`.
+    pub async fn checkpoint(&self, data_dir: &Path) -> Result<(String, bool), ActionError> {
+        let d = data_dir.to_string_lossy();
+        let out = self
+            .run(data_dir, "pg_controldata", &["-D", &d], &[("LC_ALL", "C")])
+            .await?;
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim_start_matches(':').trim().to_string())
+        };
+        let location = field("Latest checkpoint location").ok_or_else(|| ActionError::Command {
+            command: "pg_controldata".into(),
+            reason: "no `Latest checkpoint location` in its output".into(),
+        })?;
+        let clean = field("Database cluster state").as_deref() == Some("shut down");
+        Ok((location, clean))
+    }
+}
+
+/// Writes `contents` to `path` (appending when `append`) and gives the file
+/// to the owner of `data_dir`.
+pub fn write_owned(
+    data_dir: &Path,
+    path: &Path,
+    contents: &str,
+    append: bool,
+) -> Result<(), ActionError> {
+    use std::io::Write;
+    let owner = owner_of(data_dir)?;
+    let fail =
+        |e: std::io::Error| ActionError::Refused(format!("cannot write {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+        .map_err(fail)?;
+    f.write_all(contents.as_bytes()).map_err(fail)?;
+    if owner.switch {
+        std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpool_placeholders_expand() {
+        let v = Vars {
+            node_id: Some(0),
+            node_host: Some("10.0.0.1".into()),
+            node_port: Some(5432),
+            node_dir: Some("/data/0".into()),
+            new_id: Some(1),
+            new_host: Some("10.0.0.2".into()),
+            new_port: Some(5433),
+            new_dir: None,
+            old_main_id: Some(0),
+            old_id: Some(0),
+            old_host: Some("10.0.0.1".into()),
+            old_port: Some(5432),
+        };
+        assert_eq!(
+            expand(
+                "f %d %h %p %D -> %m %H %r [%R] old %M %P %N %S 100%% %x %",
+                &v
+            ),
+            "f 0 10.0.0.1 5432 /data/0 -> 1 10.0.0.2 5433 [] old 0 0 10.0.0.1 5432 100% %x %"
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_commands_report_their_status_and_stderr() {
+        let e = shell("echo oops >&2; exit 3", Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("oops") && e.contains('3'), "{e}");
+        assert_eq!(
+            shell("echo hi", Duration::from_secs(5)).await.unwrap(),
+            "hi\n"
+        );
+        let e = shell("sleep 5", Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("timed out"), "{e}");
+    }
+}

@@ -1,0 +1,310 @@
+//! SQL the manager runs on the nodes: WAL positions, timelines, promotion,
+//! replication slots and repointing a standby. Every call is bounded by a
+//! timeout and logs in as the health-check user.
+
+use std::time::Duration;
+
+use super::failover::{Lsn, Position};
+use crate::config::HealthCheckConfig;
+
+/// Why an action on the nodes failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("cannot connect to {node}: {reason}")]
+    Connect { node: String, reason: String },
+    #[error("{what} on {node} failed: {reason}")]
+    Sql {
+        node: String,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("{what} on {node} timed out after {after:?}")]
+    Timeout {
+        node: String,
+        what: &'static str,
+        after: Duration,
+    },
+    #[error("command `{command}` failed: {reason}")]
+    Command { command: String, reason: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where a node is and how to log in to it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// An open connection to one node.
+pub struct NodeConn {
+    pub target: Target,
+    client: tokio_postgres::Client,
+    timeout: Duration,
+}
+
+/// Connects to `t` as the health-check user.
+pub async fn connect(t: &Target, hc: &HealthCheckConfig) -> Result<NodeConn, ActionError> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&t.host)
+        .port(t.port)
+        .user(&hc.user)
+        .dbname(&hc.database)
+        .application_name("tidepool failover")
+        .connect_timeout(hc.connect_timeout.max(Duration::from_millis(100)));
+    if let Some(p) = &hc.password {
+        cfg.password(p);
+    }
+    let connecting = tokio::time::timeout(hc.connect_timeout, cfg.connect(tokio_postgres::NoTls));
+    let (client, conn) = connecting
+        .await
+        .map_err(|_| ActionError::Connect {
+            node: t.name.clone(),
+            reason: format!("timed out after {:?}", hc.connect_timeout),
+        })?
+        .map_err(|e| ActionError::Connect {
+            node: t.name.clone(),
+            reason: e.to_string(),
+        })?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(NodeConn {
+        target: t.clone(),
+        client,
+        timeout: hc.timeout.max(Duration::from_secs(5)),
+    })
+}
+
+impl NodeConn {
+    async fn rows(
+        &self,
+        what: &'static str,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<tokio_postgres::SimpleQueryRow>, ActionError> {
+        let fut = self.client.simple_query(sql);
+        let msgs = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ActionError::Timeout {
+                node: self.target.name.clone(),
+                what,
+                after: timeout,
+            })?
+            .map_err(|e| ActionError::Sql {
+                node: self.target.name.clone(),
+                what,
+                reason: e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string()),
+            })?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The first column of the first row.
+    async fn value(&self, what: &'static str, sql: &str) -> Result<Option<String>, ActionError> {
+        let rows = self.rows(what, sql, self.timeout).await?;
+        Ok(rows.first().and_then(|r| r.get(0)).map(str::to_string))
+    }
+
+    fn bad(&self, what: &'static str, reason: String) -> ActionError {
+        ActionError::Sql {
+            node: self.target.name.clone(),
+            what,
+            reason,
+        }
+    }
+
+    /// Whether the node is in recovery and how much WAL it has.
+    pub async fn position(&self, node: usize) -> Result<Position, ActionError> {
+        let rows = self
+            .rows(
+                "reading WAL positions",
+                "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()",
+                self.timeout,
+            )
+            .await?;
+        let r = rows
+            .first()
+            .ok_or_else(|| self.bad("reading WAL positions", "no row".into()))?;
+        Ok(Position {
+            node,
+            in_recovery: r.get(0) == Some("t"),
+            receive: r.get(1).and_then(|v| v.parse().ok()),
+            replay: r.get(2).and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// `pg_current_wal_lsn()` of a primary.
+    pub async fn current_lsn(&self) -> Result<Lsn, ActionError> {
+        let v = self
+            .value("reading the WAL position", "SELECT pg_current_wal_lsn()")
+            .await?
+            .unwrap_or_default();
+        v.parse()
+            .map_err(|e| self.bad("reading the WAL position", e))
+    }
+
+    /// The timeline a primary writes on (from its current WAL file's name).
+    pub async fn timeline(&self) -> Result<u32, ActionError> {
+        let v = self
+            .value(
+                "reading the timeline",
+                "SELECT CASE WHEN pg_is_in_recovery() \
+                 THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+                 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+            )
+            .await?
+            .unwrap_or_default();
+        v.parse()
+            .map_err(|e| self.bad("reading the timeline", format!("{v:?}: {e}")))
+    }
+
+    /// Promotes a standby and waits (up to `timeout`) until it takes writes.
+    pub async fn promote(&self, timeout: Duration) -> Result<(), ActionError> {
+        let secs = timeout.as_secs().max(1);
+        let sql = format!("SELECT pg_promote(wait => true, wait_seconds => {secs})");
+        let rows = self
+            .rows("pg_promote()", &sql, timeout + Duration::from_secs(2))
+            .await?;
+        match rows.first().and_then(|r| r.get(0)) {
+            Some("t") => Ok(()),
+            other => Err(self.bad(
+                "pg_promote()",
+                format!("returned {other:?}: not promoted within {secs}s"),
+            )),
+        }
+    }
+
+    /// The standby's current `primary_slot_name` (empty when none).
+    pub async fn slot_name(&self) -> Result<String, ActionError> {
+        Ok(self
+            .value("reading primary_slot_name", "SHOW primary_slot_name")
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Creates the physical slot `slot` unless it exists.
+    pub async fn ensure_slot(&self, slot: &str) -> Result<(), ActionError> {
+        let lit = quote_literal(slot);
+        let sql = format!(
+            "SELECT pg_create_physical_replication_slot({lit}, true) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {lit})"
+        );
+        self.rows("creating a replication slot", &sql, self.timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Points a standby at a new primary: `primary_conninfo`,
+    /// `primary_slot_name`, reload. The WAL receiver restarts on its own.
+    pub async fn repoint(&self, conninfo: &str, slot: &str) -> Result<(), ActionError> {
+        for (what, sql) in [
+            (
+                "ALTER SYSTEM SET primary_conninfo",
+                format!(
+                    "ALTER SYSTEM SET primary_conninfo = {}",
+                    quote_literal(conninfo)
+                ),
+            ),
+            (
+                "ALTER SYSTEM SET primary_slot_name",
+                format!(
+                    "ALTER SYSTEM SET primary_slot_name = {}",
+                    quote_literal(slot)
+                ),
+            ),
+            ("pg_reload_conf()", "SELECT pg_reload_conf()".to_string()),
+        ] {
+            self.rows(what, &sql, self.timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the WAL receiver streams.
+    pub async fn streaming(&self) -> Result<bool, ActionError> {
+        Ok(self
+            .value(
+                "reading pg_stat_wal_receiver",
+                "SELECT status FROM pg_stat_wal_receiver",
+            )
+            .await?
+            .as_deref()
+            == Some("streaming"))
+    }
+}
+
+/// A SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A libpq connection string value, quoted.
+fn conninfo_value(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The `primary_conninfo` of a standby streaming from `host:port`.
+pub fn conninfo(host: &str, port: u16, user: &str, password: Option<&str>) -> String {
+    let mut s = format!(
+        "host={} port={port} user={}",
+        conninfo_value(host),
+        conninfo_value(user)
+    );
+    if let Some(p) = password {
+        s.push_str(&format!(" password={}", conninfo_value(p)));
+    }
+    s
+}
+
+/// A replication slot name for node `name`: lower case letters, digits
+/// and underscores, at most 63 bytes.
+pub fn slot_for(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    if s.is_empty() { "tidepool".into() } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_quoted_for_sql_and_libpq() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(
+            conninfo("10.0.0.1", 5432, "rep", Some("p'w\\")),
+            r"host='10.0.0.1' port=5432 user='rep' password='p\'w\\'"
+        );
+        assert_eq!(
+            quote_literal(&conninfo("h", 1, "u", None)),
+            "'host=''h'' port=1 user=''u'''"
+        );
+    }
+
+    #[test]
+    fn slot_names_are_sanitized() {
+        assert_eq!(slot_for("pg1"), "pg1");
+        assert_eq!(slot_for("DB-East.2"), "db_east_2");
+        assert_eq!(slot_for(""), "tidepool");
+        assert_eq!(slot_for(&"x".repeat(80)).len(), 63);
+    }
+}

@@ -1,0 +1,190 @@
+//! Health checks: one task per node, probing it every period with a kept
+//! connection, retrying a failed probe `max_retries` times `retry_delay`
+//! apart, and reporting a node that failed them all to the manager.
+//!
+//! A crash closes the kept connection: the check wakes at once instead of
+//! at the next period, so detection of a crash costs only the retries.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Cluster, Role, manager::Request};
+use crate::config::HealthCheckConfig;
+
+/// Probes every node until `shutdown` fires, one task per node; restarts
+/// the tasks when the node list changes.
+pub async fn run_checks(
+    cluster: Arc<Cluster>,
+    settings: watch::Receiver<HealthCheckConfig>,
+    mut shutdown: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<Request>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut nodes_seen = cluster.subscribe();
+    loop {
+        let snap = cluster.snapshot();
+        for n in &snap.nodes {
+            let check = Check {
+                cluster: cluster.clone(),
+                id: n.id,
+                host: n.host.clone(),
+                port: n.port,
+                settings: settings.clone(),
+                events: events.clone(),
+            };
+            tasks.spawn(check.run());
+        }
+        let addrs = |s: &super::Snapshot| -> Vec<String> {
+            s.nodes
+                .iter()
+                .map(|n| format!("{}:{}", n.host, n.port))
+                .collect()
+        };
+        let names = addrs(&snap);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => { tasks.abort_all(); return; }
+                r = nodes_seen.changed() => {
+                    if r.is_err() { return; }
+                    if addrs(&cluster.snapshot()) != names { break; }
+                }
+            }
+        }
+        tasks.abort_all();
+    }
+}
+
+struct Check {
+    cluster: Arc<Cluster>,
+    id: usize,
+    host: String,
+    port: u16,
+    settings: watch::Receiver<HealthCheckConfig>,
+    events: mpsc::UnboundedSender<Request>,
+}
+
+/// The kept connection and a signal that fires when it closes.
+struct Kept {
+    client: tokio_postgres::Client,
+    closed: oneshot::Receiver<()>,
+}
+
+impl Check {
+    fn settings(&self) -> HealthCheckConfig {
+        let global = self.settings.borrow().clone();
+        match self.cluster.backend(self.id) {
+            Some(b) => b.health_check(&global),
+            None => global,
+        }
+    }
+
+    async fn run(self) {
+        let mut kept: Option<Kept> = None;
+        let mut reported = false;
+        let name = self
+            .cluster
+            .snapshot()
+            .node(self.id)
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        loop {
+            let hc = self.settings();
+            let mut attempt = 0;
+            let outcome = loop {
+                let started = Instant::now();
+                let r = self.probe(&mut kept, &hc).await;
+                if r.is_err() {
+                    kept = None;
+                }
+                if let Some(c) = self.cluster.counters(self.id) {
+                    c.record_check(r.is_ok(), attempt > 0, started.elapsed());
+                }
+                self.cluster.record_check(self.id, r.clone());
+                match r {
+                    Err(e) if attempt < hc.max_retries => {
+                        tracing::debug!(node = %name, attempt, error = %e, "health check failed; retrying");
+                        attempt += 1;
+                        tokio::time::sleep(hc.retry_delay).await;
+                    }
+                    r => break r,
+                }
+            };
+            match outcome {
+                Ok(_) => reported = false,
+                Err(error) if !reported => {
+                    tracing::warn!(node = %name, retries = hc.max_retries, %error, "health check failed after every retry");
+                    reported = true;
+                    let _ = self.events.send(Request::NodeFailed {
+                        node: self.id,
+                        error,
+                    });
+                }
+                Err(_) => {}
+            }
+            match kept.as_mut() {
+                Some(k) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(hc.period) => {}
+                        _ = &mut k.closed => {
+                            tracing::debug!(node = %name, "health-check connection closed; checking now");
+                        }
+                    }
+                }
+                None => tokio::time::sleep(hc.period).await,
+            }
+        }
+    }
+
+    /// One check: (re)connect if needed, then ask whether it is in recovery.
+    async fn probe(&self, kept: &mut Option<Kept>, hc: &HealthCheckConfig) -> Result<Role, String> {
+        if kept.as_ref().is_none_or(|k| k.client.is_closed()) {
+            *kept = None;
+            let k = tokio::time::timeout(hc.connect_timeout, connect(&self.host, self.port, hc))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!("connect timed out after {:?}", hc.connect_timeout))
+                })?;
+            *kept = Some(k);
+        }
+        let client = &kept.as_ref().expect("connected above").client;
+        let row = tokio::time::timeout(
+            hc.timeout,
+            client.query_one("SELECT pg_is_in_recovery()", &[]),
+        )
+        .await
+        .map_err(|_| format!("health check timed out after {:?}", hc.timeout))?
+        .map_err(|e| format!("query: {e}"))?;
+        Ok(if row.get::<_, bool>(0) {
+            Role::Standby
+        } else {
+            Role::Primary
+        })
+    }
+}
+
+async fn connect(host: &str, port: u16, hc: &HealthCheckConfig) -> Result<Kept, String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(host)
+        .port(port)
+        .user(&hc.user)
+        .dbname(&hc.database)
+        .application_name("tidepool health check")
+        .connect_timeout(hc.connect_timeout.max(Duration::from_millis(100)));
+    if let Some(p) = &hc.password {
+        cfg.password(p);
+    }
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (tx, closed) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = tx.send(());
+    });
+    Ok(Kept { client, closed })
+}

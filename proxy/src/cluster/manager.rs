@@ -1,0 +1,585 @@
+//! The manager: the one task that changes attachment and roles. It takes
+//! health-check failures and operator requests from one queue and handles
+//! them one at a time, so two actions never interleave; it watches the
+//! node table for two primaries; it persists every change.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Cluster, Role, Status,
+    command::{self, PgTools, Vars},
+    executor::{self, ActionError, NodeConn, Target},
+    failover::{self, OnFailure, Position},
+    persist,
+};
+use crate::{
+    config::{BackendFlag, Config, HealthCheckConfig},
+    server::Shared,
+};
+
+/// An operator's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Attach,
+    Detach,
+    Promote { switchover: bool },
+    Recover,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Attach => "attach",
+            Action::Detach => "detach",
+            Action::Promote { switchover: false } => "promote",
+            Action::Promote { switchover: true } => "switchover",
+            Action::Recover => "recover",
+        }
+    }
+}
+
+/// What the manager's queue carries.
+#[derive(Debug)]
+pub enum Request {
+    /// A node failed its health check and every retry.
+    NodeFailed { node: usize, error: String },
+    /// An operator's request, answered on `reply`.
+    Action {
+        node: String,
+        action: Action,
+        reply: oneshot::Sender<Result<Value, ControlError>>,
+    },
+}
+
+/// Why an operator's request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no node {0:?}: give a node's name or index (see GET /v1/nodes)")]
+    NoSuchNode(String),
+    /// The request does not fit the node's state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Failed(#[from] ActionError),
+    #[error("the failover manager is not running")]
+    NotRunning,
+}
+
+/// The handle through which the admin API and health checks reach the
+/// manager.
+pub struct Control {
+    tx: mpsc::UnboundedSender<Request>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Control {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl Control {
+    pub fn sender(&self) -> mpsc::UnboundedSender<Request> {
+        self.tx.clone()
+    }
+
+    fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<Request>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Asks the manager to carry out `action` on `node` and waits for it.
+    pub async fn request(&self, node: &str, action: Action) -> Result<Value, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request::Action {
+                node: node.to_string(),
+                action,
+                reply,
+            })
+            .map_err(|_| ControlError::NotRunning)?;
+        answer.await.map_err(|_| ControlError::NotRunning)?
+    }
+}
+
+/// Restores the persisted state into the node table (at once, before any
+/// health check can bring a fenced node up) and returns the manager's task.
+pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()> + Send {
+    let cfg = shared.config.load_full();
+    let state_path = persist::path(
+        cfg.server.state_dir.as_deref(),
+        shared.config_path.as_deref(),
+    );
+    let mut last_primary = None;
+    match persist::load(&state_path) {
+        Ok(state) => {
+            let snap = shared.cluster.snapshot();
+            for (name, reason) in &state.detached {
+                if let Some(n) = snap.nodes.iter().find(|n| &n.name == name) {
+                    tracing::info!(node = %name, %reason, state = %state_path.display(), "node stays detached (persisted state)");
+                    shared.cluster.detach(n.id, reason);
+                }
+            }
+            last_primary = state.primary;
+        }
+        Err(e) => tracing::error!(error = %e, "persisted state ignored"),
+    }
+    let rx = shared.control.take_receiver();
+    let mut m = Manager {
+        shared,
+        state_path,
+        last_primary,
+        seen_primaries: Vec::new(),
+    };
+    async move {
+        let Some(mut rx) = rx else {
+            tracing::error!("failover manager started twice");
+            return;
+        };
+        let mut changes = m.cluster().subscribe();
+        let mut shutdown = m.shared.shutdown.clone();
+        loop {
+            tokio::select! {
+                req = rx.recv() => match req {
+                    Some(r) => m.handle(r).await,
+                    None => return,
+                },
+                r = changes.changed() => {
+                    if r.is_err() { return; }
+                    m.on_change().await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// The manager's state between requests.
+pub(super) struct Manager {
+    pub(super) shared: Arc<Shared>,
+    state_path: PathBuf,
+    last_primary: Option<String>,
+    /// Primaries seen at the last split check, so a split is examined once.
+    seen_primaries: Vec<usize>,
+}
+
+impl Manager {
+    pub(super) fn cluster(&self) -> &Arc<Cluster> {
+        &self.shared.cluster
+    }
+
+    pub(super) fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
+    }
+
+    pub(super) fn hc(&self) -> HealthCheckConfig {
+        self.config().health_check.clone()
+    }
+
+    pub(super) fn tools(&self) -> PgTools {
+        let cfg = self.config();
+        PgTools::new(
+            cfg.failover.pg_bin_dir.as_deref(),
+            cfg.failover.command_timeout,
+        )
+    }
+
+    pub(super) fn target(&self, id: usize) -> Target {
+        let snap = self.cluster().snapshot();
+        let n = snap.node(id).expect("node ids come from the snapshot");
+        Target {
+            name: n.name.clone(),
+            host: n.host.clone(),
+            port: n.port,
+        }
+    }
+
+    pub(super) async fn connect(&self, id: usize) -> Result<NodeConn, ActionError> {
+        executor::connect(&self.target(id), &self.hc()).await
+    }
+
+    /// Writes the persisted state; a failure is logged (the node table in
+    /// memory stays right).
+    pub(super) fn persist(&mut self) {
+        if let Some(p) = self.cluster().snapshot().primary() {
+            self.last_primary = Some(p.name.clone());
+        }
+        let state = persist::State {
+            detached: self.cluster().detached().into_iter().collect(),
+            primary: self.last_primary.clone(),
+        };
+        if let Err(e) = persist::save(&self.state_path, &state) {
+            tracing::error!(error = %e, "cannot persist the node table's state");
+        }
+    }
+
+    /// Detaches `id` and closes its idle pooled connections.
+    pub(super) fn detach(&mut self, id: usize, reason: &str) {
+        tracing::warn!(node = %self.target(id).name, %reason, "detaching node");
+        self.cluster().detach(id, reason);
+        self.drain(id);
+        self.persist();
+    }
+
+    pub(super) fn drain(&self, id: usize) {
+        self.shared.pools.for_each(|p| {
+            if p.key.node == id {
+                p.drain_idle();
+            }
+        });
+    }
+
+    /// Placeholder values for a command about `node` (and the primaries).
+    pub(super) fn vars(&self, node: usize, new: Option<usize>, old: Option<usize>) -> Vars {
+        let cfg = self.config();
+        let dir = |id: usize| cfg.backends.get(id).and_then(|b| b.data_directory.clone());
+        let t = |id: usize| self.target(id);
+        Vars {
+            node_id: Some(node),
+            node_host: Some(t(node).host),
+            node_port: Some(t(node).port),
+            node_dir: dir(node),
+            new_id: new,
+            new_host: new.map(|i| t(i).host),
+            new_port: new.map(|i| t(i).port),
+            new_dir: new.and_then(dir),
+            old_main_id: old,
+            old_id: old,
+            old_host: old.map(|i| t(i).host),
+            old_port: old.map(|i| t(i).port),
+        }
+    }
+
+    async fn handle(&mut self, req: Request) {
+        match req {
+            Request::NodeFailed { node, error } => self.on_failure(node, error).await,
+            Request::Action {
+                node,
+                action,
+                reply,
+            } => {
+                let r = self.action(&node, action).await;
+                if let Err(e) = &r {
+                    self.cluster()
+                        .stats
+                        .failed_actions
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%node, action = action.as_str(), error = %e, "request failed");
+                }
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn on_failure(&mut self, node: usize, error: String) {
+        let cfg = self.config();
+        let snap = self.cluster().snapshot();
+        match failover::on_failure(&snap, node, cfg.failover.auto_failover) {
+            OnFailure::Nothing => {}
+            OnFailure::KeepRetrying => {
+                tracing::warn!(node = %self.target(node).name, %error, "node unreachable; its flag forbids detaching it, so checks go on");
+            }
+            OnFailure::Detach | OnFailure::DetachPrimary => {
+                self.detach(node, &format!("health check failed: {error}"));
+            }
+            OnFailure::Failover => {
+                let reason =
+                    format!("primary failed its health checks ({error}); fenced by failover");
+                if let Err(e) = self.failover(node, &reason, None).await {
+                    self.cluster()
+                        .stats
+                        .failed_actions
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "failover failed: no primary");
+                }
+            }
+        }
+    }
+
+    /// Fences `old` and promotes `to` (or the standby with the most WAL),
+    /// then points the other standbys at it. Returns the new primary.
+    pub(super) async fn failover(
+        &mut self,
+        old: usize,
+        reason: &str,
+        to: Option<usize>,
+    ) -> Result<usize, ControlError> {
+        let started = std::time::Instant::now();
+        self.cluster()
+            .stats
+            .failovers
+            .fetch_add(1, Ordering::Relaxed);
+        // Fence first, so that a crash of tidepool mid-way keeps it fenced.
+        self.detach(old, reason);
+        let snap = self.cluster().snapshot();
+        let order = match to {
+            Some(n) => vec![n],
+            None => {
+                let mut positions: Vec<Position> = Vec::new();
+                for n in snap
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id != old && n.status != Status::Down)
+                {
+                    match self.connect(n.id).await {
+                        Ok(c) => match c.position(n.id).await {
+                            Ok(p) => positions.push(p),
+                            Err(e) => tracing::warn!(node = %n.name, error = %e, "no WAL position"),
+                        },
+                        Err(e) => tracing::warn!(node = %n.name, error = %e, "not a candidate"),
+                    }
+                }
+                tracing::info!(?positions, "failover candidates");
+                failover::candidates(&snap, &positions, old)
+            }
+        };
+        let mut last_err = None;
+        let mut promoted = None;
+        for id in order {
+            match self.promote(id, old).await {
+                Ok(()) => {
+                    promoted = Some(id);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.target(id).name, error = %e, "promotion failed");
+                    last_err = Some(e);
+                }
+            }
+        }
+        let Some(new) = promoted else {
+            return Err(match last_err {
+                Some(e) => e.into(),
+                None => ControlError::Conflict(
+                    "no standby can be promoted: none is attached, answering, allow_to_failover and in recovery".into(),
+                ),
+            });
+        };
+        self.cluster().set_role(new, Role::Primary);
+        self.persist();
+        tracing::warn!(old = %self.target(old).name, new = %self.target(new).name, elapsed_ms = started.elapsed().as_millis() as u64, "failover: new primary takes writes");
+        self.follow_all(new, old).await;
+        Ok(new)
+    }
+
+    /// Promotes `id` (built-in `pg_promote()` or `failover_command`).
+    async fn promote(&self, id: usize, old: usize) -> Result<(), ActionError> {
+        let cfg = self.config();
+        let timeout = cfg.failover.promote_timeout;
+        match &cfg.failover.failover_command {
+            Some(cmd) => {
+                let vars = self.vars(old, Some(id), Some(old));
+                command::shell(&command::expand(cmd, &vars), cfg.failover.command_timeout).await?;
+                self.wait_promoted(id, timeout).await
+            }
+            None => {
+                tracing::info!(node = %self.target(id).name, "promoting");
+                self.connect(id).await?.promote(timeout).await
+            }
+        }
+    }
+
+    async fn wait_promoted(&self, id: usize, timeout: Duration) -> Result<(), ActionError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(c) = self.connect(id).await
+                && let Ok(p) = c.position(id).await
+                && !p.in_recovery
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ActionError::Timeout {
+                    node: self.target(id).name,
+                    what: "waiting for promotion by failover_command",
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Points every other standby at `new`; failures are logged (the
+    /// standby stays attached and can be recovered).
+    pub(super) async fn follow_all(&mut self, new: usize, old: usize) {
+        let snap = self.cluster().snapshot();
+        for f in failover::followers(&snap, new, old) {
+            match self.follow(f, new, old).await {
+                Ok(()) => {
+                    tracing::info!(standby = %self.target(f).name, primary = %self.target(new).name, "standby follows the new primary")
+                }
+                Err(e) => {
+                    tracing::error!(standby = %self.target(f).name, error = %e, "standby could not follow the new primary")
+                }
+            }
+        }
+    }
+
+    async fn follow(&self, standby: usize, new: usize, old: usize) -> Result<(), ActionError> {
+        let cfg = self.config();
+        if let Some(cmd) = &cfg.failover.follow_primary_command {
+            let vars = self.vars(standby, Some(new), Some(old));
+            return command::shell(&command::expand(cmd, &vars), cfg.failover.command_timeout)
+                .await
+                .map(|_| ());
+        }
+        let s = self.connect(standby).await?;
+        let slot = match s.slot_name().await? {
+            name if !name.is_empty() => name,
+            _ => executor::slot_for(&self.target(standby).name),
+        };
+        self.connect(new).await?.ensure_slot(&slot).await?;
+        s.repoint(&self.primary_conninfo(new)?, &slot).await
+    }
+
+    /// `primary_conninfo` for streaming from `primary`.
+    pub(super) fn primary_conninfo(&self, primary: usize) -> Result<String, ActionError> {
+        let cfg = self.config();
+        let user = cfg.failover.replication_user.as_deref().ok_or_else(|| {
+            ActionError::Refused(
+                "set failover.replication_user (and replication_password) so standbys can stream from the new primary".into(),
+            )
+        })?;
+        let t = self.target(primary);
+        Ok(executor::conninfo(
+            &t.host,
+            t.port,
+            user,
+            cfg.failover.replication_password.as_deref(),
+        ))
+    }
+
+    /// Detaches false primaries when two attached nodes answer as primary.
+    async fn on_change(&mut self) {
+        let snap = self.cluster().snapshot();
+        let primaries = failover::primaries(&snap);
+        if primaries == self.seen_primaries {
+            return;
+        }
+        self.seen_primaries = primaries.clone();
+        if primaries.len() < 2 || !self.config().failover.detach_false_primary {
+            return;
+        }
+        let mut timelines = Vec::new();
+        for &id in &primaries {
+            match self.connect(id).await {
+                Ok(c) => match c.timeline().await {
+                    Ok(t) => timelines.push((id, t)),
+                    Err(e) => tracing::warn!(error = %e, "cannot read timeline"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot read timeline"),
+            }
+        }
+        tracing::warn!(?timelines, "several nodes answer as primary");
+        for id in failover::false_primaries(&snap, &timelines) {
+            let tli = timelines.iter().find(|(n, _)| *n == id).map(|t| t.1);
+            let newest = timelines.iter().map(|t| t.1).max();
+            self.cluster()
+                .stats
+                .false_primaries
+                .fetch_add(1, Ordering::Relaxed);
+            self.detach(
+                id,
+                &format!("false primary: on timeline {tli:?}, another primary is on {newest:?}"),
+            );
+        }
+        self.seen_primaries = failover::primaries(&self.cluster().snapshot());
+    }
+
+    async fn action(&mut self, key: &str, action: Action) -> Result<Value, ControlError> {
+        let snap = self.cluster().snapshot();
+        let node = snap
+            .find(key)
+            .ok_or_else(|| ControlError::NoSuchNode(key.to_string()))?
+            .clone();
+        let id = node.id;
+        tracing::info!(node = %node.name, action = action.as_str(), "operator request");
+        match action {
+            Action::Attach => {
+                self.cluster().attach(id);
+                self.persist();
+            }
+            Action::Detach => {
+                if node.flag == BackendFlag::AlwaysPrimary {
+                    return Err(ControlError::Conflict(format!(
+                        "{} is always_primary: it cannot be detached",
+                        node.name
+                    )));
+                }
+                if snap.primary().map(|p| p.id) == Some(id) && self.config().failover.auto_failover
+                {
+                    self.failover(id, "detached by the operator", None).await?;
+                } else {
+                    self.detach(id, "detached by the operator");
+                }
+            }
+            Action::Promote { switchover: false } => {
+                self.check_promotable(&node)?;
+                match snap.primary() {
+                    Some(p) if p.id == id => {
+                        return Err(ControlError::Conflict(format!(
+                            "{} is already the primary",
+                            node.name
+                        )));
+                    }
+                    Some(p) => {
+                        let reason = format!("demoted: the operator promoted {}", node.name);
+                        self.failover(p.id, &reason, Some(id)).await?;
+                    }
+                    None => {
+                        self.promote(id, id).await?;
+                        self.cluster().set_role(id, Role::Primary);
+                        self.persist();
+                        self.follow_all(id, id).await;
+                    }
+                }
+            }
+            Action::Promote { switchover: true } => {
+                self.check_promotable(&node)?;
+                super::switchover::run(self, id).await?;
+                self.cluster()
+                    .stats
+                    .switchovers
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Action::Recover => {
+                super::recovery::run(self, id).await?;
+                self.cluster()
+                    .stats
+                    .recoveries
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let snap = self.cluster().snapshot();
+        let n = snap.node(id).expect("node ids are stable within a request");
+        Ok(json!({
+            "node": n.name,
+            "action": action.as_str(),
+            "status": n.status.as_str(),
+            "role": n.role.as_str(),
+            "primary": snap.primary().map(|p| p.name.clone()),
+        }))
+    }
+
+    fn check_promotable(&self, node: &super::Node) -> Result<(), ControlError> {
+        if node.status != Status::Up || node.role != Role::Standby {
+            return Err(ControlError::Conflict(format!(
+                "{} is {} {}: only an attached, answering standby can be promoted",
+                node.name,
+                node.status.as_str(),
+                node.role.as_str()
+            )));
+        }
+        Ok(())
+    }
+}

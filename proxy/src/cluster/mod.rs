@@ -1,0 +1,456 @@
+//! The node table: every configured backend with its role and status, and
+//! the tasks that keep it true.
+//!
+//! `cluster` is the only writer of node state. It publishes immutable
+//! snapshots through an `ArcSwap`; sessions, the router and the admin
+//! surface read the current snapshot without locking.
+//!
+//! - `health`: one task per node probes it (`pg_is_in_recovery()`), retries,
+//!   and reports a node that failed all its retries to the manager;
+//! - `failover`: pure decisions over a snapshot (detach, promote whom, which
+//!   of two primaries is false);
+//! - `manager`: the one task that changes attachment and roles — it runs the
+//!   decisions, the operator's requests (attach, detach, promote,
+//!   switchover, recover) one at a time, and persists the outcome;
+//! - `executor`, `command`: the I/O those actions need (SQL on the nodes,
+//!   shell commands, `pg_ctl` and friends as the data directory's owner);
+//! - `switchover`, `recovery`: the planned switchover and online recovery;
+//! - `persist`: the state file that keeps fenced nodes fenced across restarts.
+
+mod command;
+mod executor;
+pub mod failover;
+mod health;
+mod manager;
+pub mod persist;
+mod recovery;
+mod switchover;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{BackendConfig, BackendFlag};
+
+pub use health::run_checks;
+pub use manager::{Action, Control, ControlError, Request, run_manager};
+
+/// What the node is, as PostgreSQL reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Standby,
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// Whether tidepool uses the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Attached and answering.
+    Up,
+    /// Attached, not yet checked, not answering (retries under way), or held
+    /// back during a switchover.
+    Waiting,
+    /// Detached: never routed to until attached again.
+    Down,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Up => "up",
+            Status::Waiting => "waiting",
+            Status::Down => "down",
+        }
+    }
+}
+
+/// One node, as of one snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub id: usize,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub weight: f64,
+    pub flag: BackendFlag,
+    pub status: Status,
+    /// Whether the last health check reached the server.
+    pub reachable: bool,
+    pub role: Role,
+    #[serde(with = "humantime_serde")]
+    pub last_status_change: SystemTime,
+    pub last_error: Option<String>,
+}
+
+/// An immutable view of every node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub nodes: Vec<Node>,
+    /// Bumped on every change, so readers can tell snapshots apart.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// The node that takes writes: an attached, answering `always_primary`
+    /// node, else the attached node that answers it is not in recovery.
+    /// `None` while no primary answers (a failover or switchover is under
+    /// way): sessions wait for one.
+    pub fn primary(&self) -> Option<&Node> {
+        self.nodes
+            .iter()
+            .filter(|n| n.status == Status::Up)
+            .find(|n| n.flag == BackendFlag::AlwaysPrimary)
+            .or_else(|| {
+                self.nodes
+                    .iter()
+                    .find(|n| n.status == Status::Up && n.role == Role::Primary)
+            })
+    }
+
+    pub fn node(&self, id: usize) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    /// The node called `key`, or with index `key`.
+    pub fn find(&self, key: &str) -> Option<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == key)
+            .or_else(|| key.parse::<usize>().ok().and_then(|i| self.nodes.get(i)))
+    }
+}
+
+/// Per-node counters and details that change outside snapshots.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    pub selects: AtomicU64,
+    pub queries: AtomicU64,
+    pub health_checks: AtomicU64,
+    pub health_check_failures: AtomicU64,
+    /// Checks that were retries of a failed one.
+    pub health_check_retries: AtomicU64,
+    /// Sum of check durations, for the average.
+    pub health_check_micros: AtomicU64,
+    /// Unix milliseconds of the last check, success and failure (0: never).
+    pub last_health_check_ms: AtomicU64,
+    pub last_health_check_ok_ms: AtomicU64,
+    pub last_health_check_failed_ms: AtomicU64,
+    /// Times the node was detached (by tidepool or an operator).
+    pub detaches: AtomicU64,
+    /// Why the node is detached, while it is.
+    pub detach_reason: Mutex<Option<String>>,
+    /// Held back from routing (switchover, recovery): checks do not
+    /// bring it up.
+    pub held: AtomicBool,
+}
+
+impl NodeCounters {
+    pub fn detach_reason(&self) -> Option<String> {
+        self.detach_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_detach_reason(&self, reason: Option<String>) {
+        *self.detach_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// Records one health check that took `took`.
+    fn record_check(&self, ok: bool, retry: bool, took: Duration) {
+        let now = unix_ms(SystemTime::now());
+        self.health_checks.fetch_add(1, Ordering::Relaxed);
+        if retry {
+            self.health_check_retries.fetch_add(1, Ordering::Relaxed);
+        }
+        self.health_check_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.last_health_check_ms.store(now, Ordering::Relaxed);
+        if ok {
+            self.last_health_check_ok_ms.store(now, Ordering::Relaxed);
+        } else {
+            self.health_check_failures.fetch_add(1, Ordering::Relaxed);
+            self.last_health_check_failed_ms
+                .store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Counters of the node table's own changes.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    pub failovers: AtomicU64,
+    pub switchovers: AtomicU64,
+    pub recoveries: AtomicU64,
+    pub attaches: AtomicU64,
+    pub detaches: AtomicU64,
+    pub false_primaries: AtomicU64,
+    pub failed_actions: AtomicU64,
+}
+
+/// Owner of the node table.
+pub struct Cluster {
+    current: ArcSwap<Snapshot>,
+    changed: watch::Sender<u64>,
+    counters: ArcSwap<Vec<Arc<NodeCounters>>>,
+    backends: ArcSwap<Vec<BackendConfig>>,
+    pub stats: ClusterCounters,
+}
+
+fn fresh_nodes(backends: &[BackendConfig]) -> Vec<Node> {
+    let now = SystemTime::now();
+    backends
+        .iter()
+        .enumerate()
+        .map(|(id, b)| Node {
+            id,
+            name: b.name.clone(),
+            host: b.host.clone(),
+            port: b.port,
+            weight: b.weight,
+            flag: b.flag,
+            status: Status::Waiting,
+            reachable: false,
+            role: if b.flag == BackendFlag::AlwaysPrimary {
+                Role::Primary
+            } else {
+                Role::Unknown
+            },
+            last_status_change: now,
+            last_error: None,
+        })
+        .collect()
+}
+
+impl Cluster {
+    pub fn new(backends: &[BackendConfig]) -> Arc<Cluster> {
+        let counters = backends.iter().map(|_| Arc::default()).collect();
+        Arc::new(Cluster {
+            current: ArcSwap::from_pointee(Snapshot {
+                nodes: fresh_nodes(backends),
+                generation: 0,
+            }),
+            changed: watch::channel(0).0,
+            counters: ArcSwap::from_pointee(counters),
+            backends: ArcSwap::from_pointee(backends.to_vec()),
+            stats: ClusterCounters::default(),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Notified with the generation of every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn counters(&self, node: usize) -> Option<Arc<NodeCounters>> {
+        self.counters.load().get(node).cloned()
+    }
+
+    /// The configuration of node `id`.
+    pub fn backend(&self, id: usize) -> Option<BackendConfig> {
+        self.backends.load().get(id).cloned()
+    }
+
+    /// Publishes a new snapshot made by `f` from the current one.
+    fn update(&self, f: impl Fn(&mut Snapshot)) {
+        let mut generation = 0;
+        self.current.rcu(|cur| {
+            let mut next = Snapshot::clone(cur);
+            f(&mut next);
+            next.generation = cur.generation + 1;
+            generation = next.generation;
+            next
+        });
+        let _ = self.changed.send(generation);
+    }
+
+    /// Records the outcome of one health check of `node`: reachability and
+    /// role. A detached node stays down; a failing or held node waits.
+    pub fn record_check(&self, node: usize, outcome: Result<Role, String>) {
+        let held = self
+            .counters(node)
+            .is_some_and(|c| c.held.load(Ordering::Relaxed));
+        let cur = self.snapshot();
+        let Some(n) = cur.node(node) else { return };
+        let (reachable, role, error) = match &outcome {
+            Ok(r) => (true, *r, None),
+            Err(e) => (false, n.role, Some(e.clone())),
+        };
+        let role = if n.flag == BackendFlag::AlwaysPrimary {
+            Role::Primary
+        } else {
+            role
+        };
+        let status = match (n.status, reachable) {
+            (Status::Down, _) => Status::Down,
+            (_, true) if !held => Status::Up,
+            _ => Status::Waiting,
+        };
+        if n.reachable == reachable && n.role == role && n.status == status && n.last_error == error
+        {
+            return;
+        }
+        if n.role != role || n.status != status {
+            tracing::info!(node = %n.name, role = role.as_str(), status = status.as_str(), "node state changed");
+        }
+        self.update(|s| {
+            let n = &mut s.nodes[node];
+            if n.status != status || n.role != role {
+                n.last_status_change = SystemTime::now();
+            }
+            n.reachable = reachable;
+            n.role = role;
+            n.status = status;
+            n.last_error = error.clone();
+        });
+    }
+
+    /// Detaches `node` (status down, never routed to) for `reason`.
+    pub fn detach(&self, node: usize, reason: &str) {
+        let Some(c) = self.counters(node) else { return };
+        c.set_detach_reason(Some(reason.to_string()));
+        c.detaches.fetch_add(1, Ordering::Relaxed);
+        self.stats.detaches.fetch_add(1, Ordering::Relaxed);
+        self.set_status(node, Status::Down);
+    }
+
+    /// Attaches `node` again: it is routed to once its checks answer.
+    pub fn attach(&self, node: usize) {
+        let Some(c) = self.counters(node) else { return };
+        c.set_detach_reason(None);
+        c.held.store(false, Ordering::Relaxed);
+        self.stats.attaches.fetch_add(1, Ordering::Relaxed);
+        let reachable = self.snapshot().node(node).is_some_and(|n| n.reachable);
+        self.set_status(
+            node,
+            if reachable {
+                Status::Up
+            } else {
+                Status::Waiting
+            },
+        );
+    }
+
+    /// Holds `node` back from routing (`true`) or releases it.
+    pub fn hold(&self, node: usize, held: bool) {
+        let Some(c) = self.counters(node) else { return };
+        c.held.store(held, Ordering::Relaxed);
+        let cur = self.snapshot();
+        let Some(n) = cur.node(node) else { return };
+        match (held, n.status) {
+            (true, Status::Up) => self.set_status(node, Status::Waiting),
+            (false, Status::Waiting) if n.reachable => self.set_status(node, Status::Up),
+            _ => {}
+        }
+    }
+
+    /// Sets the role tidepool knows `node` to have now (after promoting it).
+    pub fn set_role(&self, node: usize, role: Role) {
+        self.update(|s| {
+            if let Some(n) = s.nodes.get_mut(node)
+                && n.role != role
+            {
+                n.role = role;
+                n.last_status_change = SystemTime::now();
+            }
+        });
+    }
+
+    fn set_status(&self, node: usize, status: Status) {
+        let cur = self.snapshot();
+        let Some(n) = cur.node(node) else { return };
+        if n.status == status {
+            return;
+        }
+        tracing::info!(node = %n.name, from = n.status.as_str(), to = status.as_str(), "node status changed");
+        self.update(|s| {
+            if let Some(n) = s.nodes.get_mut(node) {
+                n.status = status;
+                n.last_status_change = SystemTime::now();
+            }
+        });
+    }
+
+    /// Detached nodes and their reasons, by name.
+    pub fn detached(&self) -> HashMap<String, String> {
+        let snap = self.snapshot();
+        snap.nodes
+            .iter()
+            .filter(|n| n.status == Status::Down)
+            .map(|n| {
+                let reason = self
+                    .counters(n.id)
+                    .and_then(|c| c.detach_reason())
+                    .unwrap_or_default();
+                (n.name.clone(), reason)
+            })
+            .collect()
+    }
+
+    /// Replaces the node list after a configuration reload, keeping what is
+    /// known of nodes that stay (matched by name).
+    pub fn reconfigure(&self, backends: &[BackendConfig]) {
+        let cur = self.snapshot();
+        let fresh = fresh_nodes(backends);
+        let old_counters = self.counters.load_full();
+        let mut counters = Vec::new();
+        let nodes: Vec<Node> = fresh
+            .iter()
+            .map(|f| {
+                let old = cur.nodes.iter().find(|o| o.name == f.name);
+                counters.push(
+                    old.and_then(|o| old_counters.get(o.id).cloned())
+                        .unwrap_or_default(),
+                );
+                match old {
+                    Some(o) if o.host == f.host && o.port == f.port => Node {
+                        weight: f.weight,
+                        flag: f.flag,
+                        id: f.id,
+                        ..o.clone()
+                    },
+                    _ => f.clone(),
+                }
+            })
+            .collect();
+        self.counters.store(Arc::new(counters));
+        self.backends.store(Arc::new(backends.to_vec()));
+        self.update(|s| s.nodes = nodes.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! State that must survive a restart: which nodes are detached (and why)
+//! and which node tidepool made primary. Written atomically (a temporary
+//! file renamed over the old one) on every change.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the state file inside `server.state_dir`.
+pub const FILE_NAME: &str = "tidepool-state.json";
+
+/// The persisted state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Detached nodes by name, with the reason.
+    #[serde(default)]
+    pub detached: BTreeMap<String, String>,
+    /// The node tidepool last knew as the primary.
+    #[serde(default)]
+    pub primary: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a tidepool state file: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where the state file lives: `state_dir/tidepool-state.json`, else beside
+/// the configuration file, else in the working directory.
+pub fn path(state_dir: Option<&str>, config_path: Option<&Path>) -> PathBuf {
+    let dir = match (state_dir, config_path) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(c)) => c
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        (None, None) => PathBuf::from("."),
+    };
+    dir.join(FILE_NAME)
+}
+
+/// Reads the state; a missing file is the empty state.
+pub fn load(path: &Path) -> Result<State, PersistError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PersistError::Parse {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(source) => Err(PersistError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes the state atomically: a temporary file in the same directory,
+/// synced, then renamed over the old one.
+pub fn save(path: &Path, state: &State) -> Result<(), PersistError> {
+    let err = |source| PersistError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(state).expect("state serializes");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&body).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_a_missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub").join(FILE_NAME);
+        assert_eq!(load(&p).unwrap(), State::default());
+        let mut s = State {
+            primary: Some("pg1".into()),
+            ..State::default()
+        };
+        s.detached.insert("pg0".into(), "failed".into());
+        save(&p, &s).unwrap();
+        assert_eq!(load(&p).unwrap(), s);
+        assert!(!p.with_extension("json.tmp").exists());
+        std::fs::write(&p, "{").unwrap();
+        assert!(matches!(load(&p), Err(PersistError::Parse { .. })));
+    }
+
+    #[test]
+    fn the_default_place_is_beside_the_config_file() {
+        assert_eq!(
+            path(None, Some(Path::new("/etc/tidepool/tidepool.toml"))),
+            PathBuf::from("/etc/tidepool/tidepool-state.json")
+        );
+        assert_eq!(
+            path(Some("/var/lib/tidepool"), Some(Path::new("/etc/t.toml"))),
+            PathBuf::from("/var/lib/tidepool/tidepool-state.json")
+        );
+        assert_eq!(
+            path(None, Some(Path::new("t.toml"))),
+            PathBuf::from("./tidepool-state.json")
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Online recovery: bring a detached node back as a standby of the current
+//! primary while writes go on. Built in when the node's data directory is
+//! on this machine (`pg_rewind`, else `pg_basebackup`), else through
+//! `failover.recovery_command`. The node is attached once it streams and
+//! lags by at most `failover.recovery_max_lag_bytes`.
+
+use std::{path::Path, time::Duration};
+
+use super::{
+    Status,
+    command::{self, write_owned},
+    executor::ActionError,
+    manager::{ControlError, Manager},
+    switchover::{local_dir, start_as_standby},
+};
+
+/// Files a rewind or base backup would replace with the primary's, but that
+/// belong to the node (its port, its name, its access rules).
+const OWN_FILES: &[&str] = &[
+    "postgresql.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+    "postgresql.auto.conf",
+];
+
+pub(super) async fn run(m: &mut Manager, id: usize) -> Result<(), ControlError> {
+    let snap = m.cluster().snapshot();
+    let node = snap.node(id).expect("checked by the caller");
+    if node.status != Status::Down {
+        return Err(ControlError::Conflict(format!(
+            "{} is attached: only a detached node is recovered (detach it first)",
+            node.name
+        )));
+    }
+    let primary = snap
+        .primary()
+        .ok_or_else(|| ControlError::Conflict("no primary is known to recover from".into()))?
+        .id;
+    let cfg = m.config();
+    let started = std::time::Instant::now();
+    tracing::warn!(node = %node.name, primary = %m.target(primary).name, "online recovery started");
+    match local_dir(m, id) {
+        Some(dir) => rebuild(m, id, primary, &dir).await?,
+        None => match &cfg.failover.recovery_command {
+            Some(cmd) => {
+                let vars = m.vars(id, Some(primary), None);
+                command::shell(&command::expand(cmd, &vars), cfg.failover.recovery_timeout).await?;
+            }
+            None => {
+                return Err(ControlError::Conflict(format!(
+                    "recovery of {} needs its data directory on this machine (backends[{id}].data_directory) or failover.recovery_command",
+                    node.name
+                )));
+            }
+        },
+    }
+    wait_caught_up(
+        m,
+        id,
+        primary,
+        cfg.failover.recovery_timeout,
+        cfg.failover.recovery_max_lag_bytes,
+    )
+    .await?;
+    m.cluster().attach(id);
+    m.persist();
+    tracing::warn!(node = %m.target(id).name, elapsed_ms = started.elapsed().as_millis() as u64, "online recovery done: node attached as a standby");
+    Ok(())
+}
+
+async fn rebuild(m: &Manager, id: usize, primary: usize, dir: &Path) -> Result<(), ActionError> {
+    let tools = m.tools();
+    // Fails early when no replication user is configured.
+    m.primary_conninfo(primary)?;
+    tools.stop(dir).await?;
+    let saved: Vec<(&str, String)> = OWN_FILES
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok().map(|c| (*f, c)))
+        .collect();
+    let hc = m.hc();
+    let p = m.target(primary);
+    let source = format!(
+        "host={} port={} user={} dbname={}",
+        p.host, p.port, hc.user, hc.database
+    );
+    let d = dir.to_string_lossy();
+    let password = hc.password.clone().unwrap_or_default();
+    let rewound = tools
+        .run(
+            dir,
+            "pg_rewind",
+            &["-D", &d, "--source-server", &source],
+            &[("PGPASSWORD", &password)],
+        )
+        .await;
+    if let Err(e) = rewound {
+        tracing::warn!(error = %e, "pg_rewind failed; taking a base backup instead");
+        clear_dir(dir)?;
+        let cfg = m.config();
+        let user = cfg.failover.replication_user.clone().unwrap_or_default();
+        let repl = format!("host={} port={} user={}", p.host, p.port, user);
+        let password = cfg
+            .failover
+            .replication_password
+            .clone()
+            .unwrap_or_default();
+        tools
+            .run(
+                dir,
+                "pg_basebackup",
+                &["-D", &d, "-d", &repl, "-X", "stream", "-c", "fast"],
+                &[("PGPASSWORD", &password)],
+            )
+            .await?;
+    }
+    for (f, contents) in &saved {
+        write_owned(dir, &dir.join(f), contents, false)?;
+    }
+    start_as_standby(m, id, dir, primary).await
+}
+
+/// Removes everything inside `dir`, keeping `dir` itself (and its owner).
+fn clear_dir(dir: &Path) -> Result<(), ActionError> {
+    let fail =
+        |e: std::io::Error| ActionError::Refused(format!("cannot empty {}: {e}", dir.display()));
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let path = entry.map_err(fail)?.path();
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path).map_err(fail)?;
+        } else {
+            std::fs::remove_file(&path).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `id` streams and lags `primary` by at most `max_lag` bytes.
+async fn wait_caught_up(
+    m: &Manager,
+    id: usize,
+    primary: usize,
+    timeout: Duration,
+    max_lag: u64,
+) -> Result<(), ActionError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last;
+    loop {
+        match check_lag(m, id, primary).await {
+            Ok(Some(lag)) if lag <= max_lag => return Ok(()),
+            Ok(Some(lag)) => last = format!("{lag} bytes behind"),
+            Ok(None) => last = "not streaming yet".into(),
+            Err(e) => last = e.to_string(),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ActionError::Refused(format!(
+                "{} did not catch up within {timeout:?}: {last}",
+                m.target(id).name
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn check_lag(m: &Manager, id: usize, primary: usize) -> Result<Option<u64>, ActionError> {
+    let c = m.connect(id).await?;
+    if !c.streaming().await? {
+        return Ok(None);
+    }
+    let replay = c.position(id).await?.replay.unwrap_or_default();
+    let current = m.connect(primary).await?.current_lsn().await?;
+    Ok(Some(current.0.saturating_sub(replay.0)))
+}
