@@ -170,18 +170,37 @@ impl NodeConn {
     }
 
     /// Promotes a standby and waits (up to `timeout`) until it takes writes.
+    /// `pg_promote(wait => true)` polls only every 100 ms, so tidepool asks
+    /// without waiting and polls `pg_is_in_recovery()` itself every 10 ms.
     pub async fn promote(&self, timeout: Duration) -> Result<(), ActionError> {
-        let secs = timeout.as_secs().max(1);
-        let sql = format!("SELECT pg_promote(wait => true, wait_seconds => {secs})");
         let rows = self
-            .rows("pg_promote()", &sql, timeout + Duration::from_secs(2))
-            .await?;
-        match rows.first().and_then(|r| r.get(0)) {
-            Some("t") => Ok(()),
-            other => Err(self.bad(
+            .rows(
                 "pg_promote()",
-                format!("returned {other:?}: not promoted within {secs}s"),
-            )),
+                "SELECT pg_promote(wait => false)",
+                self.timeout,
+            )
+            .await?;
+        if rows.first().and_then(|r| r.get(0)) != Some("t") {
+            return Err(self.bad("pg_promote()", "the promotion request was refused".into()));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self
+                .value("pg_is_in_recovery()", "SELECT pg_is_in_recovery()")
+                .await?
+                .as_deref()
+                == Some("f")
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ActionError::Timeout {
+                    node: self.target.name.clone(),
+                    what: "promotion",
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

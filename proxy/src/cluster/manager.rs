@@ -322,21 +322,17 @@ impl Manager {
         // Fence first, so that a crash of tidepool mid-way keeps it fenced.
         self.detach(old, reason);
         let snap = self.cluster().snapshot();
+        // Connect to every other node at once: the connections serve the
+        // WAL positions, the promotion and the repointing.
+        let mut conns = self.connect_all(&snap, old).await;
         let order = match to {
             Some(n) => vec![n],
             None => {
                 let mut positions: Vec<Position> = Vec::new();
-                for n in snap
-                    .nodes
-                    .iter()
-                    .filter(|n| n.id != old && n.status != Status::Down)
-                {
-                    match self.connect(n.id).await {
-                        Ok(c) => match c.position(n.id).await {
-                            Ok(p) => positions.push(p),
-                            Err(e) => tracing::warn!(node = %n.name, error = %e, "no WAL position"),
-                        },
-                        Err(e) => tracing::warn!(node = %n.name, error = %e, "not a candidate"),
+                for (id, c) in &conns {
+                    match c.position(*id).await {
+                        Ok(p) => positions.push(p),
+                        Err(e) => tracing::warn!(error = %e, "no WAL position"),
                     }
                 }
                 tracing::info!(?positions, "failover candidates");
@@ -346,7 +342,7 @@ impl Manager {
         let mut last_err = None;
         let mut promoted = None;
         for id in order {
-            match self.promote(id, old).await {
+            match self.promote(id, old, conns.remove(&id)).await {
                 Ok(()) => {
                     promoted = Some(id);
                     break;
@@ -372,8 +368,43 @@ impl Manager {
         Ok(new)
     }
 
-    /// Promotes `id` (built-in `pg_promote()` or `failover_command`).
-    async fn promote(&self, id: usize, old: usize) -> Result<(), ActionError> {
+    /// Connections to every attached node but `except`, opened at once.
+    async fn connect_all(
+        &self,
+        snap: &super::Snapshot,
+        except: usize,
+    ) -> std::collections::HashMap<usize, NodeConn> {
+        let hc = self.hc();
+        let mut set = tokio::task::JoinSet::new();
+        for n in snap
+            .nodes
+            .iter()
+            .filter(|n| n.id != except && n.status != Status::Down)
+        {
+            let (id, t, hc) = (n.id, self.target(n.id), hc.clone());
+            set.spawn(async move { (id, executor::connect(&t, &hc).await) });
+        }
+        let mut conns = std::collections::HashMap::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok((id, Ok(c))) => {
+                    conns.insert(id, c);
+                }
+                Ok((_, Err(e))) => tracing::warn!(error = %e, "not a candidate"),
+                Err(e) => tracing::warn!(error = %e, "connect task failed"),
+            }
+        }
+        conns
+    }
+
+    /// Promotes `id` (built-in `pg_promote()` or `failover_command`),
+    /// through `conn` when one is open.
+    async fn promote(
+        &self,
+        id: usize,
+        old: usize,
+        conn: Option<NodeConn>,
+    ) -> Result<(), ActionError> {
         let cfg = self.config();
         let timeout = cfg.failover.promote_timeout;
         match &cfg.failover.failover_command {
@@ -384,7 +415,11 @@ impl Manager {
             }
             None => {
                 tracing::info!(node = %self.target(id).name, "promoting");
-                self.connect(id).await?.promote(timeout).await
+                let conn = match conn {
+                    Some(c) => c,
+                    None => self.connect(id).await?,
+                };
+                conn.promote(timeout).await
             }
         }
     }
@@ -413,8 +448,10 @@ impl Manager {
     /// standby stays attached and can be recovered).
     pub(super) async fn follow_all(&mut self, new: usize, old: usize) {
         let snap = self.cluster().snapshot();
-        for f in failover::followers(&snap, new, old) {
-            match self.follow(f, new, old).await {
+        let followers = failover::followers(&snap, new, old);
+        let results = futures_join(followers.iter().map(|&f| self.follow(f, new, old))).await;
+        for (f, r) in followers.into_iter().zip(results) {
+            match r {
                 Ok(()) => {
                     tracing::info!(standby = %self.target(f).name, primary = %self.target(new).name, "standby follows the new primary")
                 }
@@ -433,12 +470,13 @@ impl Manager {
                 .await
                 .map(|_| ());
         }
-        let s = self.connect(standby).await?;
+        let (s, p) = tokio::join!(self.connect(standby), self.connect(new));
+        let (s, p) = (s?, p?);
         let slot = match s.slot_name().await? {
             name if !name.is_empty() => name,
             _ => executor::slot_for(&self.target(standby).name),
         };
-        self.connect(new).await?.ensure_slot(&slot).await?;
+        p.ensure_slot(&slot).await?;
         s.repoint(&self.primary_conninfo(new)?, &slot).await
     }
 
@@ -537,7 +575,7 @@ impl Manager {
                         self.failover(p.id, &reason, Some(id)).await?;
                     }
                     None => {
-                        self.promote(id, id).await?;
+                        self.promote(id, id, None).await?;
                         self.cluster().set_role(id, Role::Primary);
                         self.persist();
                         self.follow_all(id, id).await;
@@ -582,4 +620,30 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// Awaits every future, concurrently, keeping their order.
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }

@@ -1,0 +1,250 @@
+//! Pieces shared by the failover suites: a cluster with tidepool in front
+//! configured for failover, a client that writes every 100 ms and records
+//! each outcome, and outage arithmetic.
+
+#![allow(dead_code)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, free_port, wait_for_async};
+
+/// tidepool's config for failover tests: every node with its data
+/// directory, the replication user, the state file in `state_dir`.
+pub fn config(cluster: &PgCluster, state_dir: &std::path::Path, backend_extra: &str, extra: &str) -> String {
+    let backends: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            format!(
+                "[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\ndata_directory = \"{}\"\nlog_file = \"{}\"\n{backend_extra}\n",
+                n.name,
+                n.host,
+                n.port,
+                n.data_dir.display(),
+                n.log_file.display(),
+            )
+        })
+        .collect();
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+state_dir = "{state}"
+
+[pool]
+mode = "transaction"
+
+[health_check]
+password = "postgres"
+
+[failover]
+replication_user = "replicator"
+replication_password = "replicator"
+
+{backends}
+
+[[users]]
+name = "app"
+password = "app"
+
+[[users]]
+name = "postgres"
+password = "postgres"
+
+{extra}
+"#,
+        port = free_port(),
+        admin = free_port(),
+        state = state_dir.display(),
+        backends = backends.join("\n"),
+    )
+}
+
+/// A cluster, a state directory and tidepool in front.
+pub struct FailoverBed {
+    pub tidepool: Tidepool,
+    pub state: tempfile::TempDir,
+    pub cluster: PgCluster,
+}
+
+impl FailoverBed {
+    /// Starts a primary with two standbys (`sync` as asked), creates table
+    /// `ticks`, and starts tidepool.
+    pub fn start(sync: bool, extra: &str) -> Result<FailoverBed> {
+        let cluster = PgCluster::start(PgClusterOpts {
+            standbys: 2,
+            sync,
+            ..PgClusterOpts::default()
+        })?;
+        cluster.psql_db(
+            cluster.primary(),
+            "app",
+            "CREATE TABLE ticks (seq bigint PRIMARY KEY, at timestamptz DEFAULT now()); ALTER TABLE ticks OWNER TO app",
+        )?;
+        cluster.wait_streaming()?;
+        let state = tempfile::tempdir()?;
+        let tidepool = Tidepool::start(&config(&cluster, state.path(), "", extra))?;
+        Ok(FailoverBed {
+            tidepool,
+            state,
+            cluster,
+        })
+    }
+
+    /// GET /v1/nodes as JSON.
+    pub fn nodes(&self) -> Result<serde_json::Value> {
+        let (code, body) = self.tidepool.http_get("/v1/nodes")?;
+        anyhow::ensure!(code == 200, "GET /v1/nodes: {code} {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The node tidepool routes writes to.
+    pub fn primary(&self) -> Result<Option<String>> {
+        Ok(self.nodes()?["primary"].as_str().map(str::to_string))
+    }
+
+    /// A node's status in tidepool's table (`up`, `waiting`, `down`).
+    pub fn status(&self, node: &str) -> Result<String> {
+        let v = self.nodes()?;
+        v["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == node))
+            .and_then(|n| n["status"].as_str().map(str::to_string))
+            .with_context(|| format!("no node {node} in {v}"))
+    }
+
+    /// Runs `tidepool ctl ARGS` against this tidepool.
+    pub fn ctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(std::process::Command::new(Tidepool::binary()?)
+            .arg("ctl")
+            .args(["--url", &self.tidepool.admin_url(), "--timeout", "120s"])
+            .args(args)
+            .output()?)
+    }
+
+    /// Application names streaming from `node`.
+    pub fn streaming_from(&self, node: &str) -> Result<Vec<String>> {
+        let out = self.cluster.psql(
+            node,
+            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1",
+        )?;
+        Ok(out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+    }
+
+    /// Every `seq` in `ticks` on `node`.
+    pub fn seqs(&self, node: &str) -> Result<Vec<i64>> {
+        let out = self.cluster.psql_db(node, "app", "SELECT seq FROM ticks ORDER BY seq")?;
+        Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+}
+
+/// One write attempt.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub seq: i64,
+    pub at: Instant,
+    pub error: Option<String>,
+}
+
+/// A client inserting `seq` into `ticks` through tidepool every `every`,
+/// reconnecting after errors.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Outcome>>,
+}
+
+impl Writer {
+    pub fn start(conn_string: String, every: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut seq = 0i64;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !flag.load(Ordering::Relaxed) {
+                tick.tick().await;
+                seq += 1;
+                let r = tokio::time::timeout(Duration::from_secs(5), write(&mut client, &conn_string, seq)).await;
+                let error = match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some("timed out".to_string()),
+                };
+                if error.is_some() {
+                    client = None;
+                }
+                out.push(Outcome {
+                    seq,
+                    at: Instant::now(),
+                    error,
+                });
+            }
+            out
+        });
+        Writer { stop, task }
+    }
+
+    pub async fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("writer task")
+    }
+}
+
+async fn write(client: &mut Option<tokio_postgres::Client>, conn: &str, seq: i64) -> Result<(), String> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        let (c, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        *client = Some(c);
+    }
+    let c = client.as_ref().expect("connected above");
+    c.execute("INSERT INTO ticks (seq) VALUES ($1)", &[&seq])
+        .await
+        .map(|_| ())
+        .map_err(|e| match e.as_db_error() {
+            Some(d) => format!("{} {}", d.code().code(), d.message()),
+            None => e.to_string(),
+        })
+}
+
+/// Sequence numbers of acknowledged writes.
+pub fn acked(outcomes: &[Outcome]) -> Vec<i64> {
+    outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.seq).collect()
+}
+
+/// The longest gap between two consecutive successful writes, the later
+/// of which came after `at` (the moment the fault was injected).
+pub fn outage(outcomes: &[Outcome], at: Instant) -> Option<Duration> {
+    let ok: Vec<Instant> = outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.at).collect();
+    ok.windows(2)
+        .filter(|w| w[1] > at)
+        .map(|w| w[1] - w[0])
+        .max()
+}
+
+/// Waits (up to `timeout`) until `f` holds on the bed.
+pub async fn wait(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_for_async(timeout, what, || {
+        let r = f();
+        async move {
+            match r {
+                Ok(true) => Ok(()),
+                Ok(false) => anyhow::bail!("not yet"),
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await
+}
