@@ -8,6 +8,7 @@
 
 mod defaults;
 mod validate;
+mod watchdog;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -16,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::HbaRuleConfig;
 
 pub use validate::ConfigError;
+pub use watchdog::{
+    AddressMode, EscalationConfig, EscalationVia, PeerConfig, WatchdogConfig,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -29,6 +33,10 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     pub users: Vec<UserConfig>,
     pub hba: Vec<HbaRuleConfig>,
+    /// `[watchdog]`: present means this node is one of several tidepools.
+    pub watchdog: Option<WatchdogConfig>,
+    /// `[escalation]`: what the watchdog's leader does with the address.
+    pub escalation: Option<EscalationConfig>,
 }
 
 /// `[server]`: where clients and administrators connect.

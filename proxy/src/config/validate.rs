@@ -34,6 +34,8 @@ const SECTIONS: &[&str] = &[
     "backends",
     "users",
     "hba",
+    "watchdog",
+    "escalation",
 ];
 
 /// Deserializes one value, naming the failing key relative to `prefix`.
@@ -140,6 +142,8 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
         ),
         users: entries(table.get("users"), "users", &mut errors, &mut positions[1]),
         hba: entries(table.get("hba"), "hba", &mut errors, &mut positions[2]),
+        watchdog: section(table.get("watchdog"), "watchdog", &mut errors),
+        escalation: section(table.get("escalation"), "escalation", &mut errors),
     };
     // Entries that failed to parse are missing from `config`: point the
     // semantic errors at the entries' places in the file.
@@ -318,6 +322,10 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
     for issue in crate::auth::Hba::validate(&c.hba) {
         err(issue.key, issue.message);
     }
+    errors.extend(super::watchdog::validate(
+        c.watchdog.as_ref(),
+        c.escalation.as_ref(),
+    ));
     errors
 }
 

@@ -1,0 +1,709 @@
+//! The watchdog's state machine: leader election with leases, no I/O.
+//!
+//! A Raft-style election without a log: terms, one vote per term,
+//! pre-vote (a node that cannot win does not disturb the others),
+//! check-quorum (a leader that cannot hear a quorum steps down, and a
+//! follower that hears its leader refuses to vote), and leadership
+//! transfer. On top of it, a leader **lease**: a heartbeat round stamped
+//! with the leader's clock at `s` and acknowledged by a quorum lets it
+//! hold the address until `s + lease`. The leader escalates only while it
+//! leads with an unexpired lease, and de-escalates as soon as either goes.
+//!
+//! Why two nodes are never active together (`docs/watchdog.md` has the
+//! long form): a new leader needs votes from a quorum; every quorum shares
+//! a node `v` with the quorum behind the old lease. `v` acknowledged the
+//! old leader's round `s` at some `r ≥ s`, and grants a vote to anyone
+//! else no earlier than `r + election_timeout − tick` (it refuses votes
+//! while it hears its leader, and a restarted node refuses every vote for
+//! one election timeout, so it cannot have forgotten). Validation keeps
+//! `lease ≤ election_timeout − 2 ticks − 10%`, so the old lease has run
+//! out — and its holder noticed, a tick later at most — before the new
+//! leader exists. Per term, a node acknowledges one leader only.
+//!
+//! The caller owns sockets and clocks: it calls [`Node::tick`] every tick,
+//! [`Node::step`] for each message, and drains [`Node::take_ready`].
+
+use serde::{Deserialize, Serialize};
+
+/// Index of a member in the cluster's member list (sorted by name).
+pub type NodeId = usize;
+/// Milliseconds of the local monotonic clock.
+pub type Millis = u64;
+
+/// Timings, in milliseconds of the local clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub heartbeat_interval: Millis,
+    pub election_timeout: Millis,
+    pub lease: Millis,
+    pub verify_interval: Millis,
+    /// 0 = never move leadership back to a higher priority.
+    pub failback_after: Millis,
+    pub half_votes: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub priority: u32,
+}
+
+/// A message between watchdog nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Msg {
+    PreVote {
+        term: u64,
+    },
+    PreVoteResp {
+        term: u64,
+        granted: bool,
+    },
+    Vote {
+        term: u64,
+        transfer: bool,
+    },
+    VoteResp {
+        term: u64,
+        granted: bool,
+    },
+    Heartbeat {
+        term: u64,
+        stamp: Millis,
+    },
+    HeartbeatResp {
+        term: u64,
+        stamp: Millis,
+        healthy: bool,
+    },
+    /// The leader hands over: campaign now (votes bypass the lease check).
+    TimeoutNow {
+        term: u64,
+    },
+    /// Asks the leader to hand over to `to` (a planned switchover).
+    TransferRequest {
+        term: u64,
+        to: String,
+    },
+}
+
+impl Msg {
+    pub fn term(&self) -> u64 {
+        match self {
+            Msg::PreVote { term }
+            | Msg::PreVoteResp { term, .. }
+            | Msg::Vote { term, .. }
+            | Msg::VoteResp { term, .. }
+            | Msg::Heartbeat { term, .. }
+            | Msg::HeartbeatResp { term, .. }
+            | Msg::TimeoutNow { term }
+            | Msg::TransferRequest { term, .. } => *term,
+        }
+    }
+}
+
+/// What the caller must do with the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Point the address here. Idempotent.
+    Escalate { term: u64 },
+    /// Stop pointing it here; report completion with [`Node::deescalated`].
+    DeEscalate { term: u64 },
+    /// Check (and repair) that it points here.
+    Verify { term: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Messages to send and actions to run, drained by the caller.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub messages: Vec<(NodeId, Msg)>,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SwitchoverError {
+    #[error("no node named {0:?} in the watchdog cluster")]
+    UnknownNode(String),
+    #[error("no leader is known yet; retry once one is elected")]
+    NoLeader,
+    #[error("a switchover to {0} is already under way")]
+    InProgress(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Transfer {
+    to: NodeId,
+    deadline: Millis,
+    sent: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    /// Latest heartbeat stamp acknowledged in this term (leader only).
+    acked: Option<Millis>,
+    /// When anything was last heard from it.
+    seen: Option<Millis>,
+    /// Reachable without a gap since (for failback).
+    up_since: Option<Millis>,
+    healthy: bool,
+}
+
+/// One watchdog node.
+#[derive(Debug)]
+pub struct Node {
+    id: NodeId,
+    members: Vec<Member>,
+    s: Settings,
+    term: u64,
+    voted_for: Option<NodeId>,
+    leader: Option<NodeId>,
+    role: Role,
+    /// A (re)started node grants no vote before this: it may have voted
+    /// or acknowledged a leader before it restarted and forgotten.
+    boot_until: Millis,
+    heard_leader_at: Millis,
+    election_at: Millis,
+    granted: Vec<bool>,
+    peers: Vec<Peer>,
+    leader_since: Millis,
+    next_heartbeat: Millis,
+    lease_until: Millis,
+    transfer: Option<Transfer>,
+    /// This leadership came from a planned switchover: no failback.
+    pinned: bool,
+    campaign_pinned: bool,
+    escalated: bool,
+    deescalating: bool,
+    next_verify: Millis,
+    healthy: bool,
+    rng: u64,
+    ready: Ready,
+    last_change: Millis,
+}
+
+impl Node {
+    /// A node starting (or restarting) at `now`, knowing nothing.
+    pub fn new(id: NodeId, members: Vec<Member>, s: Settings, now: Millis, seed: u64) -> Node {
+        let n = members.len();
+        let mut node = Node {
+            id,
+            members,
+            term: 0,
+            voted_for: None,
+            leader: None,
+            role: Role::Follower,
+            boot_until: now + s.election_timeout,
+            heard_leader_at: 0,
+            election_at: 0,
+            granted: vec![false; n],
+            peers: vec![Peer::default(); n],
+            leader_since: 0,
+            next_heartbeat: 0,
+            lease_until: 0,
+            transfer: None,
+            pinned: false,
+            campaign_pinned: false,
+            escalated: false,
+            deescalating: false,
+            next_verify: 0,
+            healthy: true,
+            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+            ready: Ready::default(),
+            last_change: now,
+            s,
+        };
+        node.reset_election(now);
+        node
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+    /// Whether this node holds (or is claiming) the address.
+    pub fn escalated(&self) -> bool {
+        self.escalated
+    }
+    pub fn lease_until(&self) -> Millis {
+        self.lease_until
+    }
+    pub fn last_change(&self) -> Millis {
+        self.last_change
+    }
+    pub fn last_seen(&self, peer: NodeId) -> Option<Millis> {
+        self.peers[peer].seen
+    }
+    pub fn peer_healthy(&self, peer: NodeId) -> bool {
+        self.peers[peer].healthy
+    }
+
+    /// Votes needed to win, and acknowledgements to hold a lease.
+    pub fn quorum(&self) -> usize {
+        let n = self.members.len();
+        if self.s.half_votes && n.is_multiple_of(2) {
+            n / 2
+        } else {
+            n / 2 + 1
+        }
+    }
+
+    /// Whether this node is in contact with a quorum right now: as leader,
+    /// a live lease; as follower, a leader heard within the election timeout.
+    pub fn has_quorum(&self, now: Millis) -> bool {
+        match self.role {
+            Role::Leader => now < self.lease_until,
+            _ => self.leader.is_some() && now < self.heard_leader_at + self.s.election_timeout,
+        }
+    }
+
+    /// Local health (e.g. "I can reach the primary"), shared with the leader.
+    pub fn set_healthy(&mut self, healthy: bool) {
+        self.healthy = healthy;
+    }
+
+    pub fn take_ready(&mut self) -> Ready {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// The caller finished a [`Action::DeEscalate`].
+    pub fn deescalated(&mut self, now: Millis) {
+        self.deescalating = false;
+        self.tick(now);
+    }
+
+    /// An escalation action failed: verify (and so repair) again soon.
+    pub fn action_failed(&mut self, now: Millis) {
+        self.next_verify = self.next_verify.min(now + self.s.heartbeat_interval * 10);
+    }
+
+    fn rand(&mut self, bound: u64) -> u64 {
+        // splitmix64: deterministic per seed, no global state.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % bound.max(1)
+    }
+
+    /// Members of higher priority campaign first.
+    fn reset_election(&mut self, now: Millis) {
+        let et = self.s.election_timeout;
+        let mine = self.members[self.id].priority;
+        // Disjoint windows per rank: the highest-priority node that can
+        // campaign does so first (ranks past 3 share the last window).
+        let rank = self.members.iter().filter(|m| m.priority > mine).count() as u64;
+        self.election_at = now + et + rank.min(3) * et / 4 + self.rand(et / 4);
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        self.ready.messages.push((to, msg));
+    }
+
+    fn broadcast(&mut self, msg: Msg) {
+        for to in 0..self.members.len() {
+            if to != self.id {
+                self.send(to, msg.clone());
+            }
+        }
+    }
+
+    fn changed(&mut self, now: Millis) {
+        self.last_change = now;
+    }
+
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>, now: Millis) {
+        if self.role == Role::Leader || self.leader != leader {
+            self.changed(now);
+        }
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.transfer = None;
+        self.pinned = false;
+        if leader.is_some() {
+            self.heard_leader_at = now;
+        }
+        self.reset_election(now);
+    }
+
+    /// Does this node refuse to vote because it hears a live leader?
+    fn in_lease(&self, now: Millis) -> bool {
+        match self.role {
+            Role::Leader => true,
+            _ => self.leader.is_some() && now < self.heard_leader_at + self.s.election_timeout,
+        }
+    }
+
+    fn count_granted(&self) -> usize {
+        self.granted.iter().filter(|g| **g).count()
+    }
+
+    fn start_pre_vote(&mut self, now: Millis) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.campaign_pinned = false;
+        self.granted.fill(false);
+        self.granted[self.id] = true;
+        self.reset_election(now);
+        if self.count_granted() >= self.quorum() {
+            return self.campaign(false, now);
+        }
+        self.broadcast(Msg::PreVote {
+            term: self.term + 1,
+        });
+    }
+
+    fn campaign(&mut self, transfer: bool, now: Millis) {
+        self.role = Role::Candidate;
+        self.term += 1;
+        self.voted_for = Some(self.id);
+        self.leader = None;
+        self.granted.fill(false);
+        self.granted[self.id] = true;
+        self.reset_election(now);
+        self.changed(now);
+        if self.count_granted() >= self.quorum() {
+            return self.become_leader(now);
+        }
+        self.broadcast(Msg::Vote {
+            term: self.term,
+            transfer,
+        });
+    }
+
+    fn become_leader(&mut self, now: Millis) {
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.leader_since = now;
+        self.lease_until = 0;
+        self.transfer = None;
+        self.pinned = self.campaign_pinned;
+        for p in &mut self.peers {
+            p.acked = None;
+        }
+        self.changed(now);
+        self.next_heartbeat = now;
+        self.heartbeat(now);
+    }
+
+    fn heartbeat(&mut self, now: Millis) {
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.s.heartbeat_interval;
+            self.broadcast(Msg::Heartbeat {
+                term: self.term,
+                stamp: now,
+            });
+        }
+    }
+
+    /// The stamp a quorum has acknowledged (self counts as `now`).
+    fn quorum_stamp(&self, now: Millis) -> Option<Millis> {
+        let mut stamps: Vec<Millis> = (0..self.members.len())
+            .filter_map(|i| {
+                if i == self.id {
+                    Some(now)
+                } else {
+                    self.peers[i].acked
+                }
+            })
+            .collect();
+        stamps.sort_unstable_by(|a, b| b.cmp(a));
+        stamps.get(self.quorum() - 1).copied()
+    }
+
+    /// Advances timers. Call every tick (a quarter heartbeat or finer).
+    pub fn tick(&mut self, now: Millis) {
+        let stale = now.saturating_sub(self.s.heartbeat_interval * 3);
+        for p in &mut self.peers {
+            if p.seen.is_none_or(|s| s < stale) {
+                p.up_since = None;
+            }
+        }
+        match self.role {
+            Role::Leader => self.tick_leader(now),
+            _ => {
+                if now >= self.election_at && now >= self.boot_until {
+                    self.start_pre_vote(now);
+                }
+            }
+        }
+        self.update_escalation(now);
+    }
+
+    fn tick_leader(&mut self, now: Millis) {
+        let quorum_stamp = self.quorum_stamp(now);
+        if let Some(s) = quorum_stamp {
+            // Renewed on acknowledgements; also here for a quorum of one.
+            self.lease_until = self.lease_until.max(s + self.s.lease);
+        }
+        let heard = quorum_stamp.unwrap_or(0).max(self.leader_since);
+        if now >= heard + self.s.election_timeout {
+            // check-quorum: a leader nobody can hear steps down.
+            return self.become_follower(self.term, None, now);
+        }
+        if let Some(t) = self.transfer {
+            if now >= t.deadline {
+                // The transfer failed; this term stays inactive. Step down
+                // and let an ordinary election follow.
+                return self.become_follower(self.term, None, now);
+            }
+            if !t.sent && !self.escalated && !self.deescalating {
+                self.send(t.to, Msg::TimeoutNow { term: self.term });
+                self.transfer = Some(Transfer { sent: true, ..t });
+            }
+        } else if let Some(to) = self.steer_target(now) {
+            self.start_transfer(to, false, now);
+        }
+        self.heartbeat(now);
+    }
+
+    /// Where leadership should go: a healthy peer when this node is not,
+    /// or a higher-priority peer that has been reachable long enough.
+    fn steer_target(&self, now: Millis) -> Option<NodeId> {
+        let fresh = |p: &Peer| p.healthy && p.up_since.is_some();
+        if !self.healthy && now >= self.leader_since + self.s.election_timeout {
+            return (0..self.members.len())
+                .filter(|&i| i != self.id && fresh(&self.peers[i]))
+                .max_by_key(|&i| (self.members[i].priority, std::cmp::Reverse(i)));
+        }
+        if self.pinned || self.s.failback_after == 0 {
+            return None;
+        }
+        let mine = self.members[self.id].priority;
+        (0..self.members.len())
+            .filter(|&i| {
+                i != self.id
+                    && self.members[i].priority > mine
+                    && fresh(&self.peers[i])
+                    && self.peers[i]
+                        .up_since
+                        .is_some_and(|u| now >= u + self.s.failback_after)
+            })
+            .max_by_key(|&i| (self.members[i].priority, std::cmp::Reverse(i)))
+    }
+
+    fn start_transfer(&mut self, to: NodeId, pinned: bool, now: Millis) {
+        self.transfer = Some(Transfer {
+            to,
+            deadline: now + self.s.election_timeout,
+            sent: false,
+        });
+        self.campaign_pinned = pinned;
+        self.update_escalation(now);
+        self.tick_leader(now);
+    }
+
+    /// A planned switchover to `to` (leadership and the address).
+    /// Accepted on any node: a follower forwards it to its leader.
+    pub fn switchover(&mut self, to: &str, now: Millis) -> Result<(), SwitchoverError> {
+        let target = self
+            .members
+            .iter()
+            .position(|m| m.name == to)
+            .ok_or_else(|| SwitchoverError::UnknownNode(to.to_string()))?;
+        match self.role {
+            Role::Leader => {
+                if let Some(t) = self.transfer {
+                    return Err(SwitchoverError::InProgress(self.members[t.to].name.clone()));
+                }
+                if target == self.id {
+                    self.pinned = true;
+                } else {
+                    self.start_transfer(target, true, now);
+                }
+                Ok(())
+            }
+            _ => {
+                let leader = self.leader.ok_or(SwitchoverError::NoLeader)?;
+                self.send(
+                    leader,
+                    Msg::TransferRequest {
+                        term: self.term,
+                        to: to.to_string(),
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Escalate while leading with a live lease; otherwise de-escalate.
+    fn update_escalation(&mut self, now: Millis) {
+        let want = self.role == Role::Leader && now < self.lease_until && self.transfer.is_none();
+        if want && !self.escalated && !self.deescalating {
+            self.escalated = true;
+            self.next_verify = now + self.s.verify_interval;
+            self.ready
+                .actions
+                .push(Action::Escalate { term: self.term });
+            self.changed(now);
+        } else if !want && self.escalated {
+            self.escalated = false;
+            self.deescalating = true;
+            self.ready
+                .actions
+                .push(Action::DeEscalate { term: self.term });
+            self.changed(now);
+        } else if want && now >= self.next_verify {
+            self.next_verify = now + self.s.verify_interval;
+            self.ready.actions.push(Action::Verify { term: self.term });
+        }
+    }
+
+    /// Handles one message from `from`.
+    pub fn step(&mut self, from: NodeId, msg: Msg, now: Millis) {
+        if from >= self.members.len() || from == self.id {
+            return;
+        }
+        let p = &mut self.peers[from];
+        p.seen = Some(now);
+        p.up_since.get_or_insert(now);
+        self.step_inner(from, msg, now);
+        self.update_escalation(now);
+    }
+
+    fn step_inner(&mut self, from: NodeId, msg: Msg, now: Millis) {
+        let term = msg.term();
+        match msg {
+            Msg::PreVote { term } => {
+                let granted = term > self.term && !self.in_lease(now) && now >= self.boot_until;
+                // A refusal carries this node's own term, so that a
+                // candidate behind it catches up and one level with it
+                // does not move.
+                let term = if granted { term } else { self.term };
+                return self.send(from, Msg::PreVoteResp { term, granted });
+            }
+            Msg::PreVoteResp {
+                term,
+                granted: true,
+            } => {
+                if self.role == Role::PreCandidate && term == self.term + 1 {
+                    self.granted[from] = true;
+                    if self.count_granted() >= self.quorum() {
+                        self.campaign(false, now);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        if term > self.term {
+            if let Msg::Vote { transfer, .. } = msg
+                && !transfer
+                && self.in_lease(now)
+            {
+                return; // a live leader is heard: ignore disruptors
+            }
+            let leader =
+                matches!(msg, Msg::Heartbeat { .. } | Msg::TimeoutNow { .. }).then_some(from);
+            self.become_follower(term, leader, now);
+        } else if term < self.term {
+            match msg {
+                Msg::Heartbeat { stamp, .. } => self.send(
+                    from,
+                    Msg::HeartbeatResp {
+                        term: self.term,
+                        stamp,
+                        healthy: self.healthy,
+                    },
+                ),
+                Msg::Vote { .. } => self.send(
+                    from,
+                    Msg::VoteResp {
+                        term: self.term,
+                        granted: false,
+                    },
+                ),
+                _ => {}
+            }
+            return;
+        }
+        match msg {
+            Msg::Vote { .. } => {
+                let can = now >= self.boot_until
+                    && (self.voted_for == Some(from)
+                        || (self.voted_for.is_none() && self.leader.is_none()));
+                if can {
+                    self.voted_for = Some(from);
+                    self.reset_election(now);
+                }
+                self.send(from, Msg::VoteResp { term, granted: can });
+            }
+            Msg::VoteResp { granted: true, .. } if self.role == Role::Candidate => {
+                self.granted[from] = true;
+                if self.count_granted() >= self.quorum() {
+                    self.become_leader(now);
+                }
+            }
+            Msg::Heartbeat { stamp, .. } => self.on_heartbeat(from, stamp, now),
+            Msg::HeartbeatResp { stamp, healthy, .. } if self.role == Role::Leader => {
+                let p = &mut self.peers[from];
+                p.acked = Some(p.acked.map_or(stamp, |a| a.max(stamp)));
+                p.healthy = healthy;
+                if let Some(s) = self.quorum_stamp(now) {
+                    self.lease_until = self.lease_until.max(s + self.s.lease);
+                }
+            }
+            Msg::TimeoutNow { .. } if self.leader == Some(from) && self.role == Role::Follower => {
+                self.campaign_pinned = true;
+                self.campaign(true, now);
+            }
+            Msg::TransferRequest { to, .. } if self.role == Role::Leader => {
+                if let Err(e) = self.switchover(&to, now) {
+                    tracing::info!(error = %e, "switchover request refused");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_heartbeat(&mut self, from: NodeId, stamp: Millis, now: Millis) {
+        match self.role {
+            // Two leaders in one term cannot be; if it seems so, stand back.
+            Role::Leader => return self.become_follower(self.term, None, now),
+            Role::Candidate | Role::PreCandidate => {
+                self.become_follower(self.term, Some(from), now)
+            }
+            Role::Follower => match self.leader {
+                None => self.become_follower(self.term, Some(from), now),
+                Some(l) if l == from => {
+                    self.heard_leader_at = now;
+                    self.reset_election(now);
+                }
+                // One leader per term: never acknowledge a second one.
+                Some(_) => return,
+            },
+        }
+        self.send(
+            from,
+            Msg::HeartbeatResp {
+                term: self.term,
+                stamp,
+                healthy: self.healthy,
+            },
+        );
+    }
+}
