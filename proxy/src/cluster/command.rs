@@ -200,6 +200,7 @@ impl PgTools {
 
     /// Stops the server of `data_dir` (fast, then immediate) if it runs.
     pub async fn stop(&self, data_dir: &Path) -> Result<(), ActionError> {
+        clear_stale_pid(data_dir);
         if !self.running(data_dir).await {
             return Ok(());
         }
@@ -209,9 +210,14 @@ impl PgTools {
             return Ok(());
         }
         let immediate = ["stop", "-D", &d, "-m", "immediate", "-w", "-t", "30"];
-        self.run(data_dir, "pg_ctl", &immediate, &[])
+        let r = self
+            .run(data_dir, "pg_ctl", &immediate, &[])
             .await
-            .map(|_| ())
+            .map(|_| ());
+        if r.is_err() && clear_stale_pid(data_dir) {
+            return Ok(());
+        }
+        r
     }
 
     /// Starts the server of `data_dir`, its output going to `log`.
@@ -242,6 +248,38 @@ impl PgTools {
         let clean = field("Database cluster state").as_deref() == Some("shut down");
         Ok((location, clean))
     }
+}
+
+/// Removes the `postmaster.pid` (and its socket lock file) of a server that
+/// crashed: its process is gone or a zombie, which `pg_ctl` and the server
+/// itself would take for a live one. Returns whether it did.
+fn clear_stale_pid(data_dir: &Path) -> bool {
+    let pid_file = data_dir.join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(&pid_file) else {
+        return false;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(pid) = lines.first().and_then(|l| l.trim().parse::<u32>().ok()) else {
+        return false;
+    };
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false);
+    if alive {
+        return false;
+    }
+    tracing::info!(pid, file = %pid_file.display(), "removing the pid file of a crashed server");
+    let _ = std::fs::remove_file(&pid_file);
+    if let (Some(port), Some(sock)) = (lines.get(3), lines.get(4)) {
+        let sock = sock.trim();
+        if !sock.is_empty() {
+            let _ = std::fs::remove_file(
+                Path::new(sock).join(format!(".s.PGSQL.{}.lock", port.trim())),
+            );
+        }
+    }
+    true
 }
 
 /// Writes `contents` to `path` (appending when `append`) and gives the file

@@ -82,6 +82,12 @@ impl Check {
         }
     }
 
+    fn held(&self) -> bool {
+        self.cluster
+            .counters(self.id)
+            .is_some_and(|c| c.held.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     async fn run(self) {
         let mut kept: Option<Kept> = None;
         let mut reported = false;
@@ -115,6 +121,9 @@ impl Check {
             };
             match outcome {
                 Ok(_) => reported = false,
+                // A node held back by a switchover or recovery is stopped
+                // on purpose: its failures are not news.
+                Err(_) if self.held() => {}
                 Err(error) if !reported => {
                     tracing::warn!(node = %name, retries = hc.max_retries, %error, "health check failed after every retry");
                     reported = true;

@@ -284,6 +284,16 @@ impl Manager {
     async fn on_failure(&mut self, node: usize, error: String) {
         let cfg = self.config();
         let snap = self.cluster().snapshot();
+        // The report may have waited behind a long action: a node that
+        // answers again, or is held back on purpose, has not failed.
+        let held = self
+            .cluster()
+            .counters(node)
+            .is_some_and(|c| c.held.load(Ordering::Relaxed));
+        if held || snap.node(node).is_some_and(|n| n.reachable) {
+            tracing::info!(node = %self.target(node).name, "failure report outdated; ignored");
+            return;
+        }
         match failover::on_failure(&snap, node, cfg.failover.auto_failover) {
             OnFailure::Nothing => {}
             OnFailure::KeepRetrying => {

@@ -113,6 +113,33 @@ async fn wait_quiet(
     }
 }
 
+/// Waits (bounded) until no transaction runs on `node` through tidepool, so
+/// that stopping it interrupts nobody; closes connections going idle.
+async fn wait_idle(m: &Manager, node: usize, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        m.drain(node);
+        let busy: usize = m
+            .shared
+            .pools
+            .stats()
+            .iter()
+            .filter(|p| p.node == node)
+            .map(|p| p.total.saturating_sub(p.idle))
+            .sum();
+        if busy == 0 || tokio::time::Instant::now() >= deadline {
+            if busy > 0 {
+                tracing::warn!(
+                    busy,
+                    "switchover: transactions still running on the old primary are cut"
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub(super) async fn run(m: &mut Manager, new: usize) -> Result<(), ControlError> {
     let snap = m.cluster().snapshot();
     let old = snap
@@ -136,6 +163,7 @@ pub(super) async fn run(m: &mut Manager, new: usize) -> Result<(), ControlError>
     tracing::warn!(old = %m.target(old).name, new = %m.target(new).name, "switchover: holding writes");
     m.cluster().hold(old, true);
     m.drain(old);
+    wait_idle(m, old, timeout.min(Duration::from_secs(5))).await;
     let demoted = match &dir {
         Some(dir) => demote_builtin(m, old, new, dir, timeout).await,
         None => {
