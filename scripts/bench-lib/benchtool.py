@@ -4,6 +4,7 @@
   benchtool.py ports N                      N free TCP ports on 127.0.0.1
   benchtool.py pgbench-stats OUT LOG...     tps and latency percentiles of one run
   benchtool.py mem PID                      RSS/PSS of a process and its descendants
+  benchtool.py perf-cost STAT OUT T W       a proxy's CPU and system calls per transaction
   benchtool.py idle-clients [options]       open N connections, hold them
   benchtool.py writer [options]             a write every 100 ms; report the gaps
 
@@ -99,6 +100,43 @@ def cmd_pgbench_stats(args):
             ]
         )
     )
+
+
+# --- CPU cost ------------------------------------------------------------------
+def cmd_perf_cost(args):
+    """One JSON line from `perf stat -x,` output and pgbench's summary: CPU
+    time, context switches and each counted system call per transaction."""
+    counts = {}
+    for line in open(args.stat, errors="replace"):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.strip().split(",")
+        if len(parts) < 3:
+            continue
+        try:
+            value = float(parts[0])
+        except ValueError:
+            continue  # "<not counted>" / "<not supported>"
+        event = parts[2]
+        if event.startswith("syscalls:sys_enter_"):
+            event = event[len("syscalls:sys_enter_") :]
+        counts[event] = value
+    text = open(args.out, errors="replace").read()
+    m = re.search(r"^number of transactions actually processed: (\d+)", text, re.M)
+    txns = int(m.group(1)) if m else 0
+    m = re.search(r"^tps = ([0-9.]+)", text, re.M)
+    if not txns or "task-clock" not in counts:
+        sys.exit("no transactions or no task-clock in %s / %s" % (args.out, args.stat))
+    result = {
+        "target": args.target,
+        "workload": args.workload,
+        "transactions": txns,
+        "tps": float(m.group(1)) if m else None,
+        # task-clock is in milliseconds.
+        "cpu_us_per_txn": round(counts.pop("task-clock") * 1000.0 / txns, 2),
+        "per_txn": {k: round(v / txns, 3) for k, v in counts.items()},
+    }
+    print(json.dumps(result))
 
 
 # --- memory --------------------------------------------------------------------
@@ -289,6 +327,13 @@ def main():
     s.add_argument("out")
     s.add_argument("logs", nargs="*")
     s.set_defaults(fn=cmd_pgbench_stats)
+
+    s = sub.add_parser("perf-cost")
+    s.add_argument("stat")
+    s.add_argument("out")
+    s.add_argument("target")
+    s.add_argument("workload")
+    s.set_defaults(fn=cmd_perf_cost)
 
     s = sub.add_parser("mem")
     s.add_argument("pid", type=int)

@@ -47,15 +47,20 @@ bench_install_packages() {
     done
 }
 
-# Run a command as the server user when root (PgBouncer refuses root, and
-# Pgpool-II should not run as root either). setpriv, not runuser: no PAM
-# session, so the raised open-files limit survives and $! is the daemon.
-bench_as_pg() {
+# The command prefix that runs a command as the server user when root
+# (PgBouncer refuses root, and Pgpool-II should not run as root either):
+# setpriv, not runuser: no PAM session, so the raised open-files limit
+# survives, and it execs, so the pid we hold is the daemon's.
+bench_as_pg_prefix() {
     if tp_is_root; then
-        setpriv --reuid="$TIDEPOOL_PG_USER" --regid="$TIDEPOOL_PG_USER" --init-groups -- "$@"
+        BENCH_AS_PG=(setpriv --reuid="$TIDEPOOL_PG_USER" --regid="$TIDEPOOL_PG_USER" --init-groups --)
     else
-        "$@"
+        BENCH_AS_PG=()
     fi
+}
+bench_as_pg() {
+    bench_as_pg_prefix
+    "${BENCH_AS_PG[@]}" "$@"
 }
 
 # A directory the server user owns (config, logs, sockets of a peer).
@@ -76,14 +81,21 @@ bench_pg_file() {
     fi
 }
 
-# bench_spawn LOG CMD...: start CMD in the background, stdout and stderr to
-# LOG, with the open-files limit raised for thousands of clients; prints
-# nothing, sets BENCH_LAST_PID.
+# bench_spawn LOG [--as-pg] CMD...: start the program CMD (not a shell
+# function: the pid must be the program's) in the background, as the
+# server user with --as-pg, stdout and stderr to LOG, with the open-files
+# limit raised for thousands of clients; sets BENCH_LAST_PID.
 bench_spawn() {
     local log="$1"
     shift
+    local prefix=()
+    if [ "${1:-}" = --as-pg ]; then
+        shift
+        bench_as_pg_prefix
+        prefix=("${BENCH_AS_PG[@]}")
+    fi
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-    "$@" </dev/null >>"$log" 2>&1 &
+    "${prefix[@]}" "$@" </dev/null >>"$log" 2>&1 &
     BENCH_LAST_PID=$!
     BENCH_PIDS+=("$BENCH_LAST_PID")
 }
@@ -187,7 +199,7 @@ log_disconnections = 0
 log_pooler_errors = 1
 EOF
     : > "$dir/stderr.log"
-    bench_spawn "$dir/stderr.log" bench_as_pg pgbouncer "$dir/pgbouncer.ini"
+    bench_spawn "$dir/stderr.log" --as-pg pgbouncer "$dir/pgbouncer.ini"
     BENCH_STOP_SIGNAL[$BENCH_LAST_PID]=TERM
     bench_wait_port "$port" 20 "$BENCH_LAST_PID" PgBouncer "$dir/pgbouncer.log"
 }
@@ -267,7 +279,7 @@ EOF
         [ -z "$extra" ] || cat "$extra"
     } | bench_pg_file "$dir/pgpool.conf"
     : > "$dir/pgpool.log"
-    bench_spawn "$dir/pgpool.log" bench_as_pg pgpool -n -D -f "$dir/pgpool.conf" -F "$dir/pcp.conf" -a "$dir/pool_hba.conf"
+    bench_spawn "$dir/pgpool.log" --as-pg pgpool -n -D -f "$dir/pgpool.conf" -F "$dir/pcp.conf" -a "$dir/pool_hba.conf"
     # SIGINT: fast shutdown (SIGTERM waits for every client to leave).
     BENCH_STOP_SIGNAL[$BENCH_LAST_PID]=INT
     bench_wait_port "$port" 30 "$BENCH_LAST_PID" Pgpool-II "$dir/pgpool.log"

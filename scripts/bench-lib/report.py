@@ -118,6 +118,7 @@ def main():
     ap.add_argument("--results", required=True)
     ap.add_argument("--meta", required=True)
     ap.add_argument("--memory")
+    ap.add_argument("--efficiency")
     args = ap.parse_args()
 
     meta, multi = load_meta(args.meta)
@@ -260,6 +261,10 @@ def main():
     p("  Tables show the **median over rounds** of tps and of each latency figure, and the")
     p("  lowest–highest tps over rounds as the spread. Latencies come from pgbench's")
     p("  per-transaction logs (`-l`): mean and the 50th/95th/99th percentiles, in ms.")
+    p("- With `-C`, every transaction opens a connection that authenticates with SCRAM-SHA-256,")
+    p("  and pgbench (libpq) derives the client's key (PBKDF2, 4096 rounds) for each one: on a")
+    p("  small machine that client-side cost bounds `-C` for every target. A proxy's own cost per")
+    p("  login shows in [CPU cost per transaction](#cpu-cost-per-transaction).")
     p("- pgbench runs on the same machine and competes with the target for the cores: a proxy's")
     p("  CPU cost shows up twice as lower tps. On a machine shared with other work, compare")
     p("  ratios within this page, not absolute numbers with other pages.")
@@ -384,13 +389,47 @@ def main():
         p("**tidepool**: `scripts/bench-failover` gave no result in this run.")
     p("")
 
+    # --- CPU cost ----------------------------------------------------------------
+    eff = []
+    if args.efficiency and os.path.exists(args.efficiency):
+        with open(args.efficiency) as f:
+            eff = [json.loads(l) for l in f if l.strip()]
+    if eff:
+        p("## CPU cost per transaction")
+        p("")
+        p("Counted by the kernel for the proxy's processes (`perf stat`: task-clock, context")
+        p("switches, system calls) during one extra %s-second pgbench run per proxy and workload at" % meta.get("duration"))
+        p("16 clients, divided by the transactions that run completed. Unlike tps these barely")
+        p("depend on what else the machine is doing, so they are the numbers to compare proxies'")
+        p("efficiency by. Pgpool-II's are summed over all its processes.")
+        p("")
+        syscalls = []
+        for e in eff:
+            for k in e["per_txn"]:
+                if k != "context-switches" and k not in syscalls:
+                    syscalls.append(k)
+        order = ["sendto", "recvfrom", "write", "read", "epoll_wait", "futex"]
+        syscalls.sort(key=lambda k: order.index(k) if k in order else 99)
+        p("| workload | proxy | tps in that run | CPU µs / txn | context switches / txn | " + " | ".join("`%s` / txn" % k for k in syscalls) + " |")
+        p("| --- | --- | ---: | ---: | ---: |" + " ---: |" * len(syscalls))
+        for e in eff:
+            name = TARGET_NAMES.get(e["target"], e["target"])
+            if e["target"].startswith("tidepool"):
+                name = "**%s**" % name
+            pt = e["per_txn"]
+            p("| %s | %s | %s | %s | %s | %s |" % (
+                e["workload"], name, fnum(e.get("tps")), fnum(e["cpu_us_per_txn"], 1),
+                fnum(pt.get("context-switches"), 2), " | ".join(fnum(pt.get(k), 2) for k in syscalls)))
+        p("")
+
     # --- profile -----------------------------------------------------------------
     perfs = multi.get("perf", [])
     if perfs:
         p("## Where tidepool spends its CPU")
         p("")
-        p("`perf record -F 999 -g` on the `tidepool-tx` process during a 16-client run; self time per")
-        p("symbol (`perf report --no-children --sort symbol`), symbols above 0.8 %.")
+        p("`perf record -F 499 --call-graph dwarf` on the `tidepool-tx` process during a 16-client")
+        p("run: self time per symbol, then the share of samples under tidepool's own functions and")
+        p("the async runtime's wake-up and I/O paths (with callees).")
         p("")
         for item in perfs:
             w, path = item.split("=", 1)
