@@ -249,6 +249,29 @@ impl NodeConn {
         Ok(())
     }
 
+    /// `CHECKPOINT`: a freshly promoted primary's control file names its
+    /// new timeline only after one, and `pg_rewind` reads it there.
+    pub async fn checkpoint(&self) -> Result<(), ActionError> {
+        self.rows(
+            "CHECKPOINT",
+            "CHECKPOINT",
+            self.timeout.max(Duration::from_secs(60)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The timeline the WAL receiver streams on, when it streams.
+    pub async fn streaming_timeline(&self) -> Result<Option<u32>, ActionError> {
+        Ok(self
+            .value(
+                "reading pg_stat_wal_receiver",
+                "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            )
+            .await?
+            .and_then(|v| v.parse().ok()))
+    }
+
     /// Whether the WAL receiver streams.
     pub async fn streaming(&self) -> Result<bool, ActionError> {
         Ok(self

@@ -83,6 +83,7 @@ async fn rebuild(m: &Manager, id: usize, primary: usize, dir: &Path) -> Result<(
         "host={} port={} user={} dbname={}",
         p.host, p.port, hc.user, hc.database
     );
+    m.connect(primary).await?.checkpoint().await?;
     let d = dir.to_string_lossy();
     let password = hc.password.clone().unwrap_or_default();
     let rewound = tools
@@ -144,12 +145,30 @@ async fn wait_caught_up(
 ) -> Result<(), ActionError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last;
+    // A receiver that cannot follow the primary's timeline streams for a
+    // moment and fails again: ask for a few good answers in a row.
+    let mut good = 0;
     loop {
         match check_lag(m, id, primary).await {
-            Ok(Some(lag)) if lag <= max_lag => return Ok(()),
-            Ok(Some(lag)) => last = format!("{lag} bytes behind"),
-            Ok(None) => last = "not streaming yet".into(),
-            Err(e) => last = e.to_string(),
+            Ok(Some(lag)) if lag <= max_lag => {
+                good += 1;
+                if good >= 3 {
+                    return Ok(());
+                }
+                last = format!("{lag} bytes behind");
+            }
+            Ok(Some(lag)) => {
+                good = 0;
+                last = format!("{lag} bytes behind");
+            }
+            Ok(None) => {
+                good = 0;
+                last = "not streaming on the primary's timeline yet".into();
+            }
+            Err(e) => {
+                good = 0;
+                last = e.to_string();
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ActionError::Refused(format!(
@@ -163,10 +182,11 @@ async fn wait_caught_up(
 
 async fn check_lag(m: &Manager, id: usize, primary: usize) -> Result<Option<u64>, ActionError> {
     let c = m.connect(id).await?;
-    if !c.streaming().await? {
+    let p = m.connect(primary).await?;
+    if c.streaming_timeline().await? != Some(p.timeline().await?) {
         return Ok(None);
     }
     let replay = c.position(id).await?.replay.unwrap_or_default();
-    let current = m.connect(primary).await?.current_lsn().await?;
+    let current = p.current_lsn().await?;
     Ok(Some(current.0.saturating_sub(replay.0)))
 }

@@ -1,0 +1,47 @@
+//! Online recovery of a failed primary while writes go on: it rejoins as a
+//! standby of the new primary and catches up.
+
+mod failover_support;
+
+use std::time::Duration;
+
+use failover_support::{FailoverBed, Writer, wait};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_primary_is_recovered_as_a_standby_under_writes() -> anyhow::Result<()> {
+    let bed = FailoverBed::start(false, "")?;
+    let old = bed.cluster.primary().name.clone();
+    let writer = Writer::start(bed.tidepool.conn_string("app", "app", "app"), Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bed.cluster.kill9(&old)?;
+    wait(Duration::from_secs(20), "a new primary", || {
+        Ok(bed.primary()?.is_some_and(|p| p != old))
+    })
+    .await?;
+    let new = bed.primary()?.unwrap();
+    assert_eq!(bed.status(&old)?, "down");
+
+    let out = bed.ctl(&["recover", &old])?;
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        bed.tidepool.log_tail(30)
+    );
+    assert_eq!(bed.status(&old)?, "up");
+    assert!(bed.streaming_from(&new)?.contains(&old));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcomes = writer.stop().await;
+    assert!(outcomes.last().unwrap().error.is_none(), "writes went on");
+    // It caught up: the last acknowledged write reaches it.
+    let last = outcomes.iter().rev().find(|o| o.error.is_none()).unwrap().seq;
+    wait(Duration::from_secs(20), "the recovered node to replay the last write", || {
+        let seqs = bed.seqs(&old);
+        if let Err(e) = &seqs { eprintln!("{e:#}"); }
+        Ok(seqs?.contains(&last))
+    })
+    .await?;
+    assert_eq!(bed.cluster.role(&old)?, tidepool_tests::Role::Standby);
+    Ok(())
+}
