@@ -152,13 +152,37 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         shared.control.sender(),
     ));
     tokio::spawn(reap_idle(shared.clone()));
+    let watchdog = start_watchdog(&shared, shutdown_rx.clone()).await?;
     tokio::spawn(handle_signals(shared.clone(), shutdown_tx));
     tokio::spawn(admin::http::serve(admin_listener, shared.clone()));
 
     tracing::info!(%listen, %admin_listen, "tidepool serving");
     server::serve(listener, shared).await;
+    if let Some(task) = watchdog {
+        // A leader hands over before it goes; the task bounds the wait.
+        let _ = task.await;
+    }
     tracing::info!("tidepool stopped");
     Ok(())
+}
+
+/// Starts the watchdog when `[watchdog]` is configured. Its health signal
+/// is "this node sees a primary".
+async fn start_watchdog(
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let cfg = shared.config.load_full();
+    let Some(wd) = &cfg.watchdog else {
+        return Ok(None);
+    };
+    let s = shared.clone();
+    let healthy = Box::new(move || s.cluster.snapshot().primary().is_some());
+    let (handle, task) = tidepool::watchdog::start(wd, cfg.escalation.as_ref(), healthy, shutdown)
+        .await
+        .context("cannot start the watchdog")?;
+    let _ = shared.watchdog.set(handle);
+    Ok(Some(task))
 }
 
 /// SIGINT/SIGTERM shut down gracefully; SIGHUP reloads the configuration.

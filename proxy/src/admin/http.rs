@@ -4,9 +4,11 @@
 //! Handlers only read snapshots and counters, or ask the owner of a piece
 //! of state to change it (`server::reload` for the configuration, the
 //! cluster's failover manager for attach, detach, promote and recover).
-//! Requests that belong to features this build does not contain (the
-//! watchdog, the query cache) are answered 501 with the feature's name, so a
-//! script never mistakes "not available" for "done".
+//! The watchdog's view and planned switchover come from the watchdog task
+//! (404 when `[watchdog]` is not configured). Requests that belong to
+//! features this build does not contain (the query cache) are answered 501
+//! with the feature's name, so a script never mistakes "not available" for
+//! "done".
 
 use std::sync::Arc;
 
@@ -60,8 +62,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/nodes/{id}/detach", post(detach))
         .route("/v1/nodes/{id}/promote", post(promote))
         .route("/v1/nodes/{id}/recover", post(recover))
-        .route("/v1/watchdog", get(watchdog_unavailable))
-        .route("/v1/watchdog/switchover", post(watchdog_unavailable))
+        .route("/v1/watchdog", get(watchdog_status))
+        .route("/v1/watchdog/switchover", post(watchdog_switchover))
         .route("/v1/cache/invalidate", post(cache_unavailable))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -384,8 +386,63 @@ async fn promote(
     node_action(&shared, &id, Action::Promote { switchover }).await
 }
 
-async fn watchdog_unavailable() -> ApiError {
-    unavailable("watchdog", "the watchdog API")
+fn watchdog(shared: &Shared) -> Result<&crate::watchdog::Watchdog, ApiError> {
+    shared.watchdog.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this tidepool runs without a watchdog: add a [watchdog] section to use it",
+        )
+    })
+}
+
+/// `GET /v1/watchdog`: this node's view of the watchdog cluster.
+async fn watchdog_status(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    let status = watchdog(&shared)?.status();
+    Ok(Json(
+        serde_json::to_value(&*status).unwrap_or_else(|_| json!({})),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct SwitchoverBody {
+    to: String,
+}
+
+/// `POST /v1/watchdog/switchover {"to": NODE}`: leadership and the address
+/// move to NODE; nothing moves them back. Answers once the request is with
+/// the leader; `GET /v1/watchdog` shows the move.
+async fn watchdog_switchover(
+    State(shared): State<Arc<Shared>>,
+    body: Option<Json<SwitchoverBody>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    use crate::watchdog::{RequestError, core::SwitchoverError};
+    let Some(Json(body)) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "send a JSON body {\"to\": \"NODE\"} naming the watchdog node to switch over to",
+        ));
+    };
+    let wd = watchdog(&shared)?;
+    match wd.switchover(&body.to).await {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "message": format!(
+                    "switchover to {} requested; `tidepool ctl watchdog` shows when it holds the address",
+                    body.to
+                ),
+                "to": body.to,
+            })),
+        )),
+        Err(RequestError::Switchover(e @ SwitchoverError::UnknownNode(_))) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(RequestError::Switchover(e)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ RequestError::Stopped) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
 }
 
 async fn cache_unavailable() -> ApiError {

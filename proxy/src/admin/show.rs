@@ -46,6 +46,7 @@ pub fn answer(sql: &str, shared: &Shared) -> Option<Table> {
         },
         "pool_health_check_stats" => health_check_stats(shared),
         "pool_backend_stats" => backend_stats(shared),
+        "pool_watchdog" => pool_watchdog(shared),
         _ => return None,
     })
 }
@@ -280,4 +281,49 @@ fn backend_stats(shared: &Shared) -> Table {
         ],
         rows,
     }
+}
+
+/// `SHOW POOL_WATCHDOG`: one row per watchdog node, as this node sees it
+/// (no rows without `[watchdog]`).
+fn pool_watchdog(shared: &Shared) -> Table {
+    let columns = vec![
+        "node_name",
+        "priority",
+        "state",
+        "is_local",
+        "healthy",
+        "last_seen_ms_ago",
+        "leader",
+        "term",
+        "escalated",
+        "address_mode",
+        "address_holder",
+    ];
+    let Some(wd) = shared.watchdog.get() else {
+        return Table {
+            columns,
+            rows: vec![],
+        };
+    };
+    let st = wd.status();
+    let rows = st
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                s(&n.name),
+                s(n.priority),
+                s(n.state),
+                s(n.is_self),
+                n.healthy.map(|h| h.to_string()),
+                n.last_seen_ms_ago.map(|v| v.to_string()),
+                st.leader.clone(),
+                s(st.term),
+                s(n.is_self && st.escalated),
+                s(&st.address_mode),
+                st.address.holder.clone(),
+            ]
+        })
+        .collect();
+    Table { columns, rows }
 }

@@ -67,9 +67,16 @@ pub struct PeerConfig {
     /// The peer's `watchdog.heartbeat_listen` (default: its address with port 9694).
     #[serde(default)]
     pub heartbeat: Option<SocketAddr>,
+    /// The peer's priority until it announces its own (every message does).
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 impl PeerConfig {
+    pub fn priority_hint(&self) -> u32 {
+        self.priority.unwrap_or(0)
+    }
+
     pub fn heartbeat_addr(&self) -> SocketAddr {
         self.heartbeat
             .unwrap_or_else(|| SocketAddr::new(self.address.ip(), HEARTBEAT_PORT))

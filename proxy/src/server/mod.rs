@@ -45,6 +45,8 @@ pub struct Shared {
     /// Key for mock SCRAM exchanges of unknown users, fixed for the process.
     pub mock_key: [u8; 32],
     pub started: SystemTime,
+    /// The watchdog, when `[watchdog]` is configured (set once at start).
+    pub watchdog: std::sync::OnceLock<crate::watchdog::Watchdog>,
 }
 
 impl Shared {
@@ -68,6 +70,7 @@ impl Shared {
             shutdown,
             mock_key: rand::random(),
             started: SystemTime::now(),
+            watchdog: std::sync::OnceLock::new(),
             config_path,
             config: ArcSwap::from_pointee(config),
         })

@@ -276,6 +276,13 @@ impl Node {
         }
     }
 
+    /// What `peer` says its priority is (learned from its messages).
+    pub fn set_priority(&mut self, peer: NodeId, priority: u32) {
+        if let Some(m) = self.members.get_mut(peer) {
+            m.priority = priority;
+        }
+    }
+
     /// Local health (e.g. "I can reach the primary"), shared with the leader.
     pub fn set_healthy(&mut self, healthy: bool) {
         self.healthy = healthy;

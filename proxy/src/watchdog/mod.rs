@@ -7,5 +7,12 @@
 //! See `docs/watchdog.md`.
 
 pub mod core;
+pub mod escalate;
+pub mod service;
 #[cfg(test)]
 mod sim;
+pub mod status;
+pub mod wire;
+
+pub use service::{RequestError, StartError, Watchdog, start};
+pub use status::WatchdogStatus;

@@ -1,0 +1,574 @@
+//! The watchdog's I/O shell: one task owns the state machine and feeds it
+//! ticks, heartbeats (UDP) and cluster messages (TCP), sends what it
+//! asks, hands its escalation actions to an executor task that runs them
+//! one at a time, and publishes its state on a `watch` channel.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+
+use super::{
+    core::{Action, Member, Millis, Msg, Node, NodeId, Role, Settings, SwitchoverError},
+    escalate::{EscalateError, Escalator, Outcome, action_name},
+    status::{AddressStatus, NodeStatus, WatchdogStatus},
+    wire::{Codec, Envelope, MAX_FRAME, unix_ms},
+};
+use crate::config::{EscalationConfig, WatchdogConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read watchdog.shared_key_file: {0}")]
+    Key(std::io::Error),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("escalation: {0}")]
+    Escalator(#[from] EscalateError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Switchover(#[from] SwitchoverError),
+    #[error("the watchdog has stopped")]
+    Stopped,
+}
+
+enum Request {
+    Switchover {
+        to: String,
+        reply: oneshot::Sender<Result<(), SwitchoverError>>,
+    },
+}
+
+/// A handle on the running watchdog, for the admin surface.
+#[derive(Clone)]
+pub struct Watchdog {
+    status: watch::Receiver<Arc<WatchdogStatus>>,
+    requests: mpsc::Sender<Request>,
+}
+
+impl Watchdog {
+    pub fn status(&self) -> Arc<WatchdogStatus> {
+        self.status.borrow().clone()
+    }
+
+    /// Planned switchover: leadership, then the address, move to `to`.
+    pub async fn switchover(&self, to: &str) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Switchover {
+                to: to.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        Ok(rx.await.map_err(|_| RequestError::Stopped)??)
+    }
+}
+
+struct PeerAddr {
+    heartbeat: SocketAddr,
+    tcp: mpsc::Sender<Vec<u8>>,
+}
+
+struct Done {
+    action: Action,
+    result: Result<Outcome, String>,
+}
+
+/// Binds the watchdog's sockets and starts it. The task ends after
+/// `shutdown` turns true and a leader has handed over (bounded by the
+/// election timeout plus the escalation action timeout).
+pub async fn start(
+    cfg: &WatchdogConfig,
+    escalation: Option<&EscalationConfig>,
+    healthy: Box<dyn Fn() -> bool + Send + Sync>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Watchdog, JoinHandle<()>), StartError> {
+    let key = cfg.key().map_err(StartError::Key)?;
+    let udp = UdpSocket::bind(cfg.heartbeat_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "watchdog.heartbeat_listen",
+            addr: cfg.heartbeat_listen,
+            source,
+        })?;
+    let tcp = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "watchdog.listen",
+            addr: cfg.listen,
+            source,
+        })?;
+    let escalator = Escalator::from_config(&cfg.node_name, escalation).await?;
+    let esc = escalation.cloned().unwrap_or_default();
+
+    let mut members = vec![Member {
+        name: cfg.node_name.clone(),
+        priority: cfg.priority,
+    }];
+    members.extend(cfg.peers.iter().map(|p| Member {
+        name: p.name.clone(),
+        priority: p.priority_hint(),
+    }));
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    let me = members
+        .iter()
+        .position(|m| m.name == cfg.node_name)
+        .expect("self is a member");
+    let ids: HashMap<String, NodeId> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.clone(), i))
+        .collect();
+    let mut peers: HashMap<NodeId, PeerAddr> = HashMap::new();
+    for p in &cfg.peers {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(tcp_writer(p.address, rx));
+        peers.insert(
+            ids[&p.name],
+            PeerAddr {
+                heartbeat: p.heartbeat_addr(),
+                tcp: tx,
+            },
+        );
+    }
+
+    let ms = |d: Duration| d.as_millis() as Millis;
+    let settings = Settings {
+        heartbeat_interval: ms(cfg.heartbeat_interval),
+        election_timeout: ms(cfg.election_timeout),
+        lease: ms(cfg.lease()),
+        verify_interval: ms(esc.verify_interval),
+        failback_after: ms(cfg.priority_failback_after),
+        half_votes: cfg.half_votes,
+    };
+    let started = Instant::now();
+    let started_unix = unix_ms(SystemTime::now());
+    let node = Node::new(me, members, settings, 0, rand::random());
+    let codec = Codec::new(key, cfg.node_name.clone()).with_priority(cfg.priority);
+
+    let (inbound_tx, inbound) = mpsc::channel(256);
+    tokio::spawn(tcp_reader(tcp, codec.clone(), inbound_tx, shutdown.clone()));
+    let (actions, actions_rx) = mpsc::unbounded_channel();
+    let (done_tx, done) = mpsc::unbounded_channel();
+    let mode = escalator.mode().to_string();
+    tokio::spawn(executor(escalator, esc.action_timeout, actions_rx, done_tx));
+
+    let (requests, requests_rx) = mpsc::channel(8);
+    let shell = Shell {
+        node,
+        codec,
+        ids,
+        peers,
+        udp,
+        started,
+        started_unix,
+        tick: cfg.tick(),
+        election_timeout: cfg.election_timeout + esc.action_timeout,
+        healthy,
+        actions,
+        address: AddressStatus::default(),
+        mode,
+        rejected: 0,
+        status: watch::channel(Arc::new(placeholder(&cfg.node_name))).0,
+    };
+    let status = shell.status.subscribe();
+    let task = tokio::spawn(shell.run(inbound, requests_rx, done, shutdown));
+    Ok((Watchdog { status, requests }, task))
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre_candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+fn placeholder(node: &str) -> WatchdogStatus {
+    WatchdogStatus {
+        node: node.to_string(),
+        term: 0,
+        role: Role::Follower,
+        leader: None,
+        escalated: false,
+        quorum: false,
+        lease_remaining_ms: 0,
+        address_mode: String::new(),
+        address: AddressStatus::default(),
+        nodes: Vec::new(),
+        last_change_unix_ms: 0,
+        rejected_frames: 0,
+    }
+}
+
+struct Shell {
+    node: Node,
+    codec: Codec,
+    ids: HashMap<String, NodeId>,
+    peers: HashMap<NodeId, PeerAddr>,
+    udp: UdpSocket,
+    started: Instant,
+    started_unix: u64,
+    tick: Duration,
+    /// How long a stopping leader may take to hand over.
+    election_timeout: Duration,
+    healthy: Box<dyn Fn() -> bool + Send + Sync>,
+    actions: mpsc::UnboundedSender<Action>,
+    address: AddressStatus,
+    mode: String,
+    rejected: u64,
+    status: watch::Sender<Arc<WatchdogStatus>>,
+}
+
+impl Shell {
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Envelope>,
+        mut requests: mpsc::Receiver<Request>,
+        mut done: mpsc::UnboundedReceiver<Done>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = vec![0u8; MAX_FRAME];
+        let mut stop_by: Option<Instant> = None;
+        tracing::info!(node = %self.codec_name(), "watchdog started");
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.node.set_healthy((self.healthy)());
+                    let now = self.now();
+                    self.node.tick(now);
+                }
+                r = self.udp.recv_from(&mut buf) => {
+                    if let Ok((n, _)) = r {
+                        match self.codec.decode(&buf[..n], SystemTime::now()) {
+                            Ok(env) => self.deliver(env),
+                            Err(e) => self.reject(e),
+                        }
+                    }
+                }
+                Some(env) = inbound.recv() => self.deliver(env),
+                Some(Request::Switchover { to, reply }) = requests.recv() => {
+                    let now = self.now();
+                    let r = self.node.switchover(&to, now);
+                    tracing::info!(to = %to, result = ?r, "switchover requested");
+                    let _ = reply.send(r);
+                }
+                Some(d) = done.recv() => self.finished(d),
+                r = shutdown.changed(), if stop_by.is_none() => {
+                    if r.is_err() || *shutdown.borrow() {
+                        stop_by = Some(Instant::now() + self.election_timeout);
+                        self.hand_over();
+                    }
+                }
+            }
+            self.flush();
+            if let Some(deadline) = stop_by {
+                let idle = !self.node.escalated() && self.node.role() != Role::Leader;
+                if idle || Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        if self.node.escalated() {
+            // No successor took over in time: let go anyway.
+            let term = self.node.term();
+            let _ = self.actions.send(Action::DeEscalate { term });
+            let _ = tokio::time::timeout(self.election_timeout, done.recv()).await;
+        }
+        tracing::info!("watchdog stopped");
+    }
+
+    fn codec_name(&self) -> String {
+        self.node.members()[self.node.id()].name.clone()
+    }
+
+    /// On shutdown a leader hands over to the best reachable peer.
+    fn hand_over(&mut self) {
+        if self.node.role() != Role::Leader {
+            return;
+        }
+        let now = self.now();
+        let best = (0..self.node.members().len())
+            .filter(|&i| i != self.node.id())
+            .filter(|&i| {
+                self.node
+                    .last_seen(i)
+                    .is_some_and(|s| now.saturating_sub(s) < 1_000)
+            })
+            .max_by_key(|&i| self.node.members()[i].priority);
+        if let Some(to) = best {
+            let name = self.node.members()[to].name.clone();
+            tracing::info!(to = %name, "shutting down: handing leadership over");
+            let _ = self.node.switchover(&name, now);
+        }
+    }
+
+    fn reject(&mut self, e: super::wire::WireError) {
+        self.rejected += 1;
+        tracing::debug!(error = %e, "watchdog frame refused");
+    }
+
+    fn deliver(&mut self, env: Envelope) {
+        let Some(&from) = self.ids.get(&env.from) else {
+            self.rejected += 1;
+            tracing::debug!(from = %env.from, "watchdog frame from a node not in the configuration");
+            return;
+        };
+        let now = self.now();
+        self.node.set_priority(from, env.priority);
+        for (name, priority) in &env.relayed {
+            if let Some(&i) = self.ids.get(name)
+                && i != self.node.id()
+                && i != from
+                && priority > &0
+            {
+                self.node.set_priority(i, *priority);
+            }
+        }
+        self.node.step(from, env.msg, now);
+    }
+
+    fn finished(&mut self, d: Done) {
+        let now = self.now();
+        let name = action_name(&d.action);
+        match &d.result {
+            Ok(o) => {
+                tracing::info!(action = name, detail = %o.detail, "escalation action done");
+                if o.holder.is_some() || matches!(d.action, Action::DeEscalate { .. }) {
+                    self.address.holder = o.holder.clone();
+                }
+            }
+            Err(e) => {
+                tracing::error!(action = name, error = %e, "escalation action failed");
+                if !matches!(d.action, Action::DeEscalate { .. }) {
+                    self.node.action_failed(now);
+                }
+            }
+        }
+        self.address.last_action = Some(name.to_string());
+        self.address.last_result = Some(match &d.result {
+            Ok(o) => o.detail.clone(),
+            Err(e) => format!("error: {e}"),
+        });
+        self.address.last_action_unix_ms = Some(unix_ms(SystemTime::now()));
+        if matches!(d.action, Action::DeEscalate { .. }) {
+            self.node.deescalated(now);
+        }
+    }
+
+    fn flush(&mut self) {
+        let ready = self.node.take_ready();
+        let wall = SystemTime::now();
+        for (to, msg) in ready.messages {
+            let Some(peer) = self.peers.get(&to) else {
+                continue;
+            };
+            let name = &self.node.members()[to].name;
+            let udp = matches!(msg, Msg::Heartbeat { .. } | Msg::HeartbeatResp { .. });
+            let relayed = if matches!(msg, Msg::Heartbeat { .. }) {
+                self.node
+                    .members()
+                    .iter()
+                    .map(|m| (m.name.clone(), m.priority))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let frame = self.codec.encode_relaying(name, msg, relayed, wall);
+            if udp {
+                let _ = self.udp.try_send_to(&frame, peer.heartbeat);
+            } else if peer.tcp.try_send(frame).is_err() {
+                tracing::debug!(to = %name, "watchdog TCP queue full; message dropped");
+            }
+        }
+        for a in ready.actions {
+            tracing::info!(
+                action = action_name(&a),
+                term = self.node.term(),
+                "watchdog escalation"
+            );
+            let _ = self.actions.send(a);
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let now = self.now();
+        let n = &self.node;
+        let leader = n.leader();
+        let nodes = n
+            .members()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let is_self = i == n.id();
+                let seen = n.last_seen(i).map(|s| now.saturating_sub(s));
+                // Three heartbeats (a tick is a quarter heartbeat).
+                let recent = seen.is_some_and(|s| s < self.tick.as_millis() as u64 * 12);
+                let state = match () {
+                    _ if is_self => role_name(n.role()),
+                    _ if leader == Some(i) && recent => "leader",
+                    _ if recent => "follower",
+                    // Followers do not talk to each other: only a leader
+                    // (or a follower about its leader) can tell.
+                    _ if n.role() == Role::Leader || leader == Some(i) => "unreachable",
+                    _ => "unknown",
+                };
+                NodeStatus {
+                    name: m.name.clone(),
+                    priority: m.priority,
+                    state,
+                    is_self,
+                    last_seen_ms_ago: if is_self { None } else { seen },
+                    healthy: if is_self {
+                        Some((self.healthy)())
+                    } else {
+                        (n.role() == Role::Leader).then(|| n.peer_healthy(i))
+                    },
+                }
+            })
+            .collect();
+        let status = WatchdogStatus {
+            node: n.members()[n.id()].name.clone(),
+            term: n.term(),
+            role: n.role(),
+            leader: leader.map(|l| n.members()[l].name.clone()),
+            escalated: n.escalated(),
+            quorum: n.has_quorum(now),
+            lease_remaining_ms: if n.role() == Role::Leader {
+                n.lease_until().saturating_sub(now)
+            } else {
+                0
+            },
+            address_mode: self.mode.clone(),
+            address: self.address.clone(),
+            nodes,
+            last_change_unix_ms: self.started_unix + n.last_change(),
+            rejected_frames: self.rejected,
+        };
+        self.status.send_if_modified(|old| {
+            if **old == status {
+                false
+            } else {
+                *old = Arc::new(status);
+                true
+            }
+        });
+    }
+}
+
+/// Runs escalation actions one at a time, in order.
+async fn executor(
+    escalator: Escalator,
+    timeout: Duration,
+    mut actions: mpsc::UnboundedReceiver<Action>,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    while let Some(action) = actions.recv().await {
+        let result = escalator
+            .run(action, timeout)
+            .await
+            .map_err(|e| e.to_string());
+        if done.send(Done { action, result }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps one connection to a peer; drops frames it cannot deliver (the
+/// state machine retries what matters).
+async fn tcp_writer(addr: SocketAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
+    const IO: Duration = Duration::from_millis(500);
+    let mut conn: Option<TcpStream> = None;
+    while let Some(frame) = frames.recv().await {
+        if conn.is_none() {
+            conn = match tokio::time::timeout(IO, TcpStream::connect(addr)).await {
+                Ok(Ok(c)) => {
+                    let _ = c.set_nodelay(true);
+                    Some(c)
+                }
+                _ => None,
+            };
+        }
+        if let Some(c) = &mut conn {
+            let mut buf = (frame.len() as u32).to_be_bytes().to_vec();
+            buf.extend_from_slice(&frame);
+            if !matches!(
+                tokio::time::timeout(IO, c.write_all(&buf)).await,
+                Ok(Ok(()))
+            ) {
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Accepts peers' connections and decodes their frames.
+async fn tcp_reader(
+    listener: TcpListener,
+    codec: Codec,
+    inbound: mpsc::Sender<Envelope>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                let Ok((stream, _)) = r else { continue };
+                tokio::spawn(read_frames(stream, codec.clone(), inbound.clone()));
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn read_frames(mut stream: TcpStream, codec: Codec, inbound: mpsc::Sender<Envelope>) {
+    let mut len = [0u8; 4];
+    loop {
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_FRAME {
+            return;
+        }
+        let mut frame = vec![0u8; n];
+        if stream.read_exact(&mut frame).await.is_err() {
+            return;
+        }
+        match codec.decode(&frame, SystemTime::now()) {
+            Ok(env) => {
+                if inbound.send(env).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // A stranger: stop listening to this connection.
+                tracing::debug!(error = %e, "watchdog TCP frame refused");
+                return;
+            }
+        }
+    }
+}
