@@ -151,6 +151,15 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         shutdown_rx.clone(),
         shared.control.sender(),
     ));
+    {
+        let s = shared.clone();
+        tokio::spawn(tidepool::router::lag::run(
+            shared.cluster.clone(),
+            move || s.config.load_full(),
+            shared.lags.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(reap_idle(shared.clone()));
     let watchdog = start_watchdog(&shared, shutdown_rx.clone()).await?;
     tokio::spawn(handle_signals(shared.clone(), shutdown_tx));

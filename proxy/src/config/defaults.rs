@@ -42,6 +42,7 @@ impl Default for PoolConfig {
             max_lifetime: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),
             reset_query: "DISCARD ALL".to_string(),
+            primary_wait_timeout: Duration::from_secs(15),
         }
     }
 }

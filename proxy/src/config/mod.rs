@@ -7,6 +7,7 @@
 //! all at once.
 
 mod defaults;
+mod routing;
 mod validate;
 mod watchdog;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::HbaRuleConfig;
 
+pub use routing::{LoadBalancingConfig, OnWrite};
 pub use validate::ConfigError;
 pub use watchdog::{
     AddressMode, EscalationConfig, EscalationVia, PeerConfig, WatchdogConfig,
@@ -29,6 +31,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub health_check: HealthCheckConfig,
     pub failover: FailoverConfig,
+    pub load_balancing: LoadBalancingConfig,
     pub logging: LoggingConfig,
     pub backends: Vec<BackendConfig>,
     pub users: Vec<UserConfig>,
@@ -99,6 +102,10 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Run on a session-mode connection when its client leaves.
     pub reset_query: String,
+    /// How long a statement waits for a primary when none is known (during
+    /// a failover) before it fails with 57P03.
+    #[serde(with = "humantime_serde")]
+    pub primary_wait_timeout: Duration,
 }
 
 /// `[health_check]`: how tidepool watches every backend.

@@ -30,6 +30,7 @@ const SECTIONS: &[&str] = &[
     "pool",
     "health_check",
     "failover",
+    "load_balancing",
     "logging",
     "backends",
     "users",
@@ -133,6 +134,7 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
         pool: section(table.get("pool"), "pool", &mut errors),
         health_check: section(table.get("health_check"), "health_check", &mut errors),
         failover: section(table.get("failover"), "failover", &mut errors),
+        load_balancing: section(table.get("load_balancing"), "load_balancing", &mut errors),
         logging: section(table.get("logging"), "logging", &mut errors),
         backends: entries(
             table.get("backends"),
@@ -318,6 +320,9 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
                 "must be at least 1".into(),
             );
         }
+    }
+    for (path, message) in crate::router::validate(&c.load_balancing) {
+        err(path, message);
     }
     for issue in crate::auth::Hba::validate(&c.hba) {
         err(issue.key, issue.message);

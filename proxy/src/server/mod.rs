@@ -34,6 +34,12 @@ pub struct Shared {
     /// Each configured user's secret, with its SCRAM verifier derived once.
     pub secrets: ArcSwap<HashMap<String, Arc<UserSecret>>>,
     pub cluster: Arc<Cluster>,
+    /// Compiled `[load_balancing]` rules.
+    pub rules: ArcSwap<crate::router::Rules>,
+    pub classifier: crate::router::Classifier,
+    pub catalog: crate::router::catalog::Catalog,
+    /// Standbys' replication delay, measured by `router::lag`.
+    pub lags: Arc<crate::router::lag::Lags>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
     pub metrics: Metrics,
@@ -62,6 +68,10 @@ impl Shared {
             hba: ArcSwap::from_pointee(hba),
             secrets: ArcSwap::from_pointee(user_secrets(&config)),
             cluster,
+            rules: ArcSwap::from_pointee(crate::router::Rules::new(&config.load_balancing)),
+            classifier: crate::router::Classifier::default(),
+            catalog: crate::router::catalog::Catalog::default(),
+            lags: Arc::new(ArcSwap::from_pointee(Default::default())),
             pools: Pools::new(),
             cancels: Arc::new(CancelRegistry::default()),
             metrics: Metrics::default(),
@@ -155,6 +165,11 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
     }
     if let Ok(hba) = Hba::from_config(&new.hba) {
         shared.hba.store(Arc::new(hba));
+    }
+    if old.load_balancing != new.load_balancing {
+        shared
+            .rules
+            .store(Arc::new(crate::router::Rules::new(&new.load_balancing)));
     }
     if old.users != new.users {
         shared.secrets.store(Arc::new(user_secrets(&new)));

@@ -81,6 +81,10 @@ pub struct Session {
     /// Settings in force for this client now.
     settings: BTreeMap<String, String>,
     lease: Option<Lease>,
+    /// Session mode: connections to other nodes this session used, kept
+    /// with their session state for its next statement there.
+    parked: Vec<Lease>,
+    routing: router::SessionRouting,
     pins: BTreeSet<PinReason>,
     statements: HashMap<String, Arc<Statement>>,
     pending: VecDeque<Expect>,
@@ -118,6 +122,8 @@ impl Session {
             startup_settings,
             startup_params: startup_params.to_vec(),
             lease: None,
+            parked: Vec::new(),
+            routing: router::SessionRouting::default(),
             pins: BTreeSet::new(),
             statements: HashMap::new(),
             pending: VecDeque::new(),
@@ -167,9 +173,10 @@ impl Session {
         let result = loop {
             // Handle whatever whole client frames are buffered.
             let mut r = Ok(());
-            while r.is_ok() {
+            let mut frames = Vec::new();
+            loop {
                 match frame::take(&mut client_buf, frame::MAX_MESSAGE) {
-                    Ok(Some(f)) => r = self.on_client_frame(f).await,
+                    Ok(Some(f)) => frames.push(f),
                     Ok(None) => break,
                     Err(e) => {
                         self.error(
@@ -179,6 +186,17 @@ impl Session {
                             None,
                         );
                         r = Err(SessionEnd::Protocol(e.to_string()));
+                        break;
+                    }
+                }
+            }
+            // The rest of the batch is visible when a unit of work is routed.
+            for i in 0..frames.len() {
+                if self.ends_no_error(&r) {
+                    let (head, rest) = frames.split_at(i + 1);
+                    let r2 = self.on_client_frame(head[i].clone(), rest).await;
+                    if r2.is_err() {
+                        r = r2;
                     }
                 }
             }
@@ -187,6 +205,9 @@ impl Session {
             }
             wr.write_all(&self.to_client).await?;
             shrink(&mut self.to_client);
+            if client_buf.is_empty() {
+                client_buf = BytesMut::new();
+            }
             if let Err(e) = r {
                 break Err(e);
             }
@@ -200,9 +221,16 @@ impl Session {
                 Duration::from_secs(86_400 * 365)
             };
             tokio::select! {
-                n = rd.read_buf(&mut client_buf) => {
-                    if n? == 0 {
-                        break Err(SessionEnd::ClientGone);
+                ready = rd.readable() => {
+                    ready?;
+                    // Memory is taken only while there is something to read:
+                    // an idle client holds no buffer.
+                    client_buf.reserve(16 * 1024);
+                    match rd.try_read_buf(&mut client_buf) {
+                        Ok(0) => break Err(SessionEnd::ClientGone),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => break Err(e.into()),
                     }
                 }
                 r = read_backend(&mut self.lease, &mut backend_frames), if self.lease.is_some() => {
@@ -255,6 +283,16 @@ impl Session {
     /// Returns the backend connection at the end of the session.
     async fn finish(&mut self) {
         self.cancel.clear();
+        let reset = self.shared.config.load().pool.reset_query.clone();
+        for mut lease in std::mem::take(&mut self.parked) {
+            // Parked connections are idle: reset and return them.
+            let conn = lease.conn();
+            if reset.trim().is_empty() || conn.run_silent(&reset).await.is_ok() {
+                conn.settings.clear();
+                conn.prepared.clear();
+                lease.release();
+            }
+        }
         let Some(mut lease) = self.lease.take() else {
             return;
         };
@@ -315,32 +353,88 @@ impl Session {
 
     /// Gets a backend connection for this client and brings its settings
     /// to the client's. Errors carry an SQLSTATE and a message.
-    /// The pool of the node that takes this session's statements.
-    fn write_pool(&self) -> Result<Arc<crate::pool::Pool>, (&'static str, String)> {
-        let snapshot = self.shared.cluster.snapshot();
-        let Some(node) = router::write_node(&snapshot) else {
-            return Err((
-                sqlstate::CANNOT_CONNECT_NOW,
-                "no primary node is available".to_string(),
-            ));
-        };
+    /// The pool of `node` for this session's user and database.
+    fn pool_for(&self, node: &crate::cluster::Node) -> Arc<crate::pool::Pool> {
         let key = PoolKey {
             node: node.id,
             user: self.user.clone(),
             database: self.database.clone(),
         };
         let shared = self.shared.clone();
-        Ok(self
-            .shared
+        self.shared
             .pools
-            .get_or_create(&key, || pool_setup(&shared, &key, (&node.host, node.port))))
+            .get_or_create(&key, || pool_setup(&shared, &key, (&node.host, node.port)))
+    }
+
+    /// The primary, waiting (bounded by `pool.primary_wait_timeout`) while
+    /// there is none, as during a failover.
+    async fn primary(&self) -> Result<crate::cluster::Node, (&'static str, String)> {
+        let wait = self.shared.config.load().pool.primary_wait_timeout;
+        let mut changes = self.shared.cluster.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(n) = router::write_node(&self.shared.cluster.snapshot()) {
+                return Ok(n.clone());
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err((
+                        sqlstate::CANNOT_CONNECT_NOW,
+                        format!("no primary node is available (waited {wait:?}, pool.primary_wait_timeout)"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The pool of the primary, without waiting.
+    fn write_pool(&self) -> Result<Arc<crate::pool::Pool>, (&'static str, String)> {
+        let snapshot = self.shared.cluster.snapshot();
+        match router::write_node(&snapshot) {
+            Some(n) => Ok(self.pool_for(n)),
+            None => Err((
+                sqlstate::CANNOT_CONNECT_NOW,
+                "no primary node is available".to_string(),
+            )),
+        }
     }
 
     async fn acquire(&mut self) -> Result<(), (&'static str, String)> {
         if self.lease.is_some() {
             return Ok(());
         }
-        let pool = self.write_pool()?;
+        let primary = self.primary().await?;
+        self.acquire_on(&primary).await
+    }
+
+    /// Makes `node` the session's current backend: a parked connection of
+    /// the session, or one from the node's pool.
+    async fn acquire_on(&mut self, node: &crate::cluster::Node) -> Result<(), (&'static str, String)> {
+        if let Some(l) = &self.lease
+            && lease_node(l) == node.id
+        {
+            return Ok(());
+        }
+        if let Some(current) = self.lease.take() {
+            self.cancel.clear();
+            if self.mode == PoolMode::Session {
+                self.parked.push(current);
+            } else {
+                current.release();
+            }
+        }
+        if let Some(i) = self.parked.iter().position(|l| lease_node(l) == node.id) {
+            let mut lease = self.parked.swap_remove(i);
+            let conn = lease.conn();
+            conn.apply_settings(&self.settings)
+                .await
+                .map_err(|e| (sqlstate::CONNECTION_FAILURE, e.to_string()))?;
+            self.cancel.set(conn.addr, conn.pid, conn.secret.clone());
+            self.lease = Some(lease);
+            return Ok(());
+        }
+        let pool = self.pool_for(node);
         let mut lease = pool.checkout(&[]).await.map_err(|e| match &e {
             PoolError::QueueFull(_) | PoolError::Timeout(..) => {
                 (sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
@@ -404,9 +498,28 @@ impl Session {
         self.pending.push_back(e);
     }
 
-    async fn on_client_frame(&mut self, f: Frame) -> Result<(), SessionEnd> {
+    fn ends_no_error(&self, r: &Result<(), SessionEnd>) -> bool {
+        r.is_ok()
+    }
+
+    async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
         tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "client message");
-        let tx_mode = self.mode == PoolMode::Transaction;
+        self.note_writes(&f);
+        if matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
+            && self.at_boundary()
+            && !self.is_admin_command(&f)
+            && let Err((code, msg)) = self.route_unit(&f, rest).await
+        {
+            self.shared.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+            self.error(Severity::Error, code, &msg, None);
+            if matches!(f.tag, b'Q' | b'F') {
+                messages::ready_for_query(&mut self.to_client, self.tx_status);
+            } else {
+                self.skipping = true;
+            }
+            return Ok(());
+        }
+        let tx_mode = true;
         match f.tag {
             b'X' => return Err(SessionEnd::Terminated),
             b'Q' => {
@@ -441,7 +554,7 @@ impl Session {
                 self.note_pins(&state::analyze(&query));
                 if tx_mode && !name.is_empty() && !self.skipping {
                     let stmt = Arc::new(
-                        Statement::from_parse(&f)
+                        Statement::from_parse(&f, self.shared.classifier.classify(&query))
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
                     );
                     self.statements.insert(name, stmt.clone());
@@ -579,6 +692,214 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the next message starts a new unit of work (a transaction,
+    /// or a statement outside one), which may be routed anew.
+    fn at_boundary(&self) -> bool {
+        self.tx_status == b'I'
+            && self.pending.is_empty()
+            && !self.copy_in
+            && !self.skipping
+            && self.pins.is_empty()
+            && self.to_backend.is_empty()
+    }
+
+    fn is_admin_command(&self, f: &Frame) -> bool {
+        f.tag == b'Q'
+            && messages::read_query(f)
+                .map(|q| crate::admin::show::answer(q, &self.shared).is_some())
+                .unwrap_or(false)
+    }
+
+    /// Records writes for the read-your-writes rules.
+    fn note_writes(&mut self, f: &Frame) {
+        let sql = match f.tag {
+            b'Q' => messages::read_query(f).ok().map(str::to_string),
+            b'P' => messages::read_parse(f).ok().map(|(_, q)| q),
+            _ => None,
+        };
+        let Some(sql) = sql else { return };
+        let class = self.shared.classifier.classify(&sql);
+        if class.write.is_some() {
+            self.routing.wrote = true;
+            if self.tx_status == b'T' || class.begins {
+                self.routing.wrote_in_transaction = true;
+            }
+            self.routing.written_tables.extend(class.written.iter().cloned());
+        }
+    }
+
+    /// The class of the unit that starts with `f`: every statement up to
+    /// the next Sync (extended protocol) or the query string (simple).
+    fn unit_class(&self, f: &Frame, rest: &[Frame]) -> (router::Class, bool) {
+        let mut merged = router::Class::default();
+        let mut first = true;
+        let mut add = |c: &router::Class, merged: &mut router::Class| {
+            if first {
+                merged.begins = c.begins;
+                merged.read_only_tx = c.read_only_tx;
+                merged.leading_comment = c.leading_comment;
+                merged.hint_primary = c.hint_primary;
+                merged.select = c.select;
+                first = false;
+            } else {
+                merged.select &= c.select;
+            }
+            merged.write = merged.write.or(c.write);
+            merged.serializable |= c.serializable;
+            merged.tables.extend(c.tables.iter().cloned());
+            merged.functions.extend(c.functions.iter().cloned());
+        };
+        match f.tag {
+            b'Q' => {
+                let sql = messages::read_query(f).unwrap_or("");
+                let c = self.shared.classifier.classify(sql);
+                add(&c, &mut merged);
+                return (merged, false);
+            }
+            b'F' => {
+                merged.write = Some("function call message");
+                return (merged, false);
+            }
+            _ => {}
+        }
+        let mut complete = false;
+        for m in std::iter::once(f).chain(rest.iter()) {
+            match m.tag {
+                b'P' => match messages::read_parse(m) {
+                    Ok((_, q)) => add(&self.shared.classifier.classify(&q), &mut merged),
+                    Err(_) => merged.write = Some("malformed Parse"),
+                },
+                b'B' => match messages::read_bind(m) {
+                    Ok((_, name, _)) => match self.statements.get(&name) {
+                        Some(stmt) => add(&stmt.class, &mut merged),
+                        None if !rest.iter().any(|p| p.tag == b'P') && f.tag != b'P' => {
+                            merged.write = Some("statement prepared outside tidepool's view")
+                        }
+                        None => {}
+                    },
+                    Err(_) => merged.write = Some("malformed Bind"),
+                },
+                b'S' => {
+                    complete = true;
+                    break;
+                }
+                b'Q' | b'F' => break,
+                _ => {}
+            }
+        }
+        (merged, !complete)
+    }
+
+    /// Routes the unit of work that starts with `f` and attaches the
+    /// session to the chosen node.
+    async fn route_unit(&mut self, f: &Frame, rest: &[Frame]) -> Result<(), (&'static str, String)> {
+        let rules = self.shared.rules.load_full();
+        let (class, incomplete) = self.unit_class(f, rest);
+        if !rules.cfg.enabled {
+            return self.acquire().await;
+        }
+        let sql = if f.tag == b'Q' { messages::read_query(f).unwrap_or("") } else { "" };
+        let mut facts = router::Facts {
+            incomplete,
+            pinned: !self.pins.is_empty(),
+            ..router::Facts::default()
+        };
+        let mut reason = router::primary_reason(&rules, &class, &facts, &self.routing);
+        if reason.is_none() && !sql.is_empty() && rules.forced_primary(sql) {
+            reason = Some("matches a primary_routing_pattern");
+        }
+        if reason.is_none() {
+            self.catalog_facts(&rules, &class, &mut facts).await;
+            reason = router::primary_reason(&rules, &class, &facts, &self.routing);
+        }
+        let snapshot = self.shared.cluster.snapshot();
+        let decision = match reason {
+            Some(r) => {
+                let p = self.primary().await?;
+                router::Decision { node: p.id, reason: r }
+            }
+            None => {
+                let lags = self.shared.lags.load_full();
+                let app = self
+                    .settings
+                    .get("application_name")
+                    .map(|v| v.trim_matches('\'').to_string())
+                    .unwrap_or_default();
+                let client = router::Client {
+                    user: &self.user,
+                    database: &self.database,
+                    application_name: &app,
+                };
+                let chosen = {
+                    let mut rng = rand::rng();
+                    router::choose_read(&rules, &snapshot, &lags, &client, &mut self.routing, &mut rng)
+                };
+                match chosen {
+                    Some(d) => d,
+                    None => {
+                        let p = self.primary().await?;
+                        router::Decision { node: p.id, reason: "no node can take reads" }
+                    }
+                }
+            }
+        };
+        tracing::debug!(node = decision.node, reason = decision.reason, "unit routed");
+        let snapshot = self.shared.cluster.snapshot();
+        let node = match snapshot.node(decision.node) {
+            Some(n) => n.clone(),
+            None => self.primary().await?,
+        };
+        if rules.cfg.notice_per_node_statement {
+            messages::notice(
+                &mut self.to_client,
+                &format!(
+                    "tidepool: node {} ({}, {}) runs this: {}",
+                    node.id,
+                    node.name,
+                    node.role.as_str(),
+                    decision.reason
+                ),
+            );
+        }
+        if class.select
+            && let Some(c) = self.shared.cluster.counters(node.id)
+        {
+            c.selects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.acquire_on(&node).await
+    }
+
+    /// Fills in what the catalog knows about the unit's functions and
+    /// relations, asking the primary about names seen for the first time.
+    async fn catalog_facts(&self, rules: &router::Rules, class: &router::Class, facts: &mut router::Facts) {
+        let catalog = &self.shared.catalog;
+        let db = &self.database;
+        let mut unknown_functions = Vec::new();
+        for name in &class.functions {
+            match rules.function_override(name) {
+                Some(true) => facts.volatile_function = true,
+                Some(false) => {}
+                None => unknown_functions.push(name.clone()),
+            }
+        }
+        if facts.volatile_function {
+            return;
+        }
+        let f_known = catalog.known_functions(db, &unknown_functions);
+        let r_known = catalog.known_relations(db, &class.tables);
+        if f_known.is_none() || r_known.is_none() {
+            let cfg = self.shared.config.load();
+            if let Some(p) = router::write_node(&self.shared.cluster.snapshot()) {
+                let (host, port) = (p.host.clone(), p.port);
+                let fs = if f_known.is_none() { unknown_functions.clone() } else { vec![] };
+                let rs = if r_known.is_none() { class.tables.clone() } else { vec![] };
+                catalog.learn(&host, port, db, &cfg.health_check, &fs, &rs).await;
+            }
+        }
+        facts.volatile_function = catalog.known_functions(db, &unknown_functions).unwrap_or(true);
+        facts.local_relation = catalog.known_relations(db, &class.tables).unwrap_or(true);
+    }
+
     /// The statement `name` stands for, when statements are renamed.
     fn mapped(&self, tx_mode: bool, name: &str) -> Option<Arc<Statement>> {
         if !tx_mode || name.is_empty() || self.skipping {
@@ -617,14 +938,10 @@ impl Session {
         }
     }
 
-    fn count_statement(&self, sql: &str) {
+    fn count_statement(&self, _sql: &str) {
         let Some(lease) = &self.lease else { return };
         if let Some(c) = self.shared.cluster.counters(lease_node(lease)) {
             c.queries.fetch_add(1, Ordering::Relaxed);
-            let head = sql.trim_start().get(..6).unwrap_or("");
-            if head.eq_ignore_ascii_case("select") {
-                c.selects.fetch_add(1, Ordering::Relaxed);
-            }
         }
     }
 

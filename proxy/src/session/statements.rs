@@ -17,17 +17,26 @@ pub struct Statement {
     pub server_name: String,
     /// The client's Parse, renamed to `server_name`.
     pub parse: Bytes,
+    /// How the statement may be routed.
+    pub class: std::sync::Arc<crate::router::Class>,
 }
 
 impl Statement {
-    pub fn from_parse(f: &Frame) -> Result<Statement, FrameError> {
+    pub fn from_parse(
+        f: &Frame,
+        class: std::sync::Arc<crate::router::Class>,
+    ) -> Result<Statement, FrameError> {
         let mut body = f.body();
         frame::cstr(&mut body)?; // the client's name
         let digest = Sha256::digest(body);
         let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
         let server_name = format!("tp_{hex}");
         let parse = messages::rename_parse(f, &server_name)?;
-        Ok(Statement { server_name, parse })
+        Ok(Statement {
+            server_name,
+            parse,
+            class,
+        })
     }
 }
 
@@ -45,9 +54,10 @@ mod tests {
 
     #[test]
     fn same_query_gets_the_same_server_name_whatever_the_client_name() {
-        let a = Statement::from_parse(&parse("s0", "SELECT 1")).unwrap();
-        let b = Statement::from_parse(&parse("other", "SELECT 1")).unwrap();
-        let c = Statement::from_parse(&parse("s0", "SELECT 2")).unwrap();
+        let k = std::sync::Arc::new(crate::router::Class::default());
+        let a = Statement::from_parse(&parse("s0", "SELECT 1"), k.clone()).unwrap();
+        let b = Statement::from_parse(&parse("other", "SELECT 1"), k.clone()).unwrap();
+        let c = Statement::from_parse(&parse("s0", "SELECT 2"), k).unwrap();
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         let (name, query) = messages::read_parse(&messages::frame_of(&a.parse)).unwrap();

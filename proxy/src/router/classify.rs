@@ -1,0 +1,376 @@
+//! What a statement is, by the real PostgreSQL grammar (`pg_query`).
+//!
+//! Results are cached by the statement's shape: its text with literals
+//! replaced, so `… WHERE aid = 17` and `… WHERE aid = 42` share one parse.
+//! Literals never change what a statement does to data, so the shape is a
+//! safe key.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use lru::LruCache;
+use pg_query::{NodeRef, protobuf::TransactionStmtKind};
+
+/// How a statement (or a string of statements) may be routed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Class {
+    /// Must run on the primary, whatever else is known; the reason says why.
+    pub write: Option<&'static str>,
+    /// Starts an explicit transaction (`BEGIN`, `START TRANSACTION`).
+    pub begins: bool,
+    /// The transaction it starts is declared READ ONLY.
+    pub read_only_tx: bool,
+    /// Serializable isolation: only the primary can run it.
+    pub serializable: bool,
+    /// Every statement is a plain read (counted as a SELECT).
+    pub select: bool,
+    /// Relations it reads or writes (for temporary/unlogged checks and
+    /// `dml_adaptive`).
+    pub tables: Vec<String>,
+    /// Relations it writes.
+    pub written: Vec<String>,
+    /// Functions it calls (for the volatility check).
+    pub functions: Vec<String>,
+    /// Starts with a comment (Pgpool-II's `allow_sql_comments`).
+    pub leading_comment: bool,
+    /// Carries the `/* tidepool: primary */` hint.
+    pub hint_primary: bool,
+}
+
+/// Parses statements, remembering the results.
+pub struct Classifier {
+    cache: Mutex<LruCache<String, Arc<Class>>>,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Self::new(10_000)
+    }
+}
+
+impl Classifier {
+    pub fn new(capacity: usize) -> Self {
+        Classifier {
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
+            )),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The class of `sql`, from the cache when its shape was seen before.
+    pub fn classify(&self, sql: &str) -> Arc<Class> {
+        let key = shape(sql);
+        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return c.clone();
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let class = Arc::new(classify_uncached(sql));
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(key, class.clone());
+        class
+    }
+}
+
+/// The statement's text with string and number literals replaced by `?`.
+pub fn shape(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut prev_ident = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' {
+            i += 1;
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i += 1;
+            out.push('?');
+            prev_ident = false;
+        } else if c.is_ascii_digit() && !prev_ident {
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+            out.push('?');
+            prev_ident = false;
+        } else {
+            // Copy one UTF-8 character.
+            let len = utf8_len(c);
+            out.push_str(&sql[i..(i + len).min(sql.len())]);
+            prev_ident = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 || c == b'$';
+            i += len;
+        }
+    }
+    out
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+fn starts_with_comment(sql: &str) -> bool {
+    let t = sql.trim_start();
+    t.starts_with("/*") || t.starts_with("--")
+}
+
+/// Classifies without the cache.
+pub fn classify_uncached(sql: &str) -> Class {
+    let mut class = Class {
+        leading_comment: starts_with_comment(sql),
+        hint_primary: has_primary_hint(sql),
+        ..Class::default()
+    };
+    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(p) => p,
+        Err(_) => {
+            class.write = Some("statement could not be parsed");
+            return class;
+        }
+    };
+    let mut all_select = !parsed.protobuf.stmts.is_empty();
+    for stmt in &parsed.protobuf.stmts {
+        let Some(node) = stmt.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        use pg_query::NodeEnum as N;
+        match node {
+            N::SelectStmt(_) => {}
+            N::VariableShowStmt(_) => {}
+            N::ExplainStmt(e) => {
+                all_select = false;
+                let analyze = e.options.iter().any(|o| match o.node.as_ref() {
+                    Some(N::DefElem(d)) => d.defname.eq_ignore_ascii_case("analyze"),
+                    _ => false,
+                });
+                if analyze {
+                    // EXPLAIN ANALYZE runs the statement: writes found by the
+                    // node walk below send it to the primary.
+                }
+            }
+            N::CopyStmt(c) => {
+                all_select = false;
+                if c.is_from {
+                    class.write.get_or_insert("COPY FROM writes");
+                }
+            }
+            N::VariableSetStmt(_) | N::DiscardStmt(_) | N::DeallocateStmt(_) => {
+                all_select = false;
+            }
+            N::TransactionStmt(t) => {
+                all_select = false;
+                let kind = TransactionStmtKind::try_from(t.kind).unwrap_or_default();
+                match kind {
+                    TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart => {
+                        class.begins = true;
+                        for o in &t.options {
+                            if let Some(N::DefElem(d)) = o.node.as_ref() {
+                                let v = def_value(d);
+                                if d.defname == "transaction_read_only" && v == "1" {
+                                    class.read_only_tx = true;
+                                }
+                                if d.defname == "transaction_isolation" && v == "serializable" {
+                                    class.serializable = true;
+                                }
+                            }
+                        }
+                    }
+                    TransactionStmtKind::TransStmtCommit
+                    | TransactionStmtKind::TransStmtRollback
+                    | TransactionStmtKind::TransStmtSavepoint
+                    | TransactionStmtKind::TransStmtRelease
+                    | TransactionStmtKind::TransStmtRollbackTo => {}
+                    _ => {
+                        class.write.get_or_insert("two-phase commit command");
+                    }
+                }
+            }
+            _ => {
+                all_select = false;
+                class.write.get_or_insert("statement writes or changes state");
+            }
+        }
+        if matches!(node, N::VariableSetStmt(_))
+            && sql.to_ascii_lowercase().contains("serializable")
+        {
+            class.serializable = true;
+        }
+    }
+    for (node, _, _, _) in parsed.protobuf.nodes() {
+        let reason = match node {
+            NodeRef::InsertStmt(_) | NodeRef::UpdateStmt(_) | NodeRef::DeleteStmt(_)
+            | NodeRef::MergeStmt(_) => Some("data-modifying statement"),
+            NodeRef::LockingClause(_) => Some("SELECT … FOR UPDATE/SHARE locks rows"),
+            NodeRef::SelectStmt(s) if !s.locking_clause.is_empty() => {
+                Some("SELECT … FOR UPDATE/SHARE locks rows")
+            }
+            NodeRef::IntoClause(_) => Some("SELECT INTO creates a table"),
+            NodeRef::SelectStmt(s) if s.into_clause.is_some() => Some("SELECT INTO creates a table"),
+            _ => None,
+        };
+        if let Some(r) = reason {
+            class.write.get_or_insert(r);
+            all_select = false;
+        }
+    }
+    class.select = all_select && class.write.is_none();
+    class.tables = parsed.tables();
+    class.written = parsed.dml_tables();
+    class.functions = parsed
+        .functions
+        .iter()
+        .filter(|(_, ctx)| *ctx == pg_query::Context::Call)
+        .map(|(name, _)| name.clone())
+        .collect();
+    class.tables.sort();
+    class.functions.sort();
+    class
+}
+
+fn def_value(d: &pg_query::protobuf::DefElem) -> String {
+    use pg_query::NodeEnum as N;
+    match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+        Some(N::AConst(c)) => match c.val.as_ref() {
+            Some(pg_query::protobuf::a_const::Val::Ival(i)) => i.ival.to_string(),
+            Some(pg_query::protobuf::a_const::Val::Sval(s)) => s.sval.to_ascii_lowercase(),
+            Some(pg_query::protobuf::a_const::Val::Boolval(b)) => {
+                if b.boolval { "1".into() } else { "0".into() }
+            }
+            _ => String::new(),
+        },
+        _ => String::new(),
+    }
+}
+
+/// `/* tidepool: primary */` in the statement's leading comments.
+fn has_primary_hint(sql: &str) -> bool {
+    let mut s = sql.trim_start();
+    while let Some(rest) = s.strip_prefix("/*") {
+        let Some((comment, after)) = rest.split_once("*/") else {
+            return false;
+        };
+        let c: String = comment.split_whitespace().collect::<Vec<_>>().join(" ");
+        if c.eq_ignore_ascii_case("tidepool: primary") {
+            return true;
+        }
+        s = after.trim_start();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(sql: &str) -> Class {
+        classify_uncached(sql)
+    }
+
+    #[test]
+    fn plain_reads_may_be_balanced() {
+        for sql in [
+            "SELECT 1",
+            "select a from t where b = 2",
+            "WITH x AS (SELECT * FROM t) SELECT * FROM x",
+            "SHOW work_mem",
+            "SELECT count(*) FROM a JOIN b USING (id)",
+        ] {
+            assert!(c(sql).write.is_none(), "{sql}");
+        }
+        assert!(c("EXPLAIN SELECT 1").write.is_none());
+        assert!(c("COPY t TO STDOUT").write.is_none());
+        assert_eq!(c("select a from t").tables, ["t"]);
+        assert!(c("SELECT 1").select);
+    }
+
+    #[test]
+    fn writes_and_write_like_reads_go_to_the_primary() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1",
+            "DELETE FROM t",
+            "CREATE TABLE x (a int)",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT f() FROM t WHERE id = 1 FOR UPDATE",
+            "SELECT * FROM t FOR SHARE",
+            "SELECT * FROM t FOR NO KEY UPDATE",
+            "SELECT * FROM t FOR KEY SHARE",
+            "SELECT * INTO t2 FROM t",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "LOCK TABLE t",
+            "VACUUM t",
+            "LISTEN c",
+            "NOTIFY c",
+            "PREPARE TRANSACTION 'x'",
+            "COMMIT PREPARED 'x'",
+            "COPY t FROM STDIN",
+            "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
+            "SELECT 1; INSERT INTO t VALUES (1)",
+            "CALL p()",
+            "this is not sql",
+        ] {
+            assert!(c(sql).write.is_some(), "{sql}");
+        }
+        assert_eq!(c("UPDATE t SET a = 1").written, ["t"]);
+    }
+
+    #[test]
+    fn functions_and_transaction_options_are_reported() {
+        assert_eq!(c("SELECT nextval('s')").functions, ["nextval"]);
+        let b = c("BEGIN READ ONLY");
+        assert!(b.begins && b.read_only_tx && b.write.is_none());
+        assert!(c("BEGIN ISOLATION LEVEL SERIALIZABLE").serializable);
+        assert!(c("START TRANSACTION").begins);
+        assert!(!c("BEGIN").read_only_tx);
+    }
+
+    #[test]
+    fn comments_and_hints_are_seen() {
+        let h = c("/* tidepool: primary */ SELECT 1");
+        assert!(h.hint_primary && h.leading_comment);
+        assert!(!c("SELECT 1 /* tidepool: primary */").hint_primary);
+        assert!(c("-- note\nSELECT 1").leading_comment);
+    }
+
+    #[test]
+    fn shapes_ignore_literals_only() {
+        assert_eq!(
+            shape("SELECT abalance FROM pgbench_accounts WHERE aid = 4711"),
+            shape("SELECT abalance FROM pgbench_accounts WHERE aid = 12")
+        );
+        assert_eq!(shape("select 'it''s', t1.x2 from t1"), "select ?, t1.x2 from t1");
+        assert_ne!(shape("SELECT * FROM t1"), shape("SELECT * FROM t2"));
+    }
+
+    #[test]
+    fn the_cache_answers_repeated_shapes() {
+        let k = Classifier::new(16);
+        k.classify("SELECT * FROM t WHERE a = 1");
+        k.classify("SELECT * FROM t WHERE a = 2");
+        assert_eq!(k.misses.load(Ordering::Relaxed), 1);
+        assert_eq!(k.hits.load(Ordering::Relaxed), 1);
+    }
+}

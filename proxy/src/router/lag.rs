@@ -1,0 +1,136 @@
+//! Replication delay of each standby, measured every `sr_check_period`:
+//! in WAL bytes (the primary's current LSN minus the standby's replay LSN)
+//! and in time (since the last replayed transaction, zero when the standby
+//! has replayed all it received). The router skips standbys over the
+//! thresholds; `SHOW POOL_NODES` shows the figures.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::{
+    cluster::{Cluster, Role, Status},
+    config::{Config, LoadBalancingConfig},
+};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Lag {
+    pub bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub time: Duration,
+}
+
+impl Lag {
+    /// Over `delay_threshold` or `delay_threshold_by_time`.
+    pub fn too_far(&self, cfg: &LoadBalancingConfig) -> bool {
+        (cfg.delay_threshold > 0 && self.bytes > cfg.delay_threshold)
+            || (!cfg.delay_threshold_by_time.is_zero() && self.time > cfg.delay_threshold_by_time)
+    }
+}
+
+/// The latest measurements, per node id.
+pub type Lags = ArcSwap<BTreeMap<usize, Lag>>;
+
+async fn connect(host: &str, port: u16, cfg: &Config) -> Option<tokio_postgres::Client> {
+    let hc = &cfg.health_check;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(host)
+        .port(port)
+        .user(&hc.user)
+        .dbname(&hc.database)
+        .application_name("tidepool sr check")
+        .connect_timeout(hc.timeout);
+    if let Some(p) = &hc.password {
+        pg.password(p);
+    }
+    let (client, conn) = tokio::time::timeout(hc.timeout, pg.connect(tokio_postgres::NoTls))
+        .await
+        .ok()?
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(client)
+}
+
+/// Measures every standby's delay until shutdown.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    config: impl Fn() -> Arc<Config>,
+    lags: Arc<Lags>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut clients: BTreeMap<(String, u16), tokio_postgres::Client> = BTreeMap::new();
+    loop {
+        let cfg = config();
+        let period = cfg.load_balancing.sr_check_period;
+        let snapshot = cluster.snapshot();
+        let mut next = BTreeMap::new();
+        if let Some(primary) = snapshot.primary() {
+            let key = (primary.host.clone(), primary.port);
+            let current = match sample(&mut clients, &key, &cfg, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, 0::float8").await {
+                Some((lsn, _)) => lsn,
+                None => {
+                    wait(&mut shutdown, period).await;
+                    continue;
+                }
+            };
+            for n in snapshot
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Standby && n.status == Status::Up)
+            {
+                let key = (n.host.clone(), n.port);
+                let sql = "SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
+                           CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                           ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8";
+                if let Some((replayed, secs)) = sample(&mut clients, &key, &cfg, sql).await {
+                    next.insert(
+                        n.id,
+                        Lag {
+                            bytes: current.saturating_sub(replayed),
+                            time: Duration::from_secs_f64(secs.max(0.0)),
+                        },
+                    );
+                }
+            }
+        }
+        lags.store(Arc::new(next));
+        if wait(&mut shutdown, period).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps `period`; true when shutting down.
+async fn wait(shutdown: &mut watch::Receiver<bool>, period: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(period) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+async fn sample(
+    clients: &mut BTreeMap<(String, u16), tokio_postgres::Client>,
+    key: &(String, u16),
+    cfg: &Config,
+    sql: &str,
+) -> Option<(u64, f64)> {
+    if clients.get(key).is_none_or(|c| c.is_closed()) {
+        let c = connect(&key.0, key.1, cfg).await?;
+        clients.insert(key.clone(), c);
+    }
+    let client = clients.get(key)?;
+    match tokio::time::timeout(cfg.health_check.timeout, client.query_one(sql, &[])).await {
+        Ok(Ok(row)) => {
+            let lsn: i64 = row.try_get(0).unwrap_or(0);
+            let secs: f64 = row.try_get(1).unwrap_or(0.0);
+            Some((lsn.max(0) as u64, secs))
+        }
+        _ => {
+            clients.remove(key);
+            None
+        }
+    }
+}

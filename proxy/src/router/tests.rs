@@ -1,0 +1,166 @@
+use std::{collections::BTreeMap, time::SystemTime};
+
+use rand::{SeedableRng, rngs::StdRng};
+
+use super::*;
+use crate::config::BackendFlag;
+
+fn node(id: usize, role: Role, weight: f64) -> Node {
+    Node {
+        id,
+        name: format!("pg{id}"),
+        host: "127.0.0.1".into(),
+        port: 5432 + id as u16,
+        weight,
+        flag: BackendFlag::AllowToFailover,
+        status: Status::Up,
+        reachable: true,
+        role,
+        last_status_change: SystemTime::now(),
+        last_error: None,
+    }
+}
+
+fn snapshot(weights: &[f64]) -> Snapshot {
+    Snapshot {
+        nodes: weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| node(i, if i == 0 { Role::Primary } else { Role::Standby }, *w))
+            .collect(),
+        generation: 1,
+    }
+}
+
+fn rules(f: impl FnOnce(&mut LoadBalancingConfig)) -> Rules {
+    let mut cfg = LoadBalancingConfig {
+        statement_level: true,
+        ..LoadBalancingConfig::default()
+    };
+    f(&mut cfg);
+    Rules::new(&cfg)
+}
+
+fn counts(r: &Rules, s: &Snapshot, lags: &BTreeMap<usize, Lag>, n: usize) -> Vec<usize> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut out = vec![0; s.nodes.len()];
+    for _ in 0..n {
+        let mut sess = SessionRouting::default();
+        let d = choose_read(r, s, lags, &Client::default(), &mut sess, &mut rng).unwrap();
+        out[d.node] += 1;
+    }
+    out
+}
+
+#[test]
+fn reads_spread_by_weight_and_weight_zero_gets_none() {
+    let s = snapshot(&[0.0, 1.0, 3.0]);
+    let c = counts(&rules(|_| {}), &s, &BTreeMap::new(), 4000);
+    assert_eq!(c[0], 0);
+    let share = c[2] as f64 / 4000.0;
+    assert!((0.70..0.80).contains(&share), "{c:?}");
+}
+
+#[test]
+fn lagging_standbys_get_no_reads_unless_preferred() {
+    let s = snapshot(&[0.0, 1.0, 1.0]);
+    let mut lags = BTreeMap::new();
+    lags.insert(1, Lag { bytes: 10_000, ..Lag::default() });
+    lags.insert(2, Lag { bytes: 50, ..Lag::default() });
+    let r = rules(|c| c.delay_threshold = 1000);
+    let c = counts(&r, &s, &lags, 200);
+    assert_eq!(c, vec![0, 0, 200]);
+    lags.insert(2, Lag { bytes: 5_000, ..Lag::default() });
+    // Every standby lags: the primary takes the reads…
+    assert_eq!(counts(&r, &s, &lags, 50), vec![50, 0, 0]);
+    // …or the least-lagged standby, when preferred.
+    let r = rules(|c| {
+        c.delay_threshold = 1000;
+        c.prefer_lower_delay_standby = true;
+    });
+    assert_eq!(counts(&r, &s, &lags, 50), vec![0, 0, 50]);
+}
+
+#[test]
+fn session_level_choice_sticks_and_statement_level_does_not() {
+    let s = snapshot(&[1.0, 1.0, 1.0]);
+    let r = rules(|c| c.statement_level = false);
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut sess = SessionRouting::default();
+    let first = choose_read(&r, &s, &BTreeMap::new(), &Client::default(), &mut sess, &mut rng).unwrap();
+    for _ in 0..50 {
+        let d = choose_read(&r, &s, &BTreeMap::new(), &Client::default(), &mut sess, &mut rng).unwrap();
+        assert_eq!(d.node, first.node);
+    }
+    let c = counts(&rules(|_| {}), &s, &BTreeMap::new(), 300);
+    assert!(c.iter().all(|&n| n > 50), "{c:?}");
+}
+
+#[test]
+fn redirect_lists_application_before_database_before_user() {
+    let s = snapshot(&[1.0, 1.0, 1.0]);
+    let r = rules(|c| {
+        c.app_name_redirect_preference_list = "batch.*:2".into();
+        c.database_redirect_preference_list = "app:primary".into();
+        c.user_redirect_preference_list = "app:1".into();
+    });
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut pick = |app: &str| {
+        let client = Client { user: "app", database: "app", application_name: app };
+        choose_read(&r, &s, &BTreeMap::new(), &client, &mut SessionRouting::default(), &mut rng)
+            .unwrap()
+            .node
+    };
+    assert_eq!(pick("batch-7"), 2);
+    assert_eq!(pick("web"), 0);
+}
+
+#[test]
+fn write_like_units_and_session_history_force_the_primary() {
+    let r = rules(|_| {});
+    let read = classify::classify_uncached("SELECT * FROM t");
+    let none = Facts::default();
+    let sess = SessionRouting::default();
+    assert_eq!(primary_reason(&r, &read, &none, &sess), None);
+    let write = classify::classify_uncached("UPDATE t SET a = 1");
+    assert!(primary_reason(&r, &write, &none, &sess).is_some());
+    let begin = classify::classify_uncached("BEGIN");
+    assert!(primary_reason(&r, &begin, &none, &sess).is_some());
+    let ro = classify::classify_uncached("BEGIN READ ONLY");
+    assert_eq!(primary_reason(&r, &ro, &none, &sess), None);
+    let volatile = Facts { volatile_function: true, ..Facts::default() };
+    assert!(primary_reason(&r, &read, &volatile, &sess).is_some());
+    let hinted = classify::classify_uncached("/* tidepool: primary */ SELECT 1");
+    assert!(primary_reason(&rules(|c| c.allow_sql_comments = true), &hinted, &none, &sess).is_some());
+    let commented = classify::classify_uncached("/* report */ SELECT 1");
+    assert!(primary_reason(&r, &commented, &none, &sess).is_some());
+    assert_eq!(primary_reason(&rules(|c| c.allow_sql_comments = true), &commented, &none, &sess), None);
+
+    let wrote = SessionRouting { wrote: true, ..SessionRouting::default() };
+    let always = rules(|c| c.disable_on_write = OnWrite::Always);
+    assert!(primary_reason(&always, &read, &none, &wrote).is_some());
+    assert_eq!(primary_reason(&r, &read, &none, &wrote), None);
+
+    let dml = rules(|c| {
+        c.disable_on_write = OnWrite::DmlAdaptive;
+        c.dml_adaptive_relations = vec!["orders:order_lines".into()];
+    });
+    let mut sess = SessionRouting::default();
+    sess.written_tables.insert("orders".into());
+    assert!(primary_reason(&dml, &classify::classify_uncached("SELECT * FROM orders"), &none, &sess).is_some());
+    assert!(primary_reason(&dml, &classify::classify_uncached("SELECT * FROM order_lines"), &none, &sess).is_some());
+    assert_eq!(primary_reason(&dml, &classify::classify_uncached("SELECT * FROM other"), &none, &sess), None);
+}
+
+#[test]
+fn invalid_settings_are_reported_with_key_paths() {
+    let cfg = LoadBalancingConfig {
+        primary_routing_patterns: vec!["(".into()],
+        app_name_redirect_preference_list: "x:nowhere".into(),
+        ..LoadBalancingConfig::default()
+    };
+    let errs = validate(&cfg);
+    let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(paths.contains(&"load_balancing.primary_routing_patterns[0]"));
+    assert!(paths.contains(&"load_balancing.app_name_redirect_preference_list"));
+}

@@ -1,0 +1,239 @@
+//! Read load balancing: every rule proven with the node that served the
+//! statement as evidence (`inet_server_port()` names it).
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use tidepool_tests::wait_until_async;
+use tokio_postgres::SimpleQueryMessage;
+
+/// Port of the server that ran `sql` (which must return it in column 0).
+async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
+    for m in c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")) {
+        if let SimpleQueryMessage::Row(r) = m {
+            return r.get(0).unwrap().parse().unwrap();
+        }
+    }
+    panic!("{sql}: no row");
+}
+
+fn ports(bed: &common::Bed) -> (u16, Vec<u16>) {
+    (
+        bed.cluster.primary().port,
+        bed.cluster.standbys().iter().map(|n| n.port).collect(),
+    )
+}
+
+/// A cluster of a primary and 2 standbys; the primary takes no reads
+/// (weight 0) so a read that lands on it was sent there on purpose.
+async fn lb_bed(mode: &str, lb: &str) -> common::Bed {
+    let cluster = tidepool_tests::PgCluster::start(tidepool_tests::PgClusterOpts::standbys(2)).unwrap();
+    let mut cfg = common::config(&cluster, mode, "max_size = 10", &format!("[load_balancing]\n{lb}\n"));
+    // weight 0 for the primary (first [[backends]] entry).
+    cfg = cfg.replacen("weight = 1.0", "weight = 0.0", 1);
+    let tidepool = tidepool_tests::Tidepool::start(&cfg).unwrap();
+    let bed = common::Bed { tidepool, cluster };
+    bed.wait_ready().await.unwrap();
+    bed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_reach_standbys_and_writes_and_write_like_reads_never_do() {
+    let bed = lb_bed("transaction", "statement_level = true").await;
+    let (primary, standbys) = ports(&bed);
+    let c = bed.app().await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE items (id serial PRIMARY KEY, v int); CREATE SEQUENCE seq; \
+         CREATE UNLOGGED TABLE scratch (v int); INSERT INTO items (v) SELECT g FROM generate_series(1, 10) g",
+    )
+    .await
+    .unwrap();
+    // Let the standbys replay the DDL.
+    wait_until_async(Duration::from_secs(10), "standbys to see items", || async {
+        let mut ok = true;
+        for s in &standbys {
+            let d = bed.cluster.connect(bed.cluster.nodes().iter().find(|n| n.port == *s).unwrap().name.as_str(), "app", "app", "app").await.unwrap();
+            ok &= d.query_one("SELECT to_regclass('items') IS NOT NULL", &[]).await.map(|r| r.get::<_, bool>(0)).unwrap_or(false);
+        }
+        ok
+    })
+    .await
+    .unwrap();
+
+    let mut seen: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..60 {
+        *seen.entry(port_of(&c, "SELECT inet_server_port(), count(*) FROM items").await).or_default() += 1;
+    }
+    assert_eq!(seen.get(&primary), None, "weight 0: the primary took reads: {seen:?}");
+    for s in &standbys {
+        assert!(seen.get(s).copied().unwrap_or(0) >= 10, "standby {s} got too few reads: {seen:?}");
+    }
+
+    // Each of these must run on the primary.
+    for sql in [
+        "INSERT INTO items (v) VALUES (1) RETURNING inet_server_port()",
+        "UPDATE items SET v = v WHERE id = 1 RETURNING inet_server_port()",
+        "SELECT inet_server_port() FROM items WHERE id = 1 FOR UPDATE",
+        "SELECT inet_server_port() FROM items WHERE id = 1 FOR SHARE",
+        "SELECT inet_server_port(), nextval('seq')",
+        "WITH d AS (DELETE FROM items WHERE id = -1 RETURNING *) SELECT inet_server_port() FROM (SELECT 1) x LEFT JOIN d ON true",
+        "SELECT inet_server_port(), count(*) FROM scratch",
+        "/* tidepool: primary */ SELECT inet_server_port()",
+        "/* a comment */ SELECT inet_server_port()",
+        "SELECT inet_server_port(), pg_advisory_xact_lock(1)",
+    ] {
+        assert_eq!(port_of(&c, sql).await, primary, "{sql}");
+    }
+    // A read-write transaction runs on the primary; a READ ONLY one may not.
+    let rw = c.simple_query("BEGIN; SELECT inet_server_port(); COMMIT").await.unwrap();
+    let rw_port: u16 = rw.iter().find_map(|m| match m { SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()), _ => None }).unwrap();
+    assert_eq!(rw_port, primary);
+    let mut ro_ports = Vec::new();
+    for _ in 0..10 {
+        let ro = c.simple_query("BEGIN READ ONLY; SELECT inet_server_port(); COMMIT").await.unwrap();
+        ro_ports.push(ro.iter().find_map(|m| match m { SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse::<u16>().unwrap()), _ => None }).unwrap());
+    }
+    assert!(ro_ports.iter().all(|p| standbys.contains(p)), "{ro_ports:?}");
+
+    // Extended protocol: decided at Parse.
+    let read = c.prepare("SELECT inet_server_port()::int").await.unwrap();
+    let write = c.prepare("INSERT INTO items (v) VALUES (7) RETURNING inet_server_port()::int").await.unwrap();
+    for _ in 0..10 {
+        let p: i32 = c.query_one(&read, &[]).await.unwrap().get(0);
+        assert!(standbys.contains(&(p as u16)), "{p} primary {primary} standbys {standbys:?}\n{}", bed.tidepool.log_tail(30));
+        let p: i32 = c.query_one(&write, &[]).await.unwrap().get(0);
+        assert_eq!(p as u16, primary);
+    }
+
+    // select_cnt counts the balanced reads per node.
+    let nodes = bed.show("POOL_NODES").await.unwrap();
+    let counted: usize = nodes
+        .iter()
+        .filter(|n| standbys.contains(&n["port"].parse().unwrap()))
+        .map(|n| n["select_cnt"].parse::<usize>().unwrap())
+        .sum();
+    assert!(counted >= 60, "{nodes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_by_weight_within_statistical_bounds() {
+    let cluster = tidepool_tests::PgCluster::start(tidepool_tests::PgClusterOpts::standbys(2)).unwrap();
+    let mut cfg = common::config(&cluster, "transaction", "max_size = 10", "");
+    // Weights 0 (primary), 1 and 3.
+    cfg = cfg.replacen("weight = 1.0", "weight = 0.0", 1);
+    let last = cfg.rfind("weight = 1.0").unwrap();
+    cfg.replace_range(last..last + "weight = 1.0".len(), "weight = 3.0");
+    let tidepool = tidepool_tests::Tidepool::start(&cfg).unwrap();
+    let bed = common::Bed { tidepool, cluster };
+    bed.wait_ready().await.unwrap();
+    let heavy = bed.cluster.nodes().last().unwrap().port;
+    let mut on_heavy = 0;
+    let sessions = 120;
+    for _ in 0..sessions {
+        let c = bed.app().await.unwrap();
+        let first = port_of(&c, "SELECT inet_server_port()").await;
+        // Session-level choice: the same node for the whole session.
+        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, first);
+        if first == heavy {
+            on_heavy += 1;
+        }
+    }
+    // Expected 90 of 120 (p = 0.75); 99.9% bounds ≈ ±3.3σ (σ ≈ 4.7).
+    assert!((74..=106).contains(&on_heavy), "{on_heavy} of {sessions} on the weight-3 node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_with_replay_paused_loses_reads_until_it_resumes() {
+    let bed = lb_bed("transaction", "statement_level = true\ndelay_threshold = 1024\nsr_check_period = \"200ms\"").await;
+    let (_, standbys) = ports(&bed);
+    let paused = bed.cluster.standbys()[0].name.clone();
+    let paused_port = standbys[0];
+    let c = bed.app().await.unwrap();
+    c.batch_execute("CREATE TABLE filler (x text)").await.unwrap();
+    bed.cluster.psql(&paused, "SELECT pg_wal_replay_pause()").unwrap();
+    // Make the paused standby fall behind.
+    c.batch_execute("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 200)").await.unwrap();
+    wait_until_async(Duration::from_secs(5), "reads to leave the paused standby", || async {
+        let mut on_paused = 0;
+        for _ in 0..20 {
+            if port_of(&c, "SELECT inet_server_port()").await == paused_port {
+                on_paused += 1;
+            }
+        }
+        on_paused == 0
+    })
+    .await
+    .unwrap();
+    bed.cluster.psql(&paused, "SELECT pg_wal_replay_resume()").unwrap();
+    wait_until_async(Duration::from_secs(10), "reads to come back to the resumed standby", || async {
+        let mut on_paused = 0;
+        for _ in 0..20 {
+            if port_of(&c, "SELECT inet_server_port()").await == paused_port {
+                on_paused += 1;
+            }
+        }
+        on_paused > 0
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_write_always_sends_the_sessions_reads_to_the_primary() {
+    let bed = lb_bed("transaction", "statement_level = true\ndisable_on_write = \"always\"").await;
+    let (primary, standbys) = ports(&bed);
+    let c = bed.app().await.unwrap();
+    assert!(standbys.contains(&port_of(&c, "SELECT inet_server_port()").await));
+    c.batch_execute("CREATE TABLE w (x int)").await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, primary);
+    }
+    // Another session is not affected.
+    let other = bed.app().await.unwrap();
+    assert!(standbys.contains(&port_of(&other, "SELECT inet_server_port()").await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_preference_by_application_name_wins() {
+    let bed = lb_bed("transaction", "app_name_redirect_preference_list = \"reporting:2\"").await;
+    let target = bed.cluster.nodes()[2].port;
+    let (c, conn) = tokio_postgres::connect(
+        &format!("{} application_name=reporting", bed.tidepool.conn_string("app", "app", "app")),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..10 {
+        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, target);
+    }
+}
+
+fn pgbench_ok(bed: &common::Bed, args: &[&str]) {
+    let out = bed.run_client("pgbench", args).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pgbench {args:?}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    if args.contains(&"-T") {
+        assert!(stdout.contains("number of failed transactions: 0 "), "{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_with_load_balancing_in_both_modes() {
+    for mode in ["transaction", "session"] {
+        let bed = lb_bed(mode, "").await;
+        pgbench_ok(&bed, &["-i", "-s", "1", "-q", "app"]);
+        for m in ["simple", "extended", "prepared"] {
+            pgbench_ok(&bed, &["-c", "4", "-j", "2", "-T", "2", "-M", m, "app"]);
+            pgbench_ok(&bed, &["-S", "-c", "4", "-j", "2", "-T", "2", "-M", m, "app"]);
+        }
+        let nodes = bed.show("POOL_NODES").await.unwrap();
+        let standby_selects: usize = nodes
+            .iter()
+            .filter(|n| n["role"] == "standby")
+            .map(|n| n["select_cnt"].parse::<usize>().unwrap())
+            .sum();
+        assert!(standby_selects > 0, "{mode}: no reads reached a standby: {nodes:?}");
+    }
+}
