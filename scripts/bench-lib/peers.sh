@@ -210,11 +210,15 @@ EOF
 # Streaming-replication mode with load balancing, as Pgpool-II's docs set it
 # up: one cached connection per child (max_pool = 1: one user and one
 # database), num_init_children sized for the clients, health checks and the
-# streaming-replication check as postgres, SCRAM for clients through
+# streaming-replication check as postgres (PGPOOL_HEALTH_CHECK="period
+# timeout max_retries connect_timeout_ms", default the documentation's
+# example "5 30 3 10000"), SCRAM for clients through
 # pool_hba.conf and pool_passwd (plaintext entries, "TEXT" prefix).
 # Started with -D so it forgets nodes an earlier run marked down.
 bench_pgpool_start() {
     local dir="$1" port="$2" pcp_port="$3" children="$4" specs="$5" extra="${6:-}" auth="${PGPOOL_CLIENT_AUTH:-scram-sha-256}"
+    local hc_period hc_timeout hc_retries hc_connect_ms
+    read -r hc_period hc_timeout hc_retries hc_connect_ms <<< "${PGPOOL_HEALTH_CHECK:-5 30 3 10000}"
     bench_pg_dir "$dir"
     printf 'app:TEXTapp\npostgres:TEXTpostgres\n' | bench_pg_file "$dir/pool_passwd"
     bench_pg_file "$dir/pool_hba.conf" <<EOF
@@ -254,13 +258,14 @@ sr_check_period = 10
 sr_check_user = 'postgres'
 sr_check_password = 'postgres'
 sr_check_database = 'postgres'
-health_check_period = 1
-health_check_timeout = 2
+health_check_period = $hc_period
+health_check_timeout = $hc_timeout
 health_check_user = 'postgres'
 health_check_password = 'postgres'
 health_check_database = 'postgres'
-health_check_max_retries = 0
-connect_timeout = 2000
+health_check_max_retries = $hc_retries
+health_check_retry_delay = 1
+connect_timeout = $hc_connect_ms
 memory_cache_enabled = off
 EOF
         local i=0 spec p d n
