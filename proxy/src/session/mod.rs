@@ -19,7 +19,7 @@ use std::{
 
 use bytes::BytesMut;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
 };
 
@@ -164,7 +164,7 @@ impl Session {
     /// Serves the client until it leaves.
     pub async fn run(
         &mut self,
-        mut rd: OwnedReadHalf,
+        rd: OwnedReadHalf,
         mut wr: OwnedWriteHalf,
         mut client_buf: BytesMut,
     ) -> Result<(), SessionEnd> {
@@ -192,7 +192,7 @@ impl Session {
             }
             // The rest of the batch is visible when a unit of work is routed.
             for i in 0..frames.len() {
-                if self.ends_no_error(&r) {
+                if r.is_ok() {
                     let (head, rest) = frames.split_at(i + 1);
                     let r2 = self.on_client_frame(head[i].clone(), rest).await;
                     if r2.is_err() {
@@ -498,10 +498,6 @@ impl Session {
         self.pending.push_back(e);
     }
 
-    fn ends_no_error(&self, r: &Result<(), SessionEnd>) -> bool {
-        r.is_ok()
-    }
-
     async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
         tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "client message");
         self.note_writes(&f);
@@ -519,7 +515,6 @@ impl Session {
             }
             return Ok(());
         }
-        let tx_mode = true;
         match f.tag {
             b'X' => return Err(SessionEnd::Terminated),
             b'Q' => {
@@ -552,7 +547,7 @@ impl Session {
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
                 self.count_statement(&query);
                 self.note_pins(&state::analyze(&query));
-                if tx_mode && !name.is_empty() && !self.skipping {
+                if !name.is_empty() && !self.skipping {
                     let stmt = Arc::new(
                         Statement::from_parse(&f, self.shared.classifier.classify(&query))
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
@@ -583,7 +578,7 @@ impl Session {
                 }
                 let (_, stmt_name, _) =
                     messages::read_bind(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                match self.mapped(tx_mode, &stmt_name) {
+                match self.mapped(&stmt_name) {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt);
                         let b = messages::rename_bind(&f, &stmt.server_name)
@@ -601,7 +596,7 @@ impl Session {
                 let (kind, name) =
                     messages::read_target(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                 let stmt = if kind == b'S' {
-                    self.mapped(tx_mode, &name)
+                    self.mapped(&name)
                 } else {
                     None
                 };
@@ -901,8 +896,8 @@ impl Session {
     }
 
     /// The statement `name` stands for, when statements are renamed.
-    fn mapped(&self, tx_mode: bool, name: &str) -> Option<Arc<Statement>> {
-        if !tx_mode || name.is_empty() || self.skipping {
+    fn mapped(&self, name: &str) -> Option<Arc<Statement>> {
+        if name.is_empty() || self.skipping {
             return None;
         }
         self.statements.get(name).cloned()
