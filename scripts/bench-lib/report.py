@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -207,7 +208,17 @@ def main():
         p("| 10,000 idle clients under 100 MB RSS | %s MiB with %s clients | %s |" % (fnum(rss, 1), fnum(opened), verdict))
     else:
         p("| 10,000 idle clients under 100 MB RSS | not measured in this run | – |")
+    tp_median = None
     if fo_tidepool_text:
+        m = re.search(r"median ([0-9.]+) ?ms", fo_tidepool_text)
+        tp_median = float(m.group(1)) if m else None
+    pgpool_ctx = ""
+    if fo_pgpool and fo_pgpool.get("median_ms") is not None:
+        pgpool_ctx = " (Pgpool-II: %s ms)" % fnum(fo_pgpool["median_ms"])
+    if tp_median is not None:
+        p("| failover outage median under 1 s | %s ms median%s | %s |" % (
+            fnum(tp_median), pgpool_ctx, "met" if tp_median < 1000 else "**not met**"))
+    elif fo_tidepool_text:
         p("| failover outage median under 1 s | see [Failover](#failover-outage) (scripts/bench-failover) | see below |")
     else:
         p("| failover outage median under 1 s | not measured: %s | – |" % (
