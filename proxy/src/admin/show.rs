@@ -27,6 +27,11 @@ impl Table {
 
 /// The answer to `sql` if it is one of tidepool's own SHOW commands.
 pub fn answer(sql: &str, shared: &Shared) -> Option<Table> {
+    answer_in_session(sql, shared, None)
+}
+
+/// As [`answer`], for a session whose load-balance node is `read_node`.
+pub fn answer_in_session(sql: &str, shared: &Shared, read_node: Option<usize>) -> Option<Table> {
     let cmd = sql.trim().trim_end_matches(';').trim();
     let (show, what) = cmd.split_once(char::is_whitespace)?;
     if !show.eq_ignore_ascii_case("show") {
@@ -34,7 +39,7 @@ pub fn answer(sql: &str, shared: &Shared) -> Option<Table> {
     }
     let what = what.trim().to_ascii_lowercase();
     Some(match what.as_str() {
-        "pool_nodes" => pool_nodes(shared),
+        "pool_nodes" => pool_nodes(shared, read_node),
         "pool_pools" => pool_pools(shared),
         "pool_processes" => pool_processes(shared),
         "pool_version" => Table {
@@ -55,7 +60,8 @@ fn s(v: impl ToString) -> Option<String> {
     Some(v.to_string())
 }
 
-fn pool_nodes(shared: &Shared) -> Table {
+fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
+    let lags = shared.lags.load();
     let snap = shared.cluster.snapshot();
     let primary = snap.primary().map(|n| n.id);
     let total_weight: f64 = snap.nodes.iter().map(|n| n.weight).sum();
@@ -93,8 +99,8 @@ fn pool_nodes(shared: &Shared) -> Table {
                 s(role.as_str()),
                 s(n.role.as_str()),
                 s(c.selects.load(Ordering::Relaxed)),
-                s(Some(n.id) == primary),
-                s(0),
+                s(Some(n.id) == read_node),
+                s(lags.get(&n.id).map(|l| l.bytes).unwrap_or(0)),
                 s(""),
                 s(""),
                 s(humantime::format_rfc3339_seconds(

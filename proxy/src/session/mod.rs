@@ -522,7 +522,9 @@ impl Session {
                     .map_err(|e| SessionEnd::Protocol(e.to_string()))?
                     .to_string();
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                if let Some(table) = crate::admin::show::answer(&sql, &self.shared) {
+                if let Some(table) =
+                    crate::admin::show::answer_in_session(&sql, &self.shared, self.routing.read_node)
+                {
                     table.encode(&mut self.to_client);
                     messages::ready_for_query(&mut self.to_client, self.tx_status);
                     return Ok(());
