@@ -63,6 +63,8 @@ pub enum Escalator {
         escalate: String,
         de_escalate: Option<String>,
     },
+    /// An AWS address, moved in-process or through the Lambda function.
+    Aws(Box<super::aws::AwsEscalator>),
 }
 
 impl Escalator {
@@ -81,10 +83,8 @@ impl Escalator {
                 escalate: cfg.escalate_command.clone().unwrap_or_default(),
                 de_escalate: cfg.de_escalate_command.clone(),
             },
-            mode => {
-                return Err(EscalateError::Aws(format!(
-                    "address mode {mode:?} is not available in this build"
-                )));
+            AddressMode::Eip | AddressMode::Route53 | AddressMode::RouteTable => {
+                Escalator::Aws(Box::new(super::aws::AwsEscalator::new(node, cfg).await?))
             }
         })
     }
@@ -93,6 +93,7 @@ impl Escalator {
         match self {
             Escalator::None => "none",
             Escalator::Command { .. } => "command",
+            Escalator::Aws(a) => a.mode(),
         }
     }
 
@@ -110,6 +111,7 @@ impl Escalator {
 
     async fn run_unbounded(&self, action: Action) -> Result<Outcome, EscalateError> {
         match self {
+            Escalator::Aws(a) => a.run(action).await,
             Escalator::None => Ok(Outcome {
                 holder: None,
                 detail: "address mode none: nothing to move".into(),

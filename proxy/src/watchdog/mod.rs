@@ -6,6 +6,7 @@
 //! everything that touches a socket, a clock or AWS lives beside it.
 //! See `docs/watchdog.md`.
 
+pub mod aws;
 pub mod core;
 pub mod escalate;
 pub mod service;
