@@ -185,9 +185,16 @@ async fn after_a_write_always_sends_the_sessions_reads_to_the_primary() {
     let (primary, standbys) = ports(&bed);
     let c = bed.app().await.unwrap();
     assert!(standbys.contains(&port_of(&c, "SELECT inet_server_port()").await));
+    // A statement prepared while the session reads from standbys…
+    let read = c.prepare("SELECT inet_server_port()::int").await.unwrap();
+    let p: i32 = c.query_one(&read, &[]).await.unwrap().get(0);
+    assert!(standbys.contains(&(p as u16)));
     c.batch_execute("CREATE TABLE w (x int)").await.unwrap();
     for _ in 0..10 {
         assert_eq!(port_of(&c, "SELECT inet_server_port()").await, primary);
+        // …moves to the primary with the session after its write.
+        let p: i32 = c.query_one(&read, &[]).await.unwrap().get(0);
+        assert_eq!(p as u16, primary);
     }
     // Another session is not affected.
     let other = bed.app().await.unwrap();
@@ -236,4 +243,55 @@ async fn pgbench_runs_with_load_balancing_in_both_modes() {
             .sum();
         assert!(standby_selects > 0, "{mode}: no reads reached a standby: {nodes:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_name_the_node_and_overrides_and_isolation_route_as_configured() {
+    let bed = lb_bed(
+        "transaction",
+        "statement_level = true\nnotice_per_node_statement = true\nread_only_functions = [\"^random$\"]\nwrite_functions = [\"^upper$\"]\nprimary_routing_patterns = [\"audit_log\"]",
+    )
+    .await;
+    let (primary, standbys) = ports(&bed);
+    let (c, mut conn) = tokio_postgres::connect(
+        &bed.tidepool.conn_string("app", "app", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    // random() is volatile in the catalog but configured read-only;
+    // upper() is immutable but configured as writing.
+    assert!(standbys.contains(&port_of(&c, "SELECT inet_server_port(), random()").await));
+    assert_eq!(port_of(&c, "SELECT inet_server_port(), upper('x')").await, primary);
+    assert_eq!(port_of(&c, "SELECT inet_server_port(), 'audit_log'").await, primary);
+    let rows = c
+        .simple_query("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT inet_server_port(); COMMIT")
+        .await
+        .unwrap();
+    let p: u16 = rows
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(p, primary);
+    let mut notices = Vec::new();
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        notices.push(n);
+    }
+    assert!(notices.iter().any(|n| n.contains("standby") && n.contains("load balanced")), "{notices:?}");
+    assert!(notices.iter().any(|n| n.contains("primary") && n.contains("may write")), "{notices:?}");
+    assert!(notices.iter().any(|n| n.contains("primary_routing_pattern")), "{notices:?}");
+    assert!(notices.iter().any(|n| n.contains("serializable")), "{notices:?}");
 }
