@@ -46,7 +46,7 @@ struct Group {
     _pg: PgCluster,
     configs: Vec<String>,
     moves: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// (time ns, node) of every kill.
     kills: Vec<(u128, String)>,
 }
@@ -57,8 +57,12 @@ fn name(i: usize) -> String {
 
 impl Group {
     fn start(priorities: [u32; 3]) -> Result<Group> {
+        Self::start_in(priorities, NetNs::new(3)?)
+    }
+
+    /// Three nodes in the first three namespaces of `net`.
+    fn start_in(priorities: [u32; 3], net: NetNs) -> Result<Group> {
         let pg = PgCluster::start(PgClusterOpts::standbys(0))?;
-        let net = NetNs::new(3)?;
         let dir = tempfile::tempdir()?;
         let moves = dir.path().join("moves.log");
         std::fs::write(&moves, "")?;
@@ -105,7 +109,7 @@ impl Group {
             nodes: vec![None, None, None],
             configs,
             moves,
-            _dir: dir,
+            dir,
             kills: Vec::new(),
         };
         for i in 0..3 {
@@ -351,5 +355,73 @@ fn a_planned_switchover_moves_leadership_and_the_address() -> Result<()> {
     g.assert_never_two_holders();
     let s = g.status(0)?;
     assert_eq!(s["leader"], "tp2");
+    Ok(())
+}
+
+#[test]
+fn a_stranger_without_the_key_cannot_join_or_vote() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let g = Group::start_in([1, 1, 1], NetNs::new(4)?)?;
+    let leader = first_leader(&g)?;
+    // A fourth machine that knows the members' names and addresses, not
+    // the key: it poses as a member with the highest priority and
+    // campaigns on its own.
+    let me = g.net.addr(3);
+    let stolen = leader.node.clone();
+    let mut peers = String::new();
+    for j in 0..3 {
+        peers += &format!(
+            "[[watchdog.peers]]\nname = \"{}\"\naddress = \"{}:9000\"\nheartbeat = \"{}:9694\"\n\n",
+            if name(j) == stolen {
+                "tp9".to_string()
+            } else {
+                name(j)
+            },
+            g.net.addr(j),
+            g.net.addr(j)
+        );
+    }
+    let stranger_moves = g.dir.path().join("stranger.log");
+    let config = format!(
+        "[server]\nlisten = \"{me}:9999\"\nadmin_listen = \"127.0.0.1:9898\"\n\n\
+         [[backends]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\nport = 1\n\n\
+         [[users]]\nname = \"app\"\npassword = \"app\"\n\n\
+         [watchdog]\nnode_name = \"{stolen}\"\nlisten = \"{me}:9000\"\nheartbeat_listen = \"{me}:9694\"\n\
+         shared_key = \"not-the-cluster-key-but-long-enough\"\npriority = 100\n\n{peers}\
+         [escalation]\nmode = \"command\"\nescalate_command = 'echo up >> {}'\n",
+        stranger_moves.display()
+    );
+    let opts = TidepoolOpts {
+        wrapper: g.net.wrapper(3),
+        wait_addr: Some(SocketAddr::from((me, 9999))),
+        wait_ready: false,
+        ..TidepoolOpts::default()
+    };
+    let _stranger = Tidepool::start_with(&config, opts)?;
+    poll(Duration::from_secs(10), "frames refused", || {
+        (0..3)
+            .filter_map(|i| g.status(i).ok())
+            .any(|s| s["rejected_frames"].as_u64() > Some(0))
+            .then_some(())
+    })?;
+    let watch = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < watch {
+        assert_eq!(g.leaders(), vec![leader.node.clone()]);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let changes: Vec<Move> = g
+        .changes()
+        .into_iter()
+        .filter(|m| m.at > leader.at)
+        .collect();
+    assert!(
+        changes.is_empty(),
+        "the stranger disturbed the cluster: {changes:?}"
+    );
+    // Alone, it never gets a quorum, so it never escalates either.
+    assert_eq!(
+        std::fs::read_to_string(&stranger_moves).unwrap_or_default(),
+        ""
+    );
     Ok(())
 }

@@ -6,7 +6,10 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -163,7 +166,14 @@ pub async fn start(
     let codec = Codec::new(key, cfg.node_name.clone()).with_priority(cfg.priority);
 
     let (inbound_tx, inbound) = mpsc::channel(256);
-    tokio::spawn(tcp_reader(tcp, codec.clone(), inbound_tx, shutdown.clone()));
+    let rejected = Arc::new(AtomicU64::new(0));
+    tokio::spawn(tcp_reader(
+        tcp,
+        codec.clone(),
+        inbound_tx,
+        rejected.clone(),
+        shutdown.clone(),
+    ));
     let (actions, actions_rx) = mpsc::unbounded_channel();
     let (done_tx, done) = mpsc::unbounded_channel();
     let mode = escalator.mode().to_string();
@@ -184,7 +194,7 @@ pub async fn start(
         actions,
         address: AddressStatus::default(),
         mode,
-        rejected: 0,
+        rejected,
         status: watch::channel(Arc::new(placeholder(&cfg.node_name))).0,
     };
     let status = shell.status.subscribe();
@@ -233,7 +243,8 @@ struct Shell {
     actions: mpsc::UnboundedSender<Action>,
     address: AddressStatus,
     mode: String,
-    rejected: u64,
+    /// Frames refused, on either channel.
+    rejected: Arc<AtomicU64>,
     status: watch::Sender<Arc<WatchdogStatus>>,
 }
 
@@ -327,13 +338,13 @@ impl Shell {
     }
 
     fn reject(&mut self, e: super::wire::WireError) {
-        self.rejected += 1;
+        self.rejected.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(error = %e, "watchdog frame refused");
     }
 
     fn deliver(&mut self, env: Envelope) {
         let Some(&from) = self.ids.get(&env.from) else {
-            self.rejected += 1;
+            self.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(from = %env.from, "watchdog frame from a node not in the configuration");
             return;
         };
@@ -467,7 +478,7 @@ impl Shell {
             address: self.address.clone(),
             nodes,
             last_change_unix_ms: self.started_unix + n.last_change(),
-            rejected_frames: self.rejected,
+            rejected_frames: self.rejected.load(Ordering::Relaxed),
         };
         self.status.send_if_modified(|old| {
             if **old == status {
@@ -531,20 +542,26 @@ async fn tcp_reader(
     listener: TcpListener,
     codec: Codec,
     inbound: mpsc::Sender<Envelope>,
+    rejected: Arc<AtomicU64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             r = listener.accept() => {
                 let Ok((stream, _)) = r else { continue };
-                tokio::spawn(read_frames(stream, codec.clone(), inbound.clone()));
+                tokio::spawn(read_frames(stream, codec.clone(), inbound.clone(), rejected.clone()));
             }
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }
 
-async fn read_frames(mut stream: TcpStream, codec: Codec, inbound: mpsc::Sender<Envelope>) {
+async fn read_frames(
+    mut stream: TcpStream,
+    codec: Codec,
+    inbound: mpsc::Sender<Envelope>,
+    rejected: Arc<AtomicU64>,
+) {
     let mut len = [0u8; 4];
     loop {
         if stream.read_exact(&mut len).await.is_err() {
@@ -565,6 +582,7 @@ async fn read_frames(mut stream: TcpStream, codec: Codec, inbound: mpsc::Sender<
                 }
             }
             Err(e) => {
+                rejected.fetch_add(1, Ordering::Relaxed);
                 // A stranger: stop listening to this connection.
                 tracing::debug!(error = %e, "watchdog TCP frame refused");
                 return;
