@@ -40,9 +40,18 @@ fn main() {
     let cached = started.elapsed();
 
     let per = |d: std::time::Duration| d.as_nanos() as f64 / rounds as f64 / 1000.0;
-    println!("statements: {rounds} ({} shapes), writes seen: {writes}", STATEMENTS.len());
-    println!("classification without cache: {:.2} µs/statement", per(uncached));
-    println!("classification with cache:    {:.2} µs/statement", per(cached));
+    println!(
+        "statements: {rounds} ({} shapes), writes seen: {writes}",
+        STATEMENTS.len()
+    );
+    println!(
+        "classification without cache: {:.2} µs/statement",
+        per(uncached)
+    );
+    println!(
+        "classification with cache:    {:.2} µs/statement",
+        per(cached)
+    );
     println!(
         "cache hits {} misses {}; speed-up {:.1}x",
         classifier.hits.load(std::sync::atomic::Ordering::Relaxed),

@@ -28,7 +28,10 @@ fn millis(s: &str) -> Duration {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let conn = args.first().cloned().expect("usage: write_loop CONNSTR [options]");
+    let conn = args
+        .first()
+        .cloned()
+        .expect("usage: write_loop CONNSTR [options]");
     let every = millis(&arg(&args, "--every", "100ms"));
     let duration = millis(&arg(&args, "--duration", "10s"));
     let fault = millis(&arg(&args, "--fault-after", "3s"));
@@ -48,7 +51,11 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(connection);
                 client = Some(c);
             }
-            client.as_ref().unwrap().execute("INSERT INTO ticks (seq) VALUES ($1)", &[&seq]).await
+            client
+                .as_ref()
+                .unwrap()
+                .execute("INSERT INTO ticks (seq) VALUES ($1)", &[&seq])
+                .await
         })
         .await;
         match r {
@@ -66,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or(duration);
-    println!("outage_ms={} writes={writes} errors={errors}", outage.as_millis());
+    println!(
+        "outage_ms={} writes={writes} errors={errors}",
+        outage.as_millis()
+    );
     Ok(())
 }

@@ -20,18 +20,30 @@ async fn a_stopped_always_primary_is_waited_for_not_detached() -> anyhow::Result
     let toml = config(&cluster, state.path(), "flag = \"always_primary\"", "");
     let tidepool = Tidepool::start(&toml)?;
     let pg = cluster.primary().name.clone();
-    let writer = Writer::start(tidepool.conn_string("app", "app", "app"), Duration::from_millis(100));
+    let writer = Writer::start(
+        tidepool.conn_string("app", "app", "app"),
+        Duration::from_millis(100),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.stop_node(&pg)?;
     let stopped = std::time::Instant::now();
-    wait(Duration::from_secs(20), "10 s of outage", || Ok(stopped.elapsed() > Duration::from_secs(10))).await?;
+    wait(Duration::from_secs(20), "10 s of outage", || {
+        Ok(stopped.elapsed() > Duration::from_secs(10))
+    })
+    .await?;
     let (_, nodes) = tidepool.http_get("/v1/nodes")?;
     assert!(!nodes.contains("\"down\""), "never detached: {nodes}");
     cluster.start_node(&pg)?;
     let started = std::time::Instant::now();
-    wait(Duration::from_secs(30), "writes to resume", || Ok(started.elapsed() > Duration::from_secs(3))).await?;
+    wait(Duration::from_secs(30), "writes to resume", || {
+        Ok(started.elapsed() > Duration::from_secs(3))
+    })
+    .await?;
     let outcomes = writer.stop().await;
-    assert!(outcomes.last().unwrap().error.is_none(), "clients are served again");
+    assert!(
+        outcomes.last().unwrap().error.is_none(),
+        "clients are served again"
+    );
     let on_disk = cluster.psql_db(&pg, "app", "SELECT seq FROM ticks")?;
     let on_disk: Vec<i64> = on_disk.lines().filter_map(|l| l.parse().ok()).collect();
     for s in acked(&outcomes) {

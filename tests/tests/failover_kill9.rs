@@ -13,7 +13,10 @@ async fn killed_primary_is_replaced_and_the_other_standby_follows() -> anyhow::R
     let bed = FailoverBed::start(false, "")?;
     let old = bed.cluster.primary().name.clone();
     assert_eq!(bed.primary()?.as_deref(), Some(old.as_str()));
-    let writer = Writer::start(bed.tidepool.conn_string("app", "app", "app"), Duration::from_millis(100));
+    let writer = Writer::start(
+        bed.tidepool.conn_string("app", "app", "app"),
+        Duration::from_millis(100),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let killed_at = Instant::now();
@@ -31,18 +34,27 @@ async fn killed_primary_is_replaced_and_the_other_standby_follows() -> anyhow::R
         .map(|n| n.name.clone())
         .find(|n| *n != new)
         .unwrap();
-    wait(Duration::from_secs(20), "the other standby to stream from the new primary", || {
-        Ok(bed.streaming_from(&new)?.contains(&follower))
-    })
+    wait(
+        Duration::from_secs(20),
+        "the other standby to stream from the new primary",
+        || Ok(bed.streaming_from(&new)?.contains(&follower)),
+    )
     .await?;
     // Writes go on for a while after the failover.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let outcomes = writer.stop().await;
 
     let gap = outage(&outcomes, killed_at).expect("writes before and after the kill");
-    println!("outage after kill -9 of the primary: {} ms", gap.as_millis());
+    println!(
+        "outage after kill -9 of the primary: {} ms",
+        gap.as_millis()
+    );
     let errors: Vec<_> = outcomes.iter().filter_map(|o| o.error.clone()).collect();
-    println!("{} writes, {} errors: {errors:?}", outcomes.len(), errors.len());
+    println!(
+        "{} writes, {} errors: {errors:?}",
+        outcomes.len(),
+        errors.len()
+    );
     assert!(gap < Duration::from_secs(10), "outage {gap:?}");
     assert!(outcomes.last().unwrap().error.is_none(), "writes resumed");
     assert_eq!(bed.status(&old)?, "down", "the old primary is fenced");
@@ -58,7 +70,10 @@ async fn killed_primary_is_replaced_and_the_other_standby_follows() -> anyhow::R
         .collect();
     assert!(!after.is_empty());
     for s in &after {
-        assert!(on_new.contains(s), "write {s} acknowledged after the failover is missing");
+        assert!(
+            on_new.contains(s),
+            "write {s} acknowledged after the failover is missing"
+        );
     }
     assert!(acked(&outcomes).len() > 10);
     Ok(())

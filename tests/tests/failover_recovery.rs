@@ -11,7 +11,10 @@ use failover_support::{FailoverBed, Writer, wait};
 async fn the_old_primary_is_recovered_as_a_standby_under_writes() -> anyhow::Result<()> {
     let bed = FailoverBed::start(false, "")?;
     let old = bed.cluster.primary().name.clone();
-    let writer = Writer::start(bed.tidepool.conn_string("app", "app", "app"), Duration::from_millis(50));
+    let writer = Writer::start(
+        bed.tidepool.conn_string("app", "app", "app"),
+        Duration::from_millis(50),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     bed.cluster.kill9(&old)?;
     wait(Duration::from_secs(20), "a new primary", || {
@@ -35,12 +38,23 @@ async fn the_old_primary_is_recovered_as_a_standby_under_writes() -> anyhow::Res
     let outcomes = writer.stop().await;
     assert!(outcomes.last().unwrap().error.is_none(), "writes went on");
     // It caught up: the last acknowledged write reaches it.
-    let last = outcomes.iter().rev().find(|o| o.error.is_none()).unwrap().seq;
-    wait(Duration::from_secs(20), "the recovered node to replay the last write", || {
-        let seqs = bed.seqs(&old);
-        if let Err(e) = &seqs { eprintln!("{e:#}"); }
-        Ok(seqs?.contains(&last))
-    })
+    let last = outcomes
+        .iter()
+        .rev()
+        .find(|o| o.error.is_none())
+        .unwrap()
+        .seq;
+    wait(
+        Duration::from_secs(20),
+        "the recovered node to replay the last write",
+        || {
+            let seqs = bed.seqs(&old);
+            if let Err(e) = &seqs {
+                eprintln!("{e:#}");
+            }
+            Ok(seqs?.contains(&last))
+        },
+    )
     .await?;
     assert_eq!(bed.cluster.role(&old)?, tidepool_tests::Role::Standby);
     Ok(())

@@ -33,14 +33,22 @@ async fn a_fenced_old_primary_stays_fenced_across_a_restart() -> anyhow::Result<
 
     let c = bed.tidepool.connect("app", "app", "app").await?;
     for i in 0..20i64 {
-        c.execute("INSERT INTO ticks (seq) VALUES ($1)", &[&(1000 + i)]).await?;
+        c.execute("INSERT INTO ticks (seq) VALUES ($1)", &[&(1000 + i)])
+            .await?;
     }
     assert!(bed.seqs(&new)?.contains(&1019));
-    assert!(!bed.seqs(&old)?.contains(&1000), "no write reached the fenced node");
+    assert!(
+        !bed.seqs(&old)?.contains(&1000),
+        "no write reached the fenced node"
+    );
     assert_eq!(bed.primary()?.as_deref(), Some(new.as_str()));
 
     // The operator's attach overrides the fence.
     let out = bed.ctl(&["attach", &old])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

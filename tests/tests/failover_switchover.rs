@@ -12,7 +12,10 @@ async fn switchover_keeps_every_write_and_the_old_primary_follows() -> anyhow::R
     let bed = FailoverBed::start(false, "")?;
     let old = bed.cluster.primary().name.clone();
     let target = bed.cluster.standbys()[0].name.clone();
-    let writer = Writer::start(bed.tidepool.conn_string("app", "app", "app"), Duration::from_millis(50));
+    let writer = Writer::start(
+        bed.tidepool.conn_string("app", "app", "app"),
+        Duration::from_millis(50),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let at = std::time::Instant::now();
     let out = bed.ctl(&["promote", &target, "--switchover"])?;
@@ -24,14 +27,19 @@ async fn switchover_keeps_every_write_and_the_old_primary_follows() -> anyhow::R
         bed.tidepool.log_tail(30)
     );
     assert_eq!(bed.primary()?.as_deref(), Some(target.as_str()));
-    wait(Duration::from_secs(30), "the old primary to stream from the new one", || {
-        Ok(bed.streaming_from(&target)?.contains(&old))
-    })
+    wait(
+        Duration::from_secs(30),
+        "the old primary to stream from the new one",
+        || Ok(bed.streaming_from(&target)?.contains(&old)),
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let outcomes = writer.stop().await;
     let on_new = bed.seqs(&target)?;
-    let missing: Vec<i64> = acked(&outcomes).into_iter().filter(|s| !on_new.contains(s)).collect();
+    let missing: Vec<i64> = acked(&outcomes)
+        .into_iter()
+        .filter(|s| !on_new.contains(s))
+        .collect();
     println!(
         "switchover: write pause {:?}, {} errors",
         outage(&outcomes, at),

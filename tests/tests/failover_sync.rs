@@ -11,7 +11,10 @@ use failover_support::{FailoverBed, Writer, acked, wait};
 async fn every_acknowledged_write_survives_a_failover_with_sync_standbys() -> anyhow::Result<()> {
     let bed = FailoverBed::start(true, "")?;
     let old = bed.cluster.primary().name.clone();
-    let writer = Writer::start(bed.tidepool.conn_string("app", "app", "app"), Duration::from_millis(50));
+    let writer = Writer::start(
+        bed.tidepool.conn_string("app", "app", "app"),
+        Duration::from_millis(50),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     bed.cluster.kill9(&old)?;
     wait(Duration::from_secs(20), "a new primary", || {
@@ -20,11 +23,18 @@ async fn every_acknowledged_write_survives_a_failover_with_sync_standbys() -> an
     .await?;
     let new = bed.primary()?.unwrap();
     let resumed = Instant::now();
-    wait(Duration::from_secs(20), "writes after the failover", || Ok(Instant::now() > resumed + Duration::from_secs(2))).await?;
+    wait(Duration::from_secs(20), "writes after the failover", || {
+        Ok(Instant::now() > resumed + Duration::from_secs(2))
+    })
+    .await?;
     let outcomes = writer.stop().await;
     let acked = acked(&outcomes);
     let on_new = bed.seqs(&new)?;
-    let missing: Vec<i64> = acked.iter().copied().filter(|s| !on_new.contains(s)).collect();
+    let missing: Vec<i64> = acked
+        .iter()
+        .copied()
+        .filter(|s| !on_new.contains(s))
+        .collect();
     println!(
         "{} writes acknowledged, {} on the new primary {new}, missing: {missing:?}",
         acked.len(),

@@ -9,7 +9,11 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, pin_mut};
 
 async fn extended_and_simple_queries_work(mode: &str) {
-    let size = if mode == "session" { "max_size = 8" } else { "max_size = 2" };
+    let size = if mode == "session" {
+        "max_size = 8"
+    } else {
+        "max_size = 2"
+    };
     let bed = common::bed(0, mode, size, "").await.unwrap();
     let c = bed.app().await.unwrap();
     // Simple protocol.
@@ -119,7 +123,11 @@ fn pgbench_ok(bed: &common::Bed, args: &[&str]) {
 
 async fn pgbench_runs(mode: &str) {
     // Session mode needs a connection per client; transaction mode shares 4.
-    let size = if mode == "session" { "max_size = 12" } else { "max_size = 4" };
+    let size = if mode == "session" {
+        "max_size = 12"
+    } else {
+        "max_size = 4"
+    };
     let bed = common::bed(0, mode, size, "").await.unwrap();
     pgbench_ok(&bed, &["-i", "-s", "1", "-q", "app"]);
     for protocol in ["simple", "extended", "prepared"] {

@@ -10,7 +10,11 @@ use tokio_postgres::SimpleQueryMessage;
 
 /// Port of the server that ran `sql` (which must return it in column 0).
 async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
-    for m in c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")) {
+    for m in c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    {
         if let SimpleQueryMessage::Row(r) = m {
             return r.get(0).unwrap().parse().unwrap();
         }
@@ -28,8 +32,14 @@ fn ports(bed: &common::Bed) -> (u16, Vec<u16>) {
 /// A cluster of a primary and 2 standbys; the primary takes no reads
 /// (weight 0) so a read that lands on it was sent there on purpose.
 async fn lb_bed(mode: &str, lb: &str) -> common::Bed {
-    let cluster = tidepool_tests::PgCluster::start(tidepool_tests::PgClusterOpts::standbys(2)).unwrap();
-    let mut cfg = common::config(&cluster, mode, "max_size = 10", &format!("[load_balancing]\n{lb}\n"));
+    let cluster =
+        tidepool_tests::PgCluster::start(tidepool_tests::PgClusterOpts::standbys(2)).unwrap();
+    let mut cfg = common::config(
+        &cluster,
+        mode,
+        "max_size = 10",
+        &format!("[load_balancing]\n{lb}\n"),
+    );
     // weight 0 for the primary (first [[backends]] entry).
     cfg = cfg.replacen("weight = 1.0", "weight = 0.0", 1);
     let tidepool = tidepool_tests::Tidepool::start(&cfg).unwrap();
@@ -53,8 +63,27 @@ async fn reads_reach_standbys_and_writes_and_write_like_reads_never_do() {
     wait_until_async(Duration::from_secs(10), "standbys to see items", || async {
         let mut ok = true;
         for s in &standbys {
-            let d = bed.cluster.connect(bed.cluster.nodes().iter().find(|n| n.port == *s).unwrap().name.as_str(), "app", "app", "app").await.unwrap();
-            ok &= d.query_one("SELECT to_regclass('items') IS NOT NULL", &[]).await.map(|r| r.get::<_, bool>(0)).unwrap_or(false);
+            let d = bed
+                .cluster
+                .connect(
+                    bed.cluster
+                        .nodes()
+                        .iter()
+                        .find(|n| n.port == *s)
+                        .unwrap()
+                        .name
+                        .as_str(),
+                    "app",
+                    "app",
+                    "app",
+                )
+                .await
+                .unwrap();
+            ok &= d
+                .query_one("SELECT to_regclass('items') IS NOT NULL", &[])
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false);
         }
         ok
     })
@@ -63,11 +92,20 @@ async fn reads_reach_standbys_and_writes_and_write_like_reads_never_do() {
 
     let mut seen: HashMap<u16, usize> = HashMap::new();
     for _ in 0..60 {
-        *seen.entry(port_of(&c, "SELECT inet_server_port(), count(*) FROM items").await).or_default() += 1;
+        *seen
+            .entry(port_of(&c, "SELECT inet_server_port(), count(*) FROM items").await)
+            .or_default() += 1;
     }
-    assert_eq!(seen.get(&primary), None, "weight 0: the primary took reads: {seen:?}");
+    assert_eq!(
+        seen.get(&primary),
+        None,
+        "weight 0: the primary took reads: {seen:?}"
+    );
     for s in &standbys {
-        assert!(seen.get(s).copied().unwrap_or(0) >= 10, "standby {s} got too few reads: {seen:?}");
+        assert!(
+            seen.get(s).copied().unwrap_or(0) >= 10,
+            "standby {s} got too few reads: {seen:?}"
+        );
     }
 
     // Each of these must run on the primary.
@@ -86,22 +124,51 @@ async fn reads_reach_standbys_and_writes_and_write_like_reads_never_do() {
         assert_eq!(port_of(&c, sql).await, primary, "{sql}");
     }
     // A read-write transaction runs on the primary; a READ ONLY one may not.
-    let rw = c.simple_query("BEGIN; SELECT inet_server_port(); COMMIT").await.unwrap();
-    let rw_port: u16 = rw.iter().find_map(|m| match m { SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()), _ => None }).unwrap();
+    let rw = c
+        .simple_query("BEGIN; SELECT inet_server_port(); COMMIT")
+        .await
+        .unwrap();
+    let rw_port: u16 = rw
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap();
     assert_eq!(rw_port, primary);
     let mut ro_ports = Vec::new();
     for _ in 0..10 {
-        let ro = c.simple_query("BEGIN READ ONLY; SELECT inet_server_port(); COMMIT").await.unwrap();
-        ro_ports.push(ro.iter().find_map(|m| match m { SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse::<u16>().unwrap()), _ => None }).unwrap());
+        let ro = c
+            .simple_query("BEGIN READ ONLY; SELECT inet_server_port(); COMMIT")
+            .await
+            .unwrap();
+        ro_ports.push(
+            ro.iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse::<u16>().unwrap()),
+                    _ => None,
+                })
+                .unwrap(),
+        );
     }
-    assert!(ro_ports.iter().all(|p| standbys.contains(p)), "{ro_ports:?}");
+    assert!(
+        ro_ports.iter().all(|p| standbys.contains(p)),
+        "{ro_ports:?}"
+    );
 
     // Extended protocol: decided at Parse.
     let read = c.prepare("SELECT inet_server_port()::int").await.unwrap();
-    let write = c.prepare("INSERT INTO items (v) VALUES (7) RETURNING inet_server_port()::int").await.unwrap();
+    let write = c
+        .prepare("INSERT INTO items (v) VALUES (7) RETURNING inet_server_port()::int")
+        .await
+        .unwrap();
     for _ in 0..10 {
         let p: i32 = c.query_one(&read, &[]).await.unwrap().get(0);
-        assert!(standbys.contains(&(p as u16)), "{p} primary {primary} standbys {standbys:?}\n{}", bed.tidepool.log_tail(30));
+        assert!(
+            standbys.contains(&(p as u16)),
+            "{p} primary {primary} standbys {standbys:?}\n{}",
+            bed.tidepool.log_tail(30)
+        );
         let p: i32 = c.query_one(&write, &[]).await.unwrap().get(0);
         assert_eq!(p as u16, primary);
     }
@@ -118,7 +185,8 @@ async fn reads_reach_standbys_and_writes_and_write_like_reads_never_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_by_weight_within_statistical_bounds() {
-    let cluster = tidepool_tests::PgCluster::start(tidepool_tests::PgClusterOpts::standbys(2)).unwrap();
+    let cluster =
+        tidepool_tests::PgCluster::start(tidepool_tests::PgClusterOpts::standbys(2)).unwrap();
     let mut cfg = common::config(&cluster, "transaction", "max_size = 10", "");
     // Weights 0 (primary), 1 and 3.
     cfg = cfg.replacen("weight = 1.0", "weight = 0.0", 1);
@@ -140,48 +208,75 @@ async fn sessions_spread_by_weight_within_statistical_bounds() {
         }
     }
     // Expected 90 of 120 (p = 0.75); 99.9% bounds ≈ ±3.3σ (σ ≈ 4.7).
-    assert!((74..=106).contains(&on_heavy), "{on_heavy} of {sessions} on the weight-3 node");
+    assert!(
+        (74..=106).contains(&on_heavy),
+        "{on_heavy} of {sessions} on the weight-3 node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_with_replay_paused_loses_reads_until_it_resumes() {
-    let bed = lb_bed("transaction", "statement_level = true\ndelay_threshold = 1024\nsr_check_period = \"200ms\"").await;
+    let bed = lb_bed(
+        "transaction",
+        "statement_level = true\ndelay_threshold = 1024\nsr_check_period = \"200ms\"",
+    )
+    .await;
     let (_, standbys) = ports(&bed);
     let paused = bed.cluster.standbys()[0].name.clone();
     let paused_port = standbys[0];
     let c = bed.app().await.unwrap();
-    c.batch_execute("CREATE TABLE filler (x text)").await.unwrap();
-    bed.cluster.psql(&paused, "SELECT pg_wal_replay_pause()").unwrap();
+    c.batch_execute("CREATE TABLE filler (x text)")
+        .await
+        .unwrap();
+    bed.cluster
+        .psql(&paused, "SELECT pg_wal_replay_pause()")
+        .unwrap();
     // Make the paused standby fall behind.
-    c.batch_execute("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 200)").await.unwrap();
-    wait_until_async(Duration::from_secs(5), "reads to leave the paused standby", || async {
-        let mut on_paused = 0;
-        for _ in 0..20 {
-            if port_of(&c, "SELECT inet_server_port()").await == paused_port {
-                on_paused += 1;
+    c.batch_execute("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 200)")
+        .await
+        .unwrap();
+    wait_until_async(
+        Duration::from_secs(5),
+        "reads to leave the paused standby",
+        || async {
+            let mut on_paused = 0;
+            for _ in 0..20 {
+                if port_of(&c, "SELECT inet_server_port()").await == paused_port {
+                    on_paused += 1;
+                }
             }
-        }
-        on_paused == 0
-    })
+            on_paused == 0
+        },
+    )
     .await
     .unwrap();
-    bed.cluster.psql(&paused, "SELECT pg_wal_replay_resume()").unwrap();
-    wait_until_async(Duration::from_secs(10), "reads to come back to the resumed standby", || async {
-        let mut on_paused = 0;
-        for _ in 0..20 {
-            if port_of(&c, "SELECT inet_server_port()").await == paused_port {
-                on_paused += 1;
+    bed.cluster
+        .psql(&paused, "SELECT pg_wal_replay_resume()")
+        .unwrap();
+    wait_until_async(
+        Duration::from_secs(10),
+        "reads to come back to the resumed standby",
+        || async {
+            let mut on_paused = 0;
+            for _ in 0..20 {
+                if port_of(&c, "SELECT inet_server_port()").await == paused_port {
+                    on_paused += 1;
+                }
             }
-        }
-        on_paused > 0
-    })
+            on_paused > 0
+        },
+    )
     .await
     .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_write_always_sends_the_sessions_reads_to_the_primary() {
-    let bed = lb_bed("transaction", "statement_level = true\ndisable_on_write = \"always\"").await;
+    let bed = lb_bed(
+        "transaction",
+        "statement_level = true\ndisable_on_write = \"always\"",
+    )
+    .await;
     let (primary, standbys) = ports(&bed);
     let c = bed.app().await.unwrap();
     assert!(standbys.contains(&port_of(&c, "SELECT inet_server_port()").await));
@@ -203,10 +298,17 @@ async fn after_a_write_always_sends_the_sessions_reads_to_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_preference_by_application_name_wins() {
-    let bed = lb_bed("transaction", "app_name_redirect_preference_list = \"reporting:2\"").await;
+    let bed = lb_bed(
+        "transaction",
+        "app_name_redirect_preference_list = \"reporting:2\"",
+    )
+    .await;
     let target = bed.cluster.nodes()[2].port;
     let (c, conn) = tokio_postgres::connect(
-        &format!("{} application_name=reporting", bed.tidepool.conn_string("app", "app", "app")),
+        &format!(
+            "{} application_name=reporting",
+            bed.tidepool.conn_string("app", "app", "app")
+        ),
         tokio_postgres::NoTls,
     )
     .await
@@ -220,9 +322,16 @@ async fn redirect_preference_by_application_name_wins() {
 fn pgbench_ok(bed: &common::Bed, args: &[&str]) {
     let out = bed.run_client("pgbench", args).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pgbench {args:?}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if args.contains(&"-T") {
-        assert!(stdout.contains("number of failed transactions: 0 "), "{stdout}");
+        assert!(
+            stdout.contains("number of failed transactions: 0 "),
+            "{stdout}"
+        );
     }
 }
 
@@ -233,7 +342,10 @@ async fn pgbench_runs_with_load_balancing_in_both_modes() {
         pgbench_ok(&bed, &["-i", "-s", "1", "-q", "app"]);
         for m in ["simple", "extended", "prepared"] {
             pgbench_ok(&bed, &["-c", "4", "-j", "2", "-T", "2", "-M", m, "app"]);
-            pgbench_ok(&bed, &["-S", "-c", "4", "-j", "2", "-T", "2", "-M", m, "app"]);
+            pgbench_ok(
+                &bed,
+                &["-S", "-c", "4", "-j", "2", "-T", "2", "-M", m, "app"],
+            );
         }
         let nodes = bed.show("POOL_NODES").await.unwrap();
         let standby_selects: usize = nodes
@@ -241,7 +353,10 @@ async fn pgbench_runs_with_load_balancing_in_both_modes() {
             .filter(|n| n["role"] == "standby")
             .map(|n| n["select_cnt"].parse::<usize>().unwrap())
             .sum();
-        assert!(standby_selects > 0, "{mode}: no reads reached a standby: {nodes:?}");
+        assert!(
+            standby_selects > 0,
+            "{mode}: no reads reached a standby: {nodes:?}"
+        );
     }
 }
 
@@ -272,8 +387,14 @@ async fn notices_name_the_node_and_overrides_and_isolation_route_as_configured()
     // random() is volatile in the catalog but configured read-only;
     // upper() is immutable but configured as writing.
     assert!(standbys.contains(&port_of(&c, "SELECT inet_server_port(), random()").await));
-    assert_eq!(port_of(&c, "SELECT inet_server_port(), upper('x')").await, primary);
-    assert_eq!(port_of(&c, "SELECT inet_server_port(), 'audit_log'").await, primary);
+    assert_eq!(
+        port_of(&c, "SELECT inet_server_port(), upper('x')").await,
+        primary
+    );
+    assert_eq!(
+        port_of(&c, "SELECT inet_server_port(), 'audit_log'").await,
+        primary
+    );
     let rows = c
         .simple_query("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT inet_server_port(); COMMIT")
         .await
@@ -290,8 +411,26 @@ async fn notices_name_the_node_and_overrides_and_isolation_route_as_configured()
     while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
         notices.push(n);
     }
-    assert!(notices.iter().any(|n| n.contains("standby") && n.contains("load balanced")), "{notices:?}");
-    assert!(notices.iter().any(|n| n.contains("primary") && n.contains("may write")), "{notices:?}");
-    assert!(notices.iter().any(|n| n.contains("primary_routing_pattern")), "{notices:?}");
-    assert!(notices.iter().any(|n| n.contains("serializable")), "{notices:?}");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("standby") && n.contains("load balanced")),
+        "{notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("primary") && n.contains("may write")),
+        "{notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("primary_routing_pattern")),
+        "{notices:?}"
+    );
+    assert!(
+        notices.iter().any(|n| n.contains("serializable")),
+        "{notices:?}"
+    );
 }

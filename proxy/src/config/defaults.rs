@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{FailoverConfig, HealthCheckConfig, LogFormat, LoggingConfig, PoolConfig, PoolMode, ServerConfig};
+use super::{
+    FailoverConfig, HealthCheckConfig, LogFormat, LoggingConfig, PoolConfig, PoolMode, ServerConfig,
+};
 
 pub const CLIENT_PORT: u16 = 9999;
 pub const ADMIN_PORT: u16 = 9898;

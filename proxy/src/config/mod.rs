@@ -19,9 +19,7 @@ use crate::auth::HbaRuleConfig;
 
 pub use routing::{LoadBalancingConfig, OnWrite};
 pub use validate::ConfigError;
-pub use watchdog::{
-    AddressMode, EscalationConfig, EscalationVia, PeerConfig, WatchdogConfig,
-};
+pub use watchdog::{AddressMode, EscalationConfig, EscalationVia, PeerConfig, WatchdogConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -267,10 +267,16 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
         for (key, v) in [
             ("health_check_period", b.health_check_period),
             ("health_check_timeout", b.health_check_timeout),
-            ("health_check_connect_timeout", b.health_check_connect_timeout),
+            (
+                "health_check_connect_timeout",
+                b.health_check_connect_timeout,
+            ),
         ] {
             if v.is_some_and(|d| d.is_zero()) {
-                err(format!("backends[{i}].{key}"), "must be greater than 0".into());
+                err(
+                    format!("backends[{i}].{key}"),
+                    "must be greater than 0".into(),
+                );
             }
         }
         if let Some(d) = &b.data_directory

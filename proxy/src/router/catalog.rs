@@ -119,7 +119,10 @@ impl Catalog {
                             local |= l;
                         }
                     }
-                    map.insert((db.to_string(), name.clone()), (local || !found, Instant::now()));
+                    map.insert(
+                        (db.to_string(), name.clone()),
+                        (local || !found, Instant::now()),
+                    );
                 }
             } else {
                 self.forget(db);

@@ -69,7 +69,12 @@ impl Classifier {
     /// The class of `sql`, from the cache when its shape was seen before.
     pub fn classify(&self, sql: &str) -> Arc<Class> {
         let key = shape(sql);
-        if let Some(c) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(c) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return c.clone();
         }
@@ -210,7 +215,9 @@ pub fn classify_uncached(sql: &str) -> Class {
             }
             _ => {
                 all_select = false;
-                class.write.get_or_insert("statement writes or changes state");
+                class
+                    .write
+                    .get_or_insert("statement writes or changes state");
             }
         }
         if matches!(node, N::VariableSetStmt(_))
@@ -221,14 +228,18 @@ pub fn classify_uncached(sql: &str) -> Class {
     }
     for (node, _, _, _) in parsed.protobuf.nodes() {
         let reason = match node {
-            NodeRef::InsertStmt(_) | NodeRef::UpdateStmt(_) | NodeRef::DeleteStmt(_)
+            NodeRef::InsertStmt(_)
+            | NodeRef::UpdateStmt(_)
+            | NodeRef::DeleteStmt(_)
             | NodeRef::MergeStmt(_) => Some("data-modifying statement"),
             NodeRef::LockingClause(_) => Some("SELECT … FOR UPDATE/SHARE locks rows"),
             NodeRef::SelectStmt(s) if !s.locking_clause.is_empty() => {
                 Some("SELECT … FOR UPDATE/SHARE locks rows")
             }
             NodeRef::IntoClause(_) => Some("SELECT INTO creates a table"),
-            NodeRef::SelectStmt(s) if s.into_clause.is_some() => Some("SELECT INTO creates a table"),
+            NodeRef::SelectStmt(s) if s.into_clause.is_some() => {
+                Some("SELECT INTO creates a table")
+            }
             _ => None,
         };
         if let Some(r) = reason {
@@ -257,7 +268,11 @@ fn def_value(d: &pg_query::protobuf::DefElem) -> String {
             Some(pg_query::protobuf::a_const::Val::Ival(i)) => i.ival.to_string(),
             Some(pg_query::protobuf::a_const::Val::Sval(s)) => s.sval.to_ascii_lowercase(),
             Some(pg_query::protobuf::a_const::Val::Boolval(b)) => {
-                if b.boolval { "1".into() } else { "0".into() }
+                if b.boolval {
+                    "1".into()
+                } else {
+                    "0".into()
+                }
             }
             _ => String::new(),
         },
@@ -361,7 +376,10 @@ mod tests {
             shape("SELECT abalance FROM pgbench_accounts WHERE aid = 4711"),
             shape("SELECT abalance FROM pgbench_accounts WHERE aid = 12")
         );
-        assert_eq!(shape("select 'it''s', t1.x2 from t1"), "select ?, t1.x2 from t1");
+        assert_eq!(
+            shape("select 'it''s', t1.x2 from t1"),
+            "select ?, t1.x2 from t1"
+        );
         assert_ne!(shape("SELECT * FROM t1"), shape("SELECT * FROM t2"));
     }
 

@@ -69,7 +69,14 @@ pub async fn run(
         let mut next = BTreeMap::new();
         if let Some(primary) = snapshot.primary() {
             let key = (primary.host.clone(), primary.port);
-            let current = match sample(&mut clients, &key, &cfg, "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, 0::float8").await {
+            let current = match sample(
+                &mut clients,
+                &key,
+                &cfg,
+                "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, 0::float8",
+            )
+            .await
+            {
                 Some((lsn, _)) => lsn,
                 None => {
                     wait(&mut shutdown, period).await;

@@ -138,14 +138,26 @@ pub fn validate(cfg: &LoadBalancingConfig) -> Vec<(String, String)> {
     ] {
         for (i, r) in list.iter().enumerate() {
             if let Err(e) = Regex::new(r) {
-                out.push((format!("load_balancing.{key}[{i}]"), format!("not a valid regex: {e}")));
+                out.push((
+                    format!("load_balancing.{key}[{i}]"),
+                    format!("not a valid regex: {e}"),
+                ));
             }
         }
     }
     for (key, text) in [
-        ("app_name_redirect_preference_list", &cfg.app_name_redirect_preference_list),
-        ("database_redirect_preference_list", &cfg.database_redirect_preference_list),
-        ("user_redirect_preference_list", &cfg.user_redirect_preference_list),
+        (
+            "app_name_redirect_preference_list",
+            &cfg.app_name_redirect_preference_list,
+        ),
+        (
+            "database_redirect_preference_list",
+            &cfg.database_redirect_preference_list,
+        ),
+        (
+            "user_redirect_preference_list",
+            &cfg.user_redirect_preference_list,
+        ),
     ] {
         if let Err(e) = preference::parse_list(text) {
             out.push((format!("load_balancing.{key}"), e));
@@ -160,7 +172,10 @@ pub fn validate(cfg: &LoadBalancingConfig) -> Vec<(String, String)> {
         }
     }
     if cfg.sr_check_period.is_zero() {
-        out.push(("load_balancing.sr_check_period".into(), "must be greater than 0".into()));
+        out.push((
+            "load_balancing.sr_check_period".into(),
+            "must be greater than 0".into(),
+        ));
     }
     out
 }
@@ -211,7 +226,9 @@ pub fn primary_reason(
         return Some("temporary, unlogged or unknown relation");
     }
     match cfg.disable_on_write {
-        OnWrite::Always if session.wrote => return Some("session wrote (disable_on_write = always)"),
+        OnWrite::Always if session.wrote => {
+            return Some("session wrote (disable_on_write = always)");
+        }
         OnWrite::TransTransaction if session.wrote_in_transaction && class.begins => {
             return Some("session wrote in a transaction (disable_on_write = trans_transaction)");
         }

@@ -41,14 +41,14 @@ pub fn parse_list(text: &str) -> Result<Vec<Preference>, String> {
             }
             None => (rest.trim(), 1.0),
         };
-        let target = match target {
-            "primary" => Target::Primary,
-            "standby" => Target::Standby,
-            id => Target::Node(
-                id.parse()
-                    .map_err(|_| format!("{entry:?}: target must be a node id, primary or standby"))?,
-            ),
-        };
+        let target =
+            match target {
+                "primary" => Target::Primary,
+                "standby" => Target::Standby,
+                id => Target::Node(id.parse().map_err(|_| {
+                    format!("{entry:?}: target must be a node id, primary or standby")
+                })?),
+            };
         let pattern = Regex::new(&format!("^(?:{pattern})$"))
             .map_err(|e| format!("{entry:?}: bad regex: {e}"))?;
         out.push(Preference {

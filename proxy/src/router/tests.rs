@@ -65,12 +65,30 @@ fn reads_spread_by_weight_and_weight_zero_gets_none() {
 fn lagging_standbys_get_no_reads_unless_preferred() {
     let s = snapshot(&[0.0, 1.0, 1.0]);
     let mut lags = BTreeMap::new();
-    lags.insert(1, Lag { bytes: 10_000, ..Lag::default() });
-    lags.insert(2, Lag { bytes: 50, ..Lag::default() });
+    lags.insert(
+        1,
+        Lag {
+            bytes: 10_000,
+            ..Lag::default()
+        },
+    );
+    lags.insert(
+        2,
+        Lag {
+            bytes: 50,
+            ..Lag::default()
+        },
+    );
     let r = rules(|c| c.delay_threshold = 1000);
     let c = counts(&r, &s, &lags, 200);
     assert_eq!(c, vec![0, 0, 200]);
-    lags.insert(2, Lag { bytes: 5_000, ..Lag::default() });
+    lags.insert(
+        2,
+        Lag {
+            bytes: 5_000,
+            ..Lag::default()
+        },
+    );
     // Every standby lags: the primary takes the reads…
     assert_eq!(counts(&r, &s, &lags, 50), vec![50, 0, 0]);
     // …or the least-lagged standby, when preferred.
@@ -87,9 +105,25 @@ fn session_level_choice_sticks_and_statement_level_does_not() {
     let r = rules(|c| c.statement_level = false);
     let mut rng = StdRng::seed_from_u64(1);
     let mut sess = SessionRouting::default();
-    let first = choose_read(&r, &s, &BTreeMap::new(), &Client::default(), &mut sess, &mut rng).unwrap();
+    let first = choose_read(
+        &r,
+        &s,
+        &BTreeMap::new(),
+        &Client::default(),
+        &mut sess,
+        &mut rng,
+    )
+    .unwrap();
     for _ in 0..50 {
-        let d = choose_read(&r, &s, &BTreeMap::new(), &Client::default(), &mut sess, &mut rng).unwrap();
+        let d = choose_read(
+            &r,
+            &s,
+            &BTreeMap::new(),
+            &Client::default(),
+            &mut sess,
+            &mut rng,
+        )
+        .unwrap();
         assert_eq!(d.node, first.node);
     }
     let c = counts(&rules(|_| {}), &s, &BTreeMap::new(), 300);
@@ -106,10 +140,21 @@ fn redirect_lists_application_before_database_before_user() {
     });
     let mut rng = StdRng::seed_from_u64(3);
     let mut pick = |app: &str| {
-        let client = Client { user: "app", database: "app", application_name: app };
-        choose_read(&r, &s, &BTreeMap::new(), &client, &mut SessionRouting::default(), &mut rng)
-            .unwrap()
-            .node
+        let client = Client {
+            user: "app",
+            database: "app",
+            application_name: app,
+        };
+        choose_read(
+            &r,
+            &s,
+            &BTreeMap::new(),
+            &client,
+            &mut SessionRouting::default(),
+            &mut rng,
+        )
+        .unwrap()
+        .node
     };
     assert_eq!(pick("batch-7"), 2);
     assert_eq!(pick("web"), 0);
@@ -128,15 +173,37 @@ fn write_like_units_and_session_history_force_the_primary() {
     assert!(primary_reason(&r, &begin, &none, &sess).is_some());
     let ro = classify::classify_uncached("BEGIN READ ONLY");
     assert_eq!(primary_reason(&r, &ro, &none, &sess), None);
-    let volatile = Facts { volatile_function: true, ..Facts::default() };
+    let volatile = Facts {
+        volatile_function: true,
+        ..Facts::default()
+    };
     assert!(primary_reason(&r, &read, &volatile, &sess).is_some());
     let hinted = classify::classify_uncached("/* tidepool: primary */ SELECT 1");
-    assert!(primary_reason(&rules(|c| c.allow_sql_comments = true), &hinted, &none, &sess).is_some());
+    assert!(
+        primary_reason(
+            &rules(|c| c.allow_sql_comments = true),
+            &hinted,
+            &none,
+            &sess
+        )
+        .is_some()
+    );
     let commented = classify::classify_uncached("/* report */ SELECT 1");
     assert!(primary_reason(&r, &commented, &none, &sess).is_some());
-    assert_eq!(primary_reason(&rules(|c| c.allow_sql_comments = true), &commented, &none, &sess), None);
+    assert_eq!(
+        primary_reason(
+            &rules(|c| c.allow_sql_comments = true),
+            &commented,
+            &none,
+            &sess
+        ),
+        None
+    );
 
-    let wrote = SessionRouting { wrote: true, ..SessionRouting::default() };
+    let wrote = SessionRouting {
+        wrote: true,
+        ..SessionRouting::default()
+    };
     let always = rules(|c| c.disable_on_write = OnWrite::Always);
     assert!(primary_reason(&always, &read, &none, &wrote).is_some());
     assert_eq!(primary_reason(&r, &read, &none, &wrote), None);
@@ -147,9 +214,33 @@ fn write_like_units_and_session_history_force_the_primary() {
     });
     let mut sess = SessionRouting::default();
     sess.written_tables.insert("orders".into());
-    assert!(primary_reason(&dml, &classify::classify_uncached("SELECT * FROM orders"), &none, &sess).is_some());
-    assert!(primary_reason(&dml, &classify::classify_uncached("SELECT * FROM order_lines"), &none, &sess).is_some());
-    assert_eq!(primary_reason(&dml, &classify::classify_uncached("SELECT * FROM other"), &none, &sess), None);
+    assert!(
+        primary_reason(
+            &dml,
+            &classify::classify_uncached("SELECT * FROM orders"),
+            &none,
+            &sess
+        )
+        .is_some()
+    );
+    assert!(
+        primary_reason(
+            &dml,
+            &classify::classify_uncached("SELECT * FROM order_lines"),
+            &none,
+            &sess
+        )
+        .is_some()
+    );
+    assert_eq!(
+        primary_reason(
+            &dml,
+            &classify::classify_uncached("SELECT * FROM other"),
+            &none,
+            &sess
+        ),
+        None
+    );
 }
 
 #[test]

@@ -146,7 +146,11 @@ impl Session {
             let pool = self.write_pool().map_err(|(_, m)| m)?;
             if let Some(mut reported) = pool.server_parameters() {
                 for (name, value) in &self.startup_params {
-                    if let Some(key) = reported.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned() {
+                    if let Some(key) = reported
+                        .keys()
+                        .find(|k| k.eq_ignore_ascii_case(name))
+                        .cloned()
+                    {
                         reported.insert(key, value.clone());
                     }
                 }
@@ -381,7 +385,9 @@ impl Session {
                 _ => {
                     return Err((
                         sqlstate::CANNOT_CONNECT_NOW,
-                        format!("no primary node is available (waited {wait:?}, pool.primary_wait_timeout)"),
+                        format!(
+                            "no primary node is available (waited {wait:?}, pool.primary_wait_timeout)"
+                        ),
                     ));
                 }
             }
@@ -410,7 +416,10 @@ impl Session {
 
     /// Makes `node` the session's current backend: a parked connection of
     /// the session, or one from the node's pool.
-    async fn acquire_on(&mut self, node: &crate::cluster::Node) -> Result<(), (&'static str, String)> {
+    async fn acquire_on(
+        &mut self,
+        node: &crate::cluster::Node,
+    ) -> Result<(), (&'static str, String)> {
         if let Some(l) = &self.lease
             && lease_node(l) == node.id
         {
@@ -506,7 +515,10 @@ impl Session {
             && !self.is_admin_command(&f)
             && let Err((code, msg)) = self.route_unit(&f, rest).await
         {
-            self.shared.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .metrics
+                .client_errors
+                .fetch_add(1, Ordering::Relaxed);
             self.error(Severity::Error, code, &msg, None);
             if matches!(f.tag, b'Q' | b'F') {
                 messages::ready_for_query(&mut self.to_client, self.tx_status);
@@ -522,9 +534,11 @@ impl Session {
                     .map_err(|e| SessionEnd::Protocol(e.to_string()))?
                     .to_string();
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                if let Some(table) =
-                    crate::admin::show::answer_in_session(&sql, &self.shared, self.routing.read_node)
-                {
+                if let Some(table) = crate::admin::show::answer_in_session(
+                    &sql,
+                    &self.shared,
+                    self.routing.read_node,
+                ) {
                     table.encode(&mut self.to_client);
                     messages::ready_for_query(&mut self.to_client, self.tx_status);
                     return Ok(());
@@ -721,7 +735,9 @@ impl Session {
             if self.tx_status == b'T' || class.begins {
                 self.routing.wrote_in_transaction = true;
             }
-            self.routing.written_tables.extend(class.written.iter().cloned());
+            self.routing
+                .written_tables
+                .extend(class.written.iter().cloned());
         }
     }
 
@@ -789,13 +805,21 @@ impl Session {
 
     /// Routes the unit of work that starts with `f` and attaches the
     /// session to the chosen node.
-    async fn route_unit(&mut self, f: &Frame, rest: &[Frame]) -> Result<(), (&'static str, String)> {
+    async fn route_unit(
+        &mut self,
+        f: &Frame,
+        rest: &[Frame],
+    ) -> Result<(), (&'static str, String)> {
         let rules = self.shared.rules.load_full();
         let (class, incomplete) = self.unit_class(f, rest);
         if !rules.cfg.enabled {
             return self.acquire().await;
         }
-        let sql = if f.tag == b'Q' { messages::read_query(f).unwrap_or("") } else { "" };
+        let sql = if f.tag == b'Q' {
+            messages::read_query(f).unwrap_or("")
+        } else {
+            ""
+        };
         let mut facts = router::Facts {
             incomplete,
             pinned: !self.pins.is_empty(),
@@ -813,7 +837,10 @@ impl Session {
         let decision = match reason {
             Some(r) => {
                 let p = self.primary().await?;
-                router::Decision { node: p.id, reason: r }
+                router::Decision {
+                    node: p.id,
+                    reason: r,
+                }
             }
             None => {
                 let lags = self.shared.lags.load_full();
@@ -829,18 +856,32 @@ impl Session {
                 };
                 let chosen = {
                     let mut rng = rand::rng();
-                    router::choose_read(&rules, &snapshot, &lags, &client, &mut self.routing, &mut rng)
+                    router::choose_read(
+                        &rules,
+                        &snapshot,
+                        &lags,
+                        &client,
+                        &mut self.routing,
+                        &mut rng,
+                    )
                 };
                 match chosen {
                     Some(d) => d,
                     None => {
                         let p = self.primary().await?;
-                        router::Decision { node: p.id, reason: "no node can take reads" }
+                        router::Decision {
+                            node: p.id,
+                            reason: "no node can take reads",
+                        }
                     }
                 }
             }
         };
-        tracing::debug!(node = decision.node, reason = decision.reason, "unit routed");
+        tracing::debug!(
+            node = decision.node,
+            reason = decision.reason,
+            "unit routed"
+        );
         let snapshot = self.shared.cluster.snapshot();
         let node = match snapshot.node(decision.node) {
             Some(n) => n.clone(),
@@ -868,7 +909,12 @@ impl Session {
 
     /// Fills in what the catalog knows about the unit's functions and
     /// relations, asking the primary about names seen for the first time.
-    async fn catalog_facts(&self, rules: &router::Rules, class: &router::Class, facts: &mut router::Facts) {
+    async fn catalog_facts(
+        &self,
+        rules: &router::Rules,
+        class: &router::Class,
+        facts: &mut router::Facts,
+    ) {
         let catalog = &self.shared.catalog;
         let db = &self.database;
         let mut unknown_functions = Vec::new();
@@ -888,12 +934,24 @@ impl Session {
             let cfg = self.shared.config.load();
             if let Some(p) = router::write_node(&self.shared.cluster.snapshot()) {
                 let (host, port) = (p.host.clone(), p.port);
-                let fs = if f_known.is_none() { unknown_functions.clone() } else { vec![] };
-                let rs = if r_known.is_none() { class.tables.clone() } else { vec![] };
-                catalog.learn(&host, port, db, &cfg.health_check, &fs, &rs).await;
+                let fs = if f_known.is_none() {
+                    unknown_functions.clone()
+                } else {
+                    vec![]
+                };
+                let rs = if r_known.is_none() {
+                    class.tables.clone()
+                } else {
+                    vec![]
+                };
+                catalog
+                    .learn(&host, port, db, &cfg.health_check, &fs, &rs)
+                    .await;
             }
         }
-        facts.volatile_function = catalog.known_functions(db, &unknown_functions).unwrap_or(true);
+        facts.volatile_function = catalog
+            .known_functions(db, &unknown_functions)
+            .unwrap_or(true);
         facts.local_relation = catalog.known_relations(db, &class.tables).unwrap_or(true);
     }
 

@@ -17,7 +17,12 @@ use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, free_port, wait_for_asy
 
 /// tidepool's config for failover tests: every node with its data
 /// directory, the replication user, the state file in `state_dir`.
-pub fn config(cluster: &PgCluster, state_dir: &std::path::Path, backend_extra: &str, extra: &str) -> String {
+pub fn config(
+    cluster: &PgCluster,
+    state_dir: &std::path::Path,
+    backend_extra: &str,
+    extra: &str,
+) -> String {
     let backends: Vec<String> = cluster
         .nodes()
         .iter()
@@ -135,12 +140,18 @@ impl FailoverBed {
             node,
             "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1",
         )?;
-        Ok(out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+        Ok(out
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
     /// Every `seq` in `ticks` on `node`.
     pub fn seqs(&self, node: &str) -> Result<Vec<i64>> {
-        let out = self.cluster.psql_db(node, "app", "SELECT seq FROM ticks ORDER BY seq")?;
+        let out = self
+            .cluster
+            .psql_db(node, "app", "SELECT seq FROM ticks ORDER BY seq")?;
         Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 }
@@ -173,7 +184,11 @@ impl Writer {
             while !flag.load(Ordering::Relaxed) {
                 tick.tick().await;
                 seq += 1;
-                let r = tokio::time::timeout(Duration::from_secs(5), write(&mut client, &conn_string, seq)).await;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    write(&mut client, &conn_string, seq),
+                )
+                .await;
                 let error = match r {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e),
@@ -199,7 +214,11 @@ impl Writer {
     }
 }
 
-async fn write(client: &mut Option<tokio_postgres::Client>, conn: &str, seq: i64) -> Result<(), String> {
+async fn write(
+    client: &mut Option<tokio_postgres::Client>,
+    conn: &str,
+    seq: i64,
+) -> Result<(), String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         let (c, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
             .await
@@ -221,13 +240,21 @@ async fn write(client: &mut Option<tokio_postgres::Client>, conn: &str, seq: i64
 
 /// Sequence numbers of acknowledged writes.
 pub fn acked(outcomes: &[Outcome]) -> Vec<i64> {
-    outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.seq).collect()
+    outcomes
+        .iter()
+        .filter(|o| o.error.is_none())
+        .map(|o| o.seq)
+        .collect()
 }
 
 /// The longest gap between two consecutive successful writes, the later
 /// of which came after `at` (the moment the fault was injected).
 pub fn outage(outcomes: &[Outcome], at: Instant) -> Option<Duration> {
-    let ok: Vec<Instant> = outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.at).collect();
+    let ok: Vec<Instant> = outcomes
+        .iter()
+        .filter(|o| o.error.is_none())
+        .map(|o| o.at)
+        .collect();
     ok.windows(2)
         .filter(|w| w[1] > at)
         .map(|w| w[1] - w[0])
@@ -235,7 +262,11 @@ pub fn outage(outcomes: &[Outcome], at: Instant) -> Option<Duration> {
 }
 
 /// Waits (up to `timeout`) until `f` holds on the bed.
-pub async fn wait(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+pub async fn wait(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     wait_for_async(timeout, what, || {
         let r = f();
         async move {
