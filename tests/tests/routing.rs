@@ -434,3 +434,175 @@ async fn notices_name_the_node_and_overrides_and_isolation_route_as_configured()
         "{notices:?}"
     );
 }
+
+/// A client whose NOTICEs (one per routed unit) arrive on a channel.
+async fn noticed_client(
+    bed: &common::Bed,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (c, mut conn) = tokio_postgres::connect(
+        &bed.tidepool.conn_string("app", "app", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    (c, rx)
+}
+
+/// Runs `sql` (errors allowed: routing happens first) and returns the
+/// routing NOTICE it got.
+async fn routed(
+    c: &tokio_postgres::Client,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    sql: &str,
+) -> String {
+    let _ = c.simple_query(sql).await;
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{sql}: no routing notice"))
+            .unwrap();
+        if n.starts_with("tidepool: node") {
+            return n;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_kind_lands_where_the_rules_say() {
+    let bed = lb_bed(
+        "transaction",
+        "statement_level = true\nnotice_per_node_statement = true",
+    )
+    .await;
+    let setup = bed.app().await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE items (id int, v int); INSERT INTO items VALUES (1, 1)")
+        .await
+        .unwrap();
+    bed.cluster.wait_streaming().unwrap();
+    let (c, mut rx) = noticed_client(&bed).await;
+    let primary = "(pg0, primary)";
+    for sql in [
+        "SELECT * INTO items_copy FROM items",
+        "LISTEN ch",
+        "NOTIFY ch",
+        "VACUUM items",
+        "LOCK TABLE items",
+        "SELECT 1; INSERT INTO items VALUES (2, 2)",
+        "COMMIT PREPARED 'nothing'",
+        "this is not sql",
+        "SELECT setval('nothing', 1)",
+        "CREATE TABLE more (a int)",
+        "DELETE FROM items WHERE id = 99",
+    ] {
+        let n = routed(&c, &mut rx, sql).await;
+        assert!(n.contains(primary), "{sql}: {n}");
+        if sql.starts_with("LISTEN") {
+            // LISTEN pins the session to its connection until UNLISTEN *.
+            c.simple_query("UNLISTEN *").await.unwrap();
+        }
+    }
+    for sql in [
+        "SELECT count(*) FROM items",
+        "SHOW work_mem",
+        "EXPLAIN SELECT * FROM items",
+        "WITH x AS (SELECT * FROM items) SELECT * FROM x",
+        "SELECT lower('X')",
+        "BEGIN READ ONLY; SELECT 1; COMMIT",
+    ] {
+        let n = routed(&c, &mut rx, sql).await;
+        assert!(n.contains("standby"), "{sql}: {n}");
+    }
+    // A failed transaction stays where it began (the primary).
+    let n = routed(&c, &mut rx, "BEGIN").await;
+    assert!(n.contains(primary), "{n}");
+    assert!(c.simple_query("SELECT 1/0").await.is_err());
+    assert!(
+        c.simple_query("SELECT 1").await.is_err(),
+        "the failed transaction is kept"
+    );
+    c.simple_query("ROLLBACK").await.unwrap();
+    // Temporary tables: created on the primary, then the session stays there.
+    let n = routed(&c, &mut rx, "CREATE TEMP TABLE tt (a int)").await;
+    assert!(n.contains(primary), "{n}");
+    for _ in 0..5 {
+        assert_eq!(
+            port_of(
+                &c,
+                "SELECT inet_server_port() FROM (SELECT count(*) FROM tt) x"
+            )
+            .await,
+            bed.cluster.primary().port
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dml_adaptive_keeps_reads_of_written_tables_on_the_primary() {
+    let bed = lb_bed(
+        "transaction",
+        "statement_level = true\ndisable_on_write = \"dml_adaptive\"\ndml_adaptive_relations = [\"orders:order_lines\"]",
+    )
+    .await;
+    let (primary, standbys) = ports(&bed);
+    let setup = bed.app().await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE orders (id int); CREATE TABLE order_lines (id int); CREATE TABLE other (id int)")
+        .await
+        .unwrap();
+    bed.cluster.wait_streaming().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = bed.app().await.unwrap();
+    assert!(
+        standbys.contains(
+            &port_of(
+                &c,
+                "SELECT inet_server_port() FROM (SELECT count(*) FROM orders) x"
+            )
+            .await
+        )
+    );
+    c.batch_execute("INSERT INTO orders VALUES (1)")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            port_of(
+                &c,
+                "SELECT inet_server_port() FROM (SELECT count(*) FROM orders) x"
+            )
+            .await,
+            primary
+        );
+        assert_eq!(
+            port_of(
+                &c,
+                "SELECT inet_server_port() FROM (SELECT count(*) FROM order_lines) x"
+            )
+            .await,
+            primary
+        );
+        assert!(
+            standbys.contains(
+                &port_of(
+                    &c,
+                    "SELECT inet_server_port() FROM (SELECT count(*) FROM other) x"
+                )
+                .await
+            )
+        );
+    }
+}
