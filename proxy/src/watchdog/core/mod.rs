@@ -22,6 +22,11 @@
 //!
 //! The caller owns sockets and clocks: it calls [`Node::tick`] every tick,
 //! [`Node::step`] for each message, and drains [`Node::take_ready`].
+//! Message handling is in `step.rs`; leadership transfers (switchover,
+//! priority failback, health handover) in `transfer.rs`.
+
+mod step;
+mod transfer;
 
 use serde::{Deserialize, Serialize};
 
@@ -487,76 +492,6 @@ impl Node {
         self.heartbeat(now);
     }
 
-    /// Where leadership should go: a healthy peer when this node is not,
-    /// or a higher-priority peer that has been reachable long enough.
-    fn steer_target(&self, now: Millis) -> Option<NodeId> {
-        let fresh = |p: &Peer| p.healthy && p.up_since.is_some();
-        if !self.healthy && now >= self.leader_since + self.s.election_timeout {
-            return (0..self.members.len())
-                .filter(|&i| i != self.id && fresh(&self.peers[i]))
-                .max_by_key(|&i| (self.members[i].priority, std::cmp::Reverse(i)));
-        }
-        if self.pinned || self.s.failback_after == 0 {
-            return None;
-        }
-        let mine = self.members[self.id].priority;
-        (0..self.members.len())
-            .filter(|&i| {
-                i != self.id
-                    && self.members[i].priority > mine
-                    && fresh(&self.peers[i])
-                    && self.peers[i]
-                        .up_since
-                        .is_some_and(|u| now >= u + self.s.failback_after)
-            })
-            .max_by_key(|&i| (self.members[i].priority, std::cmp::Reverse(i)))
-    }
-
-    fn start_transfer(&mut self, to: NodeId, pinned: bool, now: Millis) {
-        self.transfer = Some(Transfer {
-            to,
-            deadline: now + self.s.election_timeout,
-            sent: false,
-        });
-        self.campaign_pinned = pinned;
-        self.update_escalation(now);
-        self.tick_leader(now);
-    }
-
-    /// A planned switchover to `to` (leadership and the address).
-    /// Accepted on any node: a follower forwards it to its leader.
-    pub fn switchover(&mut self, to: &str, now: Millis) -> Result<(), SwitchoverError> {
-        let target = self
-            .members
-            .iter()
-            .position(|m| m.name == to)
-            .ok_or_else(|| SwitchoverError::UnknownNode(to.to_string()))?;
-        match self.role {
-            Role::Leader => {
-                if let Some(t) = self.transfer {
-                    return Err(SwitchoverError::InProgress(self.members[t.to].name.clone()));
-                }
-                if target == self.id {
-                    self.pinned = true;
-                } else {
-                    self.start_transfer(target, true, now);
-                }
-                Ok(())
-            }
-            _ => {
-                let leader = self.leader.ok_or(SwitchoverError::NoLeader)?;
-                self.send(
-                    leader,
-                    Msg::TransferRequest {
-                        term: self.term,
-                        to: to.to_string(),
-                    },
-                );
-                Ok(())
-            }
-        }
-    }
-
     /// Escalate while leading with a live lease; otherwise de-escalate.
     fn update_escalation(&mut self, now: Millis) {
         let want = self.role == Role::Leader && now < self.lease_until && self.transfer.is_none();
@@ -578,139 +513,5 @@ impl Node {
             self.next_verify = now + self.s.verify_interval;
             self.ready.actions.push(Action::Verify { term: self.term });
         }
-    }
-
-    /// Handles one message from `from`.
-    pub fn step(&mut self, from: NodeId, msg: Msg, now: Millis) {
-        if from >= self.members.len() || from == self.id {
-            return;
-        }
-        let p = &mut self.peers[from];
-        p.seen = Some(now);
-        p.up_since.get_or_insert(now);
-        self.step_inner(from, msg, now);
-        self.update_escalation(now);
-    }
-
-    fn step_inner(&mut self, from: NodeId, msg: Msg, now: Millis) {
-        let term = msg.term();
-        match msg {
-            Msg::PreVote { term } => {
-                let granted = term > self.term && !self.in_lease(now) && now >= self.boot_until;
-                // A refusal carries this node's own term, so that a
-                // candidate behind it catches up and one level with it
-                // does not move.
-                let term = if granted { term } else { self.term };
-                return self.send(from, Msg::PreVoteResp { term, granted });
-            }
-            Msg::PreVoteResp {
-                term,
-                granted: true,
-            } => {
-                if self.role == Role::PreCandidate && term == self.term + 1 {
-                    self.granted[from] = true;
-                    if self.count_granted() >= self.quorum() {
-                        self.campaign(false, now);
-                    }
-                }
-                return;
-            }
-            _ => {}
-        }
-        if term > self.term {
-            if let Msg::Vote { transfer, .. } = msg
-                && !transfer
-                && self.in_lease(now)
-            {
-                return; // a live leader is heard: ignore disruptors
-            }
-            let leader =
-                matches!(msg, Msg::Heartbeat { .. } | Msg::TimeoutNow { .. }).then_some(from);
-            self.become_follower(term, leader, now);
-        } else if term < self.term {
-            match msg {
-                Msg::Heartbeat { stamp, .. } => self.send(
-                    from,
-                    Msg::HeartbeatResp {
-                        term: self.term,
-                        stamp,
-                        healthy: self.healthy,
-                    },
-                ),
-                Msg::Vote { .. } => self.send(
-                    from,
-                    Msg::VoteResp {
-                        term: self.term,
-                        granted: false,
-                    },
-                ),
-                _ => {}
-            }
-            return;
-        }
-        match msg {
-            Msg::Vote { .. } => {
-                let can = now >= self.boot_until
-                    && (self.voted_for == Some(from)
-                        || (self.voted_for.is_none() && self.leader.is_none()));
-                if can {
-                    self.voted_for = Some(from);
-                    self.reset_election(now);
-                }
-                self.send(from, Msg::VoteResp { term, granted: can });
-            }
-            Msg::VoteResp { granted: true, .. } if self.role == Role::Candidate => {
-                self.granted[from] = true;
-                if self.count_granted() >= self.quorum() {
-                    self.become_leader(now);
-                }
-            }
-            Msg::Heartbeat { stamp, .. } => self.on_heartbeat(from, stamp, now),
-            Msg::HeartbeatResp { stamp, healthy, .. } if self.role == Role::Leader => {
-                let p = &mut self.peers[from];
-                p.acked = Some(p.acked.map_or(stamp, |a| a.max(stamp)));
-                p.healthy = healthy;
-                if let Some(s) = self.quorum_stamp(now) {
-                    self.lease_until = self.lease_until.max(s + self.s.lease);
-                }
-            }
-            Msg::TimeoutNow { .. } if self.leader == Some(from) && self.role == Role::Follower => {
-                self.campaign_pinned = true;
-                self.campaign(true, now);
-            }
-            Msg::TransferRequest { to, .. } if self.role == Role::Leader => {
-                if let Err(e) = self.switchover(&to, now) {
-                    tracing::info!(error = %e, "switchover request refused");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn on_heartbeat(&mut self, from: NodeId, stamp: Millis, now: Millis) {
-        match self.role {
-            // Two leaders in one term cannot be; if it seems so, stand back.
-            Role::Leader => return self.become_follower(self.term, None, now),
-            Role::Candidate | Role::PreCandidate => {
-                self.become_follower(self.term, Some(from), now)
-            }
-            Role::Follower => match self.leader {
-                None => self.become_follower(self.term, Some(from), now),
-                Some(l) if l == from => {
-                    self.heard_leader_at = now;
-                    self.reset_election(now);
-                }
-                // One leader per term: never acknowledge a second one.
-                Some(_) => return,
-            },
-        }
-        self.send(
-            from,
-            Msg::HeartbeatResp {
-                term: self.term,
-                stamp,
-                healthy: self.healthy,
-            },
-        );
     }
 }
