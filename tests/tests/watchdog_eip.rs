@@ -1,0 +1,243 @@
+//! The watchdog with address mode `eip`, in-process, against moto: the
+//! Elastic IP follows the leader when the leader is killed. Each node
+//! reads its identity from its own IMDSv2 endpoint run by the test.
+
+mod watchdog_common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tidepool_tests::{NetNs, free_port, wait_until};
+use watchdog_common::*;
+
+fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var("TIDEPOOL_VENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/tidepool/venv",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    PathBuf::from(venv).join("bin").join(name)
+}
+
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start(host: Ipv4Addr) -> Result<Moto> {
+        let port = free_port();
+        let child = Command::new(venv_bin("moto_server"))
+            .args(["-H", &host.to_string(), "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("moto_server (run scripts/setup)")?;
+        let addr = SocketAddr::from((host, port));
+        wait_until(Duration::from_secs(30), "moto_server", || {
+            std::net::TcpStream::connect(addr).is_ok()
+        })?;
+        Ok(Moto {
+            child,
+            endpoint: format!("http://{addr}"),
+        })
+    }
+
+    /// Runs `body` (Python, with `ec2` a boto3 client on moto) and parses
+    /// its last printed line as JSON.
+    fn py(&self, body: &str) -> Result<Value> {
+        let script = format!(
+            "import boto3, json\nec2 = boto3.client('ec2', endpoint_url='{}', region_name='us-east-1', \
+             aws_access_key_id='testing', aws_secret_access_key='testing')\n{body}",
+            self.endpoint
+        );
+        let out = Command::new(venv_bin("python3"))
+            .arg("-c")
+            .arg(script)
+            .output()?;
+        if !out.status.success() {
+            bail!("python: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(serde_json::from_str(text.lines().last().unwrap_or("null"))?)
+    }
+
+    /// The instance and the interface the Elastic IP is associated with.
+    fn eip_holder(&self, alloc: &str) -> Result<Vec<String>> {
+        let v = self.py(&format!(
+            "a = ec2.describe_addresses(AllocationIds=['{alloc}'])['Addresses'][0]\n\
+             print(json.dumps([a.get('InstanceId') or None, a.get('NetworkInterfaceId') or None]))"
+        ))?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect())
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal IMDSv2 endpoint: PUT /latest/api/token, then GETs of
+/// `/latest/meta-data/…` from `values`.
+fn imds(host: Ipv4Addr, values: HashMap<String, String>) -> Result<SocketAddr> {
+    let listener = TcpListener::bind((host, 0))?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let values = values.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    // Skip headers.
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let key = path.trim_start_matches("/latest/meta-data/");
+                    let (status, body) = match (method, path) {
+                        ("PUT", "/latest/api/token") => ("200 OK", "test-token".to_string()),
+                        (_, _) => match values.get(key) {
+                            Some(v) => ("200 OK", v.clone()),
+                            None => ("404 Not Found", String::new()),
+                        },
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if reader.get_mut().write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[test]
+fn the_elastic_ip_follows_the_leader_on_moto() -> Result<()> {
+    let net = NetNs::new(3)?;
+    let moto = Moto::start(net.root_addr())?;
+    let world = moto.py(
+        "vpc = ec2.create_vpc(CidrBlock='10.0.0.0/16')['Vpc']['VpcId']\n\
+         sub = ec2.create_subnet(VpcId=vpc, CidrBlock='10.0.1.0/24')['Subnet']['SubnetId']\n\
+         r = ec2.run_instances(ImageId='ami-12c6146b', InstanceType='t3.micro', MinCount=3, MaxCount=3, SubnetId=sub)\n\
+         alloc = ec2.allocate_address(Domain='vpc')['AllocationId']\n\
+         print(json.dumps({'alloc': alloc, 'nodes': [{'id': i['InstanceId'], 'ip': i['PrivateIpAddress'], \
+         'eni': i['NetworkInterfaces'][0]['NetworkInterfaceId']} for i in r['Instances']]}))",
+    )?;
+    let alloc = world["alloc"]
+        .as_str()
+        .context("allocation id")?
+        .to_string();
+    let nodes = world["nodes"].as_array().context("instances")?.clone();
+    let mut env = Vec::new();
+    let mut eni = Vec::new();
+    for n in &nodes {
+        let mac = "0e:12:34:56:78:9a";
+        let values: HashMap<String, String> = [
+            (
+                "instance-id".to_string(),
+                n["id"].as_str().unwrap_or_default().to_string(),
+            ),
+            (
+                "local-ipv4".to_string(),
+                n["ip"].as_str().unwrap_or_default().to_string(),
+            ),
+            ("mac".to_string(), mac.to_string()),
+            (
+                format!("network/interfaces/macs/{mac}/interface-id"),
+                n["eni"].as_str().unwrap_or_default().to_string(),
+            ),
+            (
+                "placement/availability-zone".to_string(),
+                "us-east-1a".to_string(),
+            ),
+            ("placement/region".to_string(), "us-east-1".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let md = imds(net.root_addr(), values)?;
+        // Associated by interface: moto then leaves InstanceId empty.
+        eni.push(n["eni"].as_str().unwrap_or_default().to_string());
+        env.push(
+            [
+                ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+                ("AWS_REGION", "us-east-1".to_string()),
+                ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+                ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://{md}")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        );
+    }
+    let alloc2 = alloc.clone();
+    let mut g = Group::start_custom(
+        [1, 1, 1],
+        net,
+        &move |_, _| {
+            format!(
+                "[escalation]\nmode = \"eip\"\neip_allocation_id = \"{alloc2}\"\nverify_interval = \"2s\"\n"
+            )
+        },
+        env,
+    )?;
+    let holder_is = |want: &str| {
+        poll(Duration::from_secs(20), "the EIP to move", || {
+            let h = moto.eip_holder(&alloc);
+            h.as_ref()
+                .is_ok_and(|h| h.iter().any(|x| x == want))
+                .then_some(())
+        })
+    };
+    let leader = poll(Duration::from_secs(20), "a leader holding the EIP", || {
+        let l = g.leaders();
+        (l.len() == 1).then(|| l[0].clone())
+    })?;
+    if let Err(e) = holder_is(&eni[index(&leader)]) {
+        eprintln!(
+            "leader {leader}; interfaces {eni:?}; EIP holder {:?}",
+            moto.eip_holder(&alloc)
+        );
+        return Err(e);
+    }
+
+    g.kill(index(&leader))?;
+    let killed = std::time::Instant::now();
+    let next = poll(Duration::from_secs(20), "a new leader", || {
+        let l = g.leaders();
+        (l.len() == 1 && l[0] != leader).then(|| l[0].clone())
+    })?;
+    holder_is(&eni[index(&next)])?;
+    eprintln!(
+        "EIP moved from {leader} to {next} {:?} after kill -9 (including moto and polling)",
+        killed.elapsed()
+    );
+    Ok(())
+}
