@@ -155,6 +155,10 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
     if old.server.admin_listen != new.server.admin_listen {
         needs_restart.push("server.admin_listen".to_string());
     }
+    if old.watchdog != new.watchdog || old.escalation != new.escalation {
+        // The watchdog reads its settings at start (docs/watchdog.md).
+        needs_restart.push("watchdog / escalation".to_string());
+    }
     if old.pool.mode != new.pool.mode {
         // New sessions use the new mode; running ones keep theirs.
         needs_restart.push("pool.mode (running sessions keep the old mode)".to_string());

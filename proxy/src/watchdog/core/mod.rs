@@ -515,3 +515,6 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+//! Single-node rules of the state machine; `../sim.rs` checks clusters.
+
+use super::*;
+
+fn settings() -> Settings {
+    Settings {
+        heartbeat_interval: 100,
+        election_timeout: 1000,
+        lease: 600,
+        verify_interval: 10_000,
+        failback_after: 0,
+        half_votes: false,
+    }
+}
+
+fn node(id: NodeId, now: Millis) -> Node {
+    let members = (0..3)
+        .map(|i| Member {
+            name: format!("n{i}"),
+            priority: 1,
+        })
+        .collect();
+    Node::new(id, members, settings(), now, 7)
+}
+
+fn granted(ready: Ready) -> Option<bool> {
+    ready.messages.into_iter().find_map(|(_, m)| match m {
+        Msg::VoteResp { granted, .. } | Msg::PreVoteResp { granted, .. } => Some(granted),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_restarted_node_grants_no_vote_for_one_election_timeout() {
+    let mut n = node(0, 5_000);
+    n.step(
+        1,
+        Msg::Vote {
+            term: 3,
+            transfer: false,
+        },
+        5_500,
+    );
+    assert_eq!(granted(n.take_ready()), Some(false));
+    n.step(
+        2,
+        Msg::Vote {
+            term: 4,
+            transfer: false,
+        },
+        6_000,
+    );
+    assert_eq!(granted(n.take_ready()), Some(true));
+}
+
+#[test]
+fn one_vote_per_term() {
+    let mut n = node(0, 0);
+    n.step(
+        1,
+        Msg::Vote {
+            term: 2,
+            transfer: false,
+        },
+        2_000,
+    );
+    assert_eq!(granted(n.take_ready()), Some(true));
+    n.step(
+        2,
+        Msg::Vote {
+            term: 2,
+            transfer: false,
+        },
+        2_001,
+    );
+    assert_eq!(granted(n.take_ready()), Some(false));
+}
+
+#[test]
+fn a_follower_that_hears_its_leader_ignores_candidates_but_not_transfers() {
+    let mut n = node(0, 0);
+    n.step(1, Msg::Heartbeat { term: 2, stamp: 1 }, 2_000);
+    let _ = n.take_ready();
+    n.step(2, Msg::PreVote { term: 3 }, 2_100);
+    assert_eq!(granted(n.take_ready()), Some(false));
+    n.step(
+        2,
+        Msg::Vote {
+            term: 3,
+            transfer: false,
+        },
+        2_100,
+    );
+    assert_eq!(granted(n.take_ready()), None, "ignored, not answered");
+    n.step(
+        2,
+        Msg::Vote {
+            term: 3,
+            transfer: true,
+        },
+        2_200,
+    );
+    assert_eq!(granted(n.take_ready()), Some(true));
+}
+
+#[test]
+fn a_follower_acknowledges_one_leader_per_term() {
+    let mut n = node(0, 0);
+    n.step(1, Msg::Heartbeat { term: 2, stamp: 1 }, 2_000);
+    assert_eq!(n.take_ready().messages.len(), 1);
+    n.step(2, Msg::Heartbeat { term: 2, stamp: 1 }, 2_010);
+    assert!(n.take_ready().messages.is_empty());
+    assert_eq!(n.leader(), Some(1));
+}
+
+#[test]
+fn the_lease_comes_from_a_quorum_of_acknowledged_stamps() {
+    let mut n = node(0, 0);
+    // Elected at 2000: pre-vote and vote from node 1.
+    n.tick(2_000);
+    n.step(
+        1,
+        Msg::PreVoteResp {
+            term: 1,
+            granted: true,
+        },
+        2_000,
+    );
+    n.step(
+        1,
+        Msg::VoteResp {
+            term: 1,
+            granted: true,
+        },
+        2_001,
+    );
+    assert_eq!(n.role(), Role::Leader);
+    assert!(!n.escalated(), "no lease before an acknowledgement");
+    n.step(
+        2,
+        Msg::HeartbeatResp {
+            term: 1,
+            stamp: 2_001,
+            healthy: true,
+        },
+        2_010,
+    );
+    assert!(n.escalated());
+    assert_eq!(n.lease_until(), 2_601);
+    let actions = n.take_ready().actions;
+    assert_eq!(actions, vec![Action::Escalate { term: 1 }]);
+    // No more acknowledgements: it lets go when the lease runs out.
+    n.tick(2_600);
+    assert!(n.escalated());
+    n.tick(2_601);
+    assert!(!n.escalated());
+    assert!(
+        n.take_ready()
+            .actions
+            .contains(&Action::DeEscalate { term: 1 })
+    );
+}
