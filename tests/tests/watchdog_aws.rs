@@ -1,6 +1,7 @@
-//! The watchdog with address mode `eip`, in-process, against moto: the
-//! Elastic IP follows the leader when the leader is killed. Each node
-//! reads its identity from its own IMDSv2 endpoint run by the test.
+//! The watchdog with the AWS address modes, in-process, against moto: the
+//! Elastic IP, the Route53 record and the VIP's route follow the leader
+//! when the leader is killed. Each node reads its identity from its own
+//! IMDSv2 endpoint run by the test.
 
 mod watchdog_common;
 
@@ -56,8 +57,9 @@ impl Moto {
     /// its last printed line as JSON.
     fn py(&self, body: &str) -> Result<Value> {
         let script = format!(
-            "import boto3, json\nec2 = boto3.client('ec2', endpoint_url='{}', region_name='us-east-1', \
-             aws_access_key_id='testing', aws_secret_access_key='testing')\n{body}",
+            "import boto3, json\nkw = dict(endpoint_url='{}', region_name='us-east-1', \
+             aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             ec2 = boto3.client('ec2', **kw)\nr53 = boto3.client('route53', **kw)\n{body}",
             self.endpoint
         );
         let out = Command::new(venv_bin("python3"))
@@ -71,12 +73,28 @@ impl Moto {
         Ok(serde_json::from_str(text.lines().last().unwrap_or("null"))?)
     }
 
-    /// The instance and the interface the Elastic IP is associated with.
-    fn eip_holder(&self, alloc: &str) -> Result<Vec<String>> {
-        let v = self.py(&format!(
-            "a = ec2.describe_addresses(AllocationIds=['{alloc}'])['Addresses'][0]\n\
-             print(json.dumps([a.get('InstanceId') or None, a.get('NetworkInterfaceId') or None]))"
-        ))?;
+    /// What the address points at now (ids and addresses), per mode.
+    fn holder(&self, mode: &str, world: &Value) -> Result<Vec<String>> {
+        let body = match mode {
+            "eip" => format!(
+                "a = ec2.describe_addresses(AllocationIds=['{}'])['Addresses'][0]\n\
+                 print(json.dumps([a.get('InstanceId') or None, a.get('NetworkInterfaceId') or None]))",
+                world["alloc"].as_str().unwrap_or_default()
+            ),
+            "route53" => format!(
+                "rs = r53.list_resource_record_sets(HostedZoneId='{}')['ResourceRecordSets']\n\
+                 print(json.dumps([v['Value'] for r in rs if r['Name'] == 'db.tidepool.internal.' \
+                 and r['Type'] == 'A' for v in r['ResourceRecords']]))",
+                world["zone"].as_str().unwrap_or_default()
+            ),
+            _ => format!(
+                "t = ec2.describe_route_tables(RouteTableIds=['{}'])['RouteTables'][0]\n\
+                 print(json.dumps([x for r in t['Routes'] if r.get('DestinationCidrBlock') == '192.168.255.10/32' \
+                 for x in (r.get('InstanceId'), r.get('NetworkInterfaceId')) if x]))",
+                world["rtb"].as_str().unwrap_or_default()
+            ),
+        };
+        let v = self.py(&body)?;
         Ok(v.as_array()
             .into_iter()
             .flatten()
@@ -138,8 +156,7 @@ fn imds(host: Ipv4Addr, values: HashMap<String, String>) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-#[test]
-fn the_elastic_ip_follows_the_leader_on_moto() -> Result<()> {
+fn follows_the_leader(mode: &str) -> Result<()> {
     let net = NetNs::new(3)?;
     let moto = Moto::start(net.root_addr())?;
     let world = moto.py(
@@ -147,31 +164,26 @@ fn the_elastic_ip_follows_the_leader_on_moto() -> Result<()> {
          sub = ec2.create_subnet(VpcId=vpc, CidrBlock='10.0.1.0/24')['Subnet']['SubnetId']\n\
          r = ec2.run_instances(ImageId='ami-12c6146b', InstanceType='t3.micro', MinCount=3, MaxCount=3, SubnetId=sub)\n\
          alloc = ec2.allocate_address(Domain='vpc')['AllocationId']\n\
-         print(json.dumps({'alloc': alloc, 'nodes': [{'id': i['InstanceId'], 'ip': i['PrivateIpAddress'], \
-         'eni': i['NetworkInterfaces'][0]['NetworkInterfaceId']} for i in r['Instances']]}))",
+         rtb = ec2.create_route_table(VpcId=vpc)['RouteTable']['RouteTableId']\n\
+         zone = r53.create_hosted_zone(Name='tidepool.internal', CallerReference='e2e', \
+         HostedZoneConfig={'PrivateZone': True}, VPC={'VPCRegion': 'us-east-1', 'VPCId': vpc})['HostedZone']['Id'].split('/')[-1]\n\
+         print(json.dumps({'alloc': alloc, 'rtb': rtb, 'zone': zone, 'nodes': [{'id': i['InstanceId'], \
+         'ip': i['PrivateIpAddress'], 'eni': i['NetworkInterfaces'][0]['NetworkInterfaceId']} for i in r['Instances']]}))",
     )?;
-    let alloc = world["alloc"]
-        .as_str()
-        .context("allocation id")?
-        .to_string();
     let nodes = world["nodes"].as_array().context("instances")?.clone();
     let mut env = Vec::new();
-    let mut eni = Vec::new();
+    // What each node's holding looks like: instance, interface, private IP.
+    let mut marks: Vec<Vec<String>> = Vec::new();
     for n in &nodes {
+        let field = |k: &str| n[k].as_str().unwrap_or_default().to_string();
         let mac = "0e:12:34:56:78:9a";
         let values: HashMap<String, String> = [
-            (
-                "instance-id".to_string(),
-                n["id"].as_str().unwrap_or_default().to_string(),
-            ),
-            (
-                "local-ipv4".to_string(),
-                n["ip"].as_str().unwrap_or_default().to_string(),
-            ),
+            ("instance-id".to_string(), field("id")),
+            ("local-ipv4".to_string(), field("ip")),
             ("mac".to_string(), mac.to_string()),
             (
                 format!("network/interfaces/macs/{mac}/interface-id"),
-                n["eni"].as_str().unwrap_or_default().to_string(),
+                field("eni"),
             ),
             (
                 "placement/availability-zone".to_string(),
@@ -182,8 +194,7 @@ fn the_elastic_ip_follows_the_leader_on_moto() -> Result<()> {
         .into_iter()
         .collect();
         let md = imds(net.root_addr(), values)?;
-        // Associated by interface: moto then leaves InstanceId empty.
-        eni.push(n["eni"].as_str().unwrap_or_default().to_string());
+        marks.push(vec![field("id"), field("eni"), field("ip")]);
         env.push(
             [
                 ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
@@ -197,36 +208,41 @@ fn the_elastic_ip_follows_the_leader_on_moto() -> Result<()> {
             .collect(),
         );
     }
-    let alloc2 = alloc.clone();
-    let mut g = Group::start_custom(
-        [1, 1, 1],
-        net,
-        &move |_, _| {
+    let section = match mode {
+        "eip" => format!(
+            "eip_allocation_id = \"{}\"\n",
+            world["alloc"].as_str().unwrap_or_default()
+        ),
+        "route53" => format!(
+            "hosted_zone_id = \"{}\"\nrecord_name = \"db.tidepool.internal.\"\nrecord_ttl = 1\n",
+            world["zone"].as_str().unwrap_or_default()
+        ),
+        _ => format!(
+            "route_table_ids = [\"{}\"]\nvip_cidr = \"192.168.255.10/32\"\n",
+            world["rtb"].as_str().unwrap_or_default()
+        ),
+    };
+    let escalation =
+        format!("[escalation]\nmode = \"{mode}\"\nverify_interval = \"2s\"\n{section}");
+    let mut g = Group::start_custom([1, 1, 1], net, &move |_, _| escalation.clone(), env)?;
+    let holds = |node: &str| {
+        let want = &marks[index(node)];
+        poll(Duration::from_secs(20), "the address to move", || {
+            let h = moto.holder(mode, &world).ok()?;
+            h.iter().any(|x| want.contains(x)).then_some(())
+        })
+        .with_context(|| {
             format!(
-                "[escalation]\nmode = \"eip\"\neip_allocation_id = \"{alloc2}\"\nverify_interval = \"2s\"\n"
+                "{mode}: holder {:?}, want {want:?}",
+                moto.holder(mode, &world)
             )
-        },
-        env,
-    )?;
-    let holder_is = |want: &str| {
-        poll(Duration::from_secs(20), "the EIP to move", || {
-            let h = moto.eip_holder(&alloc);
-            h.as_ref()
-                .is_ok_and(|h| h.iter().any(|x| x == want))
-                .then_some(())
         })
     };
-    let leader = poll(Duration::from_secs(20), "a leader holding the EIP", || {
+    let leader = poll(Duration::from_secs(20), "a leader", || {
         let l = g.leaders();
         (l.len() == 1).then(|| l[0].clone())
     })?;
-    if let Err(e) = holder_is(&eni[index(&leader)]) {
-        eprintln!(
-            "leader {leader}; interfaces {eni:?}; EIP holder {:?}",
-            moto.eip_holder(&alloc)
-        );
-        return Err(e);
-    }
+    holds(&leader)?;
 
     g.kill(index(&leader))?;
     let killed = std::time::Instant::now();
@@ -234,10 +250,25 @@ fn the_elastic_ip_follows_the_leader_on_moto() -> Result<()> {
         let l = g.leaders();
         (l.len() == 1 && l[0] != leader).then(|| l[0].clone())
     })?;
-    holder_is(&eni[index(&next)])?;
+    holds(&next)?;
     eprintln!(
-        "EIP moved from {leader} to {next} {:?} after kill -9 (including moto and polling)",
+        "{mode}: the address moved from {leader} to {next} {:?} after kill -9 (including moto and polling)",
         killed.elapsed()
     );
     Ok(())
+}
+
+#[test]
+fn the_elastic_ip_follows_the_leader_on_moto() -> Result<()> {
+    follows_the_leader("eip")
+}
+
+#[test]
+fn the_route53_record_follows_the_leader_on_moto() -> Result<()> {
+    follows_the_leader("route53")
+}
+
+#[test]
+fn the_vip_route_follows_the_leader_on_moto() -> Result<()> {
+    follows_the_leader("route_table")
 }
