@@ -94,6 +94,10 @@ pub struct Session {
     /// The server is in COPY FROM STDIN: it ignores Sync and Flush until
     /// the client's CopyDone or CopyFail.
     copy_in: bool,
+    /// Extended-protocol messages were sent since the last Sync: the
+    /// connection holds an unfinished batch (portals, an implicit
+    /// transaction) even when every reply so far has arrived.
+    unsynced: bool,
     tx_status: u8,
     cancel: Arc<CancelSlot>,
     to_client: BytesMut,
@@ -129,6 +133,7 @@ impl Session {
             pending: VecDeque::new(),
             skipping: false,
             copy_in: false,
+            unsynced: false,
             tx_status: b'I',
             cancel,
             // Grown on demand: thousands of idle clients must cost little.
@@ -281,7 +286,10 @@ impl Session {
     }
 
     fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.tx_status == b'I' && self.to_backend.is_empty()
+        self.pending.is_empty()
+            && !self.unsynced
+            && self.tx_status == b'I'
+            && self.to_backend.is_empty()
     }
 
     /// Returns the backend connection at the end of the session.
@@ -510,6 +518,7 @@ impl Session {
     async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
         tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "client message");
         self.note_writes(&f);
+        let batch_open = matches!(f.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H');
         if matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
             && self.at_boundary()
             && !self.is_admin_command(&f)
@@ -526,6 +535,11 @@ impl Session {
                 self.skipping = true;
             }
             return Ok(());
+        }
+        if batch_open {
+            self.unsynced = true;
+        } else if f.tag == b'S' {
+            self.unsynced = false;
         }
         match f.tag {
             b'X' => return Err(SessionEnd::Terminated),
@@ -707,6 +721,7 @@ impl Session {
     /// or a statement outside one), which may be routed anew.
     fn at_boundary(&self) -> bool {
         self.tx_status == b'I'
+            && !self.unsynced
             && self.pending.is_empty()
             && !self.copy_in
             && !self.skipping
@@ -1137,6 +1152,7 @@ impl Session {
     fn after_backend_batch(&mut self) {
         if self.mode == PoolMode::Transaction
             && self.tx_status == b'I'
+            && !self.unsynced
             && self.pending.is_empty()
             && self.pins.is_empty()
             && self.to_backend.is_empty()
