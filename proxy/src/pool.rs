@@ -205,8 +205,17 @@ impl Pool {
                 Some((rx, limits.checkout_timeout))
             }
         };
-        if let Some((rx, timeout)) = wait {
-            let handoff = tokio::time::timeout(timeout, rx).await;
+        if let Some((mut rx, timeout)) = wait {
+            let mut handoff = tokio::time::timeout(timeout, &mut rx).await;
+            if handoff.is_err() {
+                // Timed out: close the channel, but keep a connection or a
+                // slot handed over at that very moment, or it would be lost
+                // to the pool for good.
+                rx.close();
+                if let Ok(h) = rx.try_recv() {
+                    handoff = Ok(Ok(h));
+                }
+            }
             self.counters
                 .wait_us
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);

@@ -122,12 +122,9 @@ fn pgbench_ok(bed: &common::Bed, args: &[&str]) {
 }
 
 async fn pgbench_runs(mode: &str) {
-    // Session mode needs a connection per client; transaction mode shares 4.
-    let size = if mode == "session" {
-        "max_size = 12"
-    } else {
-        "max_size = 4"
-    };
+    // Queueing for connections is covered by proxy_pooling; here every
+    // client may hold one.
+    let size = "max_size = 12";
     let bed = common::bed(0, mode, size, "").await.unwrap();
     pgbench_ok(&bed, &["-i", "-s", "1", "-q", "app"]);
     for protocol in ["simple", "extended", "prepared"] {

@@ -484,6 +484,11 @@ impl Session {
         if self.lease.is_some() {
             return true;
         }
+        if self.skipping && !simple {
+            // The batch already failed without a backend: the rest of it,
+            // up to Sync, is ignored as the server would ignore it.
+            return false;
+        }
         match self.acquire().await {
             Ok(()) => true,
             Err((code, msg)) => {
