@@ -198,6 +198,15 @@ def main():
         [("%d clients:" % c, ratio(tps("select-connect", c, "tidepool-tx"), tps("select-connect", c, "direct"))) for c in clients],
         3.0,
     )
+    lb = [
+        ("%s/%d:" % (short[w], c), ratio(tps(w, c, "tidepool-tx-lb"), tps(w, c, "tidepool-tx")))
+        for w in sel
+        for c in clients
+    ]
+    lb = [(l, r) for l, r in lb if r is not None]
+    if lb:
+        p("| select-only with read load balancing (routing on) ÷ routing off | %s | (reported) |"
+          % ", ".join("%s %s" % (l, fratio(r)) for l, r in lb))
     tp_mem = next((m for m in memory if m["target"] == "tidepool"), None)
     if tp_mem:
         rss = mib(tp_mem["after"]["rss_kb"])
