@@ -13,15 +13,15 @@
 //! they are meant to be called from `#[test]` and `#[tokio::test]` bodies.
 
 mod cluster;
-mod paths;
 mod netns;
+mod paths;
 mod ports;
 mod tidepool;
 mod wait;
 
 pub use cluster::{Node, PgCluster, PgClusterOpts, Role};
-pub use paths::{repo_root, scripts_dir, target_dir};
 pub use netns::{Forwarder, NetNs};
+pub use paths::{repo_root, scripts_dir, target_dir};
 pub use ports::free_port;
 pub use tidepool::{Tidepool, TidepoolOpts, minimal_config};
 pub use wait::{wait_for, wait_for_async, wait_until, wait_until_async};
