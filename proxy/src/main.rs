@@ -187,7 +187,13 @@ async fn start_watchdog(
     };
     let s = shared.clone();
     let healthy = Box::new(move || s.cluster.snapshot().primary().is_some());
-    let (handle, task) = tidepool::watchdog::start(wd, cfg.escalation.as_ref(), healthy, shutdown)
+    let (handle, task) = tidepool::watchdog::start(
+        wd,
+        cfg.escalation.as_ref(),
+        healthy,
+        shared.consensus.clone(),
+        shutdown,
+    )
         .await
         .context("cannot start the watchdog")?;
     let _ = shared.watchdog.set(handle);

@@ -176,6 +176,10 @@ impl Drop for NetNs {
 pub struct Forwarder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// While set, connections are closed as soon as they are accepted.
+    blocked: Arc<AtomicBool>,
+    /// The client side of every connection forwarded so far.
+    live: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
 impl Forwarder {
@@ -186,11 +190,21 @@ impl Forwarder {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let blocked = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_blocked, conns) = (blocked.clone(), live.clone());
         thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
+                        if is_blocked.load(Ordering::Relaxed) {
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            continue;
+                        }
                         let _ = client.set_nonblocking(false);
+                        if let Ok(c) = client.try_clone() {
+                            conns.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+                        }
                         thread::spawn(move || {
                             if let Ok(server) = TcpStream::connect(target) {
                                 pipe(client, server);
@@ -204,11 +218,34 @@ impl Forwarder {
                 }
             }
         });
-        Ok(Forwarder { addr, stop })
+        Ok(Forwarder {
+            addr,
+            stop,
+            blocked,
+            live,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Cuts the path: open connections are closed and new ones refused
+    /// until [`Forwarder::restore`].
+    pub fn cut(&self) {
+        self.blocked.store(true, Ordering::Relaxed);
+        for c in self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.blocked.store(false, Ordering::Relaxed);
     }
 }
 

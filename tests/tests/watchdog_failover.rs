@@ -199,3 +199,95 @@ fn a_stranger_without_the_key_cannot_join_or_vote() -> Result<()> {
     );
     Ok(())
 }
+
+/// Node `i`'s status of `backend` (`up`, `waiting`, `down`).
+fn backend_status(g: &Group, i: usize, backend: &str) -> String {
+    g.backend(i, backend)
+        .map(|b| b["status"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_backend_failure_seen_by_one_node_does_not_detach_it_but_a_quorum_does() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let g = Group::start_full(
+        [1, 1, 1],
+        NetNs::new(3)?,
+        1,
+        &command_escalation,
+        vec![Vec::new(); 3],
+    )?;
+    let leader = first_leader(&g)?;
+    let l = index(&leader.node);
+    let followers: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    poll(Duration::from_secs(20), "pg1 up on every node", || {
+        (0..3)
+            .all(|i| backend_status(&g, i, "pg1") == "up")
+            .then_some(())
+    })?;
+
+    // The leader alone loses its path to the standby: it would detach it
+    // on its own, but one node is no quorum.
+    g.fwd[l][1].cut();
+    poll(Duration::from_secs(10), "the leader to see pg1 failing", || {
+        let s = g.status(l).ok()?;
+        let seen = s["backend_failures"]
+            .as_array()?
+            .iter()
+            .find(|v| v["backend"] == "pg1")?["seen_failing_by"]
+            .clone();
+        (seen == serde_json::json!([leader.node])).then_some(())
+    })?;
+    let watch = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch {
+        for i in 0..3 {
+            assert_ne!(
+                backend_status(&g, i, "pg1"),
+                "down",
+                "node tp{i} detached pg1 on one node's word"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // A follower loses it too: two of three is a quorum, and every node,
+    // the one that still reaches pg1 included, follows the leader's table.
+    g.fwd[followers[0]][1].cut();
+    poll(Duration::from_secs(15), "pg1 detached on every node", || {
+        (0..3)
+            .all(|i| backend_status(&g, i, "pg1") == "down")
+            .then_some(())
+    })?;
+    let reason = |i: usize| -> String {
+        g.backend(i, "pg1")
+            .map(|b| b["detach_reason"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason(l).contains("seen failing by 2"),
+        "leader's reason: {}",
+        reason(l)
+    );
+    let bystander = followers[1];
+    assert!(
+        reason(bystander).contains(&format!("watchdog leader {}", leader.node)),
+        "tp{bystander} reaches pg1 and detached it on the leader's word: {}",
+        reason(bystander)
+    );
+    // The primary was never in question.
+    for i in 0..3 {
+        assert_eq!(backend_status(&g, i, "pg0"), "up");
+    }
+
+    // The operator attaches it on the leader once the paths are back:
+    // every node attaches it again.
+    g.fwd[l][1].restore();
+    g.fwd[followers[0]][1].restore();
+    g.ctl(l, &["attach", "pg1"])?;
+    poll(Duration::from_secs(15), "pg1 attached on every node", || {
+        (0..3)
+            .all(|i| backend_status(&g, i, "pg1") == "up")
+            .then_some(())
+    })?;
+    Ok(())
+}

@@ -24,6 +24,9 @@ use crate::{
     server::Shared,
 };
 
+/// How often a watchdog member looks at the backend views.
+const CONSENSUS_TICK: Duration = Duration::from_millis(100);
+
 /// An operator's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -148,6 +151,10 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
         };
         let mut changes = m.cluster().subscribe();
         let mut shutdown = m.shared.shutdown.clone();
+        // In a watchdog cluster, backend decisions follow the views the
+        // heartbeats bring: look at them a few times a heartbeat round.
+        let mut consensus = tokio::time::interval(CONSENSUS_TICK);
+        consensus.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 req = rx.recv() => match req {
@@ -158,6 +165,7 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
                     if r.is_err() { return; }
                     m.on_change().await;
                 }
+                _ = consensus.tick(), if m.shared.consensus.is_some() => m.decide().await,
                 _ = shutdown.changed() => return,
             }
         }
@@ -282,7 +290,6 @@ impl Manager {
     }
 
     async fn on_failure(&mut self, node: usize, error: String) {
-        let cfg = self.config();
         let snap = self.cluster().snapshot();
         // The report may have waited behind a long action: a node that
         // answers again, or is held back on purpose, has not failed.
@@ -294,6 +301,22 @@ impl Manager {
             tracing::info!(node = %self.target(node).name, "failure report outdated; ignored");
             return;
         }
+        if let Some(c) = self.shared.consensus.clone() {
+            // A watchdog member only reports; the leader decides once a
+            // quorum of members sees the failure.
+            tracing::warn!(node = %self.target(node).name, %error, "backend failing; reported to the watchdog cluster");
+            c.note_failing(&self.target(node).name);
+            self.decide().await;
+            return;
+        }
+        self.act_on_failure(node, error).await;
+    }
+
+    /// Detaches `node` or fails over from it, as its flag and the
+    /// settings allow.
+    pub(super) async fn act_on_failure(&mut self, node: usize, error: String) {
+        let cfg = self.config();
+        let snap = self.cluster().snapshot();
         match failover::on_failure(&snap, node, cfg.failover.auto_failover) {
             OnFailure::Nothing => {}
             OnFailure::KeepRetrying => {

@@ -15,9 +15,12 @@
 //! - `executor`, `command`: the I/O those actions need (SQL on the nodes,
 //!   shell commands, `pg_ctl` and friends as the data directory's owner);
 //! - `switchover`, `recovery`: the planned switchover and online recovery;
-//! - `persist`: the state file that keeps fenced nodes fenced across restarts.
+//! - `persist`: the state file that keeps fenced nodes fenced across restarts;
+//! - `consensus`: in a watchdog cluster, which backend failures a quorum of
+//!   tidepool nodes sees, and the leader's table the others mirror.
 
 mod command;
+pub mod consensus;
 mod executor;
 pub mod failover;
 mod health;

@@ -188,6 +188,17 @@ impl WatchdogConfig {
         (self.heartbeat_interval / 4).max(Duration::from_millis(1))
     }
 
+    /// Nodes that make a quorum: a majority of the members, or half of an
+    /// even number with `half_votes`.
+    pub fn quorum(&self) -> usize {
+        let n = self.peers.len() + 1;
+        if self.half_votes && n.is_multiple_of(2) {
+            n / 2
+        } else {
+            n / 2 + 1
+        }
+    }
+
     /// The lease, configured or derived (60% of the election timeout).
     pub fn lease(&self) -> Duration {
         self.lease.unwrap_or(self.election_timeout * 3 / 5)

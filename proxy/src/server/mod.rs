@@ -53,6 +53,9 @@ pub struct Shared {
     pub started: SystemTime,
     /// The watchdog, when `[watchdog]` is configured (set once at start).
     pub watchdog: std::sync::OnceLock<crate::watchdog::Watchdog>,
+    /// In a watchdog cluster, who sees which backend failing and the
+    /// leader's node table (`None` without `[watchdog]`).
+    pub consensus: Option<Arc<crate::cluster::consensus::Consensus>>,
 }
 
 impl Shared {
@@ -64,6 +67,14 @@ impl Shared {
         let hba = Hba::from_config(&config.hba).unwrap_or_else(|_| Hba::new(vec![]));
         let cluster = Cluster::new(&config.backends);
         let (health_settings, _) = watch::channel(config.health_check.clone());
+        let consensus = config.watchdog.as_ref().map(|wd| {
+            Arc::new(crate::cluster::consensus::Consensus::new(
+                &wd.node_name,
+                wd.quorum(),
+                wd.election_timeout,
+                cluster.clone(),
+            ))
+        });
         Arc::new(Shared {
             hba: ArcSwap::from_pointee(hba),
             secrets: ArcSwap::from_pointee(user_secrets(&config)),
@@ -81,6 +92,7 @@ impl Shared {
             mock_key: rand::random(),
             started: SystemTime::now(),
             watchdog: std::sync::OnceLock::new(),
+            consensus,
             config_path,
             config: ArcSwap::from_pointee(config),
         })

@@ -26,7 +26,10 @@ use super::{
     status::{AddressStatus, NodeStatus, WatchdogStatus},
     wire::{Codec, Envelope, MAX_FRAME, unix_ms},
 };
-use crate::config::{EscalationConfig, WatchdogConfig};
+use crate::{
+    cluster::consensus::Consensus,
+    config::{EscalationConfig, WatchdogConfig},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -100,6 +103,7 @@ pub async fn start(
     cfg: &WatchdogConfig,
     escalation: Option<&EscalationConfig>,
     healthy: Box<dyn Fn() -> bool + Send + Sync>,
+    consensus: Option<Arc<Consensus>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Watchdog, JoinHandle<()>), StartError> {
     let key = cfg.key().map_err(StartError::Key)?;
@@ -191,6 +195,7 @@ pub async fn start(
         tick: cfg.tick(),
         election_timeout: cfg.election_timeout + esc.action_timeout,
         healthy,
+        consensus,
         actions,
         address: AddressStatus::default(),
         mode,
@@ -225,6 +230,7 @@ fn placeholder(node: &str) -> WatchdogStatus {
         nodes: Vec::new(),
         last_change_unix_ms: 0,
         rejected_frames: 0,
+        backend_failures: Vec::new(),
     }
 }
 
@@ -240,6 +246,8 @@ struct Shell {
     /// How long a stopping leader may take to hand over.
     election_timeout: Duration,
     healthy: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Backend views carried on heartbeats (see `cluster::consensus`).
+    consensus: Option<Arc<Consensus>>,
     actions: mpsc::UnboundedSender<Action>,
     address: AddressStatus,
     mode: String,
@@ -360,6 +368,9 @@ impl Shell {
             }
         }
         self.node.step(from, env.msg, now);
+        if let (Some(c), Some(view)) = (&self.consensus, env.backends) {
+            c.received(&env.from, view);
+        }
     }
 
     fn finished(&mut self, d: Done) {
@@ -408,7 +419,13 @@ impl Shell {
             } else {
                 Vec::new()
             };
-            let frame = self.codec.encode_relaying(name, msg, relayed, wall);
+            // Heartbeats carry the leader's table, answers the follower's
+            // failing backends.
+            let backends = match (&self.consensus, &msg) {
+                (Some(c), Msg::Heartbeat { .. } | Msg::HeartbeatResp { .. }) => Some(c.outgoing()),
+                _ => None,
+            };
+            let frame = self.codec.encode_with(name, msg, relayed, backends, wall);
             if udp {
                 let _ = self.udp.try_send_to(&frame, peer.heartbeat);
             } else if peer.tcp.try_send(frame).is_err() {
@@ -430,6 +447,10 @@ impl Shell {
         let now = self.now();
         let n = &self.node;
         let leader = n.leader();
+        if let Some(c) = &self.consensus {
+            let leading = n.role() == Role::Leader && n.has_quorum(now);
+            c.set_leadership(leading, leader.map(|l| n.members()[l].name.as_str()));
+        }
         let nodes = n
             .members()
             .iter()
@@ -479,6 +500,11 @@ impl Shell {
             nodes,
             last_change_unix_ms: self.started_unix + n.last_change(),
             rejected_frames: self.rejected.load(Ordering::Relaxed),
+            backend_failures: self
+                .consensus
+                .as_ref()
+                .map(|c| c.votes())
+                .unwrap_or_default(),
         };
         self.status.send_if_modified(|old| {
             if **old == status {

@@ -27,6 +27,9 @@ pub struct WatchdogStatus {
     pub last_change_unix_ms: u64,
     /// Frames refused: bad signature, unknown sender, stale or misaddressed.
     pub rejected_frames: u64,
+    /// Backends some node sees failing, and who: a backend is detached
+    /// only when a quorum does.
+    pub backend_failures: Vec<crate::cluster::consensus::Votes>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::core::Msg;
+use crate::cluster::consensus::BackendView;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -37,6 +38,10 @@ pub struct Envelope {
     /// heartbeats carry them: followers do not talk to each other).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relayed: Vec<(String, u32)>,
+    /// Backend health and, from the leader, its node table (heartbeats
+    /// and their answers carry them; see `cluster::consensus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<BackendView>,
     pub msg: Msg,
 }
 
@@ -102,12 +107,25 @@ impl Codec {
         relayed: Vec<(String, u32)>,
         now: SystemTime,
     ) -> Vec<u8> {
+        self.encode_with(to, msg, relayed, None, now)
+    }
+
+    /// A frame carrying `backends` beside `msg`.
+    pub fn encode_with(
+        &self,
+        to: &str,
+        msg: Msg,
+        relayed: Vec<(String, u32)>,
+        backends: Option<BackendView>,
+        now: SystemTime,
+    ) -> Vec<u8> {
         let env = Envelope {
             from: self.me.clone(),
             to: to.to_string(),
             sent_ms: unix_ms(now),
             priority: self.priority,
             relayed,
+            backends,
             msg,
         };
         let body = serde_json::to_vec(&env).expect("envelopes serialize");

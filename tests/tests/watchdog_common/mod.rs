@@ -39,15 +39,23 @@ pub struct Move {
 /// Fields drop in order: processes first, then the network, then PostgreSQL.
 pub struct Group {
     pub nodes: Vec<Option<Tidepool>>,
-    _fwd: Vec<Forwarder>,
+    /// `fwd[node][backend]`: node's path to backend.
+    pub fwd: Vec<Vec<Forwarder>>,
     pub net: NetNs,
-    _pg: PgCluster,
+    pub pg: PgCluster,
     configs: Vec<String>,
     moves: PathBuf,
     pub dir: tempfile::TempDir,
     env: Vec<Vec<(String, String)>>,
     /// (time ns, node) of every kill.
     kills: Vec<(u128, String)>,
+}
+
+/// `[escalation]` in mode `command`, every move recorded by `record`.
+pub fn command_escalation(_node: usize, record: &str) -> String {
+    format!(
+        "[escalation]\nmode = \"command\"\nescalate_command = '{record}'\nde_escalate_command = '{record}'\n"
+    )
 }
 
 pub fn name(i: usize) -> String {
@@ -61,16 +69,7 @@ impl Group {
 
     /// Three nodes in the first three namespaces of `net`.
     pub fn start_in(priorities: [u32; 3], net: NetNs) -> Result<Group> {
-        Self::start_custom(
-            priorities,
-            net,
-            &|_, record| {
-                format!(
-                    "[escalation]\nmode = \"command\"\nescalate_command = '{record}'\nde_escalate_command = '{record}'\n"
-                )
-            },
-            vec![Vec::new(); 3],
-        )
+        Self::start_custom(priorities, net, &command_escalation, vec![Vec::new(); 3])
     }
 
     /// With node `i`'s `[escalation]` section from `escalation(i, record)`
@@ -82,15 +81,35 @@ impl Group {
         escalation: &dyn Fn(usize, &str) -> String,
         env: Vec<Vec<(String, String)>>,
     ) -> Result<Group> {
-        let pg = PgCluster::start(PgClusterOpts::standbys(0))?;
+        Self::start_full(priorities, net, 0, escalation, env)
+    }
+
+    /// A primary and `standbys` standbys as backends `pg0`, `pg1`, …; each
+    /// tidepool node reaches each backend through a forwarder of its own
+    /// (`fwd[node][backend]`), so a test can cut one node's path to one
+    /// backend.
+    pub fn start_full(
+        priorities: [u32; 3],
+        net: NetNs,
+        standbys: usize,
+        escalation: &dyn Fn(usize, &str) -> String,
+        env: Vec<Vec<(String, String)>>,
+    ) -> Result<Group> {
+        let pg = PgCluster::start(PgClusterOpts::standbys(standbys))?;
         let dir = tempfile::tempdir()?;
         let moves = dir.path().join("moves.log");
         std::fs::write(&moves, "")?;
-        let primary = pg.primary();
-        let fwd = Forwarder::start(
-            SocketAddr::from((net.root_addr(), 0)),
-            SocketAddr::from(([127, 0, 0, 1], primary.port)),
-        )?;
+        let mut fwd = Vec::new();
+        for _ in 0..3 {
+            let mut per_node = Vec::new();
+            for b in pg.nodes() {
+                per_node.push(Forwarder::start(
+                    SocketAddr::from((net.root_addr(), 0)),
+                    SocketAddr::from(([127, 0, 0, 1], b.port)),
+                )?);
+            }
+            fwd.push(per_node);
+        }
         let record = format!(
             "echo \"$(date +%s%N) $TIDEPOOL_ACTION $TIDEPOOL_NODE\" >> {}",
             moves.display()
@@ -98,6 +117,17 @@ impl Group {
         let mut configs = Vec::new();
         for i in 0..3 {
             let me = net.addr(i);
+            let backends: String = fwd[i]
+                .iter()
+                .enumerate()
+                .map(|(b, f)| {
+                    format!(
+                        "[[backends]]\nname = \"pg{b}\"\nhost = \"{}\"\nport = {}\n\n",
+                        f.addr().ip(),
+                        f.addr().port()
+                    )
+                })
+                .collect();
             let mut peers = String::new();
             for j in (0..3).filter(|&j| j != i) {
                 peers += &format!(
@@ -111,12 +141,10 @@ impl Group {
             configs.push(format!(
                 "[server]\nlisten = \"{me}:9999\"\nadmin_listen = \"{me}:9898\"\nadmin_token = \"{TOKEN}\"\n\n\
                  [health_check]\nuser = \"postgres\"\npassword = \"postgres\"\n\n\
-                 [[backends]]\nname = \"pg0\"\nhost = \"{}\"\nport = {}\n\n\
+                 {backends}\
                  [[users]]\nname = \"app\"\npassword = \"app\"\n\n\
                  [watchdog]\nnode_name = \"{}\"\nlisten = \"{me}:9000\"\nheartbeat_listen = \"{me}:9694\"\n\
                  shared_key = \"{KEY}\"\npriority = {}\n\n{peers}{}",
-                fwd.addr().ip(),
-                fwd.addr().port(),
                 name(i),
                 priorities[i],
                 escalation(i, &record),
@@ -124,8 +152,8 @@ impl Group {
         }
         let mut g = Group {
             net,
-            _pg: pg,
-            _fwd: vec![fwd],
+            pg,
+            fwd,
             nodes: vec![None, None, None],
             configs,
             moves,
@@ -234,6 +262,18 @@ impl Group {
                 _ => {}
             }
         }
+    }
+
+    /// Node `i`'s view of `backend` in its node table (`GET /v1/nodes`).
+    pub fn backend(&self, i: usize, backend: &str) -> Result<Value> {
+        let v: Value = serde_json::from_str(&self.ctl(i, &["--json", "nodes"])?)?;
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == backend)
+            .cloned()
+            .with_context(|| format!("no backend {backend} in {v}"))
     }
 
     pub fn leaders(&self) -> Vec<String> {
