@@ -156,7 +156,120 @@ fn imds(host: Ipv4Addr, values: HashMap<String, String>) -> Result<SocketAddr> {
     Ok(addr)
 }
 
+/// The AWS Lambda `Invoke` API for one function: each invocation runs the
+/// real failover function once (`tidepool-failover-lambda --event -`,
+/// with `env`) and answers with what it printed, as Lambda would. moto
+/// cannot run functions here (it needs Docker), so this endpoint stands in
+/// for the Lambda service only; the function's moves go to moto.
+struct LambdaEndpoint {
+    addr: SocketAddr,
+    /// (function name, action) of every invocation.
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl LambdaEndpoint {
+    fn start(host: Ipv4Addr, env: Vec<(String, String)>) -> Result<LambdaEndpoint> {
+        let bin = tidepool_tests::target_dir().join("tidepool-failover-lambda");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: cargo build --workspace",
+            bin.display()
+        );
+        let listener = TcpListener::bind((host, 0))?;
+        let addr = listener.local_addr()?;
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (bin, env, seen) = (bin.clone(), env.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_invocations(stream, &bin, &env, &seen);
+                });
+            }
+        });
+        Ok(LambdaEndpoint { addr, calls })
+    }
+
+    fn calls(&self) -> Vec<(String, String)> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn serve_invocations(
+    stream: std::net::TcpStream,
+    bin: &std::path::Path,
+    env: &[(String, String)],
+    seen: &std::sync::Mutex<Vec<(String, String)>>,
+) -> Result<()> {
+    use std::io::Read;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        // /2015-03-31/functions/{name}/invocations
+        let function = path
+            .strip_prefix("/2015-03-31/functions/")
+            .and_then(|p| p.strip_suffix("/invocations"))
+            .unwrap_or_default()
+            .to_string();
+        let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+        seen.lock().unwrap_or_else(|e| e.into_inner()).push((
+            function,
+            event["action"].as_str().unwrap_or_default().to_string(),
+        ));
+        let mut child = Command::new(bin)
+            .args(["--event", "-"])
+            .envs(env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        child.stdin.take().context("stdin")?.write_all(&body)?;
+        let out = child.wait_with_output()?;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // A handled error is still an answer ("ok": false); only a crash is
+        // a function error.
+        let crashed = answer.is_empty();
+        let payload = if crashed {
+            r#"{"errorMessage":"the function crashed"}"#.to_string()
+        } else {
+            answer
+        };
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Amz-Executed-Version: $LATEST\r\n{}Content-Length: {}\r\n\r\n{payload}",
+            if crashed {
+                "X-Amz-Function-Error: Unhandled\r\n"
+            } else {
+                ""
+            },
+            payload.len()
+        );
+        reader.get_mut().write_all(resp.as_bytes())?;
+    }
+}
+
 fn follows_the_leader(mode: &str) -> Result<()> {
+    follows_the_leader_via(mode, false)
+}
+
+fn follows_the_leader_via(mode: &str, via_lambda: bool) -> Result<()> {
     let net = NetNs::new(3)?;
     let moto = Moto::start(net.root_addr())?;
     let world = moto.py(
@@ -171,6 +284,28 @@ fn follows_the_leader(mode: &str) -> Result<()> {
          'ip': i['PrivateIpAddress'], 'eni': i['NetworkInterfaces'][0]['NetworkInterfaceId']} for i in r['Instances']]}))",
     )?;
     let nodes = world["nodes"].as_array().context("instances")?.clone();
+    // The function's own environment names the address, as in infra/.
+    let lambda = if via_lambda {
+        Some(LambdaEndpoint::start(
+            net.root_addr(),
+            [
+                ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+                ("AWS_REGION", "us-east-1".to_string()),
+                ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+                ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+                ("TIDEPOOL_MODE", mode.to_string()),
+                (
+                    "TIDEPOOL_EIP_ALLOCATION_ID",
+                    world["alloc"].as_str().unwrap_or_default().to_string(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        )?)
+    } else {
+        None
+    };
     let mut env = Vec::new();
     // What each node's holding looks like: instance, interface, private IP.
     let mut marks: Vec<Vec<String>> = Vec::new();
@@ -195,9 +330,14 @@ fn follows_the_leader(mode: &str) -> Result<()> {
         .collect();
         let md = imds(net.root_addr(), values)?;
         marks.push(vec![field("id"), field("eni"), field("ip")]);
+        let endpoint = match &lambda {
+            // Only the Lambda service is reached, and it is this endpoint.
+            Some(l) => ("AWS_ENDPOINT_URL_LAMBDA", format!("http://{}", l.addr)),
+            None => ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+        };
         env.push(
             [
-                ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+                endpoint,
                 ("AWS_REGION", "us-east-1".to_string()),
                 ("AWS_ACCESS_KEY_ID", "testing".to_string()),
                 ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
@@ -222,8 +362,13 @@ fn follows_the_leader(mode: &str) -> Result<()> {
             world["rtb"].as_str().unwrap_or_default()
         ),
     };
+    let via = if via_lambda {
+        "via = \"lambda\"\nlambda_function = \"tidepool-failover\"\n"
+    } else {
+        ""
+    };
     let escalation =
-        format!("[escalation]\nmode = \"{mode}\"\nverify_interval = \"2s\"\n{section}");
+        format!("[escalation]\nmode = \"{mode}\"\nverify_interval = \"2s\"\n{via}{section}");
     let mut g = Group::start_custom([1, 1, 1], net, &move |_, _| escalation.clone(), env)?;
     let holds = |node: &str| {
         let want = &marks[index(node)];
@@ -255,6 +400,19 @@ fn follows_the_leader(mode: &str) -> Result<()> {
         "{mode}: the address moved from {leader} to {next} {:?} after kill -9 (including moto and polling)",
         killed.elapsed()
     );
+    if let Some(l) = &lambda {
+        let calls = l.calls();
+        assert!(
+            calls
+                .iter()
+                .all(|(function, _)| function == "tidepool-failover"),
+            "{calls:?}"
+        );
+        assert!(
+            calls.iter().filter(|(_, a)| a == "escalate").count() >= 2,
+            "every escalation went through the function: {calls:?}"
+        );
+    }
     Ok(())
 }
 
@@ -271,4 +429,9 @@ fn the_route53_record_follows_the_leader_on_moto() -> Result<()> {
 #[test]
 fn the_vip_route_follows_the_leader_on_moto() -> Result<()> {
     follows_the_leader("route_table")
+}
+
+#[test]
+fn the_elastic_ip_follows_the_leader_through_the_failover_lambda() -> Result<()> {
+    follows_the_leader_via("eip", true)
 }
