@@ -194,8 +194,8 @@ async fn start_watchdog(
         shared.consensus.clone(),
         shutdown,
     )
-        .await
-        .context("cannot start the watchdog")?;
+    .await
+    .context("cannot start the watchdog")?;
     let _ = shared.watchdog.set(handle);
     Ok(Some(task))
 }

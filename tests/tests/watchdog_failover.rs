@@ -229,15 +229,19 @@ fn a_backend_failure_seen_by_one_node_does_not_detach_it_but_a_quorum_does() -> 
     // The leader alone loses its path to the standby: it would detach it
     // on its own, but one node is no quorum.
     g.fwd[l][1].cut();
-    poll(Duration::from_secs(10), "the leader to see pg1 failing", || {
-        let s = g.status(l).ok()?;
-        let seen = s["backend_failures"]
-            .as_array()?
-            .iter()
-            .find(|v| v["backend"] == "pg1")?["seen_failing_by"]
-            .clone();
-        (seen == serde_json::json!([leader.node])).then_some(())
-    })?;
+    poll(
+        Duration::from_secs(10),
+        "the leader to see pg1 failing",
+        || {
+            let s = g.status(l).ok()?;
+            let seen = s["backend_failures"]
+                .as_array()?
+                .iter()
+                .find(|v| v["backend"] == "pg1")?["seen_failing_by"]
+                .clone();
+            (seen == serde_json::json!([leader.node])).then_some(())
+        },
+    )?;
     let watch = Instant::now() + Duration::from_secs(3);
     while Instant::now() < watch {
         for i in 0..3 {
@@ -253,11 +257,15 @@ fn a_backend_failure_seen_by_one_node_does_not_detach_it_but_a_quorum_does() -> 
     // A follower loses it too: two of three is a quorum, and every node,
     // the one that still reaches pg1 included, follows the leader's table.
     g.fwd[followers[0]][1].cut();
-    poll(Duration::from_secs(15), "pg1 detached on every node", || {
-        (0..3)
-            .all(|i| backend_status(&g, i, "pg1") == "down")
-            .then_some(())
-    })?;
+    poll(
+        Duration::from_secs(15),
+        "pg1 detached on every node",
+        || {
+            (0..3)
+                .all(|i| backend_status(&g, i, "pg1") == "down")
+                .then_some(())
+        },
+    )?;
     let reason = |i: usize| -> String {
         g.backend(i, "pg1")
             .map(|b| b["detach_reason"].as_str().unwrap_or_default().to_string())
@@ -284,10 +292,14 @@ fn a_backend_failure_seen_by_one_node_does_not_detach_it_but_a_quorum_does() -> 
     g.fwd[l][1].restore();
     g.fwd[followers[0]][1].restore();
     g.ctl(l, &["attach", "pg1"])?;
-    poll(Duration::from_secs(15), "pg1 attached on every node", || {
-        (0..3)
-            .all(|i| backend_status(&g, i, "pg1") == "up")
-            .then_some(())
-    })?;
+    poll(
+        Duration::from_secs(15),
+        "pg1 attached on every node",
+        || {
+            (0..3)
+                .all(|i| backend_status(&g, i, "pg1") == "up")
+                .then_some(())
+        },
+    )?;
     Ok(())
 }

@@ -301,10 +301,17 @@ pub enum Mirror {
 /// The changes that make the local node table match `leader`'s: detach
 /// what it detached, attach again what this node detached on its word
 /// and it no longer does. Nodes detached here by the operator stay.
-pub fn mirror(snap: &super::Snapshot, detached_here: &HashMap<String, String>, leader: &LeaderTable) -> Vec<Mirror> {
+pub fn mirror(
+    snap: &super::Snapshot,
+    detached_here: &HashMap<String, String>,
+    leader: &LeaderTable,
+) -> Vec<Mirror> {
     let mut out = Vec::new();
     for n in &snap.nodes {
-        match (leader.table.detached.get(&n.name), detached_here.get(&n.name)) {
+        match (
+            leader.table.detached.get(&n.name),
+            detached_here.get(&n.name),
+        ) {
             (Some(reason), None) if n.status != Status::Down => out.push(Mirror::Detach {
                 node: n.id,
                 reason: format!("{reason} ({BY_LEADER} {})", leader.leader),
@@ -327,8 +334,10 @@ mod tests {
         let backends: Vec<BackendConfig> = names
             .iter()
             .map(|n| {
-                toml::from_str(&format!("name = \"{n}\"\nhost = \"127.0.0.1\"\nport = 5432\n"))
-                    .unwrap()
+                toml::from_str(&format!(
+                    "name = \"{n}\"\nhost = \"127.0.0.1\"\nport = 5432\n"
+                ))
+                .unwrap()
             })
             .collect();
         Cluster::new(&backends)
@@ -339,20 +348,26 @@ mod tests {
         let c = Consensus::new("a", 2, Duration::from_secs(60), cluster(&["pg0", "pg1"]));
         c.note_failing("pg1");
         assert_eq!(c.votes()[0].seen_failing_by, vec!["a"]);
-        c.received("b", BackendView {
-            failing: vec!["pg1".into()],
-            table: None,
-        });
+        c.received(
+            "b",
+            BackendView {
+                failing: vec!["pg1".into()],
+                table: None,
+            },
+        );
         c.received("c", BackendView::default());
         let v = c.votes();
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].seen_failing_by, vec!["a", "b"]);
 
         let stale = Consensus::new("a", 2, Duration::ZERO, cluster(&["pg0", "pg1"]));
-        stale.received("b", BackendView {
-            failing: vec!["pg1".into()],
-            table: None,
-        });
+        stale.received(
+            "b",
+            BackendView {
+                failing: vec!["pg1".into()],
+                table: None,
+            },
+        );
         std::thread::sleep(Duration::from_millis(2));
         assert!(stale.votes().is_empty(), "a stale view does not vote");
     }
@@ -364,10 +379,13 @@ mod tests {
             detached: [("pg0".to_string(), "down".to_string())].into(),
             primary: None,
         };
-        c.received("b", BackendView {
-            failing: vec![],
-            table: Some(table.clone()),
-        });
+        c.received(
+            "b",
+            BackendView {
+                failing: vec![],
+                table: Some(table.clone()),
+            },
+        );
         assert!(c.leader_table().is_none(), "b is not the leader followed");
         c.set_leadership(false, Some("b"));
         assert_eq!(c.leader_table().unwrap().table, table);
@@ -402,6 +420,10 @@ mod tests {
             table: Table::default(),
         };
         let m = mirror(&cl.snapshot(), &cl.detached(), &leader_again);
-        assert_eq!(m, vec![Mirror::Attach { node: 1 }], "pg2 stays the operator's");
+        assert_eq!(
+            m,
+            vec![Mirror::Attach { node: 1 }],
+            "pg2 stays the operator's"
+        );
     }
 }
