@@ -233,8 +233,12 @@ impl ServerConn {
             if let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
                 return Ok(f);
             }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(BackendError::Closed);
+            self.stream.readable().await?;
+            match try_read_drained(&self.stream, &mut self.buf) {
+                Ok(0) => return Err(BackendError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -249,8 +253,12 @@ impl ServerConn {
             if !out.is_empty() {
                 return Ok(());
             }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(BackendError::Closed);
+            self.stream.readable().await?;
+            match try_read_drained(&self.stream, &mut self.buf) {
+                Ok(0) => return Err(BackendError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -271,6 +279,9 @@ impl ServerConn {
         while !data.is_empty() {
             let (mut r, mut w) = self.stream.split();
             tokio::select! {
+                // The write usually completes at once: read only when it
+                // cannot (a read here would mostly cost an empty recv).
+                biased;
                 n = w.write(data) => {
                     let n = n?;
                     if n == 0 {
@@ -347,6 +358,30 @@ impl ServerConn {
 }
 
 /// Sends a CancelRequest for `pid`/`secret` to the server at `addr`.
+/// Reads what `stream` holds into `buf` without waiting. A read shorter
+/// than the room offered means the socket is drained: its readiness is
+/// cleared then, so the next wait goes to epoll instead of costing a read
+/// that finds nothing (tokio clears readiness only on `WouldBlock`).
+/// Data that arrives meanwhile sets readiness again (tokio clears only the
+/// readiness it saw before the read).
+pub fn try_read_drained(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(16 * 1024);
+    let room = buf.capacity() - buf.len();
+    let mut got = None;
+    let r = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < room {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (r, got) {
+        (_, Some(n)) => Ok(n),
+        (r, None) => r,
+    }
+}
+
 pub async fn send_cancel(addr: SocketAddr, pid: i32, secret: &[u8]) -> std::io::Result<()> {
     let mut stream =
         tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;

@@ -234,8 +234,7 @@ impl Session {
                     ready?;
                     // Memory is taken only while there is something to read:
                     // an idle client holds no buffer.
-                    client_buf.reserve(16 * 1024);
-                    match rd.try_read_buf(&mut client_buf) {
+                    match crate::backend::try_read_drained(rd.as_ref(), &mut client_buf) {
                         Ok(0) => break Err(SessionEnd::ClientGone),
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -550,11 +549,10 @@ impl Session {
             b'X' => return Err(SessionEnd::Terminated),
             b'Q' => {
                 let sql = messages::read_query(&f)
-                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?
-                    .to_string();
+                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
                 if let Some(table) = crate::admin::show::answer_in_session(
-                    &sql,
+                    sql,
                     &self.shared,
                     self.routing.read_node,
                 ) {
@@ -565,8 +563,8 @@ impl Session {
                 if !self.ensure_backend(true).await {
                     return Ok(());
                 }
-                self.count_statement(&sql);
-                let effects = state::analyze(&sql);
+                self.count_statement(sql);
+                let effects = state::analyze(sql);
                 self.note_pins(&effects);
                 self.to_backend.extend_from_slice(&f.bytes);
                 self.pending.push_back(Expect::Simple {
@@ -743,6 +741,9 @@ impl Session {
 
     /// Records writes for the read-your-writes rules.
     fn note_writes(&mut self, f: &Frame) {
+        if !matches!(f.tag, b'Q' | b'P') || !self.shared.rules.load().cfg.enabled {
+            return;
+        }
         let sql = match f.tag {
             b'Q' => messages::read_query(f).ok().map(str::to_string),
             b'P' => messages::read_parse(f).ok().map(|(_, q)| q),
@@ -831,10 +832,10 @@ impl Session {
         rest: &[Frame],
     ) -> Result<(), (&'static str, String)> {
         let rules = self.shared.rules.load_full();
-        let (class, incomplete) = self.unit_class(f, rest);
         if !rules.cfg.enabled {
             return self.acquire().await;
         }
+        let (class, incomplete) = self.unit_class(f, rest);
         let sql = if f.tag == b'Q' {
             messages::read_query(f).unwrap_or("")
         } else {

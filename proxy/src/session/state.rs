@@ -134,7 +134,50 @@ pub fn analyze(sql: &str) -> Effects {
     e
 }
 
+/// Whether `hay` contains `needle` (lower case ASCII), ignoring ASCII case.
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    hay.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Statements whose first word may change session state.
+const STATEFUL: [&str; 10] = [
+    "create",
+    "listen",
+    "unlisten",
+    "prepare",
+    "deallocate",
+    "declare",
+    "close",
+    "discard",
+    "set",
+    "reset",
+];
+
 fn analyze_one(stmt: &str, e: &mut Effects) {
+    // Most statements (SELECT, INSERT, BEGIN…) change nothing tracked:
+    // look at the first word before allocating anything.
+    let first = stmt
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .find(|w| !w.is_empty())
+        .unwrap_or("");
+    let stateful = STATEFUL.iter().any(|k| first.eq_ignore_ascii_case(k));
+    if stateful {
+        analyze_stateful(stmt, e);
+    }
+    if contains_ci(stmt, "advisory") {
+        let lower = stmt.to_ascii_lowercase();
+        if lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock") {
+            e.pins.push(PinReason::AdvisoryLock);
+        }
+        if lower.contains("pg_advisory_unlock_all") {
+            e.unpins.push(PinReason::AdvisoryLock);
+        }
+    }
+}
+
+fn analyze_stateful(stmt: &str, e: &mut Effects) {
     let w = words(stmt);
     let lower = stmt.to_ascii_lowercase();
     let w0 = w.first().map(String::as_str).unwrap_or("");
@@ -182,12 +225,6 @@ fn analyze_one(stmt: &str, e: &mut Effects) {
             name => e.settings.push(SettingChange::Reset(name.to_string())),
         },
         _ => {}
-    }
-    if lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock") {
-        e.pins.push(PinReason::AdvisoryLock);
-    }
-    if lower.contains("pg_advisory_unlock_all") {
-        e.unpins.push(PinReason::AdvisoryLock);
     }
 }
 
