@@ -39,6 +39,21 @@ pub struct ProcessFigures {
     pub reloads: u64,
 }
 
+/// Changes the failover manager made to the node table.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    pub failovers: u64,
+    pub switchovers: u64,
+    pub detaches: u64,
+    pub attaches: u64,
+    pub recoveries: u64,
+    pub failbacks: u64,
+    pub false_primaries: u64,
+    pub failed_actions: u64,
+    pub backend_faults: u64,
+    pub backend_faults_confirmed: u64,
+}
+
 /// One node of the node table, with its counters.
 #[derive(Debug, Clone)]
 pub struct NodeFigures {
@@ -51,6 +66,7 @@ pub struct NodeFigures {
     pub queries: u64,
     pub health_checks: u64,
     pub health_check_failures: u64,
+    pub detaches: u64,
 }
 
 /// One pool, labelled by node name rather than index so that dashboards
@@ -65,6 +81,7 @@ pub struct PoolFigures {
 #[derive(Debug, Clone, Default)]
 pub struct Figures {
     pub process: ProcessFigures,
+    pub cluster: ClusterFigures,
     pub nodes: Vec<NodeFigures>,
     pub pools: Vec<PoolFigures>,
 }
@@ -83,6 +100,19 @@ impl Figures {
             sessions_pinned: m.pinned.load(Ordering::Relaxed),
             reloads: m.reloads.load(Ordering::Relaxed),
         };
+        let c = &shared.cluster.stats;
+        let cluster = ClusterFigures {
+            failovers: c.failovers.load(Ordering::Relaxed),
+            switchovers: c.switchovers.load(Ordering::Relaxed),
+            detaches: c.detaches.load(Ordering::Relaxed),
+            attaches: c.attaches.load(Ordering::Relaxed),
+            recoveries: c.recoveries.load(Ordering::Relaxed),
+            failbacks: c.failbacks.load(Ordering::Relaxed),
+            false_primaries: c.false_primaries.load(Ordering::Relaxed),
+            failed_actions: c.failed_actions.load(Ordering::Relaxed),
+            backend_faults: c.backend_faults.load(Ordering::Relaxed),
+            backend_faults_confirmed: c.backend_faults_confirmed.load(Ordering::Relaxed),
+        };
         let snap = shared.cluster.snapshot();
         let primary = snap.primary().map(|n| n.id);
         let nodes = snap
@@ -99,6 +129,7 @@ impl Figures {
                     queries: c.queries.load(Ordering::Relaxed),
                     health_checks: c.health_checks.load(Ordering::Relaxed),
                     health_check_failures: c.health_check_failures.load(Ordering::Relaxed),
+                    detaches: c.detaches.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -116,6 +147,7 @@ impl Figures {
             .collect();
         Figures {
             process,
+            cluster,
             nodes,
             pools,
         }
@@ -213,6 +245,7 @@ fn count(n: usize) -> i64 {
 impl Collector for Figures {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         self.encode_process(&mut enc)?;
+        self.encode_cluster(&mut enc)?;
         self.encode_pools(&mut enc)?;
         self.encode_nodes(&mut enc)
     }
@@ -269,6 +302,62 @@ impl Figures {
             "Configuration reloads applied.",
             one(p.reloads),
         )
+    }
+
+    fn encode_cluster(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let c = &self.cluster;
+        let families: [(&str, &str, u64); 10] = [
+            (
+                "failovers",
+                "Failovers started: a primary fenced and a standby promoted in its place.",
+                c.failovers,
+            ),
+            (
+                "switchovers",
+                "Planned switchovers completed.",
+                c.switchovers,
+            ),
+            (
+                "detaches",
+                "Nodes detached, by tidepool or an operator.",
+                c.detaches,
+            ),
+            (
+                "attaches",
+                "Nodes attached, by an operator, a recovery or auto_failback.",
+                c.attaches,
+            ),
+            ("recoveries", "Online recoveries completed.", c.recoveries),
+            (
+                "failbacks",
+                "Standbys re-attached by auto_failback.",
+                c.failbacks,
+            ),
+            (
+                "false_primaries",
+                "Nodes detached because another primary was on a newer timeline.",
+                c.false_primaries,
+            ),
+            (
+                "failed_actions",
+                "Failovers and operator requests that failed.",
+                c.failed_actions,
+            ),
+            (
+                "backend_faults",
+                "Broken backend connections and shutdowns seen by sessions that made tidepool probe the node.",
+                c.backend_faults,
+            ),
+            (
+                "backend_faults_confirmed",
+                "Of those, the ones whose probe failed too (handled as a failed health check).",
+                c.backend_faults_confirmed,
+            ),
+        ];
+        for (name, help, value) in families {
+            counters(enc, name, help, one(value))?;
+        }
+        Ok(())
     }
 
     fn encode_pools(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -442,6 +531,12 @@ impl Figures {
             "Health checks of the node that failed.",
             per_node(|n| n.health_check_failures),
         )?;
+        counters(
+            enc,
+            "node_detaches",
+            "Times the node was detached.",
+            per_node(|n| n.detaches),
+        )?;
         gauges(
             enc,
             "nodes",
@@ -483,6 +578,11 @@ mod tests {
                 queries: 42,
                 ..Default::default()
             },
+            cluster: ClusterFigures {
+                failovers: 2,
+                failbacks: 1,
+                ..Default::default()
+            },
             nodes: vec![NodeFigures {
                 name: "pg0".into(),
                 status: Status::Up,
@@ -492,11 +592,16 @@ mod tests {
                 queries: 7,
                 health_checks: 3,
                 health_check_failures: 1,
+                detaches: 4,
             }],
             pools: vec![pool("pg0", "app")],
         });
         assert!(text.contains("# TYPE tidepool_queries counter\n"), "{text}");
         assert!(text.contains("tidepool_queries_total 42\n"), "{text}");
+        assert!(text.contains("tidepool_failovers_total 2\n"), "{text}");
+        assert!(text.contains("tidepool_failbacks_total 1\n"), "{text}");
+        assert!(text.contains("tidepool_switchovers_total 0\n"), "{text}");
+        assert!(text.contains("tidepool_node_detaches_total{node=\"pg0\"} 4\n"));
         assert!(
             text.contains("tidepool_node_up{node=\"pg0\"} 1\n"),
             "{text}"

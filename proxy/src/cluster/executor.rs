@@ -283,6 +283,50 @@ impl NodeConn {
             .as_deref()
             == Some("streaming"))
     }
+
+    /// The WAL receiver, when it streams.
+    pub async fn receiver(&self) -> Result<Option<Receiver>, ActionError> {
+        let rows = self
+            .rows(
+                "reading pg_stat_wal_receiver",
+                "SELECT received_tli, slot_name, sender_host, sender_port \
+                 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                self.timeout,
+            )
+            .await?;
+        let Some(r) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(Receiver {
+            timeline: r.get(0).and_then(|v| v.parse().ok()).unwrap_or(0),
+            slot_name: r.get(1).filter(|s| !s.is_empty()).map(str::to_string),
+            sender_host: r.get(2).unwrap_or_default().to_string(),
+            sender_port: r.get(3).and_then(|v| v.parse().ok()).unwrap_or(0),
+        }))
+    }
+
+    /// Whether a walsender uses replication slot `slot` on this node.
+    pub async fn slot_active(&self, slot: &str) -> Result<bool, ActionError> {
+        let sql = format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        );
+        Ok(self
+            .value("reading pg_replication_slots", &sql)
+            .await?
+            .as_deref()
+            == Some("t"))
+    }
+}
+
+/// A standby's WAL receiver, as `pg_stat_wal_receiver` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receiver {
+    /// `received_tli`: the timeline it streams on.
+    pub timeline: u32,
+    pub slot_name: Option<String>,
+    pub sender_host: String,
+    pub sender_port: u16,
 }
 
 /// A SQL string literal.

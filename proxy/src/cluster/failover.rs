@@ -51,6 +51,10 @@ impl Position {
     }
 }
 
+/// How the detach reason of a node that failed its health checks begins
+/// (`auto_failback` brings back only such nodes).
+pub const HEALTH_CHECK_FAILED: &str = "health check failed";
+
 /// What to do about a node that failed every health-check retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnFailure {

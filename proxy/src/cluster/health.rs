@@ -4,6 +4,8 @@
 //!
 //! A crash closes the kept connection: the check wakes at once instead of
 //! at the next period, so detection of a crash costs only the retries.
+//! A detached standby that answers again is offered to the manager for
+//! `auto_failback`.
 
 use std::{
     sync::Arc,
@@ -12,7 +14,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Cluster, Role, manager::Request};
+use super::{Cluster, Role, Status, manager::Request, trigger::Fault};
 use crate::config::HealthCheckConfig;
 
 /// Probes every node until `shutdown` fires, one task per node; restarts
@@ -70,7 +72,9 @@ struct Check {
 /// The kept connection and a signal that fires when it closes.
 struct Kept {
     client: tokio_postgres::Client,
-    closed: oneshot::Receiver<()>,
+    /// Fires when the connection ends, with the SQLSTATE of the error the
+    /// server ended it with, if any (57P01: the server shuts down).
+    closed: oneshot::Receiver<Option<String>>,
 }
 
 impl Check {
@@ -91,6 +95,9 @@ impl Check {
     async fn run(self) {
         let mut kept: Option<Kept> = None;
         let mut reported = false;
+        // The kept connection broke: a failure of the next check is a
+        // backend error (failover_on_backend_error) or shutdown.
+        let mut broke: Option<Fault> = None;
         let name = self
             .cluster
             .snapshot()
@@ -110,6 +117,15 @@ impl Check {
                     c.record_check(r.is_ok(), attempt > 0, started.elapsed());
                 }
                 self.cluster.record_check(self.id, r.clone());
+                if let (Err(e), Some(fault)) = (&r, broke.take()) {
+                    // The manager probes once more and acts without
+                    // waiting for the retries, if the settings allow.
+                    let fault = match fault {
+                        Fault::Shutdown(m) => Fault::Shutdown(format!("{m}; check: {e}")),
+                        Fault::Error(m) => Fault::Error(format!("{m}; check: {e}")),
+                    };
+                    super::trigger::send_fault(&self.cluster, self.id, fault, &self.events);
+                }
                 match r {
                     Err(e) if attempt < hc.max_retries => {
                         tracing::debug!(node = %name, attempt, error = %e, "health check failed; retrying");
@@ -120,7 +136,17 @@ impl Check {
                 }
             };
             match outcome {
-                Ok(_) => reported = false,
+                Ok(role) => {
+                    reported = false;
+                    let down = self
+                        .cluster
+                        .snapshot()
+                        .node(self.id)
+                        .is_some_and(|n| n.status == Status::Down);
+                    if down && role == Role::Standby {
+                        super::trigger::request_failback(&self.cluster, self.id, &self.events);
+                    }
+                }
                 // A node held back by a switchover or recovery is stopped
                 // on purpose: its failures are not news.
                 Err(_) if self.held() => {}
@@ -138,8 +164,14 @@ impl Check {
                 Some(k) => {
                     tokio::select! {
                         _ = tokio::time::sleep(hc.period) => {}
-                        _ = &mut k.closed => {
+                        code = &mut k.closed => {
                             tracing::debug!(node = %name, "health-check connection closed; checking now");
+                            broke = Some(match code.ok().flatten() {
+                                Some(c) if c == crate::protocol::sqlstate::ADMIN_SHUTDOWN => {
+                                    Fault::Shutdown("the health-check connection was ended".into())
+                                }
+                                _ => Fault::Error("the health-check connection closed".into()),
+                            });
                         }
                     }
                 }
@@ -192,8 +224,11 @@ async fn connect(host: &str, port: u16, hc: &HealthCheckConfig) -> Result<Kept, 
         .map_err(|e| format!("connect: {e}"))?;
     let (tx, closed) = oneshot::channel();
     tokio::spawn(async move {
-        let _ = conn.await;
-        let _ = tx.send(());
+        let code = conn
+            .await
+            .err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+        let _ = tx.send(code);
     });
     Ok(Kept { client, closed })
 }

@@ -53,6 +53,17 @@ impl Action {
 pub enum Request {
     /// A node failed its health check and every retry.
     NodeFailed { node: usize, error: String },
+    /// A backend connection to `node` (a session's, or the health check's
+    /// kept one) broke, or the server said it shuts down: probe the node
+    /// once; if the probe fails, the node is handled as `NodeFailed`.
+    BackendFault {
+        node: usize,
+        error: String,
+        shutdown: bool,
+    },
+    /// A detached node answers as a standby again: re-attach it if
+    /// `auto_failback` allows.
+    Failback { node: usize },
     /// An operator's request, answered on `reply`.
     Action {
         node: String,
@@ -271,6 +282,16 @@ impl Manager {
     async fn handle(&mut self, req: Request) {
         match req {
             Request::NodeFailed { node, error } => self.on_failure(node, error).await,
+            Request::BackendFault {
+                node,
+                error,
+                shutdown,
+            } => {
+                if let Some(error) = super::trigger::confirm(self, node, error, shutdown).await {
+                    self.on_failure(node, error).await;
+                }
+            }
+            Request::Failback { node } => super::trigger::failback(self, node).await,
             Request::Action {
                 node,
                 action,
@@ -323,7 +344,7 @@ impl Manager {
                 tracing::warn!(node = %self.target(node).name, %error, "node unreachable; its flag forbids detaching it, so checks go on");
             }
             OnFailure::Detach | OnFailure::DetachPrimary => {
-                self.detach(node, &format!("health check failed: {error}"));
+                self.detach(node, &format!("{}: {error}", failover::HEALTH_CHECK_FAILED));
             }
             OnFailure::Failover => {
                 let reason =

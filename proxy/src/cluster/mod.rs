@@ -15,6 +15,9 @@
 //! - `executor`, `command`: the I/O those actions need (SQL on the nodes,
 //!   shell commands, `pg_ctl` and friends as the data directory's owner);
 //! - `switchover`, `recovery`: the planned switchover and online recovery;
+//! - `trigger`: failures sessions see (a broken backend connection, an admin
+//!   shutdown) that make the manager re-probe a node at once, and
+//!   `auto_failback` of standbys that come back;
 //! - `persist`: the state file that keeps fenced nodes fenced across restarts;
 //! - `consensus`: in a watchdog cluster, which backend failures a quorum of
 //!   tidepool nodes sees, and the leader's table the others mirror.
@@ -28,6 +31,7 @@ mod manager;
 pub mod persist;
 mod recovery;
 mod switchover;
+mod trigger;
 
 use std::{
     collections::HashMap,
@@ -46,6 +50,7 @@ use crate::config::{BackendConfig, BackendFlag};
 
 pub use health::run_checks;
 pub use manager::{Action, Control, ControlError, Request, run_manager};
+pub use trigger::{Fault, report_fault};
 
 /// What the node is, as PostgreSQL reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -167,6 +172,14 @@ pub struct NodeCounters {
     /// Held back from routing (switchover, recovery): checks do not
     /// bring it up.
     pub held: AtomicBool,
+    /// A session's report of a broken connection waits in the manager's
+    /// queue: further reports add nothing.
+    pub fault_reported: AtomicBool,
+    /// A request to re-attach the node (auto_failback) waits in the
+    /// manager's queue.
+    pub failback_requested: AtomicBool,
+    /// Unix milliseconds of the node's last automatic failback (0: never).
+    pub last_failback_ms: AtomicU64,
 }
 
 impl NodeCounters {
@@ -218,6 +231,12 @@ pub struct ClusterCounters {
     pub detaches: AtomicU64,
     pub false_primaries: AtomicU64,
     pub failed_actions: AtomicU64,
+    /// Standbys re-attached by `auto_failback`.
+    pub failbacks: AtomicU64,
+    /// Session reports of a broken backend connection or a shutdown that
+    /// the manager re-probed, and those the probe confirmed.
+    pub backend_faults: AtomicU64,
+    pub backend_faults_confirmed: AtomicU64,
 }
 
 /// Owner of the node table.

@@ -74,6 +74,10 @@ impl Default for FailoverConfig {
         FailoverConfig {
             auto_failover: true,
             detach_false_primary: true,
+            failover_on_backend_error: true,
+            failover_on_backend_shutdown: true,
+            auto_failback: false,
+            auto_failback_interval: Duration::from_secs(60),
             replication_user: None,
             replication_password: None,
             failover_command: None,

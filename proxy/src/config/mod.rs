@@ -136,6 +136,21 @@ pub struct FailoverConfig {
     pub auto_failover: bool,
     /// When two nodes answer as primary, detach the one on the older timeline.
     pub detach_false_primary: bool,
+    /// A session whose backend connection fails (connect, read or write
+    /// error) makes tidepool probe that node at once, and handle it as a
+    /// failed health check if the probe fails too. Applies to
+    /// `allow_to_failover` nodes only.
+    pub failover_on_backend_error: bool,
+    /// The same when a backend ends a session with FATAL 57P01
+    /// (admin_shutdown, e.g. `pg_ctl stop -m fast`).
+    pub failover_on_backend_shutdown: bool,
+    /// Re-attach a standby that was detached after failing its health
+    /// checks once it answers again, is in recovery and streams from the
+    /// current primary.
+    pub auto_failback: bool,
+    /// Least time between two automatic failbacks of the same node.
+    #[serde(with = "humantime_serde")]
+    pub auto_failback_interval: Duration,
     /// Role standbys stream as (built-in follow and recovery).
     pub replication_user: Option<String>,
     pub replication_password: Option<String>,

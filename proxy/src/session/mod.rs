@@ -250,6 +250,9 @@ impl Session {
                             self.after_backend_batch();
                         }
                         Err(e) => {
+                            if let Some(l) = &self.lease {
+                                self.report_fault(lease_node(l), &e);
+                            }
                             self.lease = None;
                             self.cancel.clear();
                             self.error(Severity::Fatal, sqlstate::CONNECTION_FAILURE,
@@ -347,11 +350,15 @@ impl Session {
             return Ok(());
         };
         let mut frames = Vec::new();
+        let node = lease_node(lease);
         let r = lease
             .conn()
             .write_all_reading(&self.to_backend, &mut frames)
             .await;
         shrink(&mut self.to_backend);
+        if let Err(e) = &r {
+            self.report_fault(node, e);
+        }
         r.map_err(|e| SessionEnd::Backend(e.to_string()))?;
         if !frames.is_empty() {
             for f in frames {
@@ -451,7 +458,11 @@ impl Session {
             return Ok(());
         }
         let pool = self.pool_for(node);
-        let mut lease = pool.checkout(&[]).await.map_err(|e| match &e {
+        let checkout = pool.checkout(&[]).await;
+        if let Err(PoolError::Backend(e)) = &checkout {
+            self.report_fault(node.id, e);
+        }
+        let mut lease = checkout.map_err(|e| match &e {
             PoolError::QueueFull(_) | PoolError::Timeout(..) => {
                 (sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
             }
@@ -460,6 +471,7 @@ impl Session {
         })?;
         let conn = lease.conn();
         if let Err(e) = conn.apply_settings(&self.settings).await {
+            self.report_fault(node.id, &e);
             return Err(match e {
                 BackendError::Server(f) => (code_of(&f.code), f.message),
                 other => (sqlstate::CONNECTION_FAILURE, other.to_string()),
@@ -468,6 +480,15 @@ impl Session {
         self.cancel.set(conn.addr, conn.pid, conn.secret.clone());
         self.lease = Some(lease);
         Ok(())
+    }
+
+    /// Tells the failover manager that the connection to `node` broke or
+    /// that the server shuts down (`failover_on_backend_error`,
+    /// `failover_on_backend_shutdown`): it probes the node at once.
+    fn report_fault(&self, node: usize, e: &BackendError) {
+        if let Some(fault) = fault_of(e) {
+            crate::cluster::report_fault(&self.shared, node, fault);
+        }
     }
 
     fn release(&mut self) {
@@ -1023,6 +1044,15 @@ impl Session {
 
     fn on_backend_frame(&mut self, f: Frame) {
         tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "backend message");
+        if f.tag == b'E'
+            && let Some(l) = &self.lease
+        {
+            let e = messages::read_error(&f);
+            if e.severity == "FATAL" && e.code == sqlstate::ADMIN_SHUTDOWN {
+                let fault = crate::cluster::Fault::Shutdown(e.message);
+                crate::cluster::report_fault(&self.shared, lease_node(l), fault);
+            }
+        }
         let mut forward = true;
         match f.tag {
             b'Z' => {
@@ -1185,6 +1215,25 @@ async fn read_backend(lease: &mut Option<Lease>, out: &mut Vec<Frame>) -> Result
     match lease {
         Some(l) => l.conn().read_frames(out).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a backend error says about the node: its server shuts down
+/// (57P01), or the connection broke. Errors of one statement or login say
+/// nothing about the node.
+fn fault_of(e: &BackendError) -> Option<crate::cluster::Fault> {
+    use crate::cluster::Fault;
+    match e {
+        BackendError::Server(f) | BackendError::Refused(f)
+            if f.code == sqlstate::ADMIN_SHUTDOWN =>
+        {
+            Some(Fault::Shutdown(f.message.clone()))
+        }
+        BackendError::Connect { .. }
+        | BackendError::Timeout(_)
+        | BackendError::Io(_)
+        | BackendError::Closed => Some(Fault::Error(e.to_string())),
+        _ => None,
     }
 }
 

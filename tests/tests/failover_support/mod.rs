@@ -15,6 +15,17 @@ use std::{
 use anyhow::{Context, Result};
 use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, free_port, wait_for_async};
 
+/// Lines added to the sections of [`config_with`]'s file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// Added to every `[[backends]]` entry.
+    pub backend: &'a str,
+    pub health_check: &'a str,
+    pub failover: &'a str,
+    /// Appended at the end (whole sections).
+    pub rest: &'a str,
+}
+
 /// tidepool's config for failover tests: every node with its data
 /// directory, the replication user, the state file in `state_dir`.
 pub fn config(
@@ -23,6 +34,20 @@ pub fn config(
     backend_extra: &str,
     extra: &str,
 ) -> String {
+    config_with(
+        cluster,
+        state_dir,
+        &Extra {
+            backend: backend_extra,
+            rest: extra,
+            ..Extra::default()
+        },
+    )
+}
+
+/// [`config`] with lines added to any section.
+pub fn config_with(cluster: &PgCluster, state_dir: &std::path::Path, x: &Extra) -> String {
+    let backend_extra = x.backend;
     let backends: Vec<String> = cluster
         .nodes()
         .iter()
@@ -48,10 +73,12 @@ mode = "transaction"
 
 [health_check]
 password = "postgres"
+{health}
 
 [failover]
 replication_user = "replicator"
 replication_password = "replicator"
+{failover}
 
 {backends}
 
@@ -69,6 +96,9 @@ password = "postgres"
         admin = free_port(),
         state = state_dir.display(),
         backends = backends.join("\n"),
+        health = x.health_check,
+        failover = x.failover,
+        extra = x.rest,
     )
 }
 
@@ -83,6 +113,17 @@ impl FailoverBed {
     /// Starts a primary with two standbys (`sync` as asked), creates table
     /// `ticks`, and starts tidepool.
     pub fn start(sync: bool, extra: &str) -> Result<FailoverBed> {
+        Self::start_with(
+            sync,
+            &Extra {
+                rest: extra,
+                ..Extra::default()
+            },
+        )
+    }
+
+    /// [`start`](Self::start) with lines added to any section of the config.
+    pub fn start_with(sync: bool, extra: &Extra) -> Result<FailoverBed> {
         let cluster = PgCluster::start(PgClusterOpts {
             standbys: 2,
             sync,
@@ -95,7 +136,7 @@ impl FailoverBed {
         )?;
         cluster.wait_streaming()?;
         let state = tempfile::tempdir()?;
-        let tidepool = Tidepool::start(&config(&cluster, state.path(), "", extra))?;
+        let tidepool = Tidepool::start(&config_with(&cluster, state.path(), extra))?;
         Ok(FailoverBed {
             tidepool,
             state,
@@ -123,6 +164,37 @@ impl FailoverBed {
             .and_then(|ns| ns.iter().find(|n| n["name"] == node))
             .and_then(|n| n["status"].as_str().map(str::to_string))
             .with_context(|| format!("no node {node} in {v}"))
+    }
+
+    /// A node's entry in GET /v1/nodes.
+    pub fn node(&self, node: &str) -> Result<serde_json::Value> {
+        let v = self.nodes()?;
+        v["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == node))
+            .cloned()
+            .with_context(|| format!("no node {node} in {v}"))
+    }
+
+    /// Why a node is detached, as GET /v1/nodes says.
+    pub fn detach_reason(&self, node: &str) -> Result<String> {
+        Ok(self.node(node)?["detach_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// The value of one sample of GET /metrics, e.g. `tidepool_failovers_total`
+    /// or `tidepool_node_detaches_total{node="pg1"}`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> Result<f64> {
+        let (code, body) = self.tidepool.http_get("/metrics")?;
+        anyhow::ensure!(code == 200, "GET /metrics: {code} {body}");
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|v| v.trim().parse())
+            .transpose()?
+            .unwrap_or(0.0))
     }
 
     /// Runs `tidepool ctl ARGS` against this tidepool.
