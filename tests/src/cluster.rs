@@ -371,7 +371,8 @@ impl PgCluster {
             .join("\n")
     }
 
-    fn bindir(&self) -> Result<PathBuf> {
+    /// The directory of the PostgreSQL programs the cluster runs.
+    pub fn bindir(&self) -> Result<PathBuf> {
         let conf = std::fs::read_to_string(self.dir().join("cluster.conf"))
             .context("reading cluster.conf")?;
         conf.lines()

@@ -1,8 +1,8 @@
 //! Online recovery: bring a detached node back as a standby of the current
-//! primary while writes go on. Built in when the node's data directory is
-//! on this machine (`pg_rewind`, else `pg_basebackup`), else through
-//! `failover.recovery_command`. The node is attached once it streams and
-//! lags by at most `failover.recovery_max_lag_bytes`.
+//! primary while writes go on. Through `failover.recovery_command` when one
+//! is configured, else built in when the node's data directory is on this
+//! machine (`pg_rewind`, else `pg_basebackup`). The node is attached once
+//! it streams and lags by at most `failover.recovery_max_lag_bytes`.
 
 use std::{path::Path, time::Duration};
 
@@ -39,20 +39,20 @@ pub(super) async fn run(m: &mut Manager, id: usize) -> Result<(), ControlError> 
     let cfg = m.config();
     let started = std::time::Instant::now();
     tracing::warn!(node = %node.name, primary = %m.target(primary).name, "online recovery started");
-    match local_dir(m, id) {
-        Some(dir) => rebuild(m, id, primary, &dir).await?,
-        None => match &cfg.failover.recovery_command {
-            Some(cmd) => {
-                let vars = m.vars(id, Some(primary), None);
-                command::shell(&command::expand(cmd, &vars), cfg.failover.recovery_timeout).await?;
-            }
-            None => {
-                return Err(ControlError::Conflict(format!(
-                    "recovery of {} needs its data directory on this machine (backends[{id}].data_directory) or failover.recovery_command",
-                    node.name
-                )));
-            }
-        },
+    // A configured command wins, as failover_command and
+    // follow_primary_command do: the operator chose how nodes are rebuilt.
+    match (&cfg.failover.recovery_command, local_dir(m, id)) {
+        (Some(cmd), _) => {
+            let vars = m.vars(id, Some(primary), None);
+            command::shell(&command::expand(cmd, &vars), cfg.failover.recovery_timeout).await?;
+        }
+        (None, Some(dir)) => rebuild(m, id, primary, &dir).await?,
+        (None, None) => {
+            return Err(ControlError::Conflict(format!(
+                "recovery of {} needs its data directory on this machine (backends[{id}].data_directory) or failover.recovery_command",
+                node.name
+            )));
+        }
     }
     wait_caught_up(
         m,

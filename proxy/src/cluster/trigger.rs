@@ -93,7 +93,8 @@ pub(super) fn send_fault(
     if c.held.load(Ordering::Relaxed) || c.fault_reported.swap(true, Ordering::AcqRel) {
         return;
     }
-    tracing::warn!(node, %fault, "backend failure reported; the node will be probed");
+    let name = cluster.snapshot().node(node).map(|n| n.name.clone());
+    tracing::warn!(node = name.unwrap_or_default(), %fault, "backend failure reported; the node will be probed");
     let sent = sender.send(Request::BackendFault {
         node,
         error: fault.detail().to_string(),
@@ -165,7 +166,7 @@ async fn probe_after_fault(m: &Manager, node: usize, error: String) -> Option<St
                 .backend_faults_confirmed
                 .fetch_add(1, Ordering::Relaxed);
             let failure = format!("{error}; probe: {e}");
-            tracing::warn!(node = %n.name, probe_ms = started.elapsed().as_millis() as u64, %failure, "node fails the probe after a session's report");
+            tracing::warn!(node = %n.name, probe_ms = started.elapsed().as_millis() as u64, %failure, "node fails the probe after a broken connection");
             m.cluster().record_check(node, Err(failure.clone()));
             Some(failure)
         }
