@@ -170,6 +170,13 @@ impl Pool {
         )
     }
 
+    /// Whether a checkout now would have to wait: nothing idle and no room
+    /// for a new connection.
+    pub fn would_wait(&self) -> bool {
+        let inner = self.lock();
+        inner.idle.is_empty() && inner.total >= inner.limits.max_size
+    }
+
     /// Lends a connection: an idle one, a new one, or the next one returned.
     /// `options` are the startup parameters used if a new one is opened.
     pub async fn checkout(

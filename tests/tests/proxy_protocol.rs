@@ -122,9 +122,15 @@ fn pgbench_ok(bed: &common::Bed, args: &[&str]) {
 }
 
 async fn pgbench_runs(mode: &str) {
-    // Queueing for connections is covered by proxy_pooling; here every
-    // client may hold one.
-    let size = "max_size = 12";
+    // Session pooling gives every client a server connection of its own;
+    // transaction pooling serves the 8 clients with 4, which -M prepared
+    // (a blocking PQprepare while the thread's other clients hold
+    // connections in open transactions) must survive without a deadlock.
+    let size = if mode == "session" {
+        "max_size = 12"
+    } else {
+        "max_size = 4"
+    };
     let bed = common::bed(0, mode, size, "").await.unwrap();
     pgbench_ok(&bed, &["-i", "-s", "1", "-q", "app"]);
     for protocol in ["simple", "extended", "prepared"] {

@@ -91,6 +91,9 @@ pub struct Session {
     /// After an error in an extended-protocol batch the server skips
     /// messages until Sync; so does the bookkeeping.
     skipping: bool,
+    /// Answering a batch of named Parse messages and its Sync without a
+    /// server connection (see `defers_prepare`).
+    deferring: bool,
     /// The server is in COPY FROM STDIN: it ignores Sync and Flush until
     /// the client's CopyDone or CopyFail.
     copy_in: bool,
@@ -132,6 +135,7 @@ impl Session {
             statements: HashMap::new(),
             pending: VecDeque::new(),
             skipping: false,
+            deferring: false,
             copy_in: false,
             unsynced: false,
             tx_status: b'I',
@@ -543,6 +547,9 @@ impl Session {
     async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
         tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "client message");
         self.note_writes(&f);
+        if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
+            return self.defer_prepare(&f);
+        }
         let batch_open = matches!(f.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H');
         if matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
             && self.at_boundary()
@@ -741,6 +748,57 @@ impl Session {
         Ok(())
     }
 
+    /// Whether `f` starts a batch that only prepares named statements
+    /// (`PQprepare`: Parse… Sync) which tidepool answers itself because no
+    /// server connection is free now. The statements are prepared on the
+    /// connection that first executes them, as any statement is when the
+    /// session moves between connections. Waiting for a connection here
+    /// could deadlock a client that prepares with a blocking call while
+    /// its other connections hold the pool's server connections in open
+    /// transactions (pgbench -M prepared -j N does). A syntax error in
+    /// such a statement is reported when it is first executed.
+    fn defers_prepare(&self, f: &Frame, rest: &[Frame]) -> bool {
+        if self.mode != PoolMode::Transaction || !self.at_boundary() {
+            return false;
+        }
+        for m in std::iter::once(f).chain(rest.iter()) {
+            match m.tag {
+                b'P' => match messages::read_parse(m) {
+                    Ok((name, _)) if !name.is_empty() && !self.statements.contains_key(&name) => {}
+                    _ => return false,
+                },
+                b'S' => {
+                    return self.write_pool().is_ok_and(|p| p.would_wait());
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Records a named Parse and answers ParseComplete; the Sync that ends
+    /// the batch is answered with ReadyForQuery.
+    fn defer_prepare(&mut self, f: &Frame) -> Result<(), SessionEnd> {
+        match f.tag {
+            b'P' => {
+                self.deferring = true;
+                let (name, query) =
+                    messages::read_parse(f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                let stmt = Statement::from_parse(f, self.shared.classifier.classify(&query))
+                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                self.statements.insert(name, Arc::new(stmt));
+                self.to_client.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+            }
+            _ => {
+                // Sync: `defers_prepare` saw that the batch ends with it.
+                self.deferring = false;
+                messages::ready_for_query(&mut self.to_client, self.tx_status);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the next message starts a new unit of work (a transaction,
     /// or a statement outside one), which may be routed anew.
     fn at_boundary(&self) -> bool {
@@ -854,6 +912,7 @@ impl Session {
     ) -> Result<(), (&'static str, String)> {
         let rules = self.shared.rules.load_full();
         if !rules.cfg.enabled {
+            // Everything goes to the primary: no need to read the SQL.
             return self.acquire().await;
         }
         let (class, incomplete) = self.unit_class(f, rest);
