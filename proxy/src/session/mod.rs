@@ -576,14 +576,12 @@ impl Session {
         match f.tag {
             b'X' => return Err(SessionEnd::Terminated),
             b'Q' => {
-                let sql = messages::read_query(&f)
-                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                let sql =
+                    messages::read_query(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                if let Some(table) = crate::admin::show::answer_in_session(
-                    sql,
-                    &self.shared,
-                    self.routing.read_node,
-                ) {
+                if let Some(table) =
+                    crate::admin::show::answer_in_session(sql, &self.shared, self.routing.read_node)
+                {
                     table.encode(&mut self.to_client);
                     messages::ready_for_query(&mut self.to_client, self.tx_status);
                     return Ok(());
