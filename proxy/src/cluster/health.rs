@@ -72,9 +72,9 @@ struct Check {
 /// The kept connection and a signal that fires when it closes.
 struct Kept {
     client: tokio_postgres::Client,
-    /// Fires when the connection ends, with the SQLSTATE of the error the
-    /// server ended it with, if any (57P01: the server shuts down).
-    closed: oneshot::Receiver<Option<String>>,
+    /// Fires when the connection ends, with the SQLSTATE and message of the
+    /// error the server ended it with, if any (57P01: the server shuts down).
+    closed: oneshot::Receiver<Option<(String, String)>>,
 }
 
 impl Check {
@@ -167,8 +167,8 @@ impl Check {
                         code = &mut k.closed => {
                             tracing::debug!(node = %name, "health-check connection closed; checking now");
                             broke = Some(match code.ok().flatten() {
-                                Some(c) if c == crate::protocol::sqlstate::ADMIN_SHUTDOWN => {
-                                    Fault::Shutdown("the health-check connection was ended".into())
+                                Some((c, message)) if c == crate::protocol::sqlstate::ADMIN_SHUTDOWN => {
+                                    Fault::Shutdown(format!("health-check connection: {message}"))
                                 }
                                 _ => Fault::Error("the health-check connection closed".into()),
                             });
@@ -224,10 +224,10 @@ async fn connect(host: &str, port: u16, hc: &HealthCheckConfig) -> Result<Kept, 
         .map_err(|e| format!("connect: {e}"))?;
     let (tx, closed) = oneshot::channel();
     tokio::spawn(async move {
-        let code = conn
-            .await
-            .err()
-            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+        let code = conn.await.err().and_then(|e| {
+            e.as_db_error()
+                .map(|d| (d.code().code().to_string(), d.message().to_string()))
+        });
         let _ = tx.send(code);
     });
     Ok(Kept { client, closed })

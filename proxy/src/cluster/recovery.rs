@@ -4,10 +4,13 @@
 //! machine (`pg_rewind`, else `pg_basebackup`). The node is attached once
 //! it streams and lags by at most `failover.recovery_max_lag_bytes`.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use super::{
-    Status,
+    Role, Status,
     command::{self, write_owned},
     executor::ActionError,
     manager::{ControlError, Manager},
@@ -36,23 +39,59 @@ pub(super) async fn run(m: &mut Manager, id: usize) -> Result<(), ControlError> 
         .primary()
         .ok_or_else(|| ControlError::Conflict("no primary is known to recover from".into()))?
         .id;
-    let cfg = m.config();
-    let started = std::time::Instant::now();
-    tracing::warn!(node = %node.name, primary = %m.target(primary).name, "online recovery started");
     // A configured command wins, as failover_command and
     // follow_primary_command do: the operator chose how nodes are rebuilt.
-    match (&cfg.failover.recovery_command, local_dir(m, id)) {
-        (Some(cmd), _) => {
-            let vars = m.vars(id, Some(primary), None);
-            command::shell(&command::expand(cmd, &vars), cfg.failover.recovery_timeout).await?;
-        }
-        (None, Some(dir)) => rebuild(m, id, primary, &dir).await?,
+    let how = match (
+        m.config().failover.recovery_command.clone(),
+        local_dir(m, id),
+    ) {
+        (Some(cmd), _) => How::Command(cmd),
+        (None, Some(dir)) => How::Rebuild(dir),
         (None, None) => {
             return Err(ControlError::Conflict(format!(
                 "recovery of {} needs its data directory on this machine (backends[{id}].data_directory) or failover.recovery_command",
                 node.name
             )));
         }
+    };
+    let started = std::time::Instant::now();
+    tracing::warn!(node = %node.name, primary = %m.target(primary).name, "online recovery started");
+    // The node is stopped and started on purpose: its failing checks must
+    // not be reported, or a report queued meanwhile would detach it again
+    // once attached.
+    m.cluster().hold(id, true);
+    let r = recover(m, id, primary, how).await;
+    match r {
+        Ok(()) => {
+            // It just answered as a streaming standby: routed to at once,
+            // without waiting for its next health check.
+            m.cluster().record_check(id, Ok(Role::Standby));
+            m.cluster().attach(id);
+            m.persist();
+            tracing::warn!(node = %m.target(id).name, elapsed_ms = started.elapsed().as_millis() as u64, "online recovery done: node attached as a standby");
+        }
+        Err(_) => m.cluster().hold(id, false),
+    }
+    r.map_err(ControlError::from)
+}
+
+/// How a node is rebuilt.
+enum How {
+    /// `failover.recovery_command`.
+    Command(String),
+    /// Built in, on this data directory.
+    Rebuild(PathBuf),
+}
+
+/// Rebuilds `id` as a standby of `primary` and waits until it caught up.
+async fn recover(m: &Manager, id: usize, primary: usize, how: How) -> Result<(), ActionError> {
+    let cfg = m.config();
+    match how {
+        How::Command(cmd) => {
+            let vars = m.vars(id, Some(primary), None);
+            command::shell(&command::expand(&cmd, &vars), cfg.failover.recovery_timeout).await?;
+        }
+        How::Rebuild(dir) => rebuild(m, id, primary, &dir).await?,
     }
     wait_caught_up(
         m,
@@ -61,11 +100,7 @@ pub(super) async fn run(m: &mut Manager, id: usize) -> Result<(), ControlError> 
         cfg.failover.recovery_timeout,
         cfg.failover.recovery_max_lag_bytes,
     )
-    .await?;
-    m.cluster().attach(id);
-    m.persist();
-    tracing::warn!(node = %m.target(id).name, elapsed_ms = started.elapsed().as_millis() as u64, "online recovery done: node attached as a standby");
-    Ok(())
+    .await
 }
 
 async fn rebuild(m: &Manager, id: usize, primary: usize, dir: &Path) -> Result<(), ActionError> {

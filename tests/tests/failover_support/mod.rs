@@ -124,11 +124,22 @@ impl FailoverBed {
 
     /// [`start`](Self::start) with lines added to any section of the config.
     pub fn start_with(sync: bool, extra: &Extra) -> Result<FailoverBed> {
+        Self::start_prepared(sync, extra, |_| Ok(()))
+    }
+
+    /// [`start_with`](Self::start_with), running `prepare` on the cluster
+    /// before tidepool starts.
+    pub fn start_prepared(
+        sync: bool,
+        extra: &Extra,
+        prepare: impl FnOnce(&PgCluster) -> Result<()>,
+    ) -> Result<FailoverBed> {
         let cluster = PgCluster::start(PgClusterOpts {
             standbys: 2,
             sync,
             ..PgClusterOpts::default()
         })?;
+        prepare(&cluster)?;
         cluster.psql_db(
             cluster.primary(),
             "app",
