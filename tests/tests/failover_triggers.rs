@@ -4,7 +4,8 @@
 //! to act within these tests (30 retries a second apart), so the failover
 //! can only come from the broken connection (a session's, or the health
 //! check's own) and the single probe that confirms it. A session ended by
-//! `pg_terminate_backend()` is probed too, and changes nothing.
+//! `pg_terminate_backend()` is probed too, and changes nothing. With both
+//! settings off, only the (slow) retries decide.
 
 mod failover_support;
 
@@ -159,4 +160,31 @@ fn manager_log(bed: &FailoverBed) -> String {
         .filter(|l| !l.contains("no primary node is available"))
         .collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_both_triggers_off_only_the_health_check_retries_decide() -> anyhow::Result<()> {
+    let bed = FailoverBed::start_with(
+        false,
+        &Extra {
+            backend: SLOW_CHECKS,
+            failover: "failover_on_backend_error = false\nfailover_on_backend_shutdown = false",
+            ..Extra::default()
+        },
+    )?;
+    let old = bed.cluster.primary().name.clone();
+    bed.cluster.kill9(&old)?;
+    wait(
+        Duration::from_secs(10),
+        "the primary to be seen failing",
+        || Ok(bed.status(&old)? == "waiting"),
+    )
+    .await?;
+    // Several seconds into its 30 retries the node is still only waiting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bed.status(&old)?, "waiting");
+    assert_eq!(bed.primary()?, None);
+    assert_eq!(bed.metric("tidepool_backend_faults_total")?, 0.0);
+    assert_eq!(bed.metric("tidepool_failovers_total")?, 0.0);
+    Ok(())
 }
