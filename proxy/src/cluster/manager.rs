@@ -58,8 +58,7 @@ pub enum Request {
     /// once; if the probe fails, the node is handled as `NodeFailed`.
     BackendFault {
         node: usize,
-        error: String,
-        shutdown: bool,
+        fault: super::trigger::Fault,
     },
     /// A detached node answers as a standby again: re-attach it if
     /// `auto_failback` allows.
@@ -282,12 +281,8 @@ impl Manager {
     async fn handle(&mut self, req: Request) {
         match req {
             Request::NodeFailed { node, error } => self.on_failure(node, error).await,
-            Request::BackendFault {
-                node,
-                error,
-                shutdown,
-            } => {
-                if let Some(error) = super::trigger::confirm(self, node, error, shutdown).await {
+            Request::BackendFault { node, fault } => {
+                if let Some(error) = super::trigger::confirm(self, node, fault).await {
                     self.on_failure(node, error).await;
                 }
             }

@@ -1,8 +1,8 @@
 //! Triggers besides the health check's own verdict.
 //!
-//! - A session whose backend connection breaks (`failover_on_backend_error`)
-//!   or whose server ends it with FATAL 57P01 (`failover_on_backend_shutdown`)
-//!   reports the node. The manager probes the node once, as a health check
+//! - A backend connection that breaks — a session's, or the health check's
+//!   kept one — (`failover_on_backend_error`) or that its server ends with
+//!   FATAL 57P01 (`failover_on_backend_shutdown`) reports the node. The manager probes the node once, as a health check
 //!   would, and only when that probe fails too does it handle the node as a
 //!   failed health check (`Manager::on_failure`, the one path every failure
 //!   takes). One broken connection proves little on its own: a
@@ -30,22 +30,13 @@ use crate::{
     server::Shared,
 };
 
-/// What a session saw go wrong with its backend connection.
+/// What went wrong with a backend connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Connecting, reading or writing failed.
     Error(String),
     /// The server ended the session with FATAL 57P01 (admin_shutdown).
     Shutdown(String),
-}
-
-impl Fault {
-    /// What was seen, without the kind.
-    fn detail(&self) -> &str {
-        match self {
-            Fault::Error(d) | Fault::Shutdown(d) => d,
-        }
-    }
 }
 
 impl fmt::Display for Fault {
@@ -95,31 +86,17 @@ pub(super) fn send_fault(
     }
     let name = cluster.snapshot().node(node).map(|n| n.name.clone());
     tracing::warn!(node = name.unwrap_or_default(), %fault, "backend failure reported; the node will be probed");
-    let sent = sender.send(Request::BackendFault {
-        node,
-        error: fault.detail().to_string(),
-        shutdown: matches!(fault, Fault::Shutdown(_)),
-    });
+    let sent = sender.send(Request::BackendFault { node, fault });
     if sent.is_err() {
         c.fault_reported.store(false, Ordering::Release);
     }
 }
 
-/// Probes `node` once after a session's report. Returns the failure to hand
-/// to `on_failure` when the probe fails too (the node is then marked
+/// Probes `node` once after a reported `fault`. Returns the failure to
+/// hand to `on_failure` when the probe fails too (the node is then marked
 /// unreachable, as a failed health check marks it), `None` when the node
-/// answers or is no longer attached.
-pub(super) async fn confirm(
-    m: &Manager,
-    node: usize,
-    error: String,
-    shutdown: bool,
-) -> Option<String> {
-    let fault = if shutdown {
-        Fault::Shutdown(error)
-    } else {
-        Fault::Error(error)
-    };
+/// answers, is no longer attached, or the settings say to ignore the fault.
+pub(super) async fn confirm(m: &Manager, node: usize, fault: Fault) -> Option<String> {
     let enabled = m
         .cluster()
         .snapshot()
