@@ -227,19 +227,26 @@ impl ServerConn {
         }
     }
 
+    /// Waits for the server to send more and adds it to the buffer.
+    async fn fill(&mut self) -> Result<(), BackendError> {
+        loop {
+            self.stream.readable().await?;
+            match try_read_drained(&self.stream, &mut self.buf) {
+                Ok(0) => return Err(BackendError::Closed),
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Reads the next whole frame.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
             if let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
                 return Ok(f);
             }
-            self.stream.readable().await?;
-            match try_read_drained(&self.stream, &mut self.buf) {
-                Ok(0) => return Err(BackendError::Closed),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.fill().await?;
         }
     }
 
@@ -253,13 +260,7 @@ impl ServerConn {
             if !out.is_empty() {
                 return Ok(());
             }
-            self.stream.readable().await?;
-            match try_read_drained(&self.stream, &mut self.buf) {
-                Ok(0) => return Err(BackendError::Closed),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.fill().await?;
         }
     }
 

@@ -16,12 +16,7 @@ async fn the_old_primary_is_recovered_as_a_standby_under_writes() -> anyhow::Res
         Duration::from_millis(50),
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    bed.cluster.kill9(&old)?;
-    wait(Duration::from_secs(20), "a new primary", || {
-        Ok(bed.primary()?.is_some_and(|p| p != old))
-    })
-    .await?;
-    let new = bed.primary()?.unwrap();
+    let (_, new) = bed.kill_primary().await?;
     assert_eq!(bed.status(&old)?, "down");
 
     let out = bed.ctl(&["recover", &old])?;
@@ -80,12 +75,7 @@ async fn a_node_pg_rewind_cannot_rewind_is_recovered_from_a_base_backup() -> any
         Duration::from_millis(50),
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    bed.cluster.kill9(&old)?;
-    wait(Duration::from_secs(20), "a new primary", || {
-        Ok(bed.primary()?.is_some_and(|p| p != old))
-    })
-    .await?;
-    let new = bed.primary()?.unwrap();
+    let (_, new) = bed.kill_primary().await?;
 
     let out = bed.ctl(&["recover", &old])?;
     assert!(

@@ -5,19 +5,13 @@ mod failover_support;
 
 use std::time::Duration;
 
-use failover_support::{FailoverBed, wait};
+use failover_support::FailoverBed;
 use tidepool_tests::Tidepool;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_old_primary_stays_fenced_across_a_restart() -> anyhow::Result<()> {
     let mut bed = FailoverBed::start(false, "")?;
-    let old = bed.cluster.primary().name.clone();
-    bed.cluster.kill9(&old)?;
-    wait(Duration::from_secs(20), "a new primary", || {
-        Ok(bed.primary()?.is_some_and(|p| p != old))
-    })
-    .await?;
-    let new = bed.primary()?.unwrap();
+    let (old, new) = bed.kill_primary().await?;
     let state = std::fs::read_to_string(bed.state.path().join("tidepool-state.json"))?;
     assert!(state.contains(&old) && state.contains(&new), "{state}");
 

@@ -167,6 +167,19 @@ impl FailoverBed {
         Ok(self.nodes()?["primary"].as_str().map(str::to_string))
     }
 
+    /// Kills the primary with kill -9 and waits until tidepool routes
+    /// writes to another node; returns (old primary, new primary).
+    pub async fn kill_primary(&self) -> Result<(String, String)> {
+        let old = self.cluster.primary().name.clone();
+        self.cluster.kill9(&old)?;
+        wait(Duration::from_secs(20), "a new primary", || {
+            Ok(self.primary()?.is_some_and(|p| p != old))
+        })
+        .await?;
+        let new = self.primary()?.context("no primary")?;
+        Ok((old, new))
+    }
+
     /// A node's status in tidepool's table (`up`, `waiting`, `down`).
     pub fn status(&self, node: &str) -> Result<String> {
         let v = self.nodes()?;
