@@ -468,11 +468,18 @@ async fn routed(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
     sql: &str,
 ) -> String {
-    let _ = c.simple_query(sql).await;
+    let answer = c.simple_query(sql).await.map(|_| ());
+    if answer.is_err() {
+        // tokio-postgres returns at the ErrorResponse, before the
+        // ReadyForQuery that ends the statement; a query sent before that
+        // arrives is pipelined behind it on the same server connection
+        // (tidepool routes at statement boundaries only). Let it arrive.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     loop {
         let n = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
-            .unwrap_or_else(|_| panic!("{sql}: no routing notice"))
+            .unwrap_or_else(|_| panic!("{sql}: no routing notice (answer: {answer:?})"))
             .unwrap();
         if n.starts_with("tidepool: node") {
             return n;
