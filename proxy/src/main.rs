@@ -54,10 +54,11 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if cfg.server.worker_threads > 0 {
+                builder.worker_threads(cfg.server.worker_threads);
+            }
+            let runtime = builder.enable_all().build().expect("tokio runtime");
             match runtime.block_on(run(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -169,12 +169,17 @@ bench_wait_sql() {
 # bench_pgbouncer_start DIR PORT PRIMARY_PORT MODE MAX_CLIENTS POOL_SIZE AUTH
 # Transaction (or session) pooling towards the primary, as PgBouncer's docs
 # set it up: clients authenticate with AUTH (scram-sha-256, or trust for the
-# memory test) against auth_file, which holds the plaintext password so that
+# memory test; trustuser always with trust, through auth_hba_file) against auth_file, which holds the plaintext password so that
 # PgBouncer can log in to the server with SCRAM itself.
 bench_pgbouncer_start() {
     local dir="$1" port="$2" pg_port="$3" mode="$4" max_clients="$5" pool="$6" auth="$7"
     bench_pg_dir "$dir"
-    printf '"app" "app"\n' | bench_pg_file "$dir/userlist.txt"
+    printf '"app" "app"\n"trustuser" ""\n' | bench_pg_file "$dir/userlist.txt"
+    # trustuser logs in with trust (as on the servers), everyone else with AUTH.
+    bench_pg_file "$dir/pgbouncer_hba.conf" <<EOF
+host all trustuser 127.0.0.1/32 trust
+host all all 127.0.0.1/32 $auth
+EOF
     bench_pg_file "$dir/pgbouncer.ini" <<EOF
 ; written by tidepool scripts/bench
 [databases]
@@ -186,7 +191,8 @@ listen_port = $port
 unix_socket_dir = $dir
 pidfile = $dir/pgbouncer.pid
 logfile = $dir/pgbouncer.log
-auth_type = $auth
+auth_type = hba
+auth_hba_file = $dir/pgbouncer_hba.conf
 auth_file = $dir/userlist.txt
 pool_mode = $mode
 max_client_conn = $max_clients
@@ -224,6 +230,7 @@ bench_pgpool_start() {
     bench_pg_file "$dir/pool_hba.conf" <<EOF
 # TYPE  DATABASE  USER  CIDR-ADDRESS   METHOD
 local   all       all                  trust
+host    all       trustuser 127.0.0.1/32 trust
 host    all       all   127.0.0.1/32   $auth
 EOF
     : | bench_pg_file "$dir/pcp.conf"

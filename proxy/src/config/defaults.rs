@@ -29,6 +29,7 @@ impl Default for ServerConfig {
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
             state_dir: None,
+            worker_threads: 0,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Where tidepool keeps state that must survive restarts.
     pub state_dir: Option<String>,
+    /// Threads that run client sessions (0 = one per CPU). Read at start.
+    pub worker_threads: usize,
 }
 
 /// Pooling modes, as in PgBouncer and Pgpool-II.

@@ -25,6 +25,9 @@ impl ConfigError {
     }
 }
 
+/// More threads than this is a typo, not a machine.
+const MAX_WORKER_THREADS: usize = 1024;
+
 const SECTIONS: &[&str] = &[
     "server",
     "pool",
@@ -221,6 +224,12 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
             "must be at least 1".into(),
         );
     }
+    if c.server.worker_threads > MAX_WORKER_THREADS {
+        err(
+            "server.worker_threads".into(),
+            format!("must be at most {MAX_WORKER_THREADS} (0 = one per CPU)"),
+        );
+    }
     if c.server.listen == c.server.admin_listen {
         err(
             "server.admin_listen".into(),
@@ -396,6 +405,19 @@ weight = -2.0
             "{errs:?}"
         );
         assert!(paths.contains(&"backends[2].weight"), "{errs:?}");
+    }
+
+    #[test]
+    fn worker_threads_defaults_to_one_per_cpu_and_is_bounded() {
+        assert_eq!(Config::load_str(MINIMAL).unwrap().server.worker_threads, 0);
+        let two = MINIMAL.replace("[server]\n", "[server]\nworker_threads = 2\n");
+        assert_eq!(Config::load_str(&two).unwrap().server.worker_threads, 2);
+        let absurd = MINIMAL.replace("[server]\n", "[server]\nworker_threads = 100000\n");
+        let errs = Config::load_str(&absurd).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.path == "server.worker_threads"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -167,6 +167,9 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
     if old.server.admin_listen != new.server.admin_listen {
         needs_restart.push("server.admin_listen".to_string());
     }
+    if old.server.worker_threads != new.server.worker_threads {
+        needs_restart.push("server.worker_threads".to_string());
+    }
     if old.watchdog != new.watchdog || old.escalation != new.escalation {
         // The watchdog reads its settings at start (docs/watchdog.md).
         needs_restart.push("watchdog / escalation".to_string());
