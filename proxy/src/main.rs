@@ -59,7 +59,15 @@ fn main() -> ExitCode {
                 builder.worker_threads(cfg.server.worker_threads);
             }
             let runtime = builder.enable_all().build().expect("tokio runtime");
-            match runtime.block_on(run(cfg, config)) {
+            // The server runs as a task, on the workers: a future given to
+            // block_on runs on this main thread, and every accepted client
+            // and every finished one would wake it across threads.
+            let served = runtime.block_on(async {
+                tokio::spawn(run(cfg, config))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("the server task failed: {e}")))
+            });
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
