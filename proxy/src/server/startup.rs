@@ -66,7 +66,9 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     let _guard = ClientGuard(shared.clone());
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = BytesMut::new();
+    // Room for a whole startup packet in one read (libpq's is under 100
+    // bytes, JDBC's a few hundred); the session drops it once idle.
+    let mut buf = BytesMut::with_capacity(512);
     let timeout = shared.config.load().server.startup_timeout;
 
     let started =
