@@ -430,6 +430,24 @@ def main():
         p("**tidepool**: `scripts/bench-failover` gave no result in this run.")
     p("")
 
+    # --- routing: classification cost ------------------------------------------
+    path = meta.get("classify", "")
+    if path and os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path) as f:
+            text = f.read().strip()
+        p("## Routing: classification cost per statement")
+        p("")
+        p("What deciding a statement's route costs tidepool's classifier (`proxy/examples/classify_cost`,")
+        p("release build, one thread): the same statements parsed by libpg_query every time, then through")
+        p("the cache keyed by the statement's shape (its text with constants taken out), which is what")
+        p("the proxy uses. The throughput cost of routing as a whole is the \"read load balancing ÷")
+        p("routing off\" row under [Where tidepool stands](#where-tidepool-stands).")
+        p("")
+        p("```")
+        p(text)
+        p("```")
+        p("")
+
     # --- CPU cost ----------------------------------------------------------------
     eff = []
     if args.efficiency and os.path.exists(args.efficiency):
