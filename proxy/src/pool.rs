@@ -129,8 +129,9 @@ impl Lease {
     /// Gives the connection back for reuse.
     pub fn release(mut self) {
         if let Some(mut c) = self.conn.take() {
-            c.last_used = Instant::now();
-            self.pool.check_in(c);
+            let now = Instant::now();
+            c.last_used = now;
+            self.pool.check_in(c, now);
         }
     }
 }
@@ -184,13 +185,13 @@ impl Pool {
         options: &[(String, String)],
     ) -> Result<Lease, PoolError> {
         self.counters.checkouts.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let now = Instant::now();
         let wait = {
             let mut inner = self.lock();
             let limits = inner.limits.clone();
             let mut found = None;
             while let Some(c) = inner.idle.pop_back() {
-                if expired(&c, &limits) {
+                if expired(&c, &limits, now) {
                     inner.total -= 1;
                     continue;
                 }
@@ -225,7 +226,7 @@ impl Pool {
             }
             self.counters
                 .wait_us
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .fetch_add(now.elapsed().as_micros() as u64, Ordering::Relaxed);
             match handoff {
                 Ok(Ok(Handoff::Conn(c))) => return Ok(self.lease(*c)),
                 Ok(Ok(Handoff::Slot)) => {}
@@ -284,11 +285,16 @@ impl Pool {
         }
     }
 
-    fn check_in(&self, c: ServerConn) {
+    fn check_in(&self, c: ServerConn, now: Instant) {
         let mut inner = self.lock();
-        if expired(&c, &inner.limits) || inner.total > inner.limits.max_size {
+        if expired(&c, &inner.limits, now) || inner.total > inner.limits.max_size {
             drop(inner);
             self.discard_one();
+            return;
+        }
+        if inner.waiters.is_empty() {
+            // The common case: no allocation for the hand-over.
+            inner.idle.push_back(c);
             return;
         }
         let mut c = Box::new(c);
@@ -353,7 +359,8 @@ impl Pool {
         let mut inner = self.lock();
         let limits = inner.limits.clone();
         let before = inner.idle.len();
-        inner.idle.retain(|c| !expired(c, &limits));
+        let now = Instant::now();
+        inner.idle.retain(|c| !expired(c, &limits, now));
         let closed = before - inner.idle.len();
         inner.total -= closed;
         closed
@@ -388,9 +395,12 @@ impl Pool {
     }
 }
 
-fn expired(c: &ServerConn, l: &PoolLimits) -> bool {
-    (!l.idle_timeout.is_zero() && c.last_used.elapsed() >= l.idle_timeout)
-        || (!l.max_lifetime.is_zero() && c.created.elapsed() >= l.max_lifetime)
+/// Whether `c` has outlived the pool's limits at `now` (one clock read per
+/// checkout or check-in, not one per test).
+fn expired(c: &ServerConn, l: &PoolLimits, now: Instant) -> bool {
+    (!l.idle_timeout.is_zero() && now.saturating_duration_since(c.last_used) >= l.idle_timeout)
+        || (!l.max_lifetime.is_zero()
+            && now.saturating_duration_since(c.created) >= l.max_lifetime)
 }
 
 /// Every pool, created on first use.

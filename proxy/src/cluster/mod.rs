@@ -297,6 +297,19 @@ impl Cluster {
         self.changed.subscribe()
     }
 
+    /// The id of the node that takes writes now (see [`Snapshot::primary`]).
+    pub fn primary_id(&self) -> Option<usize> {
+        self.current.load().primary().map(|n| n.id)
+    }
+
+    /// Runs `f` on node `node`'s counters, if there is such a node: no
+    /// reference to them is taken, which matters on the per-query path.
+    pub fn count<R>(&self, node: usize, f: impl FnOnce(&NodeCounters) -> R) {
+        if let Some(c) = self.counters.load().get(node) {
+            f(c);
+        }
+    }
+
     pub fn counters(&self, node: usize) -> Option<Arc<NodeCounters>> {
         self.counters.load().get(node).cloned()
     }

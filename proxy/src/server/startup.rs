@@ -92,7 +92,7 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     let user = param(&params, "user").unwrap_or_default();
     let database = param(&params, "database").unwrap_or_else(|| user.clone());
     let span = tracing::info_span!("session", %peer, user = %user, database = %database);
-    async move {
+    let login = async move {
         let mut out = BytesMut::new();
         if minor_asked > 0 || !pq_options.is_empty() {
             messages::negotiate_protocol_version(&mut out, 0, pq_options);
@@ -121,7 +121,7 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
             tracing::info!(code = r.code, "login refused: {}", r.message);
             messages::error_response(&mut out, Severity::Fatal, r.code, &r.message, None);
             let _ = wr.write_all(&out).await;
-            return;
+            return None;
         }
         messages::auth_ok(&mut out);
 
@@ -150,25 +150,34 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
                     None,
                 );
                 let _ = wr.write_all(&out).await;
-                return;
+                return None;
             }
         }
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query(&mut out, b'I');
         if wr.write_all(&out).await.is_err() {
-            return;
+            return None;
         }
         tracing::debug!("session started");
-        match session.run(rd, wr, buf).await {
-            Ok(()) | Err(SessionEnd::Terminated | SessionEnd::ClientGone) => {
-                tracing::debug!("session ended")
-            }
-            Err(e) => tracing::info!("session ended: {e}"),
+        Some((session, registration, rd, wr, buf))
+    };
+    let Some((mut session, registration, rd, wr, buf)) = login.instrument(span.clone()).await
+    else {
+        return;
+    };
+    // The session loop runs outside the span: entering it on every poll
+    // costs more than the rest of a short transaction's bookkeeping. The
+    // session's own log lines name it as their parent.
+    session.span = span.clone();
+    let result = session.run(rd, wr, buf).await;
+    let _entered = span.enter();
+    match result {
+        Ok(()) | Err(SessionEnd::Terminated | SessionEnd::ClientGone) => {
+            tracing::debug!("session ended")
         }
-        drop(registration);
+        Err(e) => tracing::info!("session ended: {e}"),
     }
-    .instrument(span)
-    .await
+    drop(registration);
 }
 
 /// Reads SSLRequest / GSSENCRequest / CancelRequest / StartupMessage until

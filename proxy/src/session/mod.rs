@@ -105,6 +105,11 @@ pub struct Session {
     cancel: Arc<CancelSlot>,
     to_client: BytesMut,
     to_backend: BytesMut,
+    /// This session's pool on each node, by node id (see `pool_on`).
+    pools: Vec<Option<Arc<crate::pool::Pool>>>,
+    /// The client's span (peer, user, database): the parent of the
+    /// session's log lines. It is not entered around the session loop.
+    pub span: tracing::Span,
 }
 
 impl Session {
@@ -143,6 +148,8 @@ impl Session {
             // Grown on demand: thousands of idle clients must cost little.
             to_client: BytesMut::new(),
             to_backend: BytesMut::new(),
+            pools: Vec::new(),
+            span: tracing::Span::none(),
         }
     }
 
@@ -181,7 +188,17 @@ impl Session {
         mut wr: OwnedWriteHalf,
         mut client_buf: BytesMut,
     ) -> Result<(), SessionEnd> {
+        // One wait for shutdown for the whole session, polled in place: a
+        // new `changed()` on every turn of the loop would register with
+        // the channel shared by every client, under its lock, each time.
         let mut shutdown = self.shared.shutdown.clone();
+        let mut shutting_down = *shutdown.borrow_and_update();
+        let shutdown_wait = async move {
+            if shutdown.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(shutdown_wait);
         let mut backend_frames = Vec::new();
         let result = loop {
             // Handle whatever whole client frames are buffered.
@@ -224,15 +241,14 @@ impl Session {
             if let Err(e) = r {
                 break Err(e);
             }
-            if *shutdown.borrow() && self.is_idle() {
+            if shutting_down && self.is_idle() {
                 break Err(SessionEnd::Shutdown);
             }
+            // A timer only where one can fire: arming one on every turn
+            // costs a clock read and two timer-wheel updates a message.
             let idle_timeout = self.shared.config.load().server.client_idle_timeout;
-            let idle_wait = if self.is_idle() && !idle_timeout.is_zero() {
-                idle_timeout
-            } else {
-                Duration::from_secs(86_400 * 365)
-            };
+            let idle = self.is_idle();
+            let idle_wait = (idle && !idle_timeout.is_zero()).then_some(idle_timeout);
             tokio::select! {
                 ready = rd.readable() => {
                     ready?;
@@ -267,8 +283,10 @@ impl Session {
                         }
                     }
                 }
-                _ = shutdown.changed() => {}
-                _ = tokio::time::sleep(idle_wait) => {
+                // Shutdown ends only idle sessions; a busy one looks
+                // once it is idle again.
+                _ = &mut shutdown_wait, if idle && !shutting_down => shutting_down = true,
+                _ = idle_sleep(idle_wait), if idle_wait.is_some() => {
                     if self.is_idle() {
                         self.error(Severity::Fatal, "57P05",
                             "terminating connection due to idle-session timeout", None);
@@ -376,27 +394,43 @@ impl Session {
     /// Gets a backend connection for this client and brings its settings
     /// to the client's. Errors carry an SQLSTATE and a message.
     /// The pool of `node` for this session's user and database.
-    fn pool_for(&self, node: &crate::cluster::Node) -> Arc<crate::pool::Pool> {
+    /// This session's pool on node `node`: (user, database) pools live as
+    /// long as tidepool, so each is looked up once per session.
+    fn pool_on(&mut self, node: usize) -> Option<Arc<crate::pool::Pool>> {
+        if let Some(Some(p)) = self.pools.get(node) {
+            return Some(p.clone());
+        }
+        let snapshot = self.shared.cluster.snapshot();
+        let n = snapshot.node(node)?;
         let key = PoolKey {
-            node: node.id,
+            node: n.id,
             user: self.user.clone(),
             database: self.database.clone(),
         };
         let shared = self.shared.clone();
-        self.shared
+        let pool = self
+            .shared
             .pools
-            .get_or_create(&key, || pool_setup(&shared, &key, (&node.host, node.port)))
+            .get_or_create(&key, || pool_setup(&shared, &key, (&n.host, n.port)));
+        if self.pools.len() <= node {
+            self.pools.resize(node + 1, None);
+        }
+        self.pools[node] = Some(pool.clone());
+        Some(pool)
     }
 
-    /// The primary, waiting (bounded by `pool.primary_wait_timeout`) while
-    /// there is none, as during a failover.
-    async fn primary(&self) -> Result<crate::cluster::Node, (&'static str, String)> {
+    /// The primary's id, waiting (bounded by `pool.primary_wait_timeout`)
+    /// while there is none, as during a failover.
+    async fn primary(&self) -> Result<usize, (&'static str, String)> {
+        if let Some(id) = self.shared.cluster.primary_id() {
+            return Ok(id);
+        }
         let wait = self.shared.config.load().pool.primary_wait_timeout;
         let mut changes = self.shared.cluster.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(n) = router::write_node(&self.shared.cluster.snapshot()) {
-                return Ok(n.clone());
+            if let Some(id) = self.shared.cluster.primary_id() {
+                return Ok(id);
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => continue,
@@ -413,15 +447,17 @@ impl Session {
     }
 
     /// The pool of the primary, without waiting.
-    fn write_pool(&self) -> Result<Arc<crate::pool::Pool>, (&'static str, String)> {
-        let snapshot = self.shared.cluster.snapshot();
-        match router::write_node(&snapshot) {
-            Some(n) => Ok(self.pool_for(n)),
-            None => Err((
-                sqlstate::CANNOT_CONNECT_NOW,
-                "no primary node is available".to_string(),
-            )),
-        }
+    fn write_pool(&mut self) -> Result<Arc<crate::pool::Pool>, (&'static str, String)> {
+        self.shared
+            .cluster
+            .primary_id()
+            .and_then(|id| self.pool_on(id))
+            .ok_or_else(|| {
+                (
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    "no primary node is available".to_string(),
+                )
+            })
     }
 
     async fn acquire(&mut self) -> Result<(), (&'static str, String)> {
@@ -429,17 +465,14 @@ impl Session {
             return Ok(());
         }
         let primary = self.primary().await?;
-        self.acquire_on(&primary).await
+        self.acquire_on(primary).await
     }
 
     /// Makes `node` the session's current backend: a parked connection of
     /// the session, or one from the node's pool.
-    async fn acquire_on(
-        &mut self,
-        node: &crate::cluster::Node,
-    ) -> Result<(), (&'static str, String)> {
+    async fn acquire_on(&mut self, node: usize) -> Result<(), (&'static str, String)> {
         if let Some(l) = &self.lease
-            && lease_node(l) == node.id
+            && lease_node(l) == node
         {
             return Ok(());
         }
@@ -451,7 +484,7 @@ impl Session {
                 current.release();
             }
         }
-        if let Some(i) = self.parked.iter().position(|l| lease_node(l) == node.id) {
+        if let Some(i) = self.parked.iter().position(|l| lease_node(l) == node) {
             let mut lease = self.parked.swap_remove(i);
             let conn = lease.conn();
             conn.apply_settings(&self.settings)
@@ -461,10 +494,15 @@ impl Session {
             self.lease = Some(lease);
             return Ok(());
         }
-        let pool = self.pool_for(node);
+        let Some(pool) = self.pool_on(node) else {
+            return Err((
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!("node {node} is not configured"),
+            ));
+        };
         let checkout = pool.checkout(&[]).await;
         if let Err(PoolError::Backend(e)) = &checkout {
-            self.report_fault(node.id, e);
+            self.report_fault(node, e);
         }
         let mut lease = checkout.map_err(|e| match &e {
             PoolError::QueueFull(_) | PoolError::Timeout(..) => {
@@ -475,7 +513,7 @@ impl Session {
         })?;
         let conn = lease.conn();
         if let Err(e) = conn.apply_settings(&self.settings).await {
-            self.report_fault(node.id, &e);
+            self.report_fault(node, &e);
             return Err(match e {
                 BackendError::Server(f) => (code_of(&f.code), f.message),
                 other => (sqlstate::CONNECTION_FAILURE, other.to_string()),
@@ -545,7 +583,7 @@ impl Session {
     }
 
     async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
-        tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "client message");
+        tracing::trace!(parent: &self.span, tag = %(f.tag as char), pending = ?self.pending, "client message");
         self.note_writes(&f);
         if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
             return self.defer_prepare(&f);
@@ -755,7 +793,7 @@ impl Session {
     /// its other connections hold the pool's server connections in open
     /// transactions (pgbench -M prepared -j N does). A syntax error in
     /// such a statement is reported when it is first executed.
-    fn defers_prepare(&self, f: &Frame, rest: &[Frame]) -> bool {
+    fn defers_prepare(&mut self, f: &Frame, rest: &[Frame]) -> bool {
         if self.mode != PoolMode::Transaction || !self.at_boundary() {
             return false;
         }
@@ -908,11 +946,11 @@ impl Session {
         f: &Frame,
         rest: &[Frame],
     ) -> Result<(), (&'static str, String)> {
-        let rules = self.shared.rules.load_full();
-        if !rules.cfg.enabled {
+        if !self.shared.rules.load().cfg.enabled {
             // Everything goes to the primary: no need to read the SQL.
             return self.acquire().await;
         }
+        let rules = self.shared.rules.load_full();
         let (class, incomplete) = self.unit_class(f, rest);
         let sql = if f.tag == b'Q' {
             messages::read_query(f).unwrap_or("")
@@ -933,11 +971,10 @@ impl Session {
             reason = router::primary_reason(&rules, &class, &facts, &self.routing);
         }
         let snapshot = self.shared.cluster.snapshot();
-        let decision = match reason {
+        let mut decision = match reason {
             Some(r) => {
-                let p = self.primary().await?;
                 router::Decision {
-                    node: p.id,
+                    node: self.primary().await?,
                     reason: r,
                 }
             }
@@ -967,25 +1004,32 @@ impl Session {
                 match chosen {
                     Some(d) => d,
                     None => {
-                        let p = self.primary().await?;
                         router::Decision {
-                            node: p.id,
+                            node: self.primary().await?,
                             reason: "no node can take reads",
                         }
                     }
                 }
             }
         };
-        tracing::debug!(
+        tracing::debug!(parent: &self.span, 
             node = decision.node,
             reason = decision.reason,
             "unit routed"
         );
-        let snapshot = self.shared.cluster.snapshot();
-        let node = match snapshot.node(decision.node) {
-            Some(n) => n.clone(),
-            None => self.primary().await?,
-        };
+        let mut snapshot = self.shared.cluster.snapshot();
+        if snapshot.node(decision.node).is_none() {
+            let primary = self.primary().await?;
+            snapshot = self.shared.cluster.snapshot();
+            if snapshot.node(primary).is_none() {
+                return Err((
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    "no primary node is available".to_string(),
+                ));
+            }
+            decision.node = primary;
+        }
+        let node = snapshot.node(decision.node).expect("checked above");
         if rules.cfg.notice_per_node_statement {
             messages::notice(
                 &mut self.to_client,
@@ -998,12 +1042,12 @@ impl Session {
                 ),
             );
         }
-        if class.select
-            && let Some(c) = self.shared.cluster.counters(node.id)
-        {
-            c.selects.fetch_add(1, Ordering::Relaxed);
+        if class.select {
+            self.shared
+                .cluster
+                .count(decision.node, |c| c.selects.fetch_add(1, Ordering::Relaxed));
         }
-        self.acquire_on(&node).await
+        self.acquire_on(decision.node).await
     }
 
     /// Fills in what the catalog knows about the unit's functions and
@@ -1084,7 +1128,7 @@ impl Session {
         for p in &e.pins {
             if self.pins.insert(*p) {
                 self.shared.metrics.pinned.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
+                tracing::debug!(parent: &self.span, 
                     reason = p.as_str(),
                     "session pinned to its backend connection"
                 );
@@ -1094,13 +1138,13 @@ impl Session {
 
     fn count_statement(&self, _sql: &str) {
         let Some(lease) = &self.lease else { return };
-        if let Some(c) = self.shared.cluster.counters(lease_node(lease)) {
-            c.queries.fetch_add(1, Ordering::Relaxed);
-        }
+        self.shared
+            .cluster
+            .count(lease_node(lease), |c| c.queries.fetch_add(1, Ordering::Relaxed));
     }
 
     fn on_backend_frame(&mut self, f: Frame) {
-        tracing::trace!(tag = %(f.tag as char), pending = ?self.pending, "backend message");
+        tracing::trace!(parent: &self.span, tag = %(f.tag as char), pending = ?self.pending, "backend message");
         if f.tag == b'E'
             && let Some(l) = &self.lease
         {
@@ -1256,6 +1300,15 @@ impl Session {
 }
 
 /// Empties a buffer, giving back memory a large result left behind.
+/// Sleeps for `wait`; the timer is made on the first poll, so a disabled
+/// `select!` branch costs nothing.
+async fn idle_sleep(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn shrink(buf: &mut BytesMut) {
     if buf.capacity() > 256 * 1024 {
         *buf = BytesMut::new();
