@@ -68,6 +68,14 @@ def mib(kb):
     return kb / 1024.0
 
 
+def read_text(path):
+    """A file's text, stripped, or None when the path is unset, missing or empty."""
+    if not path or not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    with open(path) as f:
+        return f.read().strip()
+
+
 def load_meta(path):
     meta, multi = {}, {}
     with open(path) as f:
@@ -158,11 +166,7 @@ def main():
     if path and os.path.exists(path):
         with open(path) as f:
             fo_pgpool = json.load(f)
-    fo_tidepool_text = None
-    path = meta.get("failover_tidepool", "")
-    if path and os.path.exists(path) and os.path.getsize(path) > 0:
-        with open(path) as f:
-            fo_tidepool_text = f.read().strip()
+    fo_tidepool_text = read_text(meta.get("failover_tidepool", ""))
 
     p("## Where tidepool stands")
     p("")
@@ -425,16 +429,14 @@ def main():
         p("```")
     elif meta.get("failover_tidepool_script") == "absent":
         p("**tidepool**: not measured — `scripts/bench-failover` (tidepool's own failover benchmark)")
-        p("does not exist yet; tidepool's automatic failover is being built.")
+        p("is not in this checkout.")
     else:
         p("**tidepool**: `scripts/bench-failover` gave no result in this run.")
     p("")
 
     # --- routing: classification cost ------------------------------------------
-    path = meta.get("classify", "")
-    if path and os.path.exists(path) and os.path.getsize(path) > 0:
-        with open(path) as f:
-            text = f.read().strip()
+    text = read_text(meta.get("classify", ""))
+    if text:
         p("## Routing: classification cost per statement")
         p("")
         p("What deciding a statement's route costs tidepool's classifier (`proxy/examples/classify_cost`,")
