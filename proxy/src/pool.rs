@@ -399,8 +399,7 @@ impl Pool {
 /// checkout or check-in, not one per test).
 fn expired(c: &ServerConn, l: &PoolLimits, now: Instant) -> bool {
     (!l.idle_timeout.is_zero() && now.saturating_duration_since(c.last_used) >= l.idle_timeout)
-        || (!l.max_lifetime.is_zero()
-            && now.saturating_duration_since(c.created) >= l.max_lifetime)
+        || (!l.max_lifetime.is_zero() && now.saturating_duration_since(c.created) >= l.max_lifetime)
 }
 
 /// Every pool, created on first use.

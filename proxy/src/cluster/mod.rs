@@ -302,12 +302,11 @@ impl Cluster {
         self.current.load().primary().map(|n| n.id)
     }
 
-    /// Runs `f` on node `node`'s counters, if there is such a node: no
-    /// reference to them is taken, which matters on the per-query path.
-    pub fn count<R>(&self, node: usize, f: impl FnOnce(&NodeCounters) -> R) {
-        if let Some(c) = self.counters.load().get(node) {
-            f(c);
-        }
+    /// Runs `f` on node `node`'s counters, if there is such a node, without
+    /// taking a reference to them (unlike [`Cluster::counters`]): this is
+    /// the per-query path.
+    pub fn count<R>(&self, node: usize, f: impl FnOnce(&NodeCounters) -> R) -> Option<R> {
+        self.counters.load().get(node).map(|c| f(c))
     }
 
     pub fn counters(&self, node: usize) -> Option<Arc<NodeCounters>> {

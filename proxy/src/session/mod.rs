@@ -972,12 +972,10 @@ impl Session {
         }
         let snapshot = self.shared.cluster.snapshot();
         let mut decision = match reason {
-            Some(r) => {
-                router::Decision {
-                    node: self.primary().await?,
-                    reason: r,
-                }
-            }
+            Some(r) => router::Decision {
+                node: self.primary().await?,
+                reason: r,
+            },
             None => {
                 let lags = self.shared.lags.load_full();
                 let app = self
@@ -1003,33 +1001,29 @@ impl Session {
                 };
                 match chosen {
                     Some(d) => d,
-                    None => {
-                        router::Decision {
-                            node: self.primary().await?,
-                            reason: "no node can take reads",
-                        }
-                    }
+                    None => router::Decision {
+                        node: self.primary().await?,
+                        reason: "no node can take reads",
+                    },
                 }
             }
         };
-        tracing::debug!(parent: &self.span, 
+        tracing::debug!(parent: &self.span,
             node = decision.node,
             reason = decision.reason,
             "unit routed"
         );
         let mut snapshot = self.shared.cluster.snapshot();
         if snapshot.node(decision.node).is_none() {
-            let primary = self.primary().await?;
+            decision.node = self.primary().await?;
             snapshot = self.shared.cluster.snapshot();
-            if snapshot.node(primary).is_none() {
-                return Err((
-                    sqlstate::CANNOT_CONNECT_NOW,
-                    "no primary node is available".to_string(),
-                ));
-            }
-            decision.node = primary;
         }
-        let node = snapshot.node(decision.node).expect("checked above");
+        let Some(node) = snapshot.node(decision.node) else {
+            return Err((
+                sqlstate::CANNOT_CONNECT_NOW,
+                "no primary node is available".to_string(),
+            ));
+        };
         if rules.cfg.notice_per_node_statement {
             messages::notice(
                 &mut self.to_client,
@@ -1128,7 +1122,7 @@ impl Session {
         for p in &e.pins {
             if self.pins.insert(*p) {
                 self.shared.metrics.pinned.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(parent: &self.span, 
+                tracing::debug!(parent: &self.span,
                     reason = p.as_str(),
                     "session pinned to its backend connection"
                 );
@@ -1138,9 +1132,9 @@ impl Session {
 
     fn count_statement(&self, _sql: &str) {
         let Some(lease) = &self.lease else { return };
-        self.shared
-            .cluster
-            .count(lease_node(lease), |c| c.queries.fetch_add(1, Ordering::Relaxed));
+        self.shared.cluster.count(lease_node(lease), |c| {
+            c.queries.fetch_add(1, Ordering::Relaxed)
+        });
     }
 
     fn on_backend_frame(&mut self, f: Frame) {
