@@ -13,12 +13,14 @@ use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::retry::RetryPolicy;
 
-/// EC2, Route53 and RDS clients for one account and region.
+/// EC2, Route53, RDS and Secrets Manager clients for one account and region.
 #[derive(Debug, Clone)]
 pub struct AwsClients {
     pub ec2: aws_sdk_ec2::Client,
     pub route53: aws_sdk_route53::Client,
     pub rds: aws_sdk_rds::Client,
+    /// Reads users' passwords ([`crate::secrets`]).
+    pub secrets: aws_sdk_secretsmanager::Client,
 }
 
 impl AwsClients {
@@ -40,6 +42,7 @@ impl AwsClients {
             ec2: aws_sdk_ec2::Client::new(config),
             route53: aws_sdk_route53::Client::new(config),
             rds: aws_sdk_rds::Client::new(config),
+            secrets: aws_sdk_secretsmanager::Client::new(config),
         }
     }
 

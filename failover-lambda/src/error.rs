@@ -170,6 +170,7 @@ pub enum ResourceKind {
     HostedZone,
     DbCluster,
     DbInstance,
+    Secret,
 }
 
 impl ResourceKind {
@@ -184,6 +185,7 @@ impl ResourceKind {
             ResourceKind::HostedZone => "hosted zone",
             ResourceKind::DbCluster => "DB cluster",
             ResourceKind::DbInstance => "DB instance",
+            ResourceKind::Secret => "secret",
         }
     }
 
@@ -209,6 +211,10 @@ impl ResourceKind {
             }
             ResourceKind::DbCluster => "check the DB cluster identifier and AWS_REGION",
             ResourceKind::DbInstance => "check the DB instance identifier and AWS_REGION",
+            ResourceKind::Secret => {
+                "check the secret's ARN (the user's password_secret) and that AWS_REGION is the \
+                 region the secret is in: a secret is read through its own region's endpoint"
+            }
         }
     }
 

@@ -13,6 +13,12 @@
 //! Lambda function (and from a shell with `--event`) through [`Handler`].
 //! [`rds`] reads RDS/Aurora topology and runs planned switchovers there.
 //!
+//! Two helpers serve the proxy's logins to managed databases, kept here
+//! because this crate owns the AWS SDK and its clients: [`rds_auth`] signs
+//! RDS IAM authentication tokens (the node's role instead of a database
+//! password), and [`secrets`] reads a user's password from Secrets
+//! Manager (so rotating it needs no config change).
+//!
 //! AWS clients are built by the caller ([`AwsClients`]) so they can point
 //! anywhere: the default chain, a test endpoint, or mocks.
 
@@ -27,9 +33,11 @@ mod lookup;
 pub mod model;
 pub mod mover;
 pub mod rds;
+pub mod rds_auth;
 pub mod retry;
 pub mod route53;
 pub mod route_table;
+pub mod secrets;
 
 pub use clients::AwsClients;
 pub use config::{ModeConfig, ModeName, MoveOptions, Settings};
@@ -42,4 +50,6 @@ pub use model::{
 };
 pub use mover::Mover;
 pub use rds::Rds;
+pub use rds_auth::{RdsAuthError, TokenSource, auth_token};
 pub use retry::RetryPolicy;
+pub use secrets::{SecretError, SecretPassword, read_password};

@@ -242,7 +242,10 @@ impl Caller {
         }
         let permission = PERMISSION_CODES.contains(&c);
         let credentials = CREDENTIAL_CODES.contains(&c);
-        let missing = ResourceKind::from_not_found_code(c);
+        // Services with one generic "not found" code (Secrets Manager, ...)
+        // mean the resource the request is about.
+        let missing = ResourceKind::from_not_found_code(c)
+            .or_else(|| (c == "ResourceNotFoundException").then_some(subject.kind));
         let reply = Box::new(AwsReply {
             action: action.to_owned(),
             region: self.region.clone(),
@@ -315,6 +318,24 @@ mod tests {
             }
             other => panic!("unexpected verdict {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_generic_resource_not_found_names_the_subject() {
+        let caller = Caller::new(RetryPolicy::default(), "us-east-1");
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf";
+        let subject = Subject::new(ResourceKind::Secret, arn);
+        let Verdict::Fail(e) = caller.judge_service(
+            "secretsmanager:GetSecretValue",
+            &subject,
+            "ResourceNotFoundException".into(),
+            "Secrets Manager can't find the specified secret.".into(),
+            Some(400),
+        ) else {
+            panic!("not-found must not be retried")
+        };
+        assert!(e.is_not_found(), "{e:?}");
+        assert!(e.to_string().contains(arn), "{e}");
     }
 
     #[test]
