@@ -8,7 +8,12 @@ AWS::SecretsManager::Secret and AWS::RDS::DBCluster are not supported by its
 CloudFormation (the secrets and the Aurora cluster are made with their own
 APIs instead); it ignores an ENI's SourceDestCheck and a hosted zone's VPCs
 (test_templates checks those in the template); it does not split the default
-of a CommaDelimitedList parameter (the tests pass such lists explicitly)."""
+of a CommaDelimitedList parameter (the tests pass such lists explicitly); its
+Ref to an AWS::RDS::DBParameterGroup yields an object its own DBInstance then
+trips over, and it has no Fn::GetAtt DbiResourceId (the RDS stack is made
+without its instances' parameter group and its IamDbResourceIds output;
+test_templates checks those in the template, and the cluster stacks take the
+resource ids from the RDS API)."""
 import ast
 import base64
 import io
@@ -55,6 +60,19 @@ MOVE_ACTIONS = {
     "route_table": {"ec2:CreateRoute", "ec2:ReplaceRoute", "ec2:DeleteRoute"},
 }
 BACKEND_ACTIONS = {"ec2": set(), "rds": {"rds:RebootDBInstance"}, "aurora": {"rds:FailoverDBCluster"}}
+RDS_BUNDLE = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
+CA_BUNDLE_KEY = "tidepool/backend-ca.pem"
+# How a case logs in to its backends beyond the defaults (password; TLS
+# prefer toward ec2, verify-full toward rds/aurora with the RDS bundle
+# downloaded at boot): an IAM token, a password_secret for the backend
+# password (the applications keeping a client password of their own), or
+# the CA bundle shipped in the artifact bucket.
+LOGIN = {
+    ("eip", "lambda", "rds"): "rds_iam",
+    ("route_table", "lambda", "aurora"): "rds_iam",
+    ("route53", "in_process", "aurora"): "backend_secret",
+    ("route_table", "in_process", "rds"): "ca_bundle_key",
+}
 
 
 # ---------------------------------------------------------------- fixtures
@@ -65,11 +83,12 @@ def aws(moto_endpoint):
     return lambda service: session.client(service, endpoint_url=moto_endpoint)
 
 
-def create_stack(aws, name, template, **params):
+def create_stack(aws, name, template, adapt=None, **params):
     cfn = aws("cloudformation")
+    body = (INFRA / "cloudformation" / template).read_text()
     cfn.create_stack(
         StackName=name,
-        TemplateBody=(INFRA / "cloudformation" / template).read_text(),
+        TemplateBody=adapt(body) if adapt else body,
         Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in params.items()],
         Capabilities=["CAPABILITY_IAM"])
     stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
@@ -91,12 +110,14 @@ def network(aws):
 
 @pytest.fixture(scope="module")
 def secrets(aws):
-    """The four secrets tidepool-secrets.yaml generates, in the same shapes."""
+    """The secrets tidepool-secrets.yaml generates (AppClientSecretArn with
+    SeparateClientLogin=true), in the same shapes."""
     sm = aws("secretsmanager")
     values = {
         "WatchdogKeySecretArn": "k" * 64,
         "AdminTokenSecretArn": "t" * 48,
         "AppUserSecretArn": json.dumps({"username": "app", "password": "app-password-1"}),
+        "AppClientSecretArn": json.dumps({"username": "app", "password": "app-client-password-1"}),
         "ReplicationUserSecretArn": json.dumps({"username": "replicator", "password": "repl-password-1"}),
     }
     return {key: sm.create_secret(Name="tp-secrets/" + key, SecretString=value)["ARN"]
@@ -117,6 +138,7 @@ def artifacts(aws):
         info.size, info.mode = 10, 0o755
         t.addfile(info, io.BytesIO(b"#!/bin/sh\n"))
     s3.put_object(Bucket=ARTIFACTS, Key="tidepool/tidepool.tar.gz", Body=tarball.getvalue())
+    s3.put_object(Bucket=ARTIFACTS, Key=CA_BUNDLE_KEY, Body=b"-----BEGIN CERTIFICATE-----\n")
     return {"ArtifactBucket": ARTIFACTS, "ArtifactKey": "tidepool/tidepool.tar.gz",
             "LambdaBucket": ARTIFACTS, "LambdaKey": "lambda/tidepool-failover.zip"}
 
@@ -131,10 +153,21 @@ def postgres_ec2(aws, network, secrets):
     return outputs, resources
 
 
+def for_moto(body):
+    """The RDS template minus what moto cannot create (see above): the
+    instances' DBParameterGroupName and the last output, IamDbResourceIds."""
+    line = "      DBParameterGroupName: !Ref DbParameterGroup\n"
+    assert body.count(line) == 2
+    body, _, cut = body.replace(line, "").partition("  # Keep last: infra/tests cuts it")
+    assert re.findall(r"^  (\S+):", cut, re.M) == ["IamDbResourceIds"]  # one output cut, no more
+    return body
+
+
 @pytest.fixture(scope="module")
 def postgres_rds(aws, network, secrets):
     outputs, _ = create_stack(
-        aws, "tp-rds", "tidepool-postgres-rds.yaml", BackendKind="rds", VpcId=network["VpcId"],
+        aws, "tp-rds", "tidepool-postgres-rds.yaml", adapt=for_moto,
+        BackendKind="rds", VpcId=network["VpcId"],
         SubnetIds=network["PrivateSubnetIds"], ClientCidr=VPC_CIDR,
         AppUserSecretArn=secrets["AppUserSecretArn"])
     return outputs
@@ -162,11 +195,38 @@ def backend_params(postgres_ec2, postgres_rds, aurora):
     }
 
 
+@pytest.fixture(scope="module")
+def iam_db_resource_ids(aws, postgres_rds, aurora):
+    """What tidepool-postgres-rds's IamDbResourceIds output holds (moto's
+    CloudFormation cannot make it): the RDS primary's and replica's
+    DbiResourceIds, the Aurora cluster's resource id."""
+    rds = aws("rds")
+    primary = rds.describe_db_instances(
+        DBInstanceIdentifier=postgres_rds["DbInstanceIdentifier"])["DBInstances"][0]
+    replica = rds.describe_db_instances(
+        DBInstanceIdentifier=primary["ReadReplicaDBInstanceIdentifiers"][0])["DBInstances"][0]
+    return {"rds": [primary["DbiResourceId"], replica["DbiResourceId"]],
+            "aurora": [aurora["DbClusterResourceId"]]}
+
+
+def login_params(case, secrets, iam_db_resource_ids):
+    login, kind = LOGIN.get(case), case[2]
+    if login == "rds_iam":
+        return {"BackendAuth": "rds_iam", "IamDbUser": "app",
+                "IamDbResourceIds": ",".join(iam_db_resource_ids[kind])}
+    if login == "backend_secret":
+        return {"UserSecretArns": secrets["AppClientSecretArn"],
+                "BackendSecretArns": secrets["AppUserSecretArn"]}
+    if login == "ca_bundle_key":
+        return {"BackendCaBundleKey": CA_BUNDLE_KEY}
+    return {}
+
+
 _clusters = {}
 
 
 @pytest.fixture(scope="module")
-def cluster(aws, network, secrets, artifacts, backend_params):
+def cluster(aws, network, secrets, artifacts, backend_params, iam_db_resource_ids):
     """cluster(case) -> (params, outputs, resources), each stack created once."""
     def make(case):
         if case not in _clusters:
@@ -180,6 +240,7 @@ def cluster(aws, network, secrets, artifacts, backend_params):
                 AdminTokenSecretArn=secrets["AdminTokenSecretArn"], **backend_params[kind])
             if mode == "route_table":
                 params["RouteTableIds"] = network["PrivateRouteTableIds"]
+            params.update(login_params(case, secrets, iam_db_resource_ids))
             outputs, resources = create_stack(aws, "tp-" + "-".join(case).replace("_", "-"),
                                               "tidepool-cluster.yaml", **params)
             _clusters[case] = (params, outputs, resources)
@@ -267,6 +328,12 @@ def test_rds_stack_gives_a_multi_az_writer_and_a_reader(aws, postgres_rds):
     replica_id = primary["ReadReplicaDBInstanceIdentifiers"][0]
     replica = rds.describe_db_instances(DBInstanceIdentifier=replica_id)["DBInstances"][0]
     assert replica["Endpoint"]["Address"] == postgres_rds["ReaderEndpoints"]
+    # The parameter group that makes TLS mandatory (moto cannot attach it).
+    groups = [g["DBParameterGroupName"] for g in rds.describe_db_parameter_groups()["DBParameterGroups"]
+              if g["DBParameterGroupFamily"] == "postgres16"]
+    settings = [{p["ParameterName"]: p.get("ParameterValue")
+                 for p in rds.describe_db_parameters(DBParameterGroupName=g)["Parameters"]} for g in groups]
+    assert {"rds.force_ssl": "1"} in settings
 
 
 # ------------------------------------------------------------------- cluster
@@ -391,9 +458,42 @@ def test_cluster_iam_grants_each_move_only_on_what_it_moves(case, aws, cluster, 
         assert function_grants["rds:RebootDBInstance"] == [primary["DBInstanceArn"]]
 
 
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_cluster_node_logs_in_to_backends_only_as_its_stack_says(case, aws, cluster, secrets,
+                                                                  iam_db_resource_ids):
+    """rds-db:connect as the one IAM database user on the named databases,
+    only with BackendAuth=rds_iam; secrets and S3 objects exactly those the
+    stack names."""
+    mode, via, kind = case
+    params, outputs, resources = cluster(case)
+    login = LOGIN.get(case)
+    node = grants(policy_documents_of(aws, resources["InstanceRole"]))
+    function = grants(policy_documents_of(aws, resources["FailoverRole"]))
+
+    assert "rds-db:connect" not in function
+    if login == "rds_iam":
+        assert set(node["rds-db:connect"]) == {
+            "arn:aws:rds-db:%s:123456789012:dbuser:%s/app" % (REGION, resource_id)
+            for resource_id in iam_db_resource_ids[kind]}
+    else:
+        assert "rds-db:connect" not in node
+
+    readable = {secrets["WatchdogKeySecretArn"], secrets["AdminTokenSecretArn"]}
+    readable |= set(params["UserSecretArns"].split(","))
+    if login == "backend_secret":
+        readable.add(secrets["AppUserSecretArn"])
+    assert set(node["secretsmanager:GetSecretValue"]) == readable
+
+    objects = {"arn:aws:s3:::%s/%s" % (ARTIFACTS, params["ArtifactKey"])}
+    if login == "ca_bundle_key":
+        objects.add("arn:aws:s3:::%s/%s" % (ARTIFACTS, CA_BUNDLE_KEY))
+    assert set(node["s3:GetObject"]) == objects
+
+
 def render_from_user_data(aws, case, cluster, out_dir, etc, node="tp-b"):
     """Run render-config as the node's user data would: the stack's
-    render.env, the node's name, the users from Secrets Manager."""
+    render.env, the node's name, the users from Secrets Manager and the user
+    each backend secret is for."""
     params, outputs, resources = cluster(case)
     user_data = launch_template_user_data(aws, resources["NodeLaunchTemplate"])
     block = re.search(r"<<'TIDEPOOL_ENV'\n(.*?)\nTIDEPOOL_ENV\n", user_data, re.S).group(1)
@@ -401,15 +501,19 @@ def render_from_user_data(aws, case, cluster, out_dir, etc, node="tp-b"):
     sm = aws("secretsmanager")
     users = [json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])
              for arn in params["UserSecretArns"].split(",")]
+    backend_secrets = [{"username": json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])["username"],
+                        "arn": arn} for arn in params.get("BackendSecretArns", "").split(",") if arn]
     work = out_dir / "from-stacks"
     work.mkdir(exist_ok=True)
     (work / "users.json").write_text(json.dumps(users))
+    (work / "backend-secrets.json").write_text(json.dumps(backend_secrets))
     out = work / ("%s.toml" % "-".join(case))
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TIDEPOOL_")}
     run = subprocess.run(
         [sys.executable, str(RENDERER), "-o", str(out)],
         env=dict(clean, **env, TIDEPOOL_NODE_NAME=node, TIDEPOOL_VPC_CIDRS=VPC_CIDR,
-                 TIDEPOOL_USERS_FILE=str(work / "users.json"), TIDEPOOL_ETC=str(etc)),
+                 TIDEPOOL_USERS_FILE=str(work / "users.json"), TIDEPOOL_ETC=str(etc),
+                 TIDEPOOL_BACKEND_SECRETS_FILE=str(work / "backend-secrets.json")),
         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     return user_data, out
@@ -446,6 +550,41 @@ def test_cluster_user_data_renders_the_config_of_its_stack(case, aws, cluster, o
     else:
         assert esc["route_table_ids"] == params["RouteTableIds"].split(",")
         assert esc["vip_cidr"] == "192.168.100.10/32"
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_cluster_nodes_verify_managed_backends_and_log_in_as_the_stack_says(case, aws, cluster, out_dir,
+                                                                            etc, secrets):
+    mode, via, kind = case
+    params, _, _ = cluster(case)
+    login = LOGIN.get(case)
+    user_data, path = render_from_user_data(aws, case, cluster, out_dir, etc)
+    cfg = tomllib.loads(path.read_text())
+    defaults = cfg["backend_defaults"]
+
+    # Where the boot fetches the CA bundle that verify-full checks against.
+    if kind == "ec2":
+        assert "ca_from=''" in user_data
+        assert defaults["sslmode"] == "prefer" and "sslrootcert" not in defaults
+    else:
+        source = "s3://%s/%s" % (ARTIFACTS, CA_BUNDLE_KEY) if login == "ca_bundle_key" else RDS_BUNDLE
+        assert "ca_from='%s'" % source in user_data
+        assert (defaults["sslmode"], defaults["sslrootcert"]) == ("verify-full", str(etc / "backend-ca.pem"))
+        assert "-o /etc/tidepool/backend-ca.pem" in user_data and "--proto =https" in user_data
+
+    if login == "rds_iam":
+        assert (defaults["auth"], defaults["region"]) == ("rds_iam", REGION)
+        assert [u["name"] for u in cfg["users"]] == [params["IamDbUser"]]
+    else:
+        assert defaults["auth"] == "password" and "region" not in defaults
+    user = cfg["users"][0]
+    if login == "backend_secret":
+        # Clients keep their own password; tidepool reads the backend one.
+        assert user["password"] == "app-client-password-1"
+        assert user["password_secret"] == secrets["AppUserSecretArn"]
+        assert cfg["health_check"]["user"] == "app" and "password" not in cfg["health_check"]
+    else:
+        assert "password_secret" not in user
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)

@@ -87,6 +87,15 @@ def test_renders_mode_and_backend_kind(mode, kind, via, rendered, etc):
     assert [u["name"] for u in cfg["users"]] == ["app", "report"]
     assert cfg["users"][0]["password"] == "app-pass\"with'quotes"
 
+    # TLS toward the backends: managed ones are verified against the RDS
+    # bundle the boot fetches; self-managed ones get libpq's default.
+    if kind == "ec2":
+        assert cfg["backend_defaults"] == {"sslmode": "prefer", "auth": "password"}
+    else:
+        assert cfg["backend_defaults"] == {"sslmode": "verify-full", "auth": "password",
+                                           "sslrootcert": str(etc / "backend-ca.pem")}
+    assert all("password_secret" not in u for u in cfg["users"])
+
     backends = cfg["backends"]
     if kind == "ec2":
         assert [b["host"] for b in backends] == BACKENDS["ec2"]["TIDEPOOL_BACKEND_HOSTS"].split(",")
@@ -142,6 +151,8 @@ def test_reports_every_missing_setting_at_once(etc):
     ({"TIDEPOOL_NODE_NAME": "tp-z"}, "is not in TIDEPOOL_NODES"),
     ({"TIDEPOOL_ROUTE_TABLE_IDS": "main"}, "rtb-"),
     ({"TIDEPOOL_ROUTE_TABLE_IDS": "rtb-1,rtb-2,rtb-3,rtb-4,rtb-5"}, "at most 4 route tables"),
+    ({"TIDEPOOL_BACKEND_SSLMODE": "verify"}, "expected one of disable, prefer, require, verify-ca, verify-full"),
+    ({"TIDEPOOL_BACKEND_AUTH": "iam"}, "expected one of password, rds_iam"),
 ])
 def test_rejects_wrong_settings(env, message, etc):
     full = combo_env("route_table", "ec2", "in_process")
@@ -194,3 +205,114 @@ def test_tidepool_check_config_accepts_rendered(mode, kind, via, rendered):
     run = subprocess.run([tidepool, "check-config", "-c", str(rendered[(mode, kind, via)])],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+# ------------------------------------------------------------ backend login
+def single_user(tmp_path, name="app"):
+    path = tmp_path / "one-user.json"
+    path.write_text(json.dumps({"username": name, "password": "pw"}))
+    return str(path)
+
+
+def iam_env(tmp_path, kind="aurora"):
+    env = combo_env("route53", kind, "lambda")
+    env.update({"TIDEPOOL_BACKEND_AUTH": "rds_iam", "TIDEPOOL_IAM_DB_USER": "app",
+                "TIDEPOOL_AWS_REGION": "eu-west-1", "TIDEPOOL_USERS_FILE": single_user(tmp_path)})
+    return env
+
+
+@pytest.mark.parametrize("kind", ["rds", "aurora"])
+def test_rds_iam_logs_in_with_tokens_over_verified_tls(kind, tmp_path, etc):
+    run = render(iam_env(tmp_path, kind), etc)
+    assert run.returncode == 0, run.stderr
+    assert tomllib.loads(run.stdout)["backend_defaults"] == {
+        "sslmode": "verify-full", "sslrootcert": str(etc / "backend-ca.pem"),
+        "auth": "rds_iam", "region": "eu-west-1"}
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"TIDEPOOL_BACKEND_KIND": "ec2", "TIDEPOOL_BACKEND_HOSTS": "10.0.4.20"},
+     "rds_iam needs TIDEPOOL_BACKEND_KIND rds or aurora"),
+    ({"TIDEPOOL_BACKEND_SSLMODE": "prefer"}, "TIDEPOOL_BACKEND_SSLMODE must be verify-full"),
+    ({"TIDEPOOL_BACKEND_SSLMODE": "disable"}, "TIDEPOOL_BACKEND_SSLMODE must be verify-full"),
+    ({"TIDEPOOL_IAM_DB_USER": ""}, "TIDEPOOL_IAM_DB_USER is required"),
+    ({"TIDEPOOL_IAM_DB_USER": "tidepool"}, "connect as that user only, so 'app' could not log in"),
+])
+def test_rds_iam_refuses_what_the_token_or_the_grant_would_not_cover(env, message, tmp_path, etc):
+    full = iam_env(tmp_path)
+    full.update(env)
+    run = render(full, etc)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def test_rds_iam_refuses_a_second_user(tmp_path, etc):
+    """The stack grants rds-db:connect as one database user: a second user in
+    the users file could never log in."""
+    env = iam_env(tmp_path)
+    env["TIDEPOOL_USERS_FILE"] = str(etc / "users.json")
+    run = render(env, etc)
+    assert run.returncode == 2 and "'report' could not log in" in run.stderr, run.stderr
+
+
+SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:tp/app-user-AbCdEf"
+
+
+def backend_secrets(tmp_path, entries):
+    path = tmp_path / "backend-secrets.json"
+    path.write_text(json.dumps(entries))
+    return {"TIDEPOOL_BACKEND_SECRETS_FILE": str(path)}
+
+
+def test_backend_secret_becomes_the_users_password_secret(tmp_path, etc):
+    env = combo_env("eip", "rds", "in_process")
+    env.update(backend_secrets(tmp_path, [{"username": "report", "arn": SECRET}]))
+    run = render(env, etc)
+    assert run.returncode == 0, run.stderr
+    cfg = tomllib.loads(run.stdout)
+    users = {u["name"]: u for u in cfg["users"]}
+    assert users["report"] == {"name": "report", "password": "report-pass", "password_secret": SECRET}
+    assert "password_secret" not in users["app"]
+    # The health check's user (the first) has no secret: its password stays.
+    assert cfg["health_check"]["password"] == "app-pass\"with'quotes"
+
+
+def test_health_check_takes_no_stale_password_when_its_user_has_a_secret(tmp_path, etc):
+    env = combo_env("eip", "aurora", "in_process")
+    env.update(backend_secrets(tmp_path, [{"username": "app", "arn": SECRET}]))
+    run = render(env, etc)
+    assert run.returncode == 0, run.stderr
+    cfg = tomllib.loads(run.stdout)
+    assert cfg["health_check"]["user"] == "app" and "password" not in cfg["health_check"]
+    assert cfg["users"][0]["password_secret"] == SECRET
+
+
+@pytest.mark.parametrize("entries,message", [
+    ([{"username": "nobody", "arn": SECRET}], "user 'nobody', who is not in TIDEPOOL_USERS_FILE"),
+    ([{"username": "app", "arn": "arn:aws:ssm:eu-west-1:123456789012:parameter/x"}],
+     "is not a Secrets Manager ARN"),
+    ([{"username": "app", "arn": SECRET}, {"username": "app", "arn": SECRET + "2"}],
+     "two secrets for user 'app'"),
+    ([{"arn": SECRET}], "every entry needs username and arn"),
+])
+def test_backend_secrets_must_name_known_users(entries, message, tmp_path, etc):
+    env = combo_env("eip", "rds", "in_process")
+    env.update(backend_secrets(tmp_path, entries))
+    run = render(env, etc)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def test_backend_secrets_are_refused_with_rds_iam(tmp_path, etc):
+    env = iam_env(tmp_path)
+    env.update(backend_secrets(tmp_path, [{"username": "app", "arn": SECRET}]))
+    run = render(env, etc)
+    assert run.returncode == 2 and "rds_iam logs in with IAM tokens" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("mode", ["verify-ca", "verify-full"])
+def test_self_managed_backends_may_be_verified_against_a_given_ca(mode, etc):
+    env = combo_env("eip", "ec2", "in_process")
+    env.update({"TIDEPOOL_BACKEND_SSLMODE": mode, "TIDEPOOL_BACKEND_SSLROOTCERT": "/etc/pki/our-ca.pem"})
+    run = render(env, etc)
+    assert run.returncode == 0, run.stderr
+    assert tomllib.loads(run.stdout)["backend_defaults"] == {
+        "sslmode": mode, "sslrootcert": "/etc/pki/our-ca.pem", "auth": "password"}

@@ -13,6 +13,8 @@ from conftest import BAD_TEMPLATES, CHECKOV_CONFIG, INFRA, TEMPLATES
 
 POLICY_RULES = INFRA / "tests" / "policy_rules.py"
 CLUSTER = INFRA / "cloudformation" / "tidepool-cluster.yaml"
+RDS = INFRA / "cloudformation" / "tidepool-postgres-rds.yaml"
+RDS_BUNDLE = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
 
 
 def ids(paths):
@@ -140,6 +142,16 @@ def _invoke_any_function(t):
     _statement(t, "InvokeFailoverPolicy", "InvokeFailover")["Resource"] = "*"
 
 
+def _connect_as_any_user(t):
+    for resource in _statement(t, "RdsIamConnectPolicy", "RdsIamConnect")["Resource"]:
+        resource["Fn::Sub"][0] = resource["Fn::Sub"][0].replace("${IamDbUser}", "*")
+
+
+def _connect_to_any_database(t):
+    _statement(t, "RdsIamConnectPolicy", "RdsIamConnect")["Resource"][3] = {
+        "Fn::Sub": "arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:dbuser:*/${IamDbUser}"}
+
+
 def _admin_port_to_world(t):
     t["Resources"]["AdminIngressOperators"]["Properties"]["CidrIp"] = "0.0.0.0/0"
 
@@ -166,6 +178,8 @@ MUTATIONS = {
     _aurora_failover_anywhere: "iam-mutating-wildcard",
     _route_on_every_table: "iam-mutating-wildcard",
     _invoke_any_function: "iam-mutating-wildcard",
+    _connect_as_any_user: "iam-mutating-wildcard",
+    _connect_to_any_database: "iam-mutating-wildcard",
     _admin_port_to_world: "sg-open-control-port",
     _admin_cidr_unconstrained: "sg-open-control-port",
     _heartbeat_to_ipv6_world: "sg-open-control-port",
@@ -202,3 +216,88 @@ def test_nodes_require_imdsv2_and_expose_their_tags():
                 options = res["Properties"]["LaunchTemplateData"]["MetadataOptions"]
                 assert options["HttpTokens"] == "required", name
                 assert options["InstanceMetadataTags"] == "enabled", name
+
+
+# ------------------------------------------------------ TLS and IAM to RDS
+def _major(param="EngineVersion"):
+    return {"Fn::Select": [0, {"Fn::Split": [".", {"Ref": param}]}]}
+
+
+def test_managed_backends_refuse_plaintext_connections():
+    """rds.force_ssl=1 whatever the engine version's default (RDS for
+    PostgreSQL has it on from 15; older versions and Aurora may not)."""
+    res = policy_rules.load_template(RDS)["Resources"]
+    for group, kind, family in (("DbParameterGroup", "AWS::RDS::DBParameterGroup", "postgres${Major}"),
+                                ("ClusterParameterGroup", "AWS::RDS::DBClusterParameterGroup",
+                                 "aurora-postgresql${Major}")):
+        assert res[group]["Type"] == kind
+        props = res[group]["Properties"]
+        assert props["Family"] == {"Fn::Sub": [family, {"Major": _major()}]}
+        assert props["Parameters"] == {"rds.force_ssl": "1"}
+    for instance in ("Primary", "Replica"):
+        assert res[instance]["Properties"]["DBParameterGroupName"] == {"Ref": "DbParameterGroup"}
+    assert res["Cluster"]["Properties"]["DBClusterParameterGroupName"] == {"Ref": "ClusterParameterGroup"}
+
+
+def test_iam_database_authentication_is_on_and_grants_nothing_by_itself():
+    """On in every branch (checkov's CKV_AWS_161/162 are IAM checks, never
+    skipped): it only lets in users granted rds_iam, as principals allowed
+    rds-db:connect, which this template gives nobody."""
+    template = policy_rules.load_template(RDS)
+    for name in ("Primary", "Replica", "Cluster"):
+        assert template["Resources"][name]["Properties"]["EnableIAMDatabaseAuthentication"] is True
+    actions = [a for _, key, value in policy_rules.walk(template["Resources"], "")
+               if key == "Action" for a in policy_rules.leaves(value)]
+    assert actions == ["sts:AssumeRole"]  # the monitoring role's trust, nothing else
+
+
+def test_iam_db_resource_ids_output_names_every_database_tidepool_connects_to():
+    """The primary and the replica have a DbiResourceId each (the writer
+    endpoint keeps the primary's across a Multi-AZ failover); an Aurora
+    cluster's resource id covers all its instances."""
+    outputs = policy_rules.load_template(RDS)["Outputs"]
+    assert outputs["IamDbResourceIds"]["Value"] == {"Fn::If": [
+        "IsRds",
+        {"Fn::Join": [",", [{"Fn::GetAtt": ["Primary", "DbiResourceId"]},
+                            {"Fn::GetAtt": ["Replica", "DbiResourceId"]}]]},
+        {"Fn::GetAtt": ["Cluster", "DBClusterResourceId"]}]}
+    assert list(outputs)[-1] == "IamDbResourceIds"  # test_moto_stacks cuts it
+
+
+def test_rds_iam_grant_is_one_database_user_on_the_named_databases_only_when_asked():
+    template = policy_rules.load_template(CLUSTER)
+    params = template["Parameters"]
+    assert params["BackendAuth"]["Default"] == "password"
+    assert template["Conditions"]["UsesRdsIam"] == {"Fn::Equals": [{"Ref": "BackendAuth"}, "rds_iam"]}
+    policy = template["Resources"]["RdsIamConnectPolicy"]
+    assert policy["Condition"] == "UsesRdsIam"
+    assert policy["Properties"]["Roles"] == [{"Ref": "InstanceRole"}]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Action"]) == ("Allow", "rds-db:connect")
+    assert len(statement["Resource"]) == 4
+    for resource in statement["Resource"]:
+        assert resource["Fn::Sub"][0] == (
+            "arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:dbuser:${Id}/${IamDbUser}")
+    # Nothing else in the template may connect.
+    connects = [path for path, doc in policy_rules.policy_documents(template)
+                for s in policy_rules.leaves(doc["Statement"])
+                if any("rds-db" in a for a in policy_rules.leaves(s["Action"]))]
+    assert connects == ["RdsIamConnectPolicy"]
+    # Neither parameter lets a wildcard into the ARN.
+    user, ids = params["IamDbUser"]["AllowedPattern"], params["IamDbResourceIds"]["AllowedPattern"]
+    assert not any(re.fullmatch(user, v) for v in ("*", "app*", "app/x"))
+    assert not any(re.fullmatch(ids, v) for v in ("*", "db-*", "db-ABC/*", "db-A,db-B,db-C,db-D,db-E"))
+    assert all(re.fullmatch(ids, v) for v in ("db-ABC123,db-DEF456", "cluster-XYZ789"))
+
+
+def test_ca_bundle_comes_over_https_from_rds_or_from_the_artifact_bucket():
+    params = policy_rules.load_template(CLUSTER)["Parameters"]
+    url, key = params["BackendCaBundleUrl"], params["BackendCaBundleKey"]["AllowedPattern"]
+    assert url["Default"] == RDS_BUNDLE
+    assert re.fullmatch(url["AllowedPattern"], RDS_BUNDLE)
+    # Both land inside single quotes in the user data.
+    for bad in ("http://truststore.pki.rds.amazonaws.com/global/global-bundle.pem",
+                "https://example.com/a.pem' ; curl evil '", "https://example.com/$(id)"):
+        assert not re.fullmatch(url["AllowedPattern"], bad)
+    assert re.fullmatch(key, "tidepool/rds-global-bundle.pem")
+    assert not any(re.fullmatch(key, v) for v in ("a'; reboot; '", "tidepool/*"))  # the key is in an IAM ARN too
