@@ -9,20 +9,23 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+use tokio::{io::AsyncReadExt, net::TcpStream};
+
+use crate::{
+    protocol::{
+        frame::{self, Frame, FrameError},
+        messages::{self, ErrorFields},
+    },
+    tls::{BackendTls, Stream, connect::TlsError},
 };
 
-use crate::protocol::{
-    frame::{self, Frame, FrameError},
-    messages::{self, ErrorFields},
-};
+pub use crate::tls::stream::try_read_drained;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -31,6 +34,8 @@ pub enum BackendError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot connect to {addr} over TLS: {source}")]
+    Tls { addr: String, source: TlsError },
     #[error("timed out after {0:?} connecting to the backend")]
     Timeout(Duration),
     #[error("backend refused the login: {} ({})", .0.message, .0.code)]
@@ -65,17 +70,32 @@ pub struct ConnectParams<'a> {
     /// Extra startup parameters (application_name, client_encoding, …).
     pub options: &'a [(String, String)],
     pub timeout: Duration,
+    /// The node's TLS settings.
+    pub tls: &'a Arc<BackendTls>,
+}
+
+/// Where a CancelRequest for one backend connection goes, and how: the
+/// way the connection itself went (TLS when it is TLS).
+#[derive(Debug)]
+pub struct CancelTarget {
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: Bytes,
+    /// The TLS settings and host name, when the connection is TLS.
+    pub tls: Option<(Arc<BackendTls>, String)>,
 }
 
 /// A logged-in backend connection.
 pub struct ServerConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     /// Index of the node in the node table.
     pub node: usize,
     pub addr: SocketAddr,
     pub pid: i32,
     pub secret: Bytes,
+    /// What a cancel request for this connection needs.
+    pub cancel: Arc<CancelTarget>,
     /// Parameters the server reported with ParameterStatus.
     pub reported: BTreeMap<String, String>,
     /// Session settings in force on this connection, as SQL value text,
@@ -106,6 +126,14 @@ impl ServerConn {
             })?;
         stream.set_nodelay(true)?;
         let addr = stream.peer_addr()?;
+        let stream = p
+            .tls
+            .negotiate(stream, p.host)
+            .await
+            .map_err(|source| BackendError::Tls {
+                addr: format!("{}:{}", p.host, p.port),
+                source,
+            })?;
         let mut conn = ServerConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -113,6 +141,12 @@ impl ServerConn {
             addr,
             pid: 0,
             secret: Bytes::new(),
+            cancel: Arc::new(CancelTarget {
+                addr,
+                pid: 0,
+                secret: Bytes::new(),
+                tls: None,
+            }),
             reported: BTreeMap::new(),
             settings: BTreeMap::new(),
             prepared: HashSet::new(),
@@ -126,7 +160,24 @@ impl ServerConn {
         let mut out = BytesMut::new();
         messages::startup(&mut out, &startup);
         conn.stream.write_all(&out).await?;
-        conn.authenticate(p).await?;
+        if let Err(mut e) = conn.authenticate(p).await {
+            if let BackendError::Refused(f) = &mut e
+                && !conn.stream.is_tls()
+                && let Some(hint) = p.tls.explain_refusal(&f.message)
+            {
+                f.message = format!("{} ({hint})", f.message);
+            }
+            return Err(e);
+        }
+        conn.cancel = Arc::new(CancelTarget {
+            addr,
+            pid: conn.pid,
+            secret: conn.secret.clone(),
+            tls: conn
+                .stream
+                .is_tls()
+                .then(|| (p.tls.clone(), p.host.to_string())),
+        });
         for (k, v) in p.options {
             conn.settings
                 .insert(k.to_ascii_lowercase(), quote_literal(v));
@@ -174,11 +225,24 @@ impl ServerConn {
                                     String::from_utf8_lossy(data).replace('\0', " "),
                                 ));
                             }
-                            let s = sasl::ScramSha256::new(
-                                pw.as_bytes(),
-                                sasl::ChannelBinding::unsupported(),
-                            );
-                            messages::sasl_initial_response(&mut out, "SCRAM-SHA-256", s.message());
+                            // Over TLS, bind the exchange to the server's
+                            // certificate when the server offers it.
+                            let end_point = self
+                                .stream
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(crate::tls::end_point_hash);
+                            let plus = mechs.contains(&&b"SCRAM-SHA-256-PLUS"[..]);
+                            let (mechanism, binding) = match end_point {
+                                Some(h) if plus => (
+                                    "SCRAM-SHA-256-PLUS",
+                                    sasl::ChannelBinding::tls_server_end_point(h),
+                                ),
+                                Some(_) => ("SCRAM-SHA-256", sasl::ChannelBinding::unrequested()),
+                                None => ("SCRAM-SHA-256", sasl::ChannelBinding::unsupported()),
+                            };
+                            let s = sasl::ScramSha256::new(pw.as_bytes(), binding);
+                            messages::sasl_initial_response(&mut out, mechanism, s.message());
                             scram = Some(s);
                         }
                         11 => {
@@ -229,15 +293,15 @@ impl ServerConn {
 
     /// Waits for the server to send more and adds it to the buffer.
     async fn fill(&mut self) -> Result<(), BackendError> {
-        loop {
-            self.stream.readable().await?;
-            match try_read_drained(&self.stream, &mut self.buf) {
-                Ok(0) => return Err(BackendError::Closed),
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
+        match self.stream.read_more(&mut self.buf).await? {
+            0 => Err(BackendError::Closed),
+            _ => Ok(()),
         }
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// Reads the next whole frame.
@@ -274,33 +338,33 @@ impl ServerConn {
     /// reading while writing keeps a large pipelined batch from deadlocking.
     pub async fn write_all_reading(
         &mut self,
-        mut data: &[u8],
+        data: &[u8],
         frames: &mut Vec<Frame>,
     ) -> Result<(), BackendError> {
-        while !data.is_empty() {
-            let (mut r, mut w) = self.stream.split();
-            tokio::select! {
-                // The write usually completes at once: read only when it
-                // cannot (a read here would mostly cost an empty recv).
-                biased;
-                n = w.write(data) => {
-                    let n = n?;
-                    if n == 0 {
-                        return Err(BackendError::Closed);
-                    }
-                    data = &data[n..];
-                }
-                n = r.read_buf(&mut self.buf) => {
-                    if n? == 0 {
-                        return Err(BackendError::Closed);
-                    }
-                    while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
-                        frames.push(f);
+        let mut bad = None;
+        let r = self
+            .stream
+            .write_all_reading(data, &mut self.buf, |buf| {
+                loop {
+                    match frame::take(buf, usize::MAX) {
+                        Ok(Some(f)) => frames.push(f),
+                        Ok(None) => return Ok(()),
+                        Err(e) => {
+                            bad = Some(e);
+                            return Err(std::io::ErrorKind::InvalidData.into());
+                        }
                     }
                 }
+            })
+            .await;
+        match (r, bad) {
+            (_, Some(e)) => Err(e.into()),
+            (Err(e), None) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(BackendError::Closed)
             }
+            (Err(e), None) => Err(e.into()),
+            (Ok(()), None) => Ok(()),
         }
-        Ok(())
     }
 
     /// Runs `sql` as a simple query and waits for its end, keeping the
@@ -358,40 +422,39 @@ impl ServerConn {
     }
 }
 
-/// Sends a CancelRequest for `pid`/`secret` to the server at `addr`.
-/// Reads what `stream` holds into `buf` without waiting. A read shorter
-/// than the room offered means the socket is drained: its readiness is
-/// cleared then, so the next wait goes to epoll instead of costing a read
-/// that finds nothing (tokio clears readiness only on `WouldBlock`).
-/// Data that arrives meanwhile sets readiness again (tokio clears only the
-/// readiness it saw before the read).
-pub fn try_read_drained(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    buf.reserve(16 * 1024);
-    let room = buf.capacity() - buf.len();
-    let mut got = None;
-    let r = stream.try_io(tokio::io::Interest::READABLE, || {
-        let n = stream.try_read_buf(buf)?;
-        got = Some(n);
-        if n > 0 && n < room {
-            return Err(std::io::ErrorKind::WouldBlock.into());
+/// Sends a CancelRequest to the server a connection is on, the way the
+/// connection went (over TLS when it is TLS).
+pub async fn send_cancel(target: &CancelTarget) -> Result<(), BackendError> {
+    let t = Duration::from_secs(5);
+    let addr = target.addr;
+    let connect = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| BackendError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        match &target.tls {
+            Some((tls, host)) => {
+                tls.negotiate(tcp, host)
+                    .await
+                    .map_err(|source| BackendError::Tls {
+                        addr: addr.to_string(),
+                        source,
+                    })
+            }
+            None => Ok(Stream::Plain(tcp)),
         }
-        Ok(n)
-    });
-    match (r, got) {
-        (_, Some(n)) => Ok(n),
-        (r, None) => r,
-    }
-}
-
-pub async fn send_cancel(addr: SocketAddr, pid: i32, secret: &[u8]) -> std::io::Result<()> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    };
+    let mut stream = tokio::time::timeout(t, connect)
+        .await
+        .map_err(|_| BackendError::Timeout(t))??;
     let mut out = BytesMut::new();
-    messages::cancel_request(&mut out, pid, secret);
+    messages::cancel_request(&mut out, target.pid, &target.secret);
     stream.write_all(&out).await?;
     // The server closes the connection once it has read the request.
     let mut sink = [0u8; 16];
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+    let _ = tokio::time::timeout(t, stream.read(&mut sink)).await;
     Ok(())
 }
 

@@ -327,6 +327,7 @@ pub fn render_nodes(answer: &Value) -> String {
         "status",
         "role",
         "reachable",
+        "tls",
         "selects",
         "last change",
     ];
@@ -335,7 +336,7 @@ pub fn render_nodes(answer: &Value) -> String {
         Value::Null => "-".to_string(),
         other => other.to_string(),
     };
-    let rows: Vec<[String; 8]> = answer["nodes"]
+    let rows: Vec<[String; 9]> = answer["nodes"]
         .as_array()
         .into_iter()
         .flatten()
@@ -350,6 +351,12 @@ pub fn render_nodes(answer: &Value) -> String {
                     "yes".into()
                 } else {
                     "no".into()
+                },
+                match (n["ssl"].as_bool(), n["sslmode"].as_str()) {
+                    (Some(true), Some(m)) => format!("on ({m})"),
+                    (Some(false), Some(m)) => format!("off ({m})"),
+                    (_, Some(m)) => format!("- ({m})"),
+                    _ => "-".into(),
                 },
                 text(&n["selects"]),
                 short_time(&n["last_status_change"]),

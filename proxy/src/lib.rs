@@ -12,4 +12,5 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod watchdog;

@@ -43,6 +43,7 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub password: Option<String>,
+    pub tls: Arc<crate::tls::BackendTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +263,7 @@ impl Pool {
             database: &self.key.database,
             options,
             timeout,
+            tls: &target.tls,
         };
         let r = ServerConn::connect(self.key.node, &params).await;
         match &r {

@@ -260,6 +260,7 @@ async fn metrics_cover_clients_pools_and_nodes_in_prometheus_text() {
                 host: "127.0.0.1".into(),
                 port: 2,
                 password: None,
+                tls: Default::default(),
             },
         )
     });

@@ -30,6 +30,10 @@ pub struct PgClusterOpts {
     /// `fsync = off` (and `synchronous_commit = off` unless `sync`): faster,
     /// and harmless for a cluster that lives as long as a test.
     pub fast: bool,
+    /// TLS as RDS ships it (`rds.force_ssl`): `ssl = on` and only hostssl
+    /// rules for TCP, with a throwaway CA made in the cluster's directory
+    /// (see [`PgCluster::tls_dir`]).
+    pub tls: bool,
 }
 
 impl Default for PgClusterOpts {
@@ -38,6 +42,7 @@ impl Default for PgClusterOpts {
             standbys: 2,
             sync: false,
             fast: true,
+            tls: false,
         }
     }
 }
@@ -140,6 +145,10 @@ impl PgCluster {
             if opts.fast {
                 args.push("--fast".into());
             }
+            if opts.tls {
+                args.push("--tls".into());
+                args.push(dir.path().join("tls").display().to_string());
+            }
             let out = dev_cluster(dir.path(), &args)?;
             if out.status.success() {
                 let status: StatusJson =
@@ -166,6 +175,14 @@ impl PgCluster {
         Err(last_err
             .expect("at least one attempt")
             .context("ports kept being taken"))
+    }
+
+    /// The directory of the cluster's certificates, when it was started with
+    /// TLS: `ca.crt`/`ca.key` (the CA), `node.crt` (the nodes'),
+    /// `tidepool.crt`/`tidepool.key` (for tidepool's client side); the
+    /// server certificates name `localhost` and `127.0.0.1`.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
     }
 
     /// The cluster's directory (one subdirectory per node).

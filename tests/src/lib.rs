@@ -12,6 +12,7 @@
 //! Harness functions that start or stop processes block the calling thread;
 //! they are meant to be called from `#[test]` and `#[tokio::test]` bodies.
 
+pub mod certs;
 mod cluster;
 mod netns;
 mod paths;

@@ -227,6 +227,8 @@ fn node_json(shared: &Shared, snap: &Snapshot, n: &Node) -> Value {
     v["health_check_retries"] = json!(load(&c.health_check_retries));
     v["detaches"] = json!(load(&c.detaches));
     v["detach_reason"] = json!(c.detach_reason());
+    v["sslmode"] = json!(shared.cluster.tls(n.id).mode.as_str());
+    v["ssl"] = json!(c.ssl());
     v
 }
 

@@ -106,6 +106,12 @@ fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
                 s(humantime::format_rfc3339_seconds(
                     UNIX_EPOCH + std::time::Duration::from_secs(changed),
                 )),
+                s(shared.cluster.tls(n.id).mode.as_str()),
+                s(match c.ssl() {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "",
+                }),
             ]
         })
         .collect();
@@ -125,6 +131,8 @@ fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
             "replication_state",
             "replication_sync_state",
             "last_status_change",
+            "sslmode",
+            "ssl",
         ],
         rows,
     }

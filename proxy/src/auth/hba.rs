@@ -7,8 +7,16 @@
 //! database = ["app", "reports"]   # "all", "sameuser", a name, or a list
 //! user = "all"                    # "all", a name, or a list
 //! address = ["10.0.0.0/8", "fd00::/8"]   # "all", CIDRs or single addresses
-//! method = "scram-sha-256"        # scram-sha-256 | md5 | password | trust | reject
+//! method = "scram-sha-256"        # scram-sha-256 | md5 | password | cert | trust | reject
+//! clientcert = "verify-full"      # optional: verify-ca | verify-full
 //! ```
+//!
+//! `hostssl` rules match TLS connections only, `hostnossl` plaintext ones.
+//! `cert` lets a client in by its TLS certificate alone: the certificate's
+//! common name must be the user (or map to it, see `[[cert_map]]`).
+//! `clientcert` adds a certificate check to a password method, as in
+//! PostgreSQL: `verify-ca` asks for a certificate signed by `tls.ca_file`,
+//! `verify-full` also for its common name to be the user.
 //!
 //! The first rule that matches decides; when none matches the connection
 //! is refused, as in PostgreSQL. The file holds [`HbaRuleConfig`]s, which
@@ -35,6 +43,8 @@ pub struct HbaRuleConfig {
     pub user: OneOrMany,
     pub address: OneOrMany,
     pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clientcert: Option<String>,
 }
 
 /// A single string or a list of them.
@@ -139,6 +149,8 @@ pub enum Method {
     ScramSha256,
     /// Cleartext password; only sensible over TLS.
     Password,
+    /// The client's TLS certificate, whose common name names the user.
+    Cert,
     /// Refuse.
     Reject,
 }
@@ -151,6 +163,7 @@ impl Method {
             Method::Md5 => "md5",
             Method::ScramSha256 => "scram-sha-256",
             Method::Password => "password",
+            Method::Cert => "cert",
             Method::Reject => "reject",
         }
     }
@@ -171,15 +184,25 @@ impl FromStr for Method {
             "md5" => Method::Md5,
             "scram-sha-256" => Method::ScramSha256,
             "password" => Method::Password,
+            "cert" => Method::Cert,
             "reject" => Method::Reject,
             other => {
                 return Err(format!(
                     "unsupported method \"{other}\"; use one of scram-sha-256, md5, \
-                     password, trust, reject"
+                     password, cert, trust, reject"
                 ));
             }
         })
     }
+}
+
+/// A client certificate check a rule asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCert {
+    /// A certificate signed by `tls.ca_file`.
+    VerifyCa,
+    /// That, and its common name is the user.
+    VerifyFull,
 }
 
 /// One typed rule.
@@ -190,6 +213,8 @@ pub struct HbaRule {
     pub users: Matcher,
     pub address: AddressMatch,
     pub method: Method,
+    /// `cert` always implies `VerifyFull`.
+    pub clientcert: Option<ClientCert>,
 }
 
 impl HbaRule {
@@ -237,6 +262,7 @@ impl Hba {
             users: Matcher::All,
             address: AddressMatch::All,
             method: Method::ScramSha256,
+            clientcert: None,
         }])
     }
 
@@ -261,8 +287,35 @@ impl Hba {
             let users = parse_names(&rule.user, NameKind::User).map_err(|m| field("user", m));
             let address = parse_address(&rule.address).map_err(|m| field("address", m));
             let method = rule.method.parse().map_err(|m| field("method", m));
-            if let (Ok(conn_type), Ok(databases), Ok(users), Ok(address), Ok(method)) =
-                (conn_type, databases, users, address, method)
+            let clientcert = match rule.clientcert.as_deref() {
+                None => Ok(None),
+                Some("verify-ca") => Ok(Some(ClientCert::VerifyCa)),
+                Some("verify-full") => Ok(Some(ClientCert::VerifyFull)),
+                Some(other) => Err(field(
+                    "clientcert",
+                    format!("unknown value \"{other}\"; use verify-ca or verify-full"),
+                )),
+            };
+            let clientcert = match (clientcert, &method) {
+                (Ok(_), Ok(Method::Cert)) => Ok(Some(ClientCert::VerifyFull)),
+                (c, _) => c,
+            };
+            if rule.conn_type == "hostnossl" && (rule.method == "cert" || rule.clientcert.is_some())
+            {
+                field(
+                    "type",
+                    "a client certificate needs TLS: hostnossl can never carry one; use hostssl"
+                        .into(),
+                );
+            }
+            if let (
+                Ok(conn_type),
+                Ok(databases),
+                Ok(users),
+                Ok(address),
+                Ok(method),
+                Ok(clientcert),
+            ) = (conn_type, databases, users, address, method, clientcert)
             {
                 typed.push(HbaRule {
                     conn_type,
@@ -270,6 +323,7 @@ impl Hba {
                     users,
                     address,
                     method,
+                    clientcert,
                 });
             }
         }
@@ -294,10 +348,21 @@ impl Hba {
     /// no rule matches, which means refuse (PostgreSQL: "no pg_hba.conf
     /// entry for host …").
     pub fn lookup(&self, user: &str, database: &str, peer: IpAddr, tls: bool) -> Option<Method> {
+        self.rule_for(user, database, peer, tls)
+            .map(|rule| rule.method)
+    }
+
+    /// The first rule matching the connection.
+    pub fn rule_for(
+        &self,
+        user: &str,
+        database: &str,
+        peer: IpAddr,
+        tls: bool,
+    ) -> Option<&HbaRule> {
         self.rules
             .iter()
             .find(|rule| rule.matches(user, database, peer, tls))
-            .map(|rule| rule.method)
     }
 }
 

@@ -202,7 +202,7 @@ type = "local"
 database = []
 user = "sameuser"
 address = ["10.0.0.0/33", "db.example.com"]
-method = "cert"
+method = "ident"
 
 [[hba]]
 type = "host"
@@ -228,7 +228,7 @@ method = "scram-sha-256"
         ]
     );
     assert!(issues[3].message.contains("10.0.0.0/33"), "{}", issues[3]);
-    assert!(issues[4].message.contains("unsupported method \"cert\""));
+    assert!(issues[4].message.contains("unsupported method \"ident\""));
     assert!(issues[4].to_string().starts_with("hba[1].method: "));
     assert!(Hba::from_config(&rules).is_err());
 }
@@ -284,4 +284,54 @@ fn plaintext_secret_serves_every_method() {
     ] {
         assert_eq!(effective_method(method, &plain), Ok(method));
     }
+}
+
+#[test]
+fn cert_implies_verify_full_and_clientcert_is_typed() {
+    let rules = configs(
+        r#"
+[[hba]]
+type = "hostssl"
+database = "all"
+user = "all"
+address = "all"
+method = "cert"
+
+[[hba]]
+type = "hostssl"
+database = "all"
+user = "all"
+address = "all"
+method = "scram-sha-256"
+clientcert = "verify-ca"
+
+[[hba]]
+type = "hostnossl"
+database = "all"
+user = "all"
+address = "all"
+method = "md5"
+clientcert = "verify-full"
+
+[[hba]]
+type = "hostssl"
+database = "all"
+user = "all"
+address = "all"
+method = "md5"
+clientcert = "maybe"
+"#,
+    );
+    let keys: Vec<String> = Hba::validate(&rules).into_iter().map(|i| i.key).collect();
+    assert_eq!(keys, ["hba[2].type", "hba[3].clientcert"]);
+    let hba = Hba::from_config(&rules[..2]).unwrap();
+    assert_eq!(hba.rules()[0].clientcert, Some(ClientCert::VerifyFull));
+    assert_eq!(hba.rules()[1].clientcert, Some(ClientCert::VerifyCa));
+    // hostssl rules match TLS connections only.
+    assert!(hba.rule_for("app", "app", ip("10.0.0.1"), false).is_none());
+    assert_eq!(
+        hba.rule_for("app", "app", ip("10.0.0.1"), true)
+            .map(|r| r.method),
+        Some(Method::Cert)
+    );
 }

@@ -24,6 +24,7 @@
 //! An unknown user should still get the full exchange and a plain password
 //! failure ([`ScramServer::mock`]), so that clients cannot probe for names.
 
+mod certmap;
 mod error;
 mod hba;
 mod md5;
@@ -31,12 +32,13 @@ mod scram;
 mod secret;
 
 pub use self::md5::{md5_challenge_response, md5_salt, verify_md5_response};
+pub use certmap::CertMap;
 pub use error::{AuthError, SQLSTATE_INVALID_PASSWORD, SQLSTATE_PROTOCOL_VIOLATION};
 pub use hba::{
-    AddressMatch, ConnType, Hba, HbaIssue, HbaRule, HbaRuleConfig, Matcher, Method, Name,
-    OneOrMany, effective_method,
+    AddressMatch, ClientCert, ConnType, Hba, HbaIssue, HbaRule, HbaRuleConfig, Matcher, Method,
+    Name, OneOrMany, effective_method,
 };
-pub use scram::{SCRAM_SHA_256, ScramServer, generate_nonce};
+pub use scram::{SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramServer, generate_nonce};
 pub use secret::{
     SCRAM_DEFAULT_ITERATIONS, SCRAM_DEFAULT_SALT_LEN, ScramVerifier, Secret, VerifierParseError,
     md5_hash,

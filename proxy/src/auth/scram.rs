@@ -10,9 +10,13 @@
 //! ```
 //!
 //! Like PostgreSQL, the user name inside client-first is ignored: the user
-//! is the one named in the startup message. Channel binding
-//! (SCRAM-SHA-256-PLUS) is not offered, so a client may send the gs2 flag
-//! `n` (no support) or `y` (supported, but not offered by this server); a
+//! is the one named in the startup message. Over TLS the exchange also
+//! offers SCRAM-SHA-256-PLUS with channel binding `tls-server-end-point`
+//! (RFC 5929: the hash of the certificate tidepool presented), so a client
+//! that binds proves it talks to the endpoint holding that certificate, not
+//! to a machine in the middle. A client that says it supports binding (`y`)
+//! while the server offered it is refused, as PostgreSQL does: that means a
+//! downgrade was attempted. Without TLS only SCRAM-SHA-256 is offered, and a
 //! client that insists on binding (`p`) is refused.
 
 use base64::Engine;
@@ -26,7 +30,10 @@ use super::secret::{ScramVerifier, hmac_sha256};
 
 /// The mechanism name, as listed in AuthenticationSASL.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
-const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The mechanism with channel binding, offered over TLS.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The one channel-binding type PostgreSQL defines.
+const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 
 /// Random bytes in a server nonce; base64 makes them 32 printable
 /// characters.
@@ -47,6 +54,9 @@ pub struct ScramServer {
     server_nonce: String,
     /// Set for a stand-in exchange that must fail however it goes.
     doomed: bool,
+    /// `tls-server-end-point` data when the connection is TLS: then
+    /// SCRAM-SHA-256-PLUS is offered.
+    channel_binding: Option<Vec<u8>>,
     state: State,
 }
 
@@ -54,8 +64,10 @@ pub struct ScramServer {
 enum State {
     AwaitingClientFirst,
     AwaitingClientFinal {
-        /// `n,,` or `y,,`: what the client-final `c=` attribute must echo.
-        gs2_header: String,
+        /// What the client-final `c=` attribute must carry, decoded: the
+        /// gs2 header (`n,,`, `y,,` or `p=tls-server-end-point,,`) and,
+        /// with binding, the channel-binding data after it.
+        expected_binding: Vec<u8>,
         client_first_bare: String,
         server_first: String,
         nonce: String,
@@ -77,7 +89,24 @@ impl ScramServer {
             verifier,
             server_nonce,
             doomed: false,
+            channel_binding: None,
             state: State::AwaitingClientFirst,
+        }
+    }
+
+    /// Offers SCRAM-SHA-256-PLUS bound to `data`, the connection's
+    /// `tls-server-end-point` value.
+    pub fn with_channel_binding(mut self, data: Vec<u8>) -> Self {
+        self.channel_binding = Some(data);
+        self
+    }
+
+    /// The mechanisms to list in AuthenticationSASL, preferred first.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.channel_binding.is_some() {
+            &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+        } else {
+            &[SCRAM_SHA_256]
         }
     }
 
@@ -123,11 +152,12 @@ impl ScramServer {
         if !matches!(state, State::AwaitingClientFirst) {
             return Err(AuthError::protocol("unexpected SASL initial response"));
         }
-        match mechanism {
-            SCRAM_SHA_256 => {}
+        let plus = match mechanism {
+            SCRAM_SHA_256 => false,
+            SCRAM_SHA_256_PLUS if self.channel_binding.is_some() => true,
             SCRAM_SHA_256_PLUS => {
                 return Err(AuthError::protocol(
-                    "SCRAM-SHA-256-PLUS (channel binding) is not offered; use SCRAM-SHA-256",
+                    "SCRAM-SHA-256-PLUS (channel binding) is offered over TLS only; use SCRAM-SHA-256",
                 ));
             }
             _ => {
@@ -135,9 +165,38 @@ impl ScramServer {
                     "client selected an invalid SASL authentication mechanism \"{mechanism}\""
                 )));
             }
-        }
+        };
         let message = utf8(data)?;
         let (gs2_header, bare) = split_gs2_header(message)?;
+        let expected_binding = match (plus, gs2_header.as_bytes()[0]) {
+            (true, b'p') => {
+                let cb_type = gs2_header[2..].trim_end_matches(',');
+                if cb_type != TLS_SERVER_END_POINT {
+                    return Err(AuthError::protocol(format!(
+                        "unsupported SCRAM channel-binding type \"{cb_type}\"; use {TLS_SERVER_END_POINT}"
+                    )));
+                }
+                let mut expected = gs2_header.as_bytes().to_vec();
+                expected.extend_from_slice(self.channel_binding.as_deref().unwrap_or_default());
+                expected
+            }
+            (true, _) => {
+                return Err(AuthError::protocol(
+                    "SCRAM-SHA-256-PLUS was selected, but the client-first message does not bind a channel",
+                ));
+            }
+            (false, b'p') => {
+                return Err(AuthError::protocol(
+                    "the client requires channel binding but selected SCRAM-SHA-256; select SCRAM-SHA-256-PLUS",
+                ));
+            }
+            (false, b'y') if self.channel_binding.is_some() => {
+                return Err(AuthError::protocol(
+                    "SCRAM channel binding negotiation error: the client supports binding and the server offered it, yet the client did not use it",
+                ));
+            }
+            (false, _) => gs2_header.as_bytes().to_vec(),
+        };
         let client_nonce = parse_client_first_bare(bare)?;
 
         let nonce = format!("{client_nonce}{}", self.server_nonce);
@@ -147,7 +206,7 @@ impl ScramServer {
             self.verifier.iterations()
         );
         self.state = State::AwaitingClientFinal {
-            gs2_header: gs2_header.to_owned(),
+            expected_binding,
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
             nonce,
@@ -159,7 +218,7 @@ impl ScramServer {
     /// and returns server-final (`v=…`) for AuthenticationSASLFinal.
     pub fn client_final(&mut self, data: &[u8]) -> Result<Vec<u8>, AuthError> {
         let State::AwaitingClientFinal {
-            gs2_header,
+            expected_binding,
             client_first_bare,
             server_first,
             nonce,
@@ -175,9 +234,9 @@ impl ScramServer {
             .map_err(|_| {
                 AuthError::protocol("the channel-binding attribute in client-final is not base64")
             })?;
-        if binding != gs2_header.as_bytes() {
+        if !bool::from(binding.ct_eq(&expected_binding)) {
             return Err(AuthError::protocol(
-                "SCRAM channel binding check failed: client-final does not repeat the gs2 header",
+                "SCRAM channel binding check failed: the client is bound to another channel",
             ));
         }
         if final_message.nonce != nonce {
@@ -219,16 +278,15 @@ fn is_printable(b: u8) -> bool {
     (0x21..=0x7e).contains(&b) && b != b','
 }
 
-/// Splits client-first into its gs2 header (`n,,` or `y,,`) and the bare
-/// message that the proof signs.
+/// Splits client-first into its gs2 header (`n,,`, `y,,` or
+/// `p=<type>,,`) and the bare message that the proof signs.
 fn split_gs2_header(message: &str) -> Result<(&str, &str), AuthError> {
     let flag_end = match message.as_bytes() {
         [b'n' | b'y', b',', ..] => 2,
-        [b'p', ..] => {
-            return Err(AuthError::protocol(
-                "the client requires channel binding, which this server does not offer",
-            ));
-        }
+        [b'p', b'=', ..] => match message.find(',') {
+            Some(comma) => comma + 1,
+            None => return Err(AuthError::protocol("malformed gs2 header in client-first")),
+        },
         _ => {
             return Err(AuthError::protocol(
                 "unexpected channel-binding flag in client-first",

@@ -283,3 +283,54 @@ fn generated_nonces_are_32_printable_characters() {
     assert!(nonce.bytes().all(is_printable));
     assert_ne!(nonce, generate_nonce(&mut rand::rng()));
 }
+
+/// An exchange over a TLS channel whose `tls-server-end-point` value is
+/// `server_cb`; the client binds to `client_cb` with SCRAM-SHA-256-PLUS.
+fn plus_exchange(server_cb: &[u8], client_cb: &[u8]) -> Result<(), AuthError> {
+    let mut client = ScramSha256::new(
+        b"secret",
+        ChannelBinding::tls_server_end_point(client_cb.to_vec()),
+    );
+    let mut server =
+        ScramServer::new_random(verifier("secret")).with_channel_binding(server_cb.to_vec());
+    assert_eq!(server.mechanisms(), [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
+    let server_first = server.client_first(SCRAM_SHA_256_PLUS, client.message())?;
+    client.update(&server_first).unwrap();
+    let server_final = server.client_final(client.message())?;
+    client.finish(&server_final).unwrap();
+    Ok(())
+}
+
+#[test]
+fn channel_binding_to_the_same_certificate_succeeds() {
+    assert_eq!(
+        plus_exchange(b"certificate hash", b"certificate hash"),
+        Ok(())
+    );
+}
+
+#[test]
+fn channel_binding_to_another_certificate_fails() {
+    // A machine in the middle presents its own certificate: the hashes differ.
+    assert_protocol_error(
+        plus_exchange(b"certificate hash", b"someone else's").map(|()| Vec::new()),
+    );
+}
+
+#[test]
+fn a_client_that_could_bind_but_did_not_while_offered_is_refused() {
+    // 'y' while the server offers -PLUS: a downgrade in transit.
+    let mut client = ScramSha256::new(b"secret", ChannelBinding::unrequested());
+    let mut server =
+        ScramServer::new_random(verifier("secret")).with_channel_binding(b"h".to_vec());
+    assert_protocol_error(server.client_first(SCRAM_SHA_256, client.message()));
+    // Plain SCRAM without binding support ('n') is still fine over TLS.
+    let mut client = ScramSha256::new(b"secret", ChannelBinding::unsupported());
+    let mut server =
+        ScramServer::new_random(verifier("secret")).with_channel_binding(b"h".to_vec());
+    let first = server
+        .client_first(SCRAM_SHA_256, client.message())
+        .unwrap();
+    client.update(&first).unwrap();
+    assert!(server.client_final(client.message()).is_ok());
+}

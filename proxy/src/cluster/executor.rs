@@ -36,6 +36,7 @@ pub struct Target {
     pub name: String,
     pub host: String,
     pub port: u16,
+    pub tls: std::sync::Arc<crate::tls::BackendTls>,
 }
 
 /// An open connection to one node.
@@ -57,7 +58,8 @@ pub async fn connect(t: &Target, hc: &HealthCheckConfig) -> Result<NodeConn, Act
     if let Some(p) = &hc.password {
         cfg.password(p);
     }
-    let connecting = tokio::time::timeout(hc.connect_timeout, cfg.connect(tokio_postgres::NoTls));
+    let connector = t.tls.pg(&mut cfg);
+    let connecting = tokio::time::timeout(hc.connect_timeout, cfg.connect(connector));
     let (client, conn) = connecting
         .await
         .map_err(|_| ActionError::Connect {

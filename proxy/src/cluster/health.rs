@@ -184,11 +184,31 @@ impl Check {
     async fn probe(&self, kept: &mut Option<Kept>, hc: &HealthCheckConfig) -> Result<Role, String> {
         if kept.as_ref().is_none_or(|k| k.client.is_closed()) {
             *kept = None;
-            let k = tokio::time::timeout(hc.connect_timeout, connect(&self.host, self.port, hc))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!("connect timed out after {:?}", hc.connect_timeout))
-                })?;
+            let tls = self.cluster.tls(self.id);
+            let k =
+                tokio::time::timeout(hc.connect_timeout, connect(&self.host, self.port, &tls, hc))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("connect timed out after {:?}", hc.connect_timeout))
+                    })?;
+            // What the node's connections are: known from the mode, or
+            // asked once per connection where the server decides (prefer).
+            let ssl = match tls.mode {
+                crate::config::SslMode::Disable => false,
+                crate::config::SslMode::Prefer => k
+                    .client
+                    .query_one(
+                        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .unwrap_or(false),
+                _ => true,
+            };
+            if let Some(c) = self.cluster.counters(self.id) {
+                c.set_ssl(ssl);
+            }
             *kept = Some(k);
         }
         let client = &kept.as_ref().expect("connected above").client;
@@ -207,7 +227,12 @@ impl Check {
     }
 }
 
-async fn connect(host: &str, port: u16, hc: &HealthCheckConfig) -> Result<Kept, String> {
+async fn connect(
+    host: &str,
+    port: u16,
+    tls: &crate::tls::BackendTls,
+    hc: &HealthCheckConfig,
+) -> Result<Kept, String> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(host)
         .port(port)
@@ -218,10 +243,14 @@ async fn connect(host: &str, port: u16, hc: &HealthCheckConfig) -> Result<Kept, 
     if let Some(p) = &hc.password {
         cfg.password(p);
     }
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let connector = tls.pg(&mut cfg);
+    let (client, conn) = cfg.connect(connector).await.map_err(|e| {
+        let e = e.to_string();
+        match tls.explain_refusal(&e) {
+            Some(hint) => format!("connect: {e} ({hint})"),
+            None => format!("connect: {e}"),
+        }
+    })?;
     let (tx, closed) = oneshot::channel();
     tokio::spawn(async move {
         let code = conn.await.err().and_then(|e| {

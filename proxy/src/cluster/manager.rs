@@ -219,6 +219,7 @@ impl Manager {
             name: n.name.clone(),
             host: n.host.clone(),
             port: n.port,
+            tls: self.cluster().tls(id),
         }
     }
 

@@ -47,6 +47,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::{BackendConfig, BackendFlag};
+use crate::tls::BackendTls;
 
 pub use health::run_checks;
 pub use manager::{Action, Control, ControlError, Request, run_manager};
@@ -180,9 +181,25 @@ pub struct NodeCounters {
     pub failback_requested: AtomicBool,
     /// Unix milliseconds of the node's last automatic failback (0: never).
     pub last_failback_ms: AtomicU64,
+    /// Whether the node's connections are TLS, as the health check's last
+    /// connection found: 0 not known yet, 1 plaintext, 2 TLS.
+    pub ssl: std::sync::atomic::AtomicU8,
 }
 
 impl NodeCounters {
+    /// Whether the node's connections are TLS (`None`: not known yet).
+    pub fn ssl(&self) -> Option<bool> {
+        match self.ssl.load(Ordering::Relaxed) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
+    }
+
+    pub fn set_ssl(&self, tls: bool) {
+        self.ssl.store(if tls { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
     pub fn detach_reason(&self) -> Option<String> {
         self.detach_reason
             .lock()
@@ -245,7 +262,16 @@ pub struct Cluster {
     changed: watch::Sender<u64>,
     counters: ArcSwap<Vec<Arc<NodeCounters>>>,
     backends: ArcSwap<Vec<BackendConfig>>,
+    /// Each node's TLS settings, compiled from its configuration.
+    tls: ArcSwap<Vec<Arc<BackendTls>>>,
     pub stats: ClusterCounters,
+}
+
+fn compile_tls(backends: &[BackendConfig]) -> Vec<Arc<BackendTls>> {
+    backends
+        .iter()
+        .map(|b| Arc::new(BackendTls::load_or_refusing(&b.tls(&Default::default()))))
+        .collect()
 }
 
 fn fresh_nodes(backends: &[BackendConfig]) -> Vec<Node> {
@@ -284,6 +310,7 @@ impl Cluster {
             changed: watch::channel(0).0,
             counters: ArcSwap::from_pointee(counters),
             backends: ArcSwap::from_pointee(backends.to_vec()),
+            tls: ArcSwap::from_pointee(compile_tls(backends)),
             stats: ClusterCounters::default(),
         })
     }
@@ -316,6 +343,17 @@ impl Cluster {
     /// The configuration of node `id`.
     pub fn backend(&self, id: usize) -> Option<BackendConfig> {
         self.backends.load().get(id).cloned()
+    }
+
+    /// How to reach node `id` over TLS (`prefer` for an id not configured).
+    pub fn tls(&self, id: usize) -> Arc<BackendTls> {
+        self.tls.load().get(id).cloned().unwrap_or_default()
+    }
+
+    /// Reads the nodes' certificate files again (after a reload: a
+    /// rotated CA bundle or client certificate is used by new connections).
+    pub fn reload_tls(&self) {
+        self.tls.store(Arc::new(compile_tls(&self.backends.load())));
     }
 
     /// Publishes a new snapshot made by `f` from the current one.
@@ -481,6 +519,7 @@ impl Cluster {
             })
             .collect();
         self.counters.store(Arc::new(counters));
+        self.tls.store(Arc::new(compile_tls(backends)));
         self.backends.store(Arc::new(backends.to_vec()));
         self.update(|s| s.nodes = nodes.clone());
     }

@@ -14,6 +14,12 @@ pub(super) fn backend(name: &str, flag: BackendFlag) -> BackendConfig {
         health_check_max_retries: None,
         health_check_retry_delay: None,
         health_check_connect_timeout: None,
+        sslmode: None,
+        sslrootcert: None,
+        sslcert: None,
+        sslkey: None,
+        auth: None,
+        region: None,
     }
 }
 

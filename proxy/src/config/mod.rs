@@ -8,6 +8,7 @@
 
 mod defaults;
 mod routing;
+mod tls;
 mod validate;
 mod watchdog;
 
@@ -18,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::HbaRuleConfig;
 
 pub use routing::{LoadBalancingConfig, OnWrite};
+pub use tls::{
+    BackendAuth, BackendTlsConfig, CertMapConfig, ClientMode, SslMode, TlsConfig, TlsVersion,
+};
 pub use validate::ConfigError;
 pub use watchdog::{AddressMode, EscalationConfig, EscalationVia, PeerConfig, WatchdogConfig};
 
@@ -34,6 +38,14 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     pub users: Vec<UserConfig>,
     pub hba: Vec<HbaRuleConfig>,
+    /// `[tls]`: TLS for clients.
+    pub tls: TlsConfig,
+    /// `[backend_defaults]`: TLS and login settings every backend takes
+    /// unless it sets its own.
+    pub backend_defaults: BackendTlsConfig,
+    /// `[[cert_map]]`: certificate common names that may log in as a user
+    /// under the `cert` method.
+    pub cert_map: Vec<CertMapConfig>,
     /// `[watchdog]`: present means this node is one of several tidepools.
     pub watchdog: Option<WatchdogConfig>,
     /// `[escalation]`: what the watchdog's leader does with the address.
@@ -244,9 +256,47 @@ pub struct BackendConfig {
     pub health_check_retry_delay: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub health_check_connect_timeout: Option<Duration>,
+    /// TLS and login towards this node; unset keys come from
+    /// `[backend_defaults]`.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
+    #[serde(default)]
+    pub sslcert: Option<String>,
+    #[serde(default)]
+    pub sslkey: Option<String>,
+    #[serde(default)]
+    pub auth: Option<BackendAuth>,
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 impl BackendConfig {
+    /// This node's TLS and login settings, `defaults` filling the gaps.
+    pub fn tls(&self, defaults: &BackendTlsConfig) -> BackendTlsConfig {
+        BackendTlsConfig {
+            sslmode: self.sslmode,
+            sslrootcert: self.sslrootcert.clone(),
+            sslcert: self.sslcert.clone(),
+            sslkey: self.sslkey.clone(),
+            auth: self.auth,
+            region: self.region.clone(),
+        }
+        .or(defaults)
+    }
+
+    /// Fills this node's unset TLS and login keys from `defaults`.
+    pub fn apply_defaults(&mut self, defaults: &BackendTlsConfig) {
+        let t = self.tls(defaults);
+        self.sslmode = t.sslmode;
+        self.sslrootcert = t.sslrootcert;
+        self.sslcert = t.sslcert;
+        self.sslkey = t.sslkey;
+        self.auth = t.auth;
+        self.region = t.region;
+    }
+
     /// The health-check settings of this node: `global` with its overrides.
     pub fn health_check(&self, global: &HealthCheckConfig) -> HealthCheckConfig {
         HealthCheckConfig {
@@ -275,6 +325,16 @@ pub struct UserConfig {
     /// Per-user override of `pool.max_size`.
     #[serde(default)]
     pub pool_max_size: Option<usize>,
+    /// Secrets Manager secret (ARN or name) holding the backend password,
+    /// as plain text or `{"username", "password"}` JSON; read at start and
+    /// again when a backend refuses the login (28P01), so rotation needs
+    /// no restart.
+    #[serde(default)]
+    pub password_secret: Option<String>,
+    /// `rds_iam`: log in to the backends as this user with an RDS IAM
+    /// token, whatever the backend's own `auth` says.
+    #[serde(default)]
+    pub auth: Option<BackendAuth>,
 }
 
 impl Config {

@@ -38,6 +38,9 @@ const SECTIONS: &[&str] = &[
     "backends",
     "users",
     "hba",
+    "tls",
+    "backend_defaults",
+    "cert_map",
     "watchdog",
     "escalation",
 ];
@@ -132,7 +135,7 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
             ));
         }
     }
-    let config = Config {
+    let mut config = Config {
         server: section(table.get("server"), "server", &mut errors),
         pool: section(table.get("pool"), "pool", &mut errors),
         health_check: section(table.get("health_check"), "health_check", &mut errors),
@@ -147,9 +150,26 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
         ),
         users: entries(table.get("users"), "users", &mut errors, &mut positions[1]),
         hba: entries(table.get("hba"), "hba", &mut errors, &mut positions[2]),
+        tls: section(table.get("tls"), "tls", &mut errors),
+        backend_defaults: section(
+            table.get("backend_defaults"),
+            "backend_defaults",
+            &mut errors,
+        ),
+        cert_map: entries(
+            table.get("cert_map"),
+            "cert_map",
+            &mut errors,
+            &mut Vec::new(),
+        ),
         watchdog: section(table.get("watchdog"), "watchdog", &mut errors),
         escalation: section(table.get("escalation"), "escalation", &mut errors),
     };
+    // Every backend carries its complete TLS and login settings from here on.
+    let defaults = config.backend_defaults.clone();
+    for b in &mut config.backends {
+        b.apply_defaults(&defaults);
+    }
     // Entries that failed to parse are missing from `config`: point the
     // semantic errors at the entries' places in the file.
     for mut e in semantic_errors(&config) {
@@ -212,6 +232,7 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
             );
         }
     }
+    errors_of_tls(c, &mut err);
     if c.pool.max_size == 0 {
         err("pool.max_size".into(), "must be at least 1".into());
     }
@@ -447,5 +468,99 @@ weight = -2.0
     fn syntax_errors_name_the_line() {
         let errs = Config::load_str("[server\nlisten=1").unwrap_err();
         assert!(errs[0].path.starts_with("line "), "{errs:?}");
+    }
+}
+
+/// `[tls]`, the backends' TLS settings and the rules that depend on TLS:
+/// every file is read here, so a missing or unusable one is reported with
+/// its key at check-config and reload, not at the first connection.
+fn errors_of_tls(c: &Config, err: &mut impl FnMut(String, String)) {
+    use super::{BackendAuth, ClientMode, SslMode};
+    let serving = match crate::tls::ServeTls::load(&c.tls) {
+        Ok(s) => s.is_some(),
+        Err(e) => {
+            err("tls".into(), e);
+            false
+        }
+    };
+    let t = &c.tls;
+    if t.client_mode != ClientMode::Disable && t.cert_file.is_none() && t.ca_file.is_some() {
+        err(
+            "tls.cert_file".into(),
+            "tls.ca_file is set but no certificate is: set cert_file and key_file".into(),
+        );
+    }
+    if t.client_mode.requires_tls() && t.cert_file.is_none() {
+        err(
+            "tls.client_mode".into(),
+            format!(
+                "client_mode \"{}\" needs cert_file and key_file",
+                t.client_mode.as_str()
+            ),
+        );
+    }
+    if t.client_mode.requires_cert() && t.ca_file.is_none() {
+        err(
+            "tls.ca_file".into(),
+            format!(
+                "client_mode \"{}\" verifies client certificates: set ca_file to the CA that signs them",
+                t.client_mode.as_str()
+            ),
+        );
+    }
+    for (i, rule) in c.hba.iter().enumerate() {
+        let tls_only =
+            rule.conn_type == "hostssl" || rule.method == "cert" || rule.clientcert.is_some();
+        if tls_only && !serving {
+            err(
+                format!("hba[{i}]"),
+                "this rule applies to TLS connections only, and tidepool serves no TLS: configure [tls] cert_file and key_file".into(),
+            );
+        }
+        if (rule.method == "cert" || rule.clientcert.is_some()) && c.tls.ca_file.is_none() {
+            err(
+                format!("hba[{i}]"),
+                "client certificates are verified against tls.ca_file: set it".into(),
+            );
+        }
+        if rule.conn_type == "hostnossl" && c.tls.client_mode.requires_tls() {
+            err(
+                format!("hba[{i}].type"),
+                "hostnossl can never match: tls.client_mode refuses plaintext clients".into(),
+            );
+        }
+    }
+    for (i, m) in c.cert_map.iter().enumerate() {
+        if let Some(re) = m.cn.strip_prefix('/')
+            && let Err(e) = regex::Regex::new(re)
+        {
+            err(
+                format!("cert_map[{i}].cn"),
+                format!("invalid regular expression: {e}"),
+            );
+        }
+    }
+    for (i, b) in c.backends.iter().enumerate() {
+        let s = b.tls(&c.backend_defaults);
+        if let Err(e) = crate::tls::BackendTls::load(&s) {
+            err(format!("backends[{i}]"), e);
+        }
+        if s.auth == Some(BackendAuth::RdsIam) && s.sslmode.unwrap_or_default() == SslMode::Disable
+        {
+            err(
+                format!("backends[{i}].sslmode"),
+                "auth = \"rds_iam\" needs TLS (RDS refuses IAM logins in plaintext): use require or verify-full".into(),
+            );
+        }
+    }
+    for (i, u) in c.users.iter().enumerate() {
+        if let Some(arn) = &u.password_secret
+            && arn.trim().is_empty()
+        {
+            err(
+                format!("users[{i}].password_secret"),
+                "must not be empty".into(),
+            );
+        }
     }
 }

@@ -209,6 +209,12 @@ pub fn cancel_request(out: &mut BytesMut, pid: i32, secret: &[u8]) {
     encode(&CancelRequest::new(pid, key), out);
 }
 
+/// SSLRequest: the 8 bytes that ask a server for TLS before startup.
+pub fn ssl_request(out: &mut BytesMut) {
+    out.put_u32(8);
+    out.put_u32(super::frame::SSL_REQUEST_CODE);
+}
+
 pub fn terminate(out: &mut BytesMut) {
     out.put_slice(b"X\0\0\0\x04");
 }

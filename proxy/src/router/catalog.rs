@@ -54,16 +54,18 @@ impl Catalog {
 
     /// Asks the primary about names not known yet. Failures leave them
     /// unknown (and so routed to the primary).
+    #[allow(clippy::too_many_arguments)]
     pub async fn learn(
         &self,
         host: &str,
         port: u16,
+        tls: &crate::tls::BackendTls,
         db: &str,
         hc: &HealthCheckConfig,
         functions: &[String],
         relations: &[String],
     ) {
-        let client = match self.client(host, port, db, hc).await {
+        let client = match self.client(host, port, tls, db, hc).await {
             Some(c) => c,
             None => return,
         };
@@ -141,6 +143,7 @@ impl Catalog {
         &self,
         host: &str,
         port: u16,
+        tls: &crate::tls::BackendTls,
         db: &str,
         hc: &HealthCheckConfig,
     ) -> Option<Arc<tokio_postgres::Client>> {
@@ -163,7 +166,8 @@ impl Catalog {
         if let Some(p) = &hc.password {
             pg.password(p);
         }
-        let (c, conn) = tokio::time::timeout(hc.timeout, pg.connect(tokio_postgres::NoTls))
+        let connector = tls.pg(&mut pg);
+        let (c, conn) = tokio::time::timeout(hc.timeout, pg.connect(connector))
             .await
             .ok()?
             .ok()?;

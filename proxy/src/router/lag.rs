@@ -32,7 +32,12 @@ impl Lag {
 /// The latest measurements, per node id.
 pub type Lags = ArcSwap<BTreeMap<usize, Lag>>;
 
-async fn connect(host: &str, port: u16, cfg: &Config) -> Option<tokio_postgres::Client> {
+async fn connect(
+    host: &str,
+    port: u16,
+    tls: &crate::tls::BackendTls,
+    cfg: &Config,
+) -> Option<tokio_postgres::Client> {
     let hc = &cfg.health_check;
     let mut pg = tokio_postgres::Config::new();
     pg.host(host)
@@ -44,7 +49,8 @@ async fn connect(host: &str, port: u16, cfg: &Config) -> Option<tokio_postgres::
     if let Some(p) = &hc.password {
         pg.password(p);
     }
-    let (client, conn) = tokio::time::timeout(hc.timeout, pg.connect(tokio_postgres::NoTls))
+    let connector = tls.pg(&mut pg);
+    let (client, conn) = tokio::time::timeout(hc.timeout, pg.connect(connector))
         .await
         .ok()?
         .ok()?;
@@ -72,6 +78,7 @@ pub async fn run(
             let current = match sample(
                 &mut clients,
                 &key,
+                &cluster.tls(primary.id),
                 &cfg,
                 "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, 0::float8",
             )
@@ -92,7 +99,9 @@ pub async fn run(
                 let sql = "SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
                            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
                            ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8";
-                if let Some((replayed, secs)) = sample(&mut clients, &key, &cfg, sql).await {
+                if let Some((replayed, secs)) =
+                    sample(&mut clients, &key, &cluster.tls(n.id), &cfg, sql).await
+                {
                     next.insert(
                         n.id,
                         Lag {
@@ -121,11 +130,12 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, period: Duration) -> bool {
 async fn sample(
     clients: &mut BTreeMap<(String, u16), tokio_postgres::Client>,
     key: &(String, u16),
+    tls: &crate::tls::BackendTls,
     cfg: &Config,
     sql: &str,
 ) -> Option<(u64, f64)> {
     if clients.get(key).is_none_or(|c| c.is_closed()) {
-        let c = connect(&key.0, key.1, cfg).await?;
+        let c = connect(&key.0, key.1, tls, cfg).await?;
         clients.insert(key.clone(), c);
     }
     let client = clients.get(key)?;

@@ -7,29 +7,29 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex, Weak},
 };
 
-use bytes::Bytes;
 use subtle::ConstantTimeEq;
+
+use crate::backend::CancelTarget;
 
 /// The backend a client is using right now, for cancellation.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    target: Mutex<Option<(SocketAddr, i32, Bytes)>>,
+    target: Mutex<Option<Arc<CancelTarget>>>,
 }
 
 impl CancelSlot {
-    pub fn set(&self, addr: SocketAddr, pid: i32, secret: Bytes) {
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some((addr, pid, secret));
+    pub fn set(&self, target: Arc<CancelTarget>) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
     }
 
     pub fn clear(&self) {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    pub fn get(&self) -> Option<(SocketAddr, i32, Bytes)> {
+    pub fn get(&self) -> Option<Arc<CancelTarget>> {
         self.target
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -84,7 +84,7 @@ impl CancelRegistry {
 
     /// The backend to cancel for a request with this key, if the key is
     /// right and the client is running something.
-    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<(SocketAddr, i32, Bytes)> {
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<Arc<CancelTarget>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let (expected, slot) = entries.get(&pid)?;
         if !bool::from(expected.to_be_bytes().ct_eq(secret)) {
@@ -105,6 +105,8 @@ impl CancelRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use std::net::SocketAddr;
 
     #[test]
     fn only_the_right_key_finds_the_backend() {
@@ -115,9 +117,14 @@ mod tests {
             reg.lookup(r.pid, &r.secret.to_be_bytes()).is_none(),
             "idle client"
         );
-        r.slot.set(addr, 77, Bytes::from_static(b"abcd"));
-        let (a, pid, _) = reg.lookup(r.pid, &r.secret.to_be_bytes()).unwrap();
-        assert_eq!((a, pid), (addr, 77));
+        r.slot.set(Arc::new(CancelTarget {
+            addr,
+            pid: 77,
+            secret: Bytes::from_static(b"abcd"),
+            tls: None,
+        }));
+        let t = reg.lookup(r.pid, &r.secret.to_be_bytes()).unwrap();
+        assert_eq!((t.addr, t.pid), (addr, 77));
         assert!(reg.lookup(r.pid, &(r.secret ^ 1).to_be_bytes()).is_none());
         let pid = r.pid;
         drop(r);

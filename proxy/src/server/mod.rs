@@ -31,6 +31,10 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     pub config_path: Option<PathBuf>,
     pub hba: ArcSwap<Hba>,
+    /// What tidepool serves to clients over TLS (`None`: no TLS).
+    pub tls: arc_swap::ArcSwapOption<crate::tls::ServeTls>,
+    /// `[[cert_map]]`, for the `cert` method.
+    pub cert_map: ArcSwap<crate::auth::CertMap>,
     /// Each configured user's secret, with its SCRAM verifier derived once.
     pub secrets: ArcSwap<HashMap<String, Arc<UserSecret>>>,
     pub cluster: Arc<Cluster>,
@@ -77,6 +81,8 @@ impl Shared {
         });
         Arc::new(Shared {
             hba: ArcSwap::from_pointee(hba),
+            tls: arc_swap::ArcSwapOption::new(serve_tls(&config)),
+            cert_map: ArcSwap::from_pointee(crate::auth::CertMap::new(&config.cert_map)),
             secrets: ArcSwap::from_pointee(user_secrets(&config)),
             cluster,
             rules: ArcSwap::from_pointee(crate::router::Rules::new(&config.load_balancing)),
@@ -96,6 +102,19 @@ impl Shared {
             config_path,
             config: ArcSwap::from_pointee(config),
         })
+    }
+}
+
+/// The client-side TLS of `config`; an error (files checked at load but
+/// gone since) is logged and serves no TLS, which clients that require it
+/// refuse.
+fn serve_tls(config: &Config) -> Option<Arc<crate::tls::ServeTls>> {
+    match crate::tls::ServeTls::load(&config.tls) {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve TLS to clients");
+            None
+        }
     }
 }
 
@@ -181,7 +200,16 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
     let backends_changed = old.backends != new.backends;
     if backends_changed {
         shared.cluster.reconfigure(&new.backends);
+    } else {
+        // Certificate files may have been replaced under the same names.
+        shared.cluster.reload_tls();
     }
+    // Clients connected keep the TLS session they have; new ones get the
+    // certificate as it is on disk now (load checked it already).
+    shared.tls.store(serve_tls(&new));
+    shared
+        .cert_map
+        .store(Arc::new(crate::auth::CertMap::new(&new.cert_map)));
     if let Ok(hba) = Hba::from_config(&new.hba) {
         shared.hba.store(Arc::new(hba));
     }
@@ -204,6 +232,7 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
             p.set_target(crate::pool::Target {
                 host: n.host.clone(),
                 port: n.port,
+                tls: shared.cluster.tls(n.id),
                 password: new
                     .user(&p.key.user)
                     .and_then(|u| u.password_for_backend().map(str::to_string)),

@@ -6,18 +6,16 @@ use std::{
 };
 
 use bytes::{BufMut, BytesMut};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, tcp::OwnedReadHalf},
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tracing::Instrument;
 
 use super::Shared;
 use crate::{
     auth::{
-        self, AuthError, Method, SCRAM_SHA_256, ScramServer, effective_method, md5_salt,
+        self, AuthError, ClientCert, Method, ScramServer, effective_method, md5_salt,
         verify_md5_response,
     },
+    config::ClientMode,
     protocol::{
         StartupPacket,
         frame::{self, Frame, FrameError},
@@ -25,6 +23,7 @@ use crate::{
         sqlstate,
     },
     session::{Session, SessionEnd},
+    tls::{ServeTls, Stream},
 };
 
 /// Largest authentication message a client may send.
@@ -56,7 +55,7 @@ impl Drop for ClientGuard {
     }
 }
 
-pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(super) async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     shared.metrics.clients_total.fetch_add(1, Ordering::Relaxed);
     let active = shared
         .metrics
@@ -64,24 +63,22 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
         .fetch_add(1, Ordering::Relaxed)
         + 1;
     let _guard = ClientGuard(shared.clone());
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let _ = tcp.set_nodelay(true);
     // Room for a whole startup packet in one read (libpq's is under 100
     // bytes, JDBC's a few hundred); the session drops it once idle.
     let mut buf = BytesMut::with_capacity(512);
     let timeout = shared.config.load().server.startup_timeout;
 
-    let started =
-        tokio::time::timeout(timeout, read_startup(&mut rd, &mut wr, &mut buf, &shared)).await;
-    let (params, minor_asked, pq_options) = match started {
+    let started = tokio::time::timeout(timeout, read_startup(tcp, &mut buf, &shared)).await;
+    let (mut client, tls, startup) = match started {
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => return, // cancel request, or the client left
-        Ok(Err(r)) => {
+        Ok(Err((mut client, r))) => {
             shared.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, code = r.code, "startup refused: {}", r.message);
             let mut out = BytesMut::new();
             messages::error_response(&mut out, Severity::Fatal, r.code, &r.message, None);
-            let _ = wr.write_all(&out).await;
+            let _ = client.write_all(&out).await;
             return;
         }
         Err(_) => {
@@ -89,9 +86,14 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
             return;
         }
     };
+    let Startup {
+        params,
+        minor: minor_asked,
+        pq_options,
+    } = startup;
     let user = param(&params, "user").unwrap_or_default();
     let database = param(&params, "database").unwrap_or_else(|| user.clone());
-    let span = tracing::info_span!("session", %peer, user = %user, database = %database);
+    let span = tracing::info_span!("session", %peer, user = %user, database = %database, tls = client.is_tls());
     let login = async move {
         let mut out = BytesMut::new();
         if minor_asked > 0 || !pq_options.is_empty() {
@@ -104,9 +106,13 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
                 "sorry, too many clients already",
             ))
         } else {
-            let auth = authenticate(
-                &mut rd, &mut wr, &mut buf, &mut out, &shared, peer, &user, &database,
-            );
+            let mut conn = ClientConn {
+                stream: &mut client,
+                buf: &mut buf,
+                out: &mut out,
+                tls: tls.as_deref(),
+            };
+            let auth = authenticate(&mut conn, &shared, peer, &user, &database);
             tokio::time::timeout(timeout, auth)
                 .await
                 .unwrap_or_else(|_| {
@@ -120,7 +126,7 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
             shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
             tracing::info!(code = r.code, "login refused: {}", r.message);
             messages::error_response(&mut out, Severity::Fatal, r.code, &r.message, None);
-            let _ = wr.write_all(&out).await;
+            let _ = client.write_all(&out).await;
             return None;
         }
         messages::auth_ok(&mut out);
@@ -149,19 +155,19 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
                     &message,
                     None,
                 );
-                let _ = wr.write_all(&out).await;
+                let _ = client.write_all(&out).await;
                 return None;
             }
         }
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query(&mut out, b'I');
-        if wr.write_all(&out).await.is_err() {
+        if client.write_all(&out).await.is_err() {
             return None;
         }
         tracing::debug!("session started");
-        Some((session, registration, rd, wr, buf))
+        Some((session, registration, client, buf))
     };
-    let Some((mut session, registration, rd, wr, buf)) = login.instrument(span.clone()).await
+    let Some((mut session, registration, client, buf)) = login.instrument(span.clone()).await
     else {
         return;
     };
@@ -169,7 +175,7 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     // costs more than the rest of a short transaction's bookkeeping. The
     // session's own log lines name it as their parent.
     session.span = span.clone();
-    let result = session.run(rd, wr, buf).await;
+    let result = session.run(client, buf).await;
     let _entered = span.enter();
     match result {
         Ok(()) | Err(SessionEnd::Terminated | SessionEnd::ClientGone) => {
@@ -180,33 +186,116 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     drop(registration);
 }
 
-/// Reads SSLRequest / GSSENCRequest / CancelRequest / StartupMessage until
-/// a StartupMessage arrives. `None` means there is no session to run.
+/// What a StartupMessage asked for.
+struct Startup {
+    params: Vec<(String, String)>,
+    /// The protocol's minor version the client asked for.
+    minor: u16,
+    /// `_pq_.` options, which tidepool does not take.
+    pq_options: Vec<String>,
+}
+
+/// The first byte of a TLS handshake record: a client that starts TLS at
+/// once (`sslnegotiation=direct`) sends it where a startup packet's length
+/// would be.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// A client that has not finished startup: the stream, with TLS in place
+/// once negotiated, and what it asked for.
+type Started = (Stream, Option<Arc<ServeTls>>, Startup);
+
+/// Negotiates TLS (an SSLRequest, or TLS from the first byte) and reads
+/// CancelRequest / StartupMessage until a StartupMessage arrives. `None`
+/// means there is no session to run; an error comes with the stream to
+/// send it on.
 async fn read_startup(
-    rd: &mut OwnedReadHalf,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    tcp: TcpStream,
     buf: &mut BytesMut,
     shared: &Shared,
-) -> Result<Option<(Vec<(String, String)>, u16, Vec<String>)>, Refusal> {
+) -> Result<Option<Started>, (Stream, Refusal)> {
+    let mut tls = None;
+    let mut first = [0u8; 1];
+    let mut stream = match tcp.peek(&mut first).await {
+        Ok(0) | Err(_) => return Ok(None),
+        Ok(_) if first[0] == TLS_HANDSHAKE => {
+            // Nothing can be said in plaintext to a client speaking TLS:
+            // without TLS configured, close (PostgreSQL does the same).
+            let Some(serve) = shared.tls.load_full() else {
+                tracing::info!("a client started TLS directly, but tidepool serves no TLS");
+                return Ok(None);
+            };
+            match serve.accept(tcp, true).await {
+                Ok(s) => {
+                    tls = Some(serve);
+                    s
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "direct TLS handshake failed");
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(_) => Stream::Plain(tcp),
+    };
     loop {
         let packet = match frame::take_startup(buf) {
             Ok(Some(p)) => p,
-            Ok(None) => match rd.read_buf(buf).await {
+            Ok(None) => match stream.read_more(buf).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => continue,
             },
             Err(e) => {
-                return Err(refuse(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!("invalid startup packet: {e}"),
+                return Err((
+                    stream,
+                    refuse(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("invalid startup packet: {e}"),
+                    ),
                 ));
             }
         };
         match packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                // Encryption is not offered on this listener: the client may
-                // go on in clear text or give up, as it chooses.
-                if wr.write_all(b"N").await.is_err() {
+            StartupPacket::SslRequest => {
+                let serve = shared.tls.load_full();
+                stream = match (serve, stream) {
+                    (Some(serve), Stream::Plain(mut tcp)) => {
+                        if !buf.is_empty() {
+                            // Bytes sent after the SSLRequest, before the
+                            // handshake, would pass as if encrypted.
+                            return Err((
+                                Stream::Plain(tcp),
+                                refuse(
+                                    sqlstate::PROTOCOL_VIOLATION,
+                                    "received unencrypted data after SSL request",
+                                ),
+                            ));
+                        }
+                        if tcp.write_all(b"S").await.is_err() {
+                            return Ok(None);
+                        }
+                        match serve.accept(tcp, false).await {
+                            Ok(s) => {
+                                tls = Some(serve);
+                                s
+                            }
+                            Err(e) => {
+                                tracing::info!(error = %e, "TLS handshake failed");
+                                return Ok(None);
+                            }
+                        }
+                    }
+                    (_, mut s) => {
+                        // No TLS here (or already TLS): the client may go on
+                        // in clear text or give up, as it chooses.
+                        if s.write_all(b"N").await.is_err() {
+                            return Ok(None);
+                        }
+                        s
+                    }
+                };
+            }
+            StartupPacket::GssEncRequest => {
+                if stream.write_all(b"N").await.is_err() {
                     return Ok(None);
                 }
             }
@@ -215,12 +304,10 @@ async fn read_startup(
                     .metrics
                     .cancel_requests
                     .fetch_add(1, Ordering::Relaxed);
-                if let Some((addr, backend_pid, backend_secret)) =
-                    shared.cancels.lookup(pid, &secret)
-                    && let Err(e) =
-                        crate::backend::send_cancel(addr, backend_pid, &backend_secret).await
+                if let Some(target) = shared.cancels.lookup(pid, &secret)
+                    && let Err(e) = crate::backend::send_cancel(&target).await
                 {
-                    tracing::warn!(%addr, error = %e, "could not forward a cancel request");
+                    tracing::warn!(addr = %target.addr, error = %e, "could not forward a cancel request");
                 }
                 return Ok(None);
             }
@@ -230,10 +317,13 @@ async fn read_startup(
                 params,
             } => {
                 if major != 3 {
-                    return Err(refuse(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        format!(
-                            "unsupported frontend protocol {major}.{minor}: tidepool supports 3.0"
+                    return Err((
+                        stream,
+                        refuse(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!(
+                                "unsupported frontend protocol {major}.{minor}: tidepool supports 3.0"
+                            ),
                         ),
                     ));
                 }
@@ -247,20 +337,34 @@ async fn read_startup(
                     .filter(|(k, _)| !k.starts_with("_pq_."))
                     .collect();
                 if param(&params, "user").is_none_or(|u| u.is_empty()) {
-                    return Err(refuse(
-                        sqlstate::INVALID_AUTHORIZATION,
-                        "no PostgreSQL user name specified in startup packet",
+                    return Err((
+                        stream,
+                        refuse(
+                            sqlstate::INVALID_AUTHORIZATION,
+                            "no PostgreSQL user name specified in startup packet",
+                        ),
                     ));
                 }
                 if param(&params, "replication")
                     .is_some_and(|r| r != "false" && r != "0" && r != "off")
                 {
-                    return Err(refuse(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "replication connections are not served through tidepool; connect to the node directly",
+                    return Err((
+                        stream,
+                        refuse(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            "replication connections are not served through tidepool; connect to the node directly",
+                        ),
                     ));
                 }
-                return Ok(Some((params, minor, pq)));
+                return Ok(Some((
+                    stream,
+                    tls,
+                    Startup {
+                        params,
+                        minor,
+                        pq_options: pq,
+                    },
+                )));
             }
         }
     }
@@ -298,12 +402,85 @@ fn session_settings(params: &[(String, String)]) -> Vec<(String, String)> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A client during authentication: its stream, what it sent that is not
+/// yet taken, and what is to be sent to it.
+struct ClientConn<'a> {
+    stream: &'a mut Stream,
+    buf: &'a mut BytesMut,
+    out: &'a mut BytesMut,
+    /// The TLS the client negotiated, if any.
+    tls: Option<&'a ServeTls>,
+}
+
+impl ClientConn<'_> {
+    /// The common name of the client's certificate (verified against
+    /// `tls.ca_file` during the handshake), if it presented one.
+    fn certificate_name(&self) -> Option<String> {
+        self.stream
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(crate::tls::common_name)
+    }
+
+    /// Checks what `[tls] client_mode` and the hba rule's `clientcert`
+    /// ask of the client's TLS and certificate.
+    fn check_tls(
+        &self,
+        shared: &Shared,
+        user: &str,
+        clientcert: Option<ClientCert>,
+    ) -> Result<(), Refusal> {
+        let mode = shared.config.load().tls.client_mode;
+        if mode.requires_tls() && !self.stream.is_tls() {
+            return Err(refuse(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "tidepool accepts TLS connections only (tls.client_mode = \"{}\"): connect with sslmode=require or stronger",
+                    mode.as_str()
+                ),
+            ));
+        }
+        let need = match (mode, clientcert) {
+            (_, Some(ClientCert::VerifyFull)) | (ClientMode::VerifyFull, _) => {
+                Some(ClientCert::VerifyFull)
+            }
+            (_, Some(ClientCert::VerifyCa)) | (ClientMode::VerifyCa, _) => {
+                Some(ClientCert::VerifyCa)
+            }
+            _ => None,
+        };
+        let Some(need) = need else { return Ok(()) };
+        let verified = self.tls.is_some_and(|t| t.verifies_clients);
+        let Some(cn) = self.certificate_name().filter(|_| verified) else {
+            return Err(refuse(
+                sqlstate::INVALID_AUTHORIZATION,
+                "connection requires a valid client certificate",
+            ));
+        };
+        if need == ClientCert::VerifyFull && !shared.cert_map.load().allows(&cn, user) {
+            return Err(refuse(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "certificate authentication failed for user \"{user}\": the certificate's common name \"{cn}\" is not that user and no [[cert_map]] entry maps it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A SCRAM exchange, bound to the TLS channel when there is one.
+    fn scram(&self, exchange: ScramServer) -> ScramServer {
+        match self.tls {
+            Some(t) if self.stream.is_tls() => {
+                exchange.with_channel_binding(t.end_point().to_vec())
+            }
+            _ => exchange,
+        }
+    }
+}
+
 async fn authenticate(
-    rd: &mut OwnedReadHalf,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    buf: &mut BytesMut,
-    out: &mut BytesMut,
+    c: &mut ClientConn<'_>,
     shared: &Shared,
     peer: SocketAddr,
     user: &str,
@@ -311,23 +488,31 @@ async fn authenticate(
 ) -> Result<(), Refusal> {
     let hba = shared.hba.load();
     let host = peer.ip();
-    let method = hba.lookup(user, database, host, false).ok_or_else(|| {
+    let tls = c.stream.is_tls();
+    let encryption = if tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let rule = hba.rule_for(user, database, host, tls).ok_or_else(|| {
         refuse(
             sqlstate::INVALID_AUTHORIZATION,
-            format!("no tidepool hba entry for host \"{host}\", user \"{user}\", database \"{database}\""),
+            format!("no tidepool hba entry for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"),
         )
     })?;
+    let (method, clientcert) = (rule.method, rule.clientcert);
     if method == Method::Reject {
         return Err(refuse(
             sqlstate::INVALID_AUTHORIZATION,
             format!(
-                "tidepool hba rejects connection for host \"{host}\", user \"{user}\", database \"{database}\""
+                "tidepool hba rejects connection for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"
             ),
         ));
     }
+    c.check_tls(shared, user, clientcert)?;
     let secrets = shared.secrets.load();
     let Some(user_secret) = secrets.get(user) else {
-        if method == Method::Trust {
+        if matches!(method, Method::Trust | Method::Cert) {
             return Err(refuse(
                 sqlstate::INVALID_AUTHORIZATION,
                 format!("role \"{user}\" is not configured in tidepool"),
@@ -335,8 +520,8 @@ async fn authenticate(
         }
         // Run the exchange anyway so a client cannot tell unknown users
         // from wrong passwords.
-        let mut scram = ScramServer::mock(user, &shared.mock_key);
-        let r = scram_exchange(rd, wr, buf, out, &mut scram).await;
+        let mut scram = c.scram(ScramServer::mock(user, &shared.mock_key));
+        let r = scram_exchange(c, &mut scram).await;
         return Err(auth_refusal(
             r.err().unwrap_or(AuthError::InvalidPassword),
             user,
@@ -348,25 +533,26 @@ async fn authenticate(
         auth_refusal(e, user)
     })?;
     let result = match method {
-        Method::Trust => Ok(()),
+        // `cert` was decided by check_tls (it implies clientcert=verify-full).
+        Method::Trust | Method::Cert => Ok(()),
         Method::Reject => Err(AuthError::InvalidPassword),
         Method::Password => {
-            messages::auth_cleartext(out);
-            let pw = read_password(rd, wr, buf, out).await?;
+            messages::auth_cleartext(c.out);
+            let pw = read_password(c).await?;
             let pw = cstring(&pw)?;
             secret.verify_password(user, &pw)
         }
         Method::Md5 => {
             let salt = md5_salt();
-            messages::auth_md5(out, salt);
-            let pw = read_password(rd, wr, buf, out).await?;
+            messages::auth_md5(c.out, salt);
+            let pw = read_password(c).await?;
             let pw = cstring(&pw)?;
             verify_md5_response(secret, user, salt, &pw)
         }
         Method::ScramSha256 => match &user_secret.scram {
             Some(v) => {
-                let mut scram = ScramServer::new_random(v.clone());
-                scram_exchange(rd, wr, buf, out, &mut scram).await
+                let mut scram = c.scram(ScramServer::new_random(v.clone()));
+                scram_exchange(c, &mut scram).await
             }
             None => secret.scram_verifier().map(|_| ()),
         },
@@ -382,46 +568,35 @@ fn auth_refusal(e: AuthError, user: &str) -> Refusal {
     refuse(code, e.client_message(user))
 }
 
-async fn scram_exchange(
-    rd: &mut OwnedReadHalf,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    buf: &mut BytesMut,
-    out: &mut BytesMut,
-    scram: &mut ScramServer,
-) -> Result<(), AuthError> {
-    messages::auth_sasl(out, &[SCRAM_SHA_256]);
-    let first = read_password(rd, wr, buf, out)
+async fn scram_exchange(c: &mut ClientConn<'_>, scram: &mut ScramServer) -> Result<(), AuthError> {
+    messages::auth_sasl(c.out, scram.mechanisms());
+    let first = read_password(c)
         .await
         .map_err(|r| AuthError::Protocol(r.message))?;
     let (mechanism, data) = sasl_initial(&first).map_err(|e| AuthError::Protocol(e.to_string()))?;
     let server_first = scram.client_first(&mechanism, &data)?;
-    messages::auth_sasl_continue(out, &server_first);
-    let fin = read_password(rd, wr, buf, out)
+    messages::auth_sasl_continue(c.out, &server_first);
+    let fin = read_password(c)
         .await
         .map_err(|r| AuthError::Protocol(r.message))?;
     let server_final = scram.client_final(fin.body())?;
-    messages::auth_sasl_final(out, &server_final);
+    messages::auth_sasl_final(c.out, &server_final);
     Ok(())
 }
 
 /// Sends what is in `out`, then reads the client's next PasswordMessage
 /// family frame ('p').
-async fn read_password(
-    rd: &mut OwnedReadHalf,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    buf: &mut BytesMut,
-    out: &mut BytesMut,
-) -> Result<Frame, Refusal> {
+async fn read_password(c: &mut ClientConn<'_>) -> Result<Frame, Refusal> {
     let io = |_| {
         refuse(
             sqlstate::PROTOCOL_VIOLATION,
             "client left during authentication",
         )
     };
-    wr.write_all(out).await.map_err(io)?;
-    out.clear();
+    c.stream.write_all(c.out).await.map_err(io)?;
+    c.out.clear();
     loop {
-        match frame::take(buf, MAX_AUTH_MESSAGE) {
+        match frame::take(c.buf, MAX_AUTH_MESSAGE) {
             Ok(Some(f)) if f.tag == b'p' => return Ok(f),
             Ok(Some(f)) => {
                 return Err(refuse(
@@ -433,7 +608,7 @@ async fn read_password(
                 ));
             }
             Ok(None) => {
-                if rd.read_buf(buf).await.map_err(io)? == 0 {
+                if c.stream.read_more(c.buf).await.map_err(io)? == 0 {
                     return Err(refuse(
                         sqlstate::PROTOCOL_VIOLATION,
                         "client left during authentication",

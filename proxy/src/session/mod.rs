@@ -18,10 +18,6 @@ use std::{
 };
 
 use bytes::BytesMut;
-use tokio::{
-    io::AsyncWriteExt,
-    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
-};
 
 use crate::{
     backend::{BackendError, quote_literal},
@@ -34,6 +30,7 @@ use crate::{
     },
     router,
     server::{CancelSlot, Shared},
+    tls::Stream,
 };
 use expect::Expect;
 use state::{PinReason, SettingChange};
@@ -184,8 +181,7 @@ impl Session {
     /// Serves the client until it leaves.
     pub async fn run(
         &mut self,
-        rd: OwnedReadHalf,
-        mut wr: OwnedWriteHalf,
+        mut client: Stream,
         mut client_buf: BytesMut,
     ) -> Result<(), SessionEnd> {
         // One wait for shutdown for the whole session, polled in place: a
@@ -233,7 +229,7 @@ impl Session {
             if let Err(e) = self.flush_backend().await {
                 r = Err(e);
             }
-            wr.write_all(&self.to_client).await?;
+            client.write_all(&self.to_client).await?;
             shrink(&mut self.to_client);
             if client_buf.is_empty() {
                 client_buf = BytesMut::new();
@@ -250,14 +246,12 @@ impl Session {
             let idle = self.is_idle();
             let idle_wait = (idle && !idle_timeout.is_zero()).then_some(idle_timeout);
             tokio::select! {
-                ready = rd.readable() => {
-                    ready?;
-                    // Memory is taken only while there is something to read:
-                    // an idle client holds no buffer.
-                    match crate::backend::try_read_drained(rd.as_ref(), &mut client_buf) {
+                // On plain TCP, memory is taken only while there is
+                // something to read: an idle client holds no buffer.
+                read = client.read_more(&mut client_buf) => {
+                    match read {
                         Ok(0) => break Err(SessionEnd::ClientGone),
                         Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => break Err(e.into()),
                     }
                 }
@@ -278,7 +272,7 @@ impl Session {
                             self.error(Severity::Fatal, sqlstate::CONNECTION_FAILURE,
                                 &format!("lost the backend connection: {e}"),
                                 Some("reconnect; tidepool serves new sessions from a healthy node"));
-                            wr.write_all(&self.to_client).await?;
+                            client.write_all(&self.to_client).await?;
                             break Err(SessionEnd::Backend(e.to_string()));
                         }
                     }
@@ -290,7 +284,7 @@ impl Session {
                     if self.is_idle() {
                         self.error(Severity::Fatal, "57P05",
                             "terminating connection due to idle-session timeout", None);
-                        wr.write_all(&self.to_client).await?;
+                        client.write_all(&self.to_client).await?;
                         break Err(SessionEnd::IdleTimeout);
                     }
                 }
@@ -303,7 +297,7 @@ impl Session {
                 "terminating connection due to tidepool shutdown",
                 None,
             );
-            let _ = wr.write_all(&self.to_client).await;
+            let _ = client.write_all(&self.to_client).await;
         }
         self.finish().await;
         result
@@ -336,11 +330,10 @@ impl Session {
             // The client left mid-statement or mid-transaction. Cancel what
             // runs so the server notices at once, then close the connection:
             // the server rolls the transaction back.
-            let conn = lease.conn();
-            let (addr, pid, secret) = (conn.addr, conn.pid, conn.secret.clone());
+            let target = lease.conn().cancel.clone();
             if !self.pending.is_empty() {
                 tokio::spawn(async move {
-                    let _ = crate::backend::send_cancel(addr, pid, &secret).await;
+                    let _ = crate::backend::send_cancel(&target).await;
                 });
             }
             return;
@@ -490,7 +483,7 @@ impl Session {
             conn.apply_settings(&self.settings)
                 .await
                 .map_err(|e| (sqlstate::CONNECTION_FAILURE, e.to_string()))?;
-            self.cancel.set(conn.addr, conn.pid, conn.secret.clone());
+            self.cancel.set(conn.cancel.clone());
             self.lease = Some(lease);
             return Ok(());
         }
@@ -519,7 +512,7 @@ impl Session {
                 other => (sqlstate::CONNECTION_FAILURE, other.to_string()),
             });
         }
-        self.cancel.set(conn.addr, conn.pid, conn.secret.clone());
+        self.cancel.set(conn.cancel.clone());
         self.lease = Some(lease);
         Ok(())
     }
@@ -1071,6 +1064,7 @@ impl Session {
             let cfg = self.shared.config.load();
             if let Some(p) = router::write_node(&self.shared.cluster.snapshot()) {
                 let (host, port) = (p.host.clone(), p.port);
+                let tls = self.shared.cluster.tls(p.id);
                 let fs = if f_known.is_none() {
                     unknown_functions.clone()
                 } else {
@@ -1082,7 +1076,7 @@ impl Session {
                     vec![]
                 };
                 catalog
-                    .learn(&host, port, db, &cfg.health_check, &fs, &rs)
+                    .learn(&host, port, &tls, db, &cfg.health_check, &fs, &rs)
                     .await;
             }
         }
@@ -1361,6 +1355,7 @@ fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (Poo
     let target = Target {
         host: host.to_string(),
         port,
+        tls: shared.cluster.tls(key.node),
         password: user.and_then(|u| u.password_for_backend().map(str::to_string)),
     };
     (limits, target)

@@ -1,0 +1,196 @@
+//! A connection that is plain TCP or TLS over TCP, for clients and backends
+//! alike.
+//!
+//! Plain connections keep the readiness-based reads of the hot path (an
+//! idle connection holds no buffer; a read that drains the socket clears
+//! its readiness without a second system call). TLS connections read
+//! through rustls, which keeps the bytes it has decrypted until they are
+//! taken, so every read here is cancel-safe either way.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::BytesMut;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+
+/// Room offered to one read.
+const READ_CHUNK: usize = 16 * 1024;
+
+pub enum Stream {
+    Plain(TcpStream),
+    /// Boxed: a TLS session is ~1 KiB of state beside its buffers.
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => t.get_ref().0,
+        }
+    }
+
+    /// The certificate chain the peer presented (leaf first), if any.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => t.get_ref().1.peer_certificates(),
+        }
+    }
+
+    /// Waits for data and appends what is there to `buf`; `Ok(0)` when the
+    /// peer closed. Cancel-safe.
+    pub async fn read_more(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => loop {
+                s.readable().await?;
+                match try_read_drained(s, buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => return r,
+                }
+            },
+            Stream::Tls(t) => {
+                buf.reserve(READ_CHUNK);
+                t.read_buf(buf).await
+            }
+        }
+    }
+
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(data).await,
+            Stream::Tls(t) => {
+                t.write_all(data).await?;
+                t.flush().await
+            }
+        }
+    }
+
+    /// Writes `data` while reading whatever the peer sends meanwhile into
+    /// `buf`: a server blocked on sending results stops reading its input,
+    /// so a large pipelined batch would deadlock otherwise. Calls
+    /// `on_read` after each read.
+    pub async fn write_all_reading(
+        &mut self,
+        mut data: &[u8],
+        buf: &mut BytesMut,
+        mut on_read: impl FnMut(&mut BytesMut) -> io::Result<()>,
+    ) -> io::Result<()> {
+        // Writing, then flushing what TLS buffered: both may wait for the
+        // peer to read, so both read meanwhile.
+        let mut flushed = false;
+        while !flushed {
+            let step = std::future::poll_fn(|cx| {
+                // The write usually completes at once: read only when it
+                // cannot (a read here would mostly cost an empty recv).
+                let wrote = if data.is_empty() {
+                    Pin::new(&mut *self)
+                        .poll_flush(cx)
+                        .map_ok(|()| Step::Flushed)
+                } else {
+                    Pin::new(&mut *self)
+                        .poll_write(cx, data)
+                        .map_ok(Step::Wrote)
+                };
+                if let Poll::Ready(r) = wrote {
+                    return Poll::Ready(r);
+                }
+                buf.reserve(READ_CHUNK);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, buf) {
+                    Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                    Poll::Ready(Ok(_)) => Poll::Ready(Ok(Step::Read)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await?;
+            match step {
+                Step::Wrote(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Step::Wrote(n) => data = &data[n..],
+                Step::Flushed => flushed = true,
+                Step::Read => on_read(buf)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Step {
+    Wrote(usize),
+    Flushed,
+    Read,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Reads what `stream` holds into `buf` without waiting. A read shorter
+/// than the room offered means the socket is drained: its readiness is
+/// cleared then, so the next wait goes to epoll instead of costing a read
+/// that finds nothing (tokio clears readiness only on `WouldBlock`).
+/// Data that arrives meanwhile sets readiness again (tokio clears only the
+/// readiness it saw before the read).
+pub fn try_read_drained(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    buf.reserve(READ_CHUNK);
+    let room = buf.capacity() - buf.len();
+    let mut got = None;
+    let r = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < room {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (r, got) {
+        (_, Some(n)) => Ok(n),
+        (r, None) => r,
+    }
+}
