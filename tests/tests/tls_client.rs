@@ -31,6 +31,12 @@ fn bed(extra_tls: &str) -> Bed {
     // tidepool's own copy of its certificate, so a test can replace it.
     let own = dir.join("served");
     std::fs::create_dir_all(&own).unwrap();
+    // A rule for plaintext clients, unless every client must use TLS.
+    let plain_rule = if extra_tls.contains("require") {
+        ""
+    } else {
+        "[[hba]]\ntype = \"hostnossl\"\ndatabase = \"all\"\nuser = \"md5user\"\naddress = \"all\"\nmethod = \"reject\"\n"
+    };
     std::fs::copy(dir.join("tidepool.crt"), own.join("tidepool.crt")).unwrap();
     std::fs::copy(dir.join("tidepool.key"), own.join("tidepool.key")).unwrap();
     let config = format!(
@@ -43,7 +49,7 @@ fn bed(extra_tls: &str) -> Bed {
          [[users]]\nname = \"trustuser\"\npassword = \"unused\"\n\n\
          [[hba]]\ntype = \"hostssl\"\ndatabase = \"all\"\nuser = \"trustuser\"\naddress = \"all\"\nmethod = \"cert\"\n\n\
          [[hba]]\ntype = \"hostssl\"\ndatabase = \"all\"\nuser = \"app\"\naddress = \"all\"\nmethod = \"scram-sha-256\"\n\n\
-         [[hba]]\ntype = \"hostnossl\"\ndatabase = \"all\"\nuser = \"md5user\"\naddress = \"all\"\nmethod = \"reject\"\n",
+         {plain_rule}",
         free_port(),
         free_port(),
         own.join("tidepool.crt").display(),

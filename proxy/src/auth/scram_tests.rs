@@ -320,7 +320,7 @@ fn channel_binding_to_another_certificate_fails() {
 #[test]
 fn a_client_that_could_bind_but_did_not_while_offered_is_refused() {
     // 'y' while the server offers -PLUS: a downgrade in transit.
-    let mut client = ScramSha256::new(b"secret", ChannelBinding::unrequested());
+    let client = ScramSha256::new(b"secret", ChannelBinding::unrequested());
     let mut server =
         ScramServer::new_random(verifier("secret")).with_channel_binding(b"h".to_vec());
     assert_protocol_error(server.client_first(SCRAM_SHA_256, client.message()));

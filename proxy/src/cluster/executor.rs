@@ -66,9 +66,15 @@ pub async fn connect(t: &Target, hc: &HealthCheckConfig) -> Result<NodeConn, Act
             node: t.name.clone(),
             reason: format!("timed out after {:?}", hc.connect_timeout),
         })?
-        .map_err(|e| ActionError::Connect {
-            node: t.name.clone(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            let e = crate::tls::with_causes(&e);
+            ActionError::Connect {
+                node: t.name.clone(),
+                reason: match t.tls.explain_refusal(&e) {
+                    Some(hint) => format!("{e} ({hint})"),
+                    None => e,
+                },
+            }
         })?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -341,8 +347,16 @@ fn conninfo_value(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// The `primary_conninfo` of a standby streaming from `host:port`.
-pub fn conninfo(host: &str, port: u16, user: &str, password: Option<&str>) -> String {
+/// The `primary_conninfo` of a standby streaming from `host:port`, with
+/// the TLS settings tidepool itself uses towards that node (a standby
+/// repointed by tidepool checks its primary as strictly as tidepool does).
+pub fn conninfo(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    tls: &crate::config::BackendTlsConfig,
+) -> String {
     let mut s = format!(
         "host={} port={port} user={}",
         conninfo_value(host),
@@ -350,6 +364,18 @@ pub fn conninfo(host: &str, port: u16, user: &str, password: Option<&str>) -> St
     );
     if let Some(p) = password {
         s.push_str(&format!(" password={}", conninfo_value(p)));
+    }
+    if let Some(mode) = tls.sslmode {
+        s.push_str(&format!(" sslmode={}", mode.as_str()));
+    }
+    for (key, value) in [
+        ("sslrootcert", &tls.sslrootcert),
+        ("sslcert", &tls.sslcert),
+        ("sslkey", &tls.sslkey),
+    ] {
+        if let Some(v) = value {
+            s.push_str(&format!(" {key}={}", conninfo_value(v)));
+        }
     }
     s
 }
@@ -379,11 +405,11 @@ mod tests {
     fn values_are_quoted_for_sql_and_libpq() {
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(
-            conninfo("10.0.0.1", 5432, "rep", Some("p'w\\")),
+            conninfo("10.0.0.1", 5432, "rep", Some("p'w\\"), &Default::default()),
             r"host='10.0.0.1' port=5432 user='rep' password='p\'w\\'"
         );
         assert_eq!(
-            quote_literal(&conninfo("h", 1, "u", None)),
+            quote_literal(&conninfo("h", 1, "u", None, &Default::default())),
             "'host=''h'' port=1 user=''u'''"
         );
     }

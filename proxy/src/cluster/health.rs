@@ -245,10 +245,11 @@ async fn connect(
     }
     let connector = tls.pg(&mut cfg);
     let (client, conn) = cfg.connect(connector).await.map_err(|e| {
-        let e = e.to_string();
+        let e = crate::tls::with_causes(&e);
+        let mode = tls.mode.as_str();
         match tls.explain_refusal(&e) {
-            Some(hint) => format!("connect: {e} ({hint})"),
-            None => format!("connect: {e}"),
+            Some(hint) => format!("connect (sslmode \"{mode}\"): {e} ({hint})"),
+            None => format!("connect (sslmode \"{mode}\"): {e}"),
         }
     })?;
     let (tx, closed) = oneshot::channel();

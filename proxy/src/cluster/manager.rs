@@ -539,11 +539,17 @@ impl Manager {
             )
         })?;
         let t = self.target(primary);
+        let tls = self
+            .cluster()
+            .backend(primary)
+            .map(|b| b.tls(&cfg.backend_defaults))
+            .unwrap_or_default();
         Ok(executor::conninfo(
             &t.host,
             t.port,
             user,
             cfg.failover.replication_password.as_deref(),
+            &tls,
         ))
     }
 

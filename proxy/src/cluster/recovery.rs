@@ -121,12 +121,28 @@ async fn rebuild(m: &Manager, id: usize, primary: usize, dir: &Path) -> Result<(
     m.connect(primary).await?.checkpoint().await?;
     let d = dir.to_string_lossy();
     let password = hc.password.clone().unwrap_or_default();
+    // The tools reach the primary as strictly as tidepool does.
+    let tls_env = m
+        .cluster()
+        .backend(primary)
+        .map(|b| b.tls(&m.config().backend_defaults).libpq_env())
+        .unwrap_or_default();
+    let env = |password: &str| -> Vec<(String, String)> {
+        let mut env = vec![("PGPASSWORD".to_string(), password.to_string())];
+        env.extend(tls_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        env
+    };
+    let rewind_env = env(&password);
+    let rewind_env: Vec<(&str, &str)> = rewind_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let rewound = tools
         .run(
             dir,
             "pg_rewind",
             &["-D", &d, "--source-server", &source],
-            &[("PGPASSWORD", &password)],
+            &rewind_env,
         )
         .await;
     if let Err(e) = rewound {
@@ -140,12 +156,17 @@ async fn rebuild(m: &Manager, id: usize, primary: usize, dir: &Path) -> Result<(
             .replication_password
             .clone()
             .unwrap_or_default();
+        let backup_env = env(&password);
+        let backup_env: Vec<(&str, &str)> = backup_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         tools
             .run(
                 dir,
                 "pg_basebackup",
                 &["-D", &d, "-d", &repl, "-X", "stream", "-c", "fast"],
-                &[("PGPASSWORD", &password)],
+                &backup_env,
             )
             .await?;
     }

@@ -133,6 +133,25 @@ pub struct BackendTlsConfig {
 }
 
 impl BackendTlsConfig {
+    /// The libpq environment (`PGSSLMODE`, …) for PostgreSQL's own tools
+    /// run against this node (`pg_rewind`, `pg_basebackup`).
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if let Some(m) = self.sslmode {
+            env.push(("PGSSLMODE", m.as_str().to_string()));
+        }
+        for (key, value) in [
+            ("PGSSLROOTCERT", &self.sslrootcert),
+            ("PGSSLCERT", &self.sslcert),
+            ("PGSSLKEY", &self.sslkey),
+        ] {
+            if let Some(v) = value {
+                env.push((key, v.clone()));
+            }
+        }
+        env
+    }
+
     /// These settings, with `defaults` wherever one is not set.
     pub fn or(&self, defaults: &BackendTlsConfig) -> BackendTlsConfig {
         BackendTlsConfig {

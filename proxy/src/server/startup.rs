@@ -422,14 +422,9 @@ impl ClientConn<'_> {
             .and_then(crate::tls::common_name)
     }
 
-    /// Checks what `[tls] client_mode` and the hba rule's `clientcert`
-    /// ask of the client's TLS and certificate.
-    fn check_tls(
-        &self,
-        shared: &Shared,
-        user: &str,
-        clientcert: Option<ClientCert>,
-    ) -> Result<(), Refusal> {
+    /// Refuses a plaintext client when `[tls] client_mode` requires TLS:
+    /// before any hba rule, which could only say "no entry".
+    fn check_encrypted(&self, shared: &Shared) -> Result<(), Refusal> {
         let mode = shared.config.load().tls.client_mode;
         if mode.requires_tls() && !self.stream.is_tls() {
             return Err(refuse(
@@ -440,6 +435,18 @@ impl ClientConn<'_> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks what `[tls] client_mode` and the hba rule's `clientcert`
+    /// ask of the client's certificate.
+    fn check_tls(
+        &self,
+        shared: &Shared,
+        user: &str,
+        clientcert: Option<ClientCert>,
+    ) -> Result<(), Refusal> {
+        let mode = shared.config.load().tls.client_mode;
         let need = match (mode, clientcert) {
             (_, Some(ClientCert::VerifyFull)) | (ClientMode::VerifyFull, _) => {
                 Some(ClientCert::VerifyFull)
@@ -486,6 +493,7 @@ async fn authenticate(
     user: &str,
     database: &str,
 ) -> Result<(), Refusal> {
+    c.check_encrypted(shared)?;
     let hba = shared.hba.load();
     let host = peer.ip();
     let tls = c.stream.is_tls();

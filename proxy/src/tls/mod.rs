@@ -109,3 +109,20 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string)
 }
+
+/// An error with its causes, for errors (like `tokio-postgres`'s) whose
+/// own text names only the kind: "db error: FATAL: …", "error performing
+/// TLS handshake: invalid peer certificate: UnknownIssuer".
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
