@@ -291,10 +291,13 @@ impl Hba {
                 None => Ok(None),
                 Some("verify-ca") => Ok(Some(ClientCert::VerifyCa)),
                 Some("verify-full") => Ok(Some(ClientCert::VerifyFull)),
-                Some(other) => Err(field(
-                    "clientcert",
-                    format!("unknown value \"{other}\"; use verify-ca or verify-full"),
-                )),
+                Some(other) => {
+                    field(
+                        "clientcert",
+                        format!("unknown value \"{other}\"; use verify-ca or verify-full"),
+                    );
+                    Err(())
+                }
             };
             let clientcert = match (clientcert, &method) {
                 (Ok(_), Ok(Method::Cert)) => Ok(Some(ClientCert::VerifyFull)),
