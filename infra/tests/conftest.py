@@ -117,6 +117,16 @@ def etc(out_dir):
     (path / "users.json").write_text(json.dumps([
         {"username": "app", "password": "app-pass\"with'quotes"},
         {"username": "report", "password": "report-pass"}]))
+    # Stand-in for the RDS CA bundle the boot downloads (check-config reads
+    # sslrootcert): a throwaway CA certificate.
+    bundle = path / "backend-ca.pem"
+    if not bundle.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "2", "-subj", "/CN=stand-in RDS CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-keyout", str(path / "backend-ca.key"), "-out", str(bundle)],
+            check=True, capture_output=True)
     return path
 
 

@@ -283,6 +283,7 @@ def test_health_check_takes_no_stale_password_when_its_user_has_a_secret(tmp_pat
     assert run.returncode == 0, run.stderr
     cfg = tomllib.loads(run.stdout)
     assert cfg["health_check"]["user"] == "app" and "password" not in cfg["health_check"]
+    assert cfg["health_check"]["password_secret"] == SECRET
     assert cfg["users"][0]["password_secret"] == SECRET
 
 

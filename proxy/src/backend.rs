@@ -42,6 +42,8 @@ pub enum BackendError {
     Refused(ErrorFields),
     #[error("backend asks for a password but none is configured for this user")]
     NoPassword,
+    #[error("{0}")]
+    Credentials(String),
     #[error("backend asks for an authentication method tidepool does not speak ({0})")]
     UnsupportedAuth(String),
     #[error("backend connection closed")]

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub mod ctl;
 pub mod pool;
 pub mod protocol;

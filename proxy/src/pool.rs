@@ -42,7 +42,9 @@ pub struct PoolLimits {
 pub struct Target {
     pub host: String,
     pub port: u16,
-    pub password: Option<String>,
+    /// How to log in: a password, a secret, or an RDS IAM token.
+    pub login: crate::credentials::Login,
+    pub credentials: Arc<crate::credentials::Credentials>,
     pub tls: Arc<crate::tls::BackendTls>,
 }
 
@@ -255,17 +257,36 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let timeout = self.lock().limits.connect_timeout;
-        let params = ConnectParams {
-            host: &target.host,
-            port: target.port,
-            user: &self.key.user,
-            password: target.password.as_deref(),
-            database: &self.key.database,
-            options,
-            timeout,
-            tls: &target.tls,
+        let mut refreshed = false;
+        let r = loop {
+            let password = target
+                .credentials
+                .password(&target.login, &target.host, target.port, &self.key.user)
+                .await
+                .map_err(BackendError::Credentials)?;
+            let params = ConnectParams {
+                host: &target.host,
+                port: target.port,
+                user: &self.key.user,
+                password: password.as_deref(),
+                database: &self.key.database,
+                options,
+                timeout,
+                tls: &target.tls,
+            };
+            let r = ServerConn::connect(self.key.node, &params).await;
+            // A refused password from a secret may have been rotated: read
+            // the secret again and try once more.
+            if let Err(BackendError::Refused(f)) = &r
+                && f.code == "28P01"
+                && !refreshed
+                && target.credentials.refresh(&target.login).await
+            {
+                refreshed = true;
+                continue;
+            }
+            break r;
         };
-        let r = ServerConn::connect(self.key.node, &params).await;
         match &r {
             Ok(c) => {
                 *self

@@ -259,7 +259,8 @@ async fn metrics_cover_clients_pools_and_nodes_in_prometheus_text() {
             tidepool::pool::Target {
                 host: "127.0.0.1".into(),
                 port: 2,
-                password: None,
+                login: tidepool::credentials::Login::Password(None),
+                credentials: Default::default(),
                 tls: Default::default(),
             },
         )

@@ -185,6 +185,11 @@ impl PgTools {
         }
         if owner.switch {
             cmd.uid(owner.uid).gid(owner.gid);
+            // Not root's home: libpq looks there for ~/.postgresql client
+            // certificates and fails on a directory it may not read.
+            if let Some(parent) = data_dir.parent() {
+                cmd.env("HOME", parent);
+            }
         }
         let shown = format!("{} {}", program.display(), args.join(" "));
         run(cmd, &shown, self.timeout).await

@@ -37,6 +37,9 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub tls: std::sync::Arc<crate::tls::BackendTls>,
+    /// The node table, for the password of the check user on this node.
+    pub cluster: std::sync::Arc<super::Cluster>,
+    pub id: usize,
 }
 
 /// An open connection to one node.
@@ -55,7 +58,15 @@ pub async fn connect(t: &Target, hc: &HealthCheckConfig) -> Result<NodeConn, Act
         .dbname(&hc.database)
         .application_name("tidepool failover")
         .connect_timeout(hc.connect_timeout.max(Duration::from_millis(100)));
-    if let Some(p) = &hc.password {
+    let password = t
+        .cluster
+        .check_password(t.id, &t.host, t.port, hc)
+        .await
+        .map_err(|reason| ActionError::Connect {
+            node: t.name.clone(),
+            reason,
+        })?;
+    if let Some(p) = password {
         cfg.password(p);
     }
     let connector = t.tls.pg(&mut cfg);

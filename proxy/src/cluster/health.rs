@@ -185,12 +185,12 @@ impl Check {
         if kept.as_ref().is_none_or(|k| k.client.is_closed()) {
             *kept = None;
             let tls = self.cluster.tls(self.id);
-            let k =
-                tokio::time::timeout(hc.connect_timeout, connect(&self.host, self.port, &tls, hc))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(format!("connect timed out after {:?}", hc.connect_timeout))
-                    })?;
+            let k = tokio::time::timeout(
+                hc.connect_timeout,
+                connect(&self.cluster, self.id, &self.host, self.port, &tls, hc),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("connect timed out after {:?}", hc.connect_timeout)))?;
             // What the node's connections are: known from the mode, or
             // asked once per connection where the server decides (prefer).
             let ssl = match tls.mode {
@@ -228,6 +228,8 @@ impl Check {
 }
 
 async fn connect(
+    cluster: &Cluster,
+    id: usize,
     host: &str,
     port: u16,
     tls: &crate::tls::BackendTls,
@@ -240,7 +242,8 @@ async fn connect(
         .dbname(&hc.database)
         .application_name("tidepool health check")
         .connect_timeout(hc.connect_timeout.max(Duration::from_millis(100)));
-    if let Some(p) = &hc.password {
+    let password = cluster.check_password(id, host, port, hc).await;
+    if let Some(p) = password? {
         cfg.password(p);
     }
     let connector = tls.pg(&mut cfg);

@@ -220,6 +220,8 @@ impl Manager {
             host: n.host.clone(),
             port: n.port,
             tls: self.cluster().tls(id),
+            cluster: self.cluster().clone(),
+            id,
         }
     }
 

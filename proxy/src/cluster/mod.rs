@@ -46,7 +46,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::config::HealthCheckConfig;
 use crate::config::{BackendConfig, BackendFlag};
+use crate::credentials::{Credentials, Login};
 use crate::tls::BackendTls;
 
 pub use health::run_checks;
@@ -264,7 +266,17 @@ pub struct Cluster {
     backends: ArcSwap<Vec<BackendConfig>>,
     /// Each node's TLS settings, compiled from its configuration.
     tls: ArcSwap<Vec<Arc<BackendTls>>>,
+    /// Where backend passwords come from (secrets, IAM tokens).
+    credentials: Arc<Credentials>,
     pub stats: ClusterCounters,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("generation", &self.current.load().generation)
+            .finish_non_exhaustive()
+    }
 }
 
 fn compile_tls(backends: &[BackendConfig]) -> Vec<Arc<BackendTls>> {
@@ -311,6 +323,7 @@ impl Cluster {
             counters: ArcSwap::from_pointee(counters),
             backends: ArcSwap::from_pointee(backends.to_vec()),
             tls: ArcSwap::from_pointee(compile_tls(backends)),
+            credentials: Arc::default(),
             stats: ClusterCounters::default(),
         })
     }
@@ -348,6 +361,35 @@ impl Cluster {
     /// How to reach node `id` over TLS (`prefer` for an id not configured).
     pub fn tls(&self, id: usize) -> Arc<BackendTls> {
         self.tls.load().get(id).cloned().unwrap_or_default()
+    }
+
+    /// Where backend passwords come from.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// How tidepool's own connections to node `id` log in as `hc`'s user.
+    pub fn check_login(&self, id: usize, hc: &HealthCheckConfig) -> Login {
+        let node = self
+            .backend(id)
+            .map(|b| b.tls(&Default::default()))
+            .unwrap_or_default();
+        Login::for_checks(hc.password.as_deref(), hc.password_secret.as_deref(), &node)
+    }
+
+    /// The password for tidepool's own connections to node `id` at
+    /// `host:port` as `hc`'s user (configured, from a secret, or a token).
+    pub async fn check_password(
+        &self,
+        id: usize,
+        host: &str,
+        port: u16,
+        hc: &HealthCheckConfig,
+    ) -> Result<Option<String>, String> {
+        let login = self.check_login(id, hc);
+        self.credentials
+            .password(&login, host, port, &hc.user)
+            .await
     }
 
     /// Reads the nodes' certificate files again (after a reload: a

@@ -120,7 +120,15 @@ async fn rebuild(m: &Manager, id: usize, primary: usize, dir: &Path) -> Result<(
     );
     m.connect(primary).await?.checkpoint().await?;
     let d = dir.to_string_lossy();
-    let password = hc.password.clone().unwrap_or_default();
+    let password = m
+        .cluster()
+        .check_password(primary, &p.host, p.port, &hc)
+        .await
+        .map_err(|reason| ActionError::Connect {
+            node: p.name.clone(),
+            reason,
+        })?
+        .unwrap_or_default();
     // The tools reach the primary as strictly as tidepool does.
     let tls_env = m
         .cluster()

@@ -60,6 +60,7 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_secs(2),
             user: "postgres".to_string(),
             password: None,
+            password_secret: None,
             database: "postgres".to_string(),
             // Two quick retries: a refused connection fails in
             // microseconds, so a crash is declared ~400 ms after it shows.

@@ -130,6 +130,9 @@ pub struct HealthCheckConfig {
     pub timeout: Duration,
     pub user: String,
     pub password: Option<String>,
+    /// Secrets Manager secret holding the password instead (plain or
+    /// `{"username","password"}` JSON), re-read when a login is refused.
+    pub password_secret: Option<String>,
     pub database: String,
     /// Failed checks retried before the node counts as failed.
     pub max_retries: u32,

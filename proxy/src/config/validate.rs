@@ -342,11 +342,13 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
             );
         }
         let secret = Secret::parse(&u.password);
-        if !matches!(secret, Secret::Plain(_)) && u.backend_password.is_none() {
+        let other_source =
+            u.password_secret.is_some() || u.auth == Some(super::BackendAuth::RdsIam);
+        if !matches!(secret, Secret::Plain(_)) && u.backend_password.is_none() && !other_source {
             err(
                 format!("users[{i}].backend_password"),
                 "password is a verifier, so tidepool cannot log in to the backends \
-                 for this user: set backend_password"
+                 for this user: set backend_password (or password_secret, or auth = \"rds_iam\")"
                     .into(),
             );
         }

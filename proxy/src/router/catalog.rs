@@ -59,13 +59,13 @@ impl Catalog {
         &self,
         host: &str,
         port: u16,
-        tls: &crate::tls::BackendTls,
+        (tls, password): (&crate::tls::BackendTls, Option<&str>),
         db: &str,
         hc: &HealthCheckConfig,
         functions: &[String],
         relations: &[String],
     ) {
-        let client = match self.client(host, port, tls, db, hc).await {
+        let client = match self.client(host, port, (tls, password), db, hc).await {
             Some(c) => c,
             None => return,
         };
@@ -143,7 +143,7 @@ impl Catalog {
         &self,
         host: &str,
         port: u16,
-        tls: &crate::tls::BackendTls,
+        (tls, password): (&crate::tls::BackendTls, Option<&str>),
         db: &str,
         hc: &HealthCheckConfig,
     ) -> Option<Arc<tokio_postgres::Client>> {
@@ -163,7 +163,7 @@ impl Catalog {
             .dbname(db)
             .application_name("tidepool catalog")
             .connect_timeout(hc.timeout);
-        if let Some(p) = &hc.password {
+        if let Some(p) = password {
             pg.password(p);
         }
         let connector = tls.pg(&mut pg);

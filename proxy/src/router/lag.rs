@@ -36,6 +36,7 @@ async fn connect(
     host: &str,
     port: u16,
     tls: &crate::tls::BackendTls,
+    password: Option<String>,
     cfg: &Config,
 ) -> Option<tokio_postgres::Client> {
     let hc = &cfg.health_check;
@@ -46,7 +47,7 @@ async fn connect(
         .dbname(&hc.database)
         .application_name("tidepool sr check")
         .connect_timeout(hc.timeout);
-    if let Some(p) = &hc.password {
+    if let Some(p) = password {
         pg.password(p);
     }
     let connector = tls.pg(&mut pg);
@@ -78,7 +79,7 @@ pub async fn run(
             let current = match sample(
                 &mut clients,
                 &key,
-                &cluster.tls(primary.id),
+                (&cluster, primary.id),
                 &cfg,
                 "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, 0::float8",
             )
@@ -100,7 +101,7 @@ pub async fn run(
                            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
                            ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8";
                 if let Some((replayed, secs)) =
-                    sample(&mut clients, &key, &cluster.tls(n.id), &cfg, sql).await
+                    sample(&mut clients, &key, (&cluster, n.id), &cfg, sql).await
                 {
                     next.insert(
                         n.id,
@@ -130,12 +131,16 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, period: Duration) -> bool {
 async fn sample(
     clients: &mut BTreeMap<(String, u16), tokio_postgres::Client>,
     key: &(String, u16),
-    tls: &crate::tls::BackendTls,
+    (cluster, id): (&Cluster, usize),
     cfg: &Config,
     sql: &str,
 ) -> Option<(u64, f64)> {
     if clients.get(key).is_none_or(|c| c.is_closed()) {
-        let c = connect(&key.0, key.1, tls, cfg).await?;
+        let password = cluster
+            .check_password(id, &key.0, key.1, &cfg.health_check)
+            .await
+            .ok()?;
+        let c = connect(&key.0, key.1, &cluster.tls(id), password, cfg).await?;
         clients.insert(key.clone(), c);
     }
     let client = clients.get(key)?;

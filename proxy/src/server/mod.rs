@@ -233,9 +233,14 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
                 host: n.host.clone(),
                 port: n.port,
                 tls: shared.cluster.tls(n.id),
-                password: new
-                    .user(&p.key.user)
-                    .and_then(|u| u.password_for_backend().map(str::to_string)),
+                login: crate::credentials::Login::for_user(
+                    new.user(&p.key.user),
+                    &new.backends
+                        .get(n.id)
+                        .map(|b| b.tls(&new.backend_defaults))
+                        .unwrap_or_default(),
+                ),
+                credentials: shared.cluster.credentials().clone(),
             });
         }
         pools_updated += 1;

@@ -1065,6 +1065,13 @@ impl Session {
             if let Some(p) = router::write_node(&self.shared.cluster.snapshot()) {
                 let (host, port) = (p.host.clone(), p.port);
                 let tls = self.shared.cluster.tls(p.id);
+                let password = self
+                    .shared
+                    .cluster
+                    .check_password(p.id, &host, port, &cfg.health_check)
+                    .await
+                    .ok()
+                    .flatten();
                 let fs = if f_known.is_none() {
                     unknown_functions.clone()
                 } else {
@@ -1076,7 +1083,15 @@ impl Session {
                     vec![]
                 };
                 catalog
-                    .learn(&host, port, &tls, db, &cfg.health_check, &fs, &rs)
+                    .learn(
+                        &host,
+                        port,
+                        (&tls, password.as_deref()),
+                        db,
+                        &cfg.health_check,
+                        &fs,
+                        &rs,
+                    )
                     .await;
             }
         }
@@ -1352,11 +1367,17 @@ fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (Poo
     let config = shared.config.load();
     let user = config.user(&key.user);
     let limits = crate::server::pool_limits(&config, &key.user);
+    let node = config
+        .backends
+        .get(key.node)
+        .map(|b| b.tls(&config.backend_defaults))
+        .unwrap_or_default();
     let target = Target {
         host: host.to_string(),
         port,
         tls: shared.cluster.tls(key.node),
-        password: user.and_then(|u| u.password_for_backend().map(str::to_string)),
+        login: crate::credentials::Login::for_user(user, &node),
+        credentials: shared.cluster.credentials().clone(),
     };
     (limits, target)
 }

@@ -18,6 +18,8 @@ use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, free_port, wait_for_asy
 /// Lines added to the sections of [`config_with`]'s file.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Extra<'a> {
+    /// The cluster takes TLS only (hostssl) and tidepool talks verify-full.
+    pub tls: bool,
     /// Added to every `[[backends]]` entry.
     pub backend: &'a str,
     pub health_check: &'a str,
@@ -95,7 +97,16 @@ password = "postgres"
         port = free_port(),
         admin = free_port(),
         state = state_dir.display(),
-        backends = backends.join("\n"),
+        backends = {
+            let mut b = backends.join("\n");
+            if x.tls {
+                b.push_str(&format!(
+                    "\n[backend_defaults]\nsslmode = \"verify-full\"\nsslrootcert = \"{}\"\n",
+                    cluster.tls_dir().join("ca.crt").display()
+                ));
+            }
+            b
+        },
         health = x.health_check,
         failover = x.failover,
         extra = x.rest,
@@ -137,6 +148,7 @@ impl FailoverBed {
         let cluster = PgCluster::start(PgClusterOpts {
             standbys: 2,
             sync,
+            tls: extra.tls,
             ..PgClusterOpts::default()
         })?;
         prepare(&cluster)?;
