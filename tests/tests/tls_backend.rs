@@ -97,20 +97,34 @@ async fn verify_full_backends_serve_sessions_health_checks_lag_and_cancel_over_t
         .await
         .unwrap();
     let standby_ports: Vec<i32> = cluster.standbys().iter().map(|n| n.port as i32).collect();
+    for n in cluster.standbys() {
+        let name = n.name.clone();
+        tokio::task::block_in_place(|| {
+            wait_until(Duration::from_secs(20), "the standby to replay t", || {
+                cluster
+                    .psql_db(&name, "app", "select to_regclass('t') is not null")
+                    .is_ok_and(|o| o == "t")
+            })
+        })
+        .unwrap();
+    }
     // A session that has not written (the writer's reads stay on the primary).
     let reader = app(&tp).await.unwrap();
-    let served_by_standby = wait_for(Duration::from_secs(20), "a read on a standby", || {
-        let rt = tokio::runtime::Handle::current();
-        let port: i32 = tokio::task::block_in_place(|| {
-            rt.block_on(reader.query_one("select inet_server_port()", &[]))
-        })?
-        .get(0);
-        anyhow::ensure!(standby_ports.contains(&port), "served by {port}");
-        Ok(port)
-    });
+    let mut served_by_standby = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !served_by_standby && std::time::Instant::now() < deadline {
+        let port: i32 = reader
+            .query_one("select inet_server_port(), count(*) from t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        served_by_standby = standby_ports.contains(&port);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        served_by_standby.is_ok(),
-        "reads are load-balanced to standbys (lag sampled over TLS): {served_by_standby:?}\n{}",
+        served_by_standby,
+        "reads are load-balanced to standbys (lag sampled over TLS)\n{}\n{}",
+        nodes_json(&tp),
         tp.log_tail(40)
     );
     // A cancel travels to the backend and ends the statement.
