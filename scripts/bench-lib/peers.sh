@@ -166,21 +166,34 @@ bench_wait_sql() {
 }
 
 # --- PgBouncer -----------------------------------------------------------------
-# bench_pgbouncer_start DIR PORT PRIMARY_PORT MODE MAX_CLIENTS POOL_SIZE AUTH
+# bench_pgbouncer_start DIR PORT PRIMARY_PORT MODE MAX_CLIENTS POOL_SIZE AUTH [TLS_DIR]
 # Transaction (or session) pooling towards the primary, as PgBouncer's docs
 # set it up: clients authenticate with AUTH (scram-sha-256, or trust for the
 # memory test; trustuser always with trust, through auth_hba_file) against auth_file, which holds the plaintext password so that
 # PgBouncer can log in to the server with SCRAM itself.
+# With TLS_DIR (scripts/dev-cluster --tls: tidepool.crt/tidepool.key),
+# TLS on both sides: client_tls_sslmode = require with that certificate
+# (a copy the server user can read) and server_tls_sslmode = require.
 bench_pgbouncer_start() {
-    local dir="$1" port="$2" pg_port="$3" mode="$4" max_clients="$5" pool="$6" auth="$7"
+    local dir="$1" port="$2" pg_port="$3" mode="$4" max_clients="$5" pool="$6" auth="$7" tls="${8:-}"
     bench_pg_dir "$dir"
+    local tls_conf=""
+    if [ -n "$tls" ]; then
+        bench_pg_file "$dir/server.crt" < "$tls/tidepool.crt"
+        bench_pg_file "$dir/server.key" < "$tls/tidepool.key"
+        tls_conf="client_tls_sslmode = require
+client_tls_cert_file = $dir/server.crt
+client_tls_key_file = $dir/server.key
+server_tls_sslmode = require"
+    fi
     printf '"app" "app"\n"trustuser" ""\n' | bench_pg_file "$dir/userlist.txt"
     # trustuser logs in with trust (as on the servers), everyone else with AUTH.
     bench_pg_file "$dir/pgbouncer_hba.conf" <<EOF
 host all trustuser 127.0.0.1/32 trust
 host all all 127.0.0.1/32 $auth
 EOF
-    bench_pg_file "$dir/pgbouncer.ini" <<EOF
+    {
+        cat <<EOF
 ; written by tidepool scripts/bench
 [databases]
 app = host=127.0.0.1 port=$pg_port dbname=app
@@ -204,6 +217,8 @@ log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
 EOF
+        [ -z "$tls_conf" ] || printf '%s\n' "$tls_conf"
+    } | bench_pg_file "$dir/pgbouncer.ini"
     : > "$dir/stderr.log"
     bench_spawn "$dir/stderr.log" --as-pg pgbouncer "$dir/pgbouncer.ini"
     BENCH_STOP_SIGNAL[$BENCH_LAST_PID]=TERM

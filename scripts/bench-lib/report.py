@@ -38,6 +38,14 @@ TARGET_NAMES = {
 TARGET_ORDER = list(TARGET_NAMES)
 TIDEPOOLS = ["tidepool-tx", "tidepool-session", "tidepool-tx-lb"]
 PEERS = ["direct", "pgbouncer", "pgpool"]
+# scripts/bench --tls: TLS on both sides, reported in their own table.
+TLS_TARGET_NAMES = {
+    "direct-tls": "direct (primary), TLS",
+    "pgbouncer-tls": "PgBouncer, TLS",
+    "tidepool-tx-tls": "tidepool (transaction), TLS",
+}
+TLS_WORKLOADS = ["select-simple", "select-connect", "select-connect-trust"]
+ALL_TARGET_NAMES = dict(TARGET_NAMES, **TLS_TARGET_NAMES)
 
 
 def fnum(v, digits=0):
@@ -215,6 +223,18 @@ def main():
         ],
         3.0,
     )
+    tls_cells = [w for w in TLS_WORKLOADS if any(k[0] == w and k[2] in TLS_TARGET_NAMES for k in cells)]
+    if tls_cells:
+        tls_short = {"select-simple": "simple", "select-connect": "-C", "select-connect-trust": "-C trust"}
+        goal_row(
+            "TLS to clients and backends: select-only (16+ clients) and `-C` tps ≥ PgBouncer's",
+            [
+                ("%s/%d:" % (tls_short[w], c), ratio(tps(w, c, "tidepool-tx-tls"), tps(w, c, "pgbouncer-tls")))
+                for w in tls_cells
+                for c in (big if w == "select-simple" else clients)
+            ],
+            1.0,
+        )
     lb = [
         ("%s/%d:" % (short[w], c), ratio(tps(w, c, "tidepool-tx-lb"), tps(w, c, "tidepool-tx")))
         for w in sel
@@ -310,6 +330,20 @@ def main():
     p("  `pg_hba.conf`, PgBouncer's `auth_hba_file`, Pgpool-II's `pool_hba.conf`, tidepool's")
     p("  `[[hba]]`) lets in with `trust`: what opening a connection costs the target itself.")
     p("  A proxy's own cost per login shows in [CPU cost per transaction](#cpu-cost-per-transaction).")
+    if meta.get("tls") == "on":
+        p("- **TLS** (`scripts/bench --tls`): the servers run with `ssl = on` (throwaway certificates")
+        p("  for `127.0.0.1` from `scripts/dev-cluster --tls DIR --tls-optional`, whose `host` rules")
+        p("  let both plaintext and TLS clients in). Three more targets, with pgbench on")
+        p("  `PGSSLMODE=require`: *direct, TLS* (the primary); *PgBouncer, TLS* (the PgBouncer")
+        p("  above with `client_tls_sslmode = require`, the cluster's `tidepool.crt` as")
+        p("  `client_tls_cert_file`, and `server_tls_sslmode = require`); *tidepool (transaction),")
+        p("  TLS* (the tidepool above with %s)." % meta.get("tls_note", "?"))
+        p("  They run %s only." % ", ".join("`%s`" % w for w in meta.get("tls_workloads", "").split(",") if w))
+        p("  The plaintext targets then get `PGSSLMODE=disable` (libpq's default, `prefer`, would")
+        p("  use TLS towards the primary), and the other tidepools `[backend_defaults] sslmode =")
+        p("  \"disable\"`. With libpq's default `channel_binding = prefer`, logins over TLS use")
+        p("  SCRAM-SHA-256-PLUS where it is offered (PostgreSQL, tidepool); PgBouncer offers")
+        p("  SCRAM-SHA-256 only.")
     p("- pgbench runs on the same machine and competes with the target for the cores: a proxy's")
     p("  CPU cost shows up twice as lower tps. On a machine shared with other work, compare")
     p("  ratios within this page, not absolute numbers with other pages.")
@@ -358,6 +392,38 @@ def main():
         for w, title, _ in workloads:
             for c in clients:
                 vals = [fratio(ratio(tps(w, c, tp), tps(w, c, pe))) for tp in tps_targets for pe in peers]
+                p("| %s | %d | %s |" % (w, c, " | ".join(vals)))
+        p("")
+
+    # --- TLS ---------------------------------------------------------------------
+    tls_targets = [t for t in TLS_TARGET_NAMES if any(k[2] == t for k in cells)]
+    if tls_targets:
+        p("## TLS (client and backend)")
+        p("")
+        p("TLS from pgbench to the target and from the target to PostgreSQL (`sslmode = require` on")
+        p("both sides; see [Method](#method)). Median tps over rounds; \"TLS ÷ plaintext\" divides by the")
+        p("same proxy's plaintext median in this run (what TLS costs it).")
+        p("")
+        head = ["workload", "clients"] + [TLS_TARGET_NAMES[t] for t in tls_targets]
+        head += ["tidepool ÷ PgBouncer (TLS)", "TLS ÷ plaintext: PgBouncer", "TLS ÷ plaintext: tidepool"]
+        p("| " + " | ".join(head) + " |")
+        p("| --- | ---: |" + " ---: |" * (len(head) - 2))
+        for w in TLS_WORKLOADS:
+            for c in clients:
+                if not any((w, c, t) in cells for t in tls_targets):
+                    continue
+                vals = []
+                for t in tls_targets:
+                    rows = cells.get((w, c, t))
+                    if not rows:
+                        vals.append("–")
+                    elif summary[(w, c, t)] is None:
+                        vals.append(problem(rows).replace("|", "/"))
+                    else:
+                        vals.append(fnum(summary[(w, c, t)]["tps"]))
+                vals.append(fratio(ratio(tps(w, c, "tidepool-tx-tls"), tps(w, c, "pgbouncer-tls"))))
+                vals.append(fratio(ratio(tps(w, c, "pgbouncer-tls"), tps(w, c, "pgbouncer"))))
+                vals.append(fratio(ratio(tps(w, c, "tidepool-tx-tls"), tps(w, c, "tidepool-tx"))))
                 p("| %s | %d | %s |" % (w, c, " | ".join(vals)))
         p("")
 
@@ -474,7 +540,7 @@ def main():
         p("| workload | proxy | tps in that run | CPU µs / txn | context switches / txn | " + " | ".join("`%s` / txn" % k for k in syscalls) + " |")
         p("| --- | --- | ---: | ---: | ---: |" + " ---: |" * len(syscalls))
         for e in eff:
-            name = TARGET_NAMES.get(e["target"], e["target"])
+            name = ALL_TARGET_NAMES.get(e["target"], e["target"])
             if e["target"].startswith("tidepool"):
                 name = "**%s**" % name
             pt = e["per_txn"]
@@ -509,8 +575,9 @@ def main():
     p("## Reproduce")
     p("")
     p("```sh")
-    p("scripts/bench            # full report into docs/benchmarks.md (about half an hour)")
+    p("scripts/bench            # full report into docs/benchmarks.md (about 40 minutes, TLS rows included)")
     p("scripts/bench --quick    # smoke: a minute, report in .tidepool-dev/bench/report.md")
+    p("scripts/bench --quick --tls   # the smoke with the TLS targets too")
     p("scripts/bench --help     # options: rounds, duration, clients, targets, --perf, ...")
     p("scripts/bench-failover-pgpool --runs 5   # Pgpool-II's failover outage alone")
     p("```")
