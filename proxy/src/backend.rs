@@ -38,6 +38,8 @@ pub enum BackendError {
     Tls { addr: String, source: TlsError },
     #[error("timed out after {0:?} connecting to the backend")]
     Timeout(Duration),
+    #[error("the backend did not answer within {0:?}")]
+    NoAnswer(Duration),
     #[error("backend refused the login: {} ({})", .0.message, .0.code)]
     Refused(ErrorFields),
     #[error("backend asks for a password but none is configured for this user")]
@@ -61,6 +63,11 @@ impl From<FrameError> for BackendError {
         BackendError::Protocol(e.to_string())
     }
 }
+
+/// Longest wait for a statement tidepool runs itself (settings, the reset
+/// query): they take microseconds; a server that does not answer in this
+/// time has its connection closed rather than holding the client forever.
+const SILENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and as whom to connect.
 pub struct ConnectParams<'a> {
@@ -301,6 +308,22 @@ impl ServerConn {
         }
     }
 
+    /// Whether an idle connection is still usable: nothing buffered, and
+    /// the socket neither closed nor holding bytes nobody asked for (a
+    /// server that terminated the backend sends FATAL, then closes). Costs
+    /// no system call for a healthy connection: tokio answers from the
+    /// readiness it last saw, which a drained read cleared.
+    pub fn is_alive(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.tcp().try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
     /// Whether the connection is TLS.
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
@@ -372,6 +395,12 @@ impl ServerConn {
     /// Runs `sql` as a simple query and waits for its end, keeping the
     /// results to itself. Used for settings and resets, never for client SQL.
     pub async fn run_silent(&mut self, sql: &str) -> Result<(), BackendError> {
+        tokio::time::timeout(SILENT_TIMEOUT, self.run_silent_inner(sql))
+            .await
+            .map_err(|_| BackendError::NoAnswer(SILENT_TIMEOUT))?
+    }
+
+    async fn run_silent_inner(&mut self, sql: &str) -> Result<(), BackendError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.write_all(&out).await?;
@@ -460,9 +489,19 @@ pub async fn send_cancel(target: &CancelTarget) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// `value` as an SQL string literal.
+/// `value` as an SQL string literal that means the same whatever the
+/// connection's `standard_conforming_strings` (as PostgreSQL's own
+/// `quote_literal()`): with a backslash in it, an escape string `E'…'`
+/// with backslashes doubled — in a plain `'…'` a backslash would escape
+/// the closing quote when the setting is off, and the rest of the value
+/// would run as SQL.
 pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// `name` as an SQL identifier, quoted only when needed. Dotted names
@@ -492,6 +531,11 @@ mod tests {
     #[test]
     fn literals_and_identifiers_are_quoted_safely() {
         assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(
+            quote_literal(r"a\'; drop table t; --"),
+            r"E'a\\''; drop table t; --'"
+        );
+        assert_eq!(quote_literal(r"C:\dir"), r"E'C:\\dir'");
         assert_eq!(quote_ident("search_path"), "search_path");
         assert_eq!(quote_ident("DateStyle"), "\"DateStyle\"");
         assert_eq!(quote_ident("app.user_id"), "app.user_id");

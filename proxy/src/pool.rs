@@ -194,7 +194,10 @@ impl Pool {
             let limits = inner.limits.clone();
             let mut found = None;
             while let Some(c) = inner.idle.pop_back() {
-                if expired(&c, &limits, now) {
+                // A connection that died while idle (server restart,
+                // pg_terminate_backend, a failover) is dropped here, not
+                // handed to a client to fail on.
+                if expired(&c, &limits, now) || !c.is_alive() {
                     inner.total -= 1;
                     continue;
                 }

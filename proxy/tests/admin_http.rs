@@ -322,6 +322,31 @@ async fn metrics_cover_clients_pools_and_nodes_in_prometheus_text() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_token_file_emptied_while_running_refuses_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin.token");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let admin = start(&format!("admin_token_file = \"{}\"", file.display())).await;
+    let (status, _) = admin
+        .request(Method::GET, "/v1/nodes", Some("s3cret"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    std::fs::write(&file, "").unwrap();
+    for token in [None, Some(""), Some(" "), Some("s3cret")] {
+        let (status, body) = admin
+            .request(Method::POST, "/v1/nodes/1/detach", token)
+            .await;
+        assert!(
+            status.is_server_error() || status == StatusCode::UNAUTHORIZED,
+            "{token:?}: {status} {body}"
+        );
+        assert_ne!(status, StatusCode::OK);
+    }
+    let (_, body) = admin.request(Method::GET, "/v1/nodes", None).await;
+    assert!(body.contains("empty"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_configured_token_guards_everything_but_healthz() {
     let admin = start(r#"admin_token = "s3cret""#).await;
     assert_eq!(admin.get("/healthz").await.0, StatusCode::OK);

@@ -14,6 +14,7 @@
 
 pub mod certs;
 mod cluster;
+pub mod moto;
 mod netns;
 mod paths;
 mod ports;

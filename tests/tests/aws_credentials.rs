@@ -7,93 +7,40 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
-use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, TidepoolOpts, free_port, wait_until};
+use anyhow::Result;
+use tidepool_tests::{
+    PgCluster, PgClusterOpts, Tidepool, TidepoolOpts, free_port, moto::Moto, wait_until,
+};
 
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var("TIDEPOOL_VENV").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/tidepool/venv",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    PathBuf::from(venv).join("bin").join(name)
+fn start_moto() -> Moto {
+    Moto::start(Ipv4Addr::LOCALHOST).expect("moto_server starts")
 }
 
-struct Moto {
-    child: Child,
-    endpoint: String,
+/// Runs `body` with `sm`, a boto3 Secrets Manager client on moto.
+fn sm(moto: &Moto, body: &str) -> Result<String> {
+    moto.python(&format!(
+        "sm = boto3.client('secretsmanager', **kw)\n{body}"
+    ))
 }
 
-impl Moto {
-    fn start() -> Result<Moto> {
-        let port = free_port();
-        let child = Command::new(venv_bin("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("moto_server (run scripts/setup)")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_until(Duration::from_secs(30), "moto_server", || {
-            std::net::TcpStream::connect(addr).is_ok()
-        })?;
-        Ok(Moto {
-            child,
-            endpoint: format!("http://{addr}"),
-        })
+/// The environment that points tidepool's AWS SDK at moto.
+fn moto_env(moto: &Moto) -> Vec<(String, String)> {
+    let mut env = TidepoolOpts::default().env;
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        env.push((k.into(), v.into()));
     }
-
-    /// Runs `body` with `sm`, a boto3 Secrets Manager client on moto; its
-    /// last printed line is returned.
-    fn py(&self, body: &str) -> Result<String> {
-        let script = format!(
-            "import boto3, json\nsm = boto3.client('secretsmanager', endpoint_url='{}', \
-             region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{body}",
-            self.endpoint
-        );
-        let out = Command::new(venv_bin("python3"))
-            .arg("-c")
-            .arg(script)
-            .output()?;
-        if !out.status.success() {
-            bail!("python: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string())
-    }
-
-    /// The environment that points the AWS SDK at moto.
-    fn env(&self) -> Vec<(String, String)> {
-        let mut env = TidepoolOpts::default().env;
-        for (k, v) in [
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ] {
-            env.push((k.into(), v.into()));
-        }
-        env
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    env
 }
 
 async fn login(tp: &Tidepool, user: &str, password: &str, db: &str) -> Result<String> {
@@ -117,9 +64,10 @@ async fn a_password_secret_is_read_at_login_and_again_after_rotation() {
     cluster
         .psql(&primary, "create role rotor login password 'first'")
         .unwrap();
-    let moto = Moto::start().unwrap();
-    let arn = moto
-        .py("print(sm.create_secret(Name='tidepool/rotor', SecretString=json.dumps({'username': 'rotor', 'password': 'first'}))['ARN'])")
+    let moto = start_moto();
+    let arn = sm(
+        &moto,
+        "print(sm.create_secret(Name='tidepool/rotor', SecretString=json.dumps({'username': 'rotor', 'password': 'first'}))['ARN'])")
         .unwrap();
     assert!(arn.starts_with("arn:"), "{arn}");
     let config = format!(
@@ -135,7 +83,7 @@ async fn a_password_secret_is_read_at_login_and_again_after_rotation() {
         Tidepool::start_with(
             &config,
             TidepoolOpts {
-                env: moto.env(),
+                env: moto_env(&moto),
                 ..TidepoolOpts::default()
             },
         )
@@ -154,7 +102,7 @@ async fn a_password_secret_is_read_at_login_and_again_after_rotation() {
     cluster
         .psql(&primary, "alter role rotor password 'second'")
         .unwrap();
-    moto.py("sm.put_secret_value(SecretId='tidepool/rotor', SecretString=json.dumps({'username': 'rotor', 'password': 'second'})); print('ok')")
+    sm(&moto, "sm.put_secret_value(SecretId='tidepool/rotor', SecretString=json.dumps({'username': 'rotor', 'password': 'second'})); print('ok')")
         .unwrap();
     assert_eq!(
         login(&tp, "rotor", "client-side", "postgres")

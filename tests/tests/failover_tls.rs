@@ -41,14 +41,7 @@ async fn failover_recovery_and_switchover_run_over_tls() -> anyhow::Result<()> {
     )
     .await?;
     // Online recovery of the old primary.
-    let out = bed.ctl(&["recover", &old])?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        bed.tidepool.log_tail(30)
-    );
+    bed.ctl_ok(&["recover", &old])?;
     assert!(bed.streaming_from(&new)?.contains(&old));
     // Both standbys stream from the new primary over TLS.
     let tls_streams = bed.cluster.psql(
@@ -57,14 +50,7 @@ async fn failover_recovery_and_switchover_run_over_tls() -> anyhow::Result<()> {
     )?;
     assert_eq!(tls_streams, "2");
     // Switchover back to the old primary.
-    let out = bed.ctl(&["promote", &old, "--switchover"])?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        bed.tidepool.log_tail(30)
-    );
+    bed.ctl_ok(&["promote", &old, "--switchover"])?;
     assert_eq!(bed.primary()?.as_deref(), Some(old.as_str()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let outcomes = writer.stop().await;

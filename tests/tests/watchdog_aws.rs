@@ -9,105 +9,55 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
-use tidepool_tests::{NetNs, free_port, wait_until};
+use tidepool_tests::{NetNs, moto::Moto};
 use watchdog_common::*;
 
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var("TIDEPOOL_VENV").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/tidepool/venv",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    PathBuf::from(venv).join("bin").join(name)
+/// Runs `body` (Python, with `ec2` and `r53` boto3 clients on moto) and
+/// parses its last printed line as JSON.
+fn py(moto: &Moto, body: &str) -> Result<Value> {
+    let line = moto.python(&format!(
+        "ec2 = boto3.client('ec2', **kw)\nr53 = boto3.client('route53', **kw)\n{body}"
+    ))?;
+    Ok(serde_json::from_str(if line.is_empty() {
+        "null"
+    } else {
+        &line
+    })?)
 }
 
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start(host: Ipv4Addr) -> Result<Moto> {
-        let port = free_port();
-        let child = Command::new(venv_bin("moto_server"))
-            .args(["-H", &host.to_string(), "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("moto_server (run scripts/setup)")?;
-        let addr = SocketAddr::from((host, port));
-        wait_until(Duration::from_secs(30), "moto_server", || {
-            std::net::TcpStream::connect(addr).is_ok()
-        })?;
-        Ok(Moto {
-            child,
-            endpoint: format!("http://{addr}"),
-        })
-    }
-
-    /// Runs `body` (Python, with `ec2` a boto3 client on moto) and parses
-    /// its last printed line as JSON.
-    fn py(&self, body: &str) -> Result<Value> {
-        let script = format!(
-            "import boto3, json\nkw = dict(endpoint_url='{}', region_name='us-east-1', \
-             aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-             ec2 = boto3.client('ec2', **kw)\nr53 = boto3.client('route53', **kw)\n{body}",
-            self.endpoint
-        );
-        let out = Command::new(venv_bin("python3"))
-            .arg("-c")
-            .arg(script)
-            .output()?;
-        if !out.status.success() {
-            bail!("python: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(serde_json::from_str(text.lines().last().unwrap_or("null"))?)
-    }
-
-    /// What the address points at now (ids and addresses), per mode.
-    fn holder(&self, mode: &str, world: &Value) -> Result<Vec<String>> {
-        let body = match mode {
-            "eip" => format!(
-                "a = ec2.describe_addresses(AllocationIds=['{}'])['Addresses'][0]\n\
-                 print(json.dumps([a.get('InstanceId') or None, a.get('NetworkInterfaceId') or None]))",
-                world["alloc"].as_str().unwrap_or_default()
-            ),
-            "route53" => format!(
-                "rs = r53.list_resource_record_sets(HostedZoneId='{}')['ResourceRecordSets']\n\
-                 print(json.dumps([v['Value'] for r in rs if r['Name'] == 'db.tidepool.internal.' \
-                 and r['Type'] == 'A' for v in r['ResourceRecords']]))",
-                world["zone"].as_str().unwrap_or_default()
-            ),
-            _ => format!(
-                "t = ec2.describe_route_tables(RouteTableIds=['{}'])['RouteTables'][0]\n\
-                 print(json.dumps([x for r in t['Routes'] if r.get('DestinationCidrBlock') == '192.168.255.10/32' \
-                 for x in (r.get('InstanceId'), r.get('NetworkInterfaceId')) if x]))",
-                world["rtb"].as_str().unwrap_or_default()
-            ),
-        };
-        let v = self.py(&body)?;
-        Ok(v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect())
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// What the address points at now (ids and addresses), per mode.
+fn holder(moto: &Moto, mode: &str, world: &Value) -> Result<Vec<String>> {
+    let body = match mode {
+        "eip" => format!(
+            "a = ec2.describe_addresses(AllocationIds=['{}'])['Addresses'][0]\n\
+             print(json.dumps([a.get('InstanceId') or None, a.get('NetworkInterfaceId') or None]))",
+            world["alloc"].as_str().unwrap_or_default()
+        ),
+        "route53" => format!(
+            "rs = r53.list_resource_record_sets(HostedZoneId='{}')['ResourceRecordSets']\n\
+             print(json.dumps([v['Value'] for r in rs if r['Name'] == 'db.tidepool.internal.' \
+             and r['Type'] == 'A' for v in r['ResourceRecords']]))",
+            world["zone"].as_str().unwrap_or_default()
+        ),
+        _ => format!(
+            "t = ec2.describe_route_tables(RouteTableIds=['{}'])['RouteTables'][0]\n\
+             print(json.dumps([x for r in t['Routes'] if r.get('DestinationCidrBlock') == '192.168.255.10/32' \
+             for x in (r.get('InstanceId'), r.get('NetworkInterfaceId')) if x]))",
+            world["rtb"].as_str().unwrap_or_default()
+        ),
+    };
+    let v = py(moto, &body)?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect())
 }
 
 /// A minimal IMDSv2 endpoint: PUT /latest/api/token, then GETs of
@@ -272,7 +222,8 @@ fn follows_the_leader(mode: &str) -> Result<()> {
 fn follows_the_leader_via(mode: &str, via_lambda: bool) -> Result<()> {
     let net = NetNs::new(3)?;
     let moto = Moto::start(net.root_addr())?;
-    let world = moto.py(
+    let world = py(
+        &moto,
         "vpc = ec2.create_vpc(CidrBlock='10.0.0.0/16')['Vpc']['VpcId']\n\
          sub = ec2.create_subnet(VpcId=vpc, CidrBlock='10.0.1.0/24')['Subnet']['SubnetId']\n\
          r = ec2.run_instances(ImageId='ami-12c6146b', InstanceType='t3.micro', MinCount=3, MaxCount=3, SubnetId=sub)\n\
@@ -373,13 +324,13 @@ fn follows_the_leader_via(mode: &str, via_lambda: bool) -> Result<()> {
     let holds = |node: &str| {
         let want = &marks[index(node)];
         poll(Duration::from_secs(20), "the address to move", || {
-            let h = moto.holder(mode, &world).ok()?;
+            let h = holder(&moto, mode, &world).ok()?;
             h.iter().any(|x| want.contains(x)).then_some(())
         })
         .with_context(|| {
             format!(
                 "{mode}: holder {:?}, want {want:?}",
-                moto.holder(mode, &world)
+                holder(&moto, mode, &world)
             )
         })
     };

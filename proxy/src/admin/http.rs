@@ -116,10 +116,10 @@ async fn require_token(
         Ok(None) => return next.run(request).await,
         Ok(Some(token)) => token,
         Err(e) => {
-            tracing::error!(error = %e, "cannot read server.admin_token_file; refusing admin requests");
+            tracing::error!(error = %e, "no usable admin token; refusing admin requests");
             return ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read server.admin_token_file ({e}); fix the file and reload"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no usable admin token ({e}); fix it and reload"),
             )
             .into_response();
         }

@@ -145,7 +145,19 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
             }
             last_primary = state.primary;
         }
-        Err(e) => tracing::error!(error = %e, "persisted state ignored"),
+        Err(e) => {
+            // The file may have held fences: attaching anything could route
+            // writes to an old primary. Nothing is attached until an
+            // operator says so.
+            let reason = format!(
+                "{e}: tidepool cannot tell which nodes were fenced, so none is attached until an operator attaches it (tidepool ctl attach NODE) or repairs the file"
+            );
+            tracing::error!(state = %state_path.display(), "{reason}");
+            let snap = shared.cluster.snapshot();
+            for n in &snap.nodes {
+                shared.cluster.detach(n.id, &reason);
+            }
+        }
     }
     let rx = shared.control.take_receiver();
     let mut m = Manager {
@@ -153,6 +165,7 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
         state_path,
         last_primary,
         seen_primaries: Vec::new(),
+        persist_error: None,
     };
     async move {
         let Some(mut rx) = rx else {
@@ -189,6 +202,8 @@ pub(super) struct Manager {
     last_primary: Option<String>,
     /// Primaries seen at the last split check, so a split is examined once.
     seen_primaries: Vec<usize>,
+    /// Why the last write of the state file failed, until one succeeds.
+    persist_error: Option<String>,
 }
 
 impl Manager {
@@ -239,8 +254,12 @@ impl Manager {
             detached: self.cluster().detached().into_iter().collect(),
             primary: self.last_primary.clone(),
         };
-        if let Err(e) = persist::save(&self.state_path, &state) {
-            tracing::error!(error = %e, "cannot persist the node table's state");
+        match persist::save(&self.state_path, &state) {
+            Ok(()) => self.persist_error = None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist the node table's state");
+                self.persist_error = Some(e.to_string());
+            }
         }
     }
 
@@ -295,7 +314,16 @@ impl Manager {
                 action,
                 reply,
             } => {
-                let r = self.action(&node, action).await;
+                let mut r = self.action(&node, action).await;
+                // A change a restart would forget (a fence above all) is
+                // not a success: the operator must know.
+                if r.is_ok()
+                    && let Some(e) = &self.persist_error
+                {
+                    r = Err(ControlError::Failed(ActionError::Refused(format!(
+                        "done in memory, but not persisted ({e}): a restart would undo it; fix the state directory"
+                    ))));
+                }
                 if let Err(e) = &r {
                     self.cluster()
                         .stats

@@ -58,7 +58,8 @@ pub fn path(state_dir: Option<&str>, config_path: Option<&Path>) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// Reads the state; a missing file is the empty state.
+/// Reads the state; a missing file is the empty state (a first start),
+/// but an empty, truncated or unreadable one is an error.
 pub fn load(path: &Path) -> Result<State, PersistError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PersistError::Parse {
@@ -117,6 +118,11 @@ mod tests {
         assert!(!p.with_extension("json.tmp").exists());
         std::fs::write(&p, "{").unwrap();
         assert!(matches!(load(&p), Err(PersistError::Parse { .. })));
+        std::fs::write(&p, "").unwrap();
+        assert!(
+            matches!(load(&p), Err(PersistError::Parse { .. })),
+            "an empty file is damage"
+        );
     }
 
     #[test]

@@ -362,16 +362,33 @@ impl Config {
         self.users.iter().find(|u| u.name == name)
     }
 
-    /// The admin token, read from `admin_token` or `admin_token_file`.
+    /// The admin token, read from `admin_token` or `admin_token_file`
+    /// (its first line). `None` only when neither is set; a token that is
+    /// set but empty, or a file that cannot be read, is an error: an empty
+    /// token must never open the API.
     pub fn admin_token(&self) -> std::io::Result<Option<String>> {
+        let empty = |what: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{what} is empty; put a long random token in it"),
+            )
+        };
         if let Some(t) = &self.server.admin_token {
-            return Ok(Some(t.clone()));
+            let t = t.trim();
+            if t.is_empty() {
+                return Err(empty("server.admin_token".into()));
+            }
+            return Ok(Some(t.to_string()));
         }
         match &self.server.admin_token_file {
-            Some(f) => Ok(std::fs::read_to_string(f)?
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())),
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{f}: {e}")))?;
+                match text.lines().next().map(str::trim) {
+                    Some(t) if !t.is_empty() => Ok(Some(t.to_string())),
+                    _ => Err(empty(format!("server.admin_token_file {f}"))),
+                }
+            }
             None => Ok(None),
         }
     }

@@ -269,6 +269,16 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
             ),
         );
     }
+    if c.server.admin_token.is_some() || c.server.admin_token_file.is_some() {
+        if let Err(e) = c.admin_token() {
+            let key = if c.server.admin_token.is_some() {
+                "server.admin_token"
+            } else {
+                "server.admin_token_file"
+            };
+            err(key.into(), e.to_string());
+        }
+    }
     if c.server.admin_token.is_some() && c.server.admin_token_file.is_some() {
         err(
             "server.admin_token_file".into(),
@@ -468,6 +478,40 @@ fn errors_of_tls(c: &Config, err: &mut impl FnMut(String, String)) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn empty_admin_tokens_are_refused() {
+        let base =
+            "[[backends]]\nname = \"a\"\nhost = \"h\"\n[[users]]\nname = \"u\"\npassword = \"p\"\n";
+        let errs =
+            Config::load_str(&format!("[server]\nadmin_token = \"  \"\n{base}")).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.path == "server.admin_token" && e.message.contains("empty")),
+            "{errs:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "\n").unwrap();
+        let text = format!(
+            "[server]\nadmin_token_file = \"{}\"\n{base}",
+            file.display()
+        );
+        let errs = Config::load_str(&text).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.path == "server.admin_token_file" && e.message.contains("empty")),
+            "{errs:?}"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let errs = Config::load_str(&text).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.path == "server.admin_token_file"),
+            "{errs:?}"
+        );
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert!(Config::load_str(&text).is_ok());
+    }
+
     use super::*;
 
     const MINIMAL: &str = r#"

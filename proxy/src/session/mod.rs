@@ -98,6 +98,8 @@ pub struct Session {
     /// connection holds an unfinished batch (portals, an implicit
     /// transaction) even when every reply so far has arrived.
     unsynced: bool,
+    /// The server sent FATAL (or PANIC) on this session's connection.
+    backend_fatal: bool,
     tx_status: u8,
     cancel: Arc<CancelSlot>,
     to_client: BytesMut,
@@ -140,6 +142,7 @@ impl Session {
             deferring: false,
             copy_in: false,
             unsynced: false,
+            backend_fatal: false,
             tx_status: b'I',
             cancel,
             // Grown on demand: thousands of idle clients must cost little.
@@ -269,9 +272,11 @@ impl Session {
                             }
                             self.lease = None;
                             self.cancel.clear();
-                            self.error(Severity::Fatal, sqlstate::CONNECTION_FAILURE,
-                                &format!("lost the backend connection: {e}"),
-                                Some("reconnect; tidepool serves new sessions from a healthy node"));
+                            if !self.backend_fatal {
+                                self.error(Severity::Fatal, sqlstate::CONNECTION_FAILURE,
+                                    &format!("lost the backend connection: {e}"),
+                                    Some("reconnect; tidepool serves new sessions from a healthy node"));
+                            }
                             client.write_all(&self.to_client).await?;
                             break Err(SessionEnd::Backend(e.to_string()));
                         }
@@ -326,10 +331,13 @@ impl Session {
         let Some(mut lease) = self.lease.take() else {
             return;
         };
-        if !self.pending.is_empty() || self.tx_status != b'I' {
-            // The client left mid-statement or mid-transaction. Cancel what
-            // runs so the server notices at once, then close the connection:
-            // the server rolls the transaction back.
+        if !self.pending.is_empty() || self.tx_status != b'I' || self.unsynced {
+            // The client left mid-statement, mid-transaction, or inside an
+            // extended-protocol batch not yet closed by Sync (an implicit
+            // transaction the next client's statement would commit, or a
+            // server skipping to a Sync that never comes). Cancel what
+            // runs so the server notices at once, then close the
+            // connection: the server rolls the work back.
             let target = lease.conn().cancel.clone();
             if !self.pending.is_empty() {
                 tokio::spawn(async move {
@@ -1152,6 +1160,11 @@ impl Session {
             && let Some(l) = &self.lease
         {
             let e = messages::read_error(&f);
+            if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
+                // The server ends the session and says why; the client hears
+                // that once, not again in tidepool's words.
+                self.backend_fatal = true;
+            }
             if e.severity == "FATAL" && e.code == sqlstate::ADMIN_SHUTDOWN {
                 let fault = crate::cluster::Fault::Shutdown(e.message);
                 crate::cluster::report_fault(&self.shared, lease_node(l), fault);
@@ -1185,9 +1198,17 @@ impl Session {
             b'n' | b'T' => self.pop_if(|e| matches!(e, Expect::Describe)),
             b'I' | b's' => self.pop_if(|e| matches!(e, Expect::Execute)),
             b'C' => {
+                let body = f.body();
+                let tag = &body[..body.len().saturating_sub(1)];
+                if tag == b"DEALLOCATE ALL" || tag == b"DISCARD ALL" {
+                    // Every prepared statement of the connection is gone,
+                    // tidepool's renamed ones too: a later Bind must
+                    // prepare again.
+                    if let Some(l) = self.lease.as_mut() {
+                        l.conn().prepared.clear();
+                    }
+                }
                 if let Some(Expect::Simple { settings }) = self.pending.front_mut() {
-                    let body = f.body();
-                    let tag = &body[..body.len().saturating_sub(1)];
                     if (tag == b"SET" || tag == b"RESET" || tag == b"DISCARD ALL")
                         && !settings.is_empty()
                     {
@@ -1344,6 +1365,7 @@ fn fault_of(e: &BackendError) -> Option<crate::cluster::Fault> {
         }
         BackendError::Connect { .. }
         | BackendError::Timeout(_)
+        | BackendError::NoAnswer(_)
         | BackendError::Io(_)
         | BackendError::Closed => Some(Fault::Error(e.to_string())),
         _ => None,

@@ -242,6 +242,21 @@ impl FailoverBed {
             .output()?)
     }
 
+    /// `tidepool ctl ARGS`, which must succeed; the error shows its output
+    /// and tidepool's log.
+    pub fn ctl_ok(&self, args: &[&str]) -> Result<()> {
+        let out = self.ctl(args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tidepool ctl {}: {}{}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.tidepool.log_tail(30)
+        );
+        Ok(())
+    }
+
     /// Application names streaming from `node`.
     pub fn streaming_from(&self, node: &str) -> Result<Vec<String>> {
         let out = self.cluster.psql(
