@@ -121,7 +121,10 @@ async fn a_password_secret_is_read_at_login_and_again_after_rotation() {
 
 /// A server that asks every client for a cleartext password and records
 /// (user, password) before refusing it.
-fn recording_server() -> (SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
+/// The (user, password) pairs a [`recording_server`] saw.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+fn recording_server() -> (SocketAddr, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -269,15 +269,15 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
             ),
         );
     }
-    if c.server.admin_token.is_some() || c.server.admin_token_file.is_some() {
-        if let Err(e) = c.admin_token() {
-            let key = if c.server.admin_token.is_some() {
-                "server.admin_token"
-            } else {
-                "server.admin_token_file"
-            };
-            err(key.into(), e.to_string());
-        }
+    if (c.server.admin_token.is_some() || c.server.admin_token_file.is_some())
+        && let Err(e) = c.admin_token()
+    {
+        let key = if c.server.admin_token.is_some() {
+            "server.admin_token"
+        } else {
+            "server.admin_token_file"
+        };
+        err(key.into(), e.to_string());
     }
     if c.server.admin_token.is_some() && c.server.admin_token_file.is_some() {
         err(
