@@ -146,15 +146,9 @@ pub(super) async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
                     messages::parameter_status(&mut out, k, v);
                 }
             }
-            Err(message) => {
-                tracing::info!("no backend for the session: {message}");
-                messages::error_response(
-                    &mut out,
-                    Severity::Fatal,
-                    sqlstate::CANNOT_CONNECT_NOW,
-                    &message,
-                    None,
-                );
+            Err((code, message)) => {
+                tracing::info!(code, "no backend for the session: {message}");
+                messages::error_response(&mut out, Severity::Fatal, code, &message, None);
                 let _ = client.write_all(&out).await;
                 return None;
             }

@@ -155,11 +155,21 @@ impl Session {
 
     /// Takes a backend connection for login: proves the database and user
     /// work and collects the ParameterStatus values to report.
-    pub async fn login(&mut self) -> Result<BTreeMap<String, String>, String> {
-        if self.mode == PoolMode::Transaction {
+    /// On failure: the SQLSTATE (the server's, when it refused) and message.
+    pub async fn login(&mut self) -> Result<BTreeMap<String, String>, (&'static str, String)> {
+        // Settings a driver sends at startup and any server takes; others
+        // (an `options` -c setting, say) are tried on a connection at
+        // login, so that a bad one is refused there with the server's
+        // SQLSTATE (42704, 22023) rather than failing every statement.
+        let known = self.startup_params.iter().all(|(name, _)| {
+            FAST_LOGIN_SETTINGS
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(name))
+        });
+        if self.mode == PoolMode::Transaction && known {
             // A pool that has logged in once knows the server's parameters:
             // new clients need not wait for a free connection to start.
-            let pool = self.write_pool().map_err(|(_, m)| m)?;
+            let pool = self.write_pool()?;
             if let Some(mut reported) = pool.server_parameters() {
                 for (name, value) in &self.startup_params {
                     if let Some(key) = reported
@@ -173,7 +183,7 @@ impl Session {
                 return Ok(reported);
             }
         }
-        self.acquire().await.map_err(|(_, m)| m)?;
+        self.acquire().await?;
         let reported = self.lease.as_mut().map(|l| l.conn().reported.clone());
         if self.mode == PoolMode::Transaction {
             self.release();
@@ -1378,11 +1388,27 @@ fn code_of(code: &str) -> &'static str {
         "28P01" => sqlstate::INVALID_PASSWORD,
         "28000" => sqlstate::INVALID_AUTHORIZATION,
         "3D000" => "3D000",
+        "42501" => "42501",
+        "42704" => "42704",
+        "22023" => "22023",
         "53300" => sqlstate::TOO_MANY_CONNECTIONS,
         "57P03" => sqlstate::CANNOT_CONNECT_NOW,
         _ => sqlstate::CONNECTION_FAILURE,
     }
 }
+
+/// Startup parameters drivers send that every server accepts: a client
+/// with only these starts without waiting for a server connection in
+/// transaction mode.
+const FAST_LOGIN_SETTINGS: [&str; 7] = [
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "extra_float_digits",
+    "intervalstyle",
+    "fallback_application_name",
+];
 
 /// Limits and target of a new pool, from the current configuration.
 fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (PoolLimits, Target) {
