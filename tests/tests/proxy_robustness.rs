@@ -143,12 +143,21 @@ method = "scram-sha-256"
         .await
         .unwrap();
 
-    // Garbage: a length too small to be a startup packet.
+    // Garbage: a length too small to be a startup packet. As PostgreSQL
+    // does ("invalid length of startup packet" is logged, not sent), the
+    // connection is closed without an answer: a client probing the port
+    // and leaving gets nothing to choke on.
     let answer = raw_exchange(port, b"\x00\x00\x00\x02garbage", false);
-    assert_eq!(error_code(&answer).as_deref(), Some("08P01"), "{answer:?}");
-    // Oversized startup packet (length 1 MB).
+    assert!(answer.is_empty(), "{answer:?}");
+    // Oversized startup packet (length 1 MB): the same.
     let answer = raw_exchange(port, &[0, 0x10, 0, 0, 0, 3, 0, 0], false);
-    assert_eq!(error_code(&answer).as_deref(), Some("08P01"));
+    assert!(answer.is_empty(), "{answer:?}");
+    assert!(
+        bed.tidepool
+            .log()
+            .contains("invalid length of startup packet"),
+        "the refusal is logged"
+    );
     // Unsupported protocol version.
     let mut v2 = startup_packet(&[("user", "app")]);
     v2[4..8].copy_from_slice(&0x0002_0000u32.to_be_bytes());

@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 pub struct Metrics {
     pub clients_total: AtomicU64,
     pub clients_active: AtomicI64,
+    /// Client sockets that have not finished startup and authentication.
+    pub clients_starting: AtomicI64,
+    /// Clients logged in (what `max_client_connections` limits).
+    pub sessions_active: AtomicI64,
     pub queries: AtomicU64,
     pub client_errors: AtomicU64,
     pub auth_failures: AtomicU64,

@@ -30,6 +30,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Debug, Clone, Default)]
 pub struct ProcessFigures {
     pub clients_active: i64,
+    pub clients_starting: i64,
     pub clients_total: u64,
     pub auth_failures: u64,
     pub client_errors: u64,
@@ -92,6 +93,7 @@ impl Figures {
         let m = &shared.metrics;
         let process = ProcessFigures {
             clients_active: m.clients_active.load(Ordering::Relaxed),
+            clients_starting: m.clients_starting.load(Ordering::Relaxed),
             clients_total: m.clients_total.load(Ordering::Relaxed),
             auth_failures: m.auth_failures.load(Ordering::Relaxed),
             client_errors: m.client_errors.load(Ordering::Relaxed),
@@ -259,6 +261,12 @@ impl Figures {
             "clients_active",
             "Client connections open now.",
             one(p.clients_active),
+        )?;
+        gauges(
+            enc,
+            "clients_starting",
+            "Client connections in startup or authentication now (limited by server.max_startup_connections).",
+            one(p.clients_starting),
         )?;
         counters(
             enc,

@@ -25,6 +25,7 @@ impl Default for ServerConfig {
             admin_token: None,
             admin_token_file: None,
             max_client_connections: 10_000,
+            max_startup_connections: 1_000,
             startup_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),

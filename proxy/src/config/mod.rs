@@ -64,8 +64,12 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// File holding the admin token (first line), instead of `admin_token`.
     pub admin_token_file: Option<String>,
-    /// Most client connections served at once; more are refused with 53300.
+    /// Most logged-in clients at once; more are refused with 53300.
     pub max_client_connections: usize,
+    /// Most client sockets still in startup or authentication at once; more
+    /// are refused at once with 53300 (a flood of silent sockets cannot
+    /// lock clients out for `startup_timeout`).
+    pub max_startup_connections: usize,
     /// Time a client has to finish startup and authentication.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,

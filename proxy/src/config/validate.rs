@@ -239,6 +239,12 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
     if c.pool.mode == PoolMode::Session && c.pool.reset_query.trim().is_empty() {
         // Allowed, but worth knowing: session state leaks between clients.
     }
+    if c.server.max_startup_connections == 0 {
+        err(
+            "server.max_startup_connections".into(),
+            "must be at least 1".into(),
+        );
+    }
     if c.server.max_client_connections == 0 {
         err(
             "server.max_client_connections".into(),

@@ -43,6 +43,34 @@ fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     }
 }
 
+/// One in a gauge of the metrics for as long as it lives; `count` is the
+/// gauge with it.
+struct Counted {
+    shared: Arc<Shared>,
+    gauge: fn(&crate::admin::metrics::Metrics) -> &std::sync::atomic::AtomicI64,
+    count: i64,
+}
+
+impl Counted {
+    fn new(
+        shared: &Arc<Shared>,
+        gauge: fn(&crate::admin::metrics::Metrics) -> &std::sync::atomic::AtomicI64,
+    ) -> Self {
+        let count = gauge(&shared.metrics).fetch_add(1, Ordering::Relaxed) + 1;
+        Counted {
+            shared: shared.clone(),
+            gauge,
+            count,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.gauge)(&self.shared.metrics).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Counts a client for as long as it is connected.
 struct ClientGuard(Arc<Shared>);
 
@@ -55,15 +83,33 @@ impl Drop for ClientGuard {
     }
 }
 
-pub(super) async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     shared.metrics.clients_total.fetch_add(1, Ordering::Relaxed);
-    let active = shared
+    shared
         .metrics
         .clients_active
-        .fetch_add(1, Ordering::Relaxed)
-        + 1;
+        .fetch_add(1, Ordering::Relaxed);
     let _guard = ClientGuard(shared.clone());
     let _ = tcp.set_nodelay(true);
+    // Sockets that have not logged in yet have a budget of their own: they
+    // cannot take the places of logged-in clients, and a flood of silent
+    // sockets is turned away at once instead of waiting out startup_timeout.
+    let starting = Counted::new(&shared, |m| &m.clients_starting);
+    let budget = shared.config.load().server.max_startup_connections;
+    if starting.count > budget as i64 {
+        shared.metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%peer, budget, "too many connections are starting up; refused");
+        let mut out = BytesMut::new();
+        messages::error_response(
+            &mut out,
+            Severity::Fatal,
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients are connecting at once (server.max_startup_connections)",
+            None,
+        );
+        let _ = tcp.write_all(&out).await;
+        return;
+    }
     // Room for a whole startup packet in one read (libpq's is under 100
     // bytes, JDBC's a few hundred); the session drops it once idle.
     let mut buf = BytesMut::with_capacity(512);
@@ -99,13 +145,7 @@ pub(super) async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         if minor_asked > 0 || !pq_options.is_empty() {
             messages::negotiate_protocol_version(&mut out, 0, pq_options);
         }
-        let max = shared.config.load().server.max_client_connections;
-        let outcome = if active > max as i64 {
-            Err(refuse(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                "sorry, too many clients already",
-            ))
-        } else {
+        let outcome = {
             let mut conn = ClientConn {
                 stream: &mut client,
                 buf: &mut buf,
@@ -122,6 +162,17 @@ pub(super) async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
                     ))
                 })
         };
+        // Logged-in clients count against max_client_connections.
+        let session_slot = Counted::new(&shared, |m| &m.sessions_active);
+        let max = shared.config.load().server.max_client_connections;
+        let outcome = match outcome {
+            Ok(()) if session_slot.count > max as i64 => Err(refuse(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            )),
+            other => other,
+        };
+        drop(starting);
         if let Err(r) = outcome {
             shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
             tracing::info!(code = r.code, "login refused: {}", r.message);
@@ -159,9 +210,10 @@ pub(super) async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             return None;
         }
         tracing::debug!("session started");
-        Some((session, registration, client, buf))
+        Some((session, registration, client, buf, session_slot))
     };
-    let Some((mut session, registration, client, buf)) = login.instrument(span.clone()).await
+    let Some((mut session, registration, client, buf, _session_slot)) =
+        login.instrument(span.clone()).await
     else {
         return;
     };
@@ -238,6 +290,12 @@ async fn read_startup(
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => continue,
             },
+            Err(e @ (FrameError::BadLength(_) | FrameError::TooLong(..))) => {
+                // As PostgreSQL: logged, not answered (a port probe that
+                // leaves gets nothing to parse).
+                tracing::info!("invalid length of startup packet: {e}");
+                return Ok(None);
+            }
             Err(e) => {
                 return Err((
                     stream,
