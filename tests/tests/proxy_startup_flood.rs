@@ -63,7 +63,7 @@ async fn silent_sockets_neither_count_as_clients_nor_exceed_their_budget() {
         held.push(c);
     }
     let sixth = bed.app().await;
-    let e = sixth.err().expect("a sixth logged-in client is refused");
+    let e = sixth.expect_err("a sixth logged-in client is refused");
     let code = e
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.code())
