@@ -192,3 +192,92 @@ async fn startup_parameters_cannot_inject_sql_whatever_the_previous_client_set()
         .get(0);
     assert!(!pwned, "nothing of the value ran as SQL");
 }
+
+/// Logs in as `app` (trusted) with `params`; returns the socket after
+/// ReadyForQuery.
+async fn raw_login(port: u16, params: &[(&str, &str)]) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", "app"), ("database", "app")].iter().chain(params) {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    pkt.extend(body);
+    s.write_all(&pkt).await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        let mut b = [0u8; 512];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "login: {seen:?}");
+        seen.extend_from_slice(&b[..n]);
+    }
+    s
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_text_in_the_clients_encoding_passes_and_malformed_messages_get_an_error() {
+    let bed = common::bed(0, "transaction", "", TRUST_APP).await.unwrap();
+    let port = bed.tidepool.port();
+    // LATIN1: 'é' is the single byte 0xE9, not UTF-8.
+    let mut s = raw_login(port, &[("client_encoding", "LATIN1")]).await;
+    s.write_all(&frame(b'Q', b"select length('\xe9') || ':' || '\xe9'\0"))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        let mut b = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "the connection stays: {answer:?}");
+        answer.extend_from_slice(&b[..n]);
+    }
+    assert!(
+        answer.windows(3).any(|w| w == b"1:\xe9"),
+        "one character, sent back in LATIN1: {answer:?}"
+    );
+    let mut at = 0;
+    while at + 5 <= answer.len() {
+        assert_ne!(answer[at], b'E', "no error: {answer:?}");
+        let len = u32::from_be_bytes([
+            answer[at + 1],
+            answer[at + 2],
+            answer[at + 3],
+            answer[at + 4],
+        ]);
+        at += 1 + len as usize;
+    }
+    // A Bind without its strings' terminators: an ErrorResponse, then the
+    // session ends (as PostgreSQL answers a malformed message).
+    let mut s = raw_login(port, &[]).await;
+    s.write_all(&frame(b'B', b"ab")).await.unwrap();
+    let messages = read_all(&mut s).await;
+    let errors: Vec<String> = messages
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| String::from_utf8_lossy(b).replace('\0', " "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{messages:?}");
+    assert!(errors[0].contains("08P01"), "{errors:?}");
+    // Everyone else is still served.
+    bed.app()
+        .await
+        .unwrap()
+        .simple_query("select 1")
+        .await
+        .unwrap();
+}

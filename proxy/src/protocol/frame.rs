@@ -157,6 +157,18 @@ pub fn cstr(buf: &mut &[u8]) -> Result<String, FrameError> {
     Ok(s)
 }
 
+/// A NUL-terminated string, with bytes that are not UTF-8 replaced (text
+/// in the client's encoding that tidepool only reads).
+pub fn cstr_lossy(buf: &mut &[u8]) -> Result<String, FrameError> {
+    let end = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
+    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
+    *buf = &buf[end + 1..];
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

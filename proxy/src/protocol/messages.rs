@@ -271,17 +271,22 @@ pub fn read_backend_key_data(f: &Frame) -> Option<(i32, Bytes)> {
 }
 
 /// The SQL text of a simple Query.
-pub fn read_query(f: &Frame) -> Result<&str, FrameError> {
+/// The text of a Query, for tidepool's own reading (routing, settings,
+/// admin commands). Bytes that are not UTF-8 (a client encoding such as
+/// LATIN1 or EUC_JP) are replaced here; the frame itself is forwarded as
+/// the client sent it, and the server reads it in the client's encoding.
+pub fn read_query(f: &Frame) -> Result<std::borrow::Cow<'_, str>, FrameError> {
     let b = f.body();
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    std::str::from_utf8(&b[..end]).map_err(|_| FrameError::BadStartup("query is not UTF-8".into()))
+    Ok(String::from_utf8_lossy(&b[..end]))
 }
 
 /// Statement name and query text of a Parse.
 pub fn read_parse(f: &Frame) -> Result<(String, String), FrameError> {
     let mut b = f.body();
     let name = frame::cstr(&mut b)?;
-    let query = frame::cstr(&mut b)?;
+    // Read, not forwarded: see read_query.
+    let query = frame::cstr_lossy(&mut b)?;
     Ok((name, query))
 }
 

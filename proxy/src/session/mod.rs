@@ -234,6 +234,11 @@ impl Session {
                 if r.is_ok() {
                     let (head, rest) = frames.split_at(i + 1);
                     let r2 = self.on_client_frame(head[i].clone(), rest).await;
+                    if let Err(SessionEnd::Protocol(m)) = &r2 {
+                        // A malformed message ends the session, as in
+                        // PostgreSQL, and the client is told why first.
+                        self.error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, m, None);
+                    }
                     if r2.is_err() {
                         r = r2;
                     }
@@ -628,9 +633,11 @@ impl Session {
                 let sql =
                     messages::read_query(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                if let Some(table) =
-                    crate::admin::show::answer_in_session(sql, &self.shared, self.routing.read_node)
-                {
+                if let Some(table) = crate::admin::show::answer_in_session(
+                    &sql,
+                    &self.shared,
+                    self.routing.read_node,
+                ) {
                     table.encode(&mut self.to_client);
                     messages::ready_for_query(&mut self.to_client, self.tx_status);
                     return Ok(());
@@ -638,8 +645,8 @@ impl Session {
                 if !self.ensure_backend(true).await {
                     return Ok(());
                 }
-                self.count_statement(sql);
-                let effects = state::analyze(sql);
+                self.count_statement(&sql);
+                let effects = state::analyze(&sql);
                 self.note_pins(&effects);
                 self.to_backend.extend_from_slice(&f.bytes);
                 self.pending.push_back(Expect::Simple {
@@ -781,14 +788,9 @@ impl Session {
                 }
             }
             other => {
-                self.error(
-                    Severity::Fatal,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &format!("invalid frontend message type {}", other as char),
-                    None,
-                );
                 return Err(SessionEnd::Protocol(format!(
-                    "invalid frontend message type {other}"
+                    "invalid frontend message type {}",
+                    other as char
                 )));
             }
         }
@@ -861,7 +863,7 @@ impl Session {
     fn is_admin_command(&self, f: &Frame) -> bool {
         f.tag == b'Q'
             && messages::read_query(f)
-                .map(|q| crate::admin::show::answer(q, &self.shared).is_some())
+                .map(|q| crate::admin::show::answer(&q, &self.shared).is_some())
                 .unwrap_or(false)
     }
 
@@ -871,7 +873,7 @@ impl Session {
             return;
         }
         let sql = match f.tag {
-            b'Q' => messages::read_query(f).ok().map(str::to_string),
+            b'Q' => messages::read_query(f).ok().map(|q| q.into_owned()),
             b'P' => messages::read_parse(f).ok().map(|(_, q)| q),
             _ => None,
         };
@@ -911,8 +913,8 @@ impl Session {
         };
         match f.tag {
             b'Q' => {
-                let sql = messages::read_query(f).unwrap_or("");
-                let c = self.shared.classifier.classify(sql);
+                let sql = messages::read_query(f).unwrap_or_default();
+                let c = self.shared.classifier.classify(&sql);
                 add(&c, &mut merged);
                 return (merged, false);
             }
@@ -964,9 +966,9 @@ impl Session {
         let rules = self.shared.rules.load_full();
         let (class, incomplete) = self.unit_class(f, rest);
         let sql = if f.tag == b'Q' {
-            messages::read_query(f).unwrap_or("")
+            messages::read_query(f).unwrap_or_default()
         } else {
-            ""
+            std::borrow::Cow::Borrowed("")
         };
         let mut facts = router::Facts {
             incomplete,
@@ -974,7 +976,7 @@ impl Session {
             ..router::Facts::default()
         };
         let mut reason = router::primary_reason(&rules, &class, &facts, &self.routing);
-        if reason.is_none() && !sql.is_empty() && rules.forced_primary(sql) {
+        if reason.is_none() && !sql.is_empty() && rules.forced_primary(&sql) {
             reason = Some("matches a primary_routing_pattern");
         }
         if reason.is_none() {
