@@ -20,6 +20,7 @@ mod paths;
 mod ports;
 mod tidepool;
 mod wait;
+pub mod wire;
 
 pub use cluster::{Node, PgCluster, PgClusterOpts, Role};
 pub use netns::{Forwarder, NetNs};

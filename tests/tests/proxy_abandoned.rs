@@ -8,28 +8,8 @@ mod common;
 
 use std::time::Duration;
 
+use tidepool_tests::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
 
 /// Reads messages until one tagged `tag` arrives; panics on an error.
 async fn read_until(s: &mut tokio::net::TcpStream, tag: u8) {
@@ -56,15 +36,20 @@ async fn abandon(port: u16, sql: &str, fails: bool) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    s.write_all(&startup("app", "app")).await.unwrap();
+    s.write_all(&wire::startup_packet(&[
+        ("user", "app"),
+        ("database", "app"),
+    ]))
+    .await
+    .unwrap();
     read_until(&mut s, b'Z').await;
     let mut parse = vec![0u8];
     parse.extend_from_slice(sql.as_bytes());
     parse.extend_from_slice(&[0, 0, 0]);
-    let mut batch = msg(b'P', &parse);
-    batch.extend(msg(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-    batch.extend(msg(b'E', &[0, 0, 0, 0, 0]));
-    batch.extend(msg(b'H', &[]));
+    let mut batch = wire::message(b'P', &parse);
+    batch.extend(wire::message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    batch.extend(wire::message(b'E', &[0, 0, 0, 0, 0]));
+    batch.extend(wire::message(b'H', &[]));
     s.write_all(&batch).await.unwrap();
     if fails {
         // The error, then the server skips everything until a Sync.

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tidepool_tests::wait_until_async;
+use tidepool_tests::{wait_until_async, wire};
 
 async fn login_error(bed: &common::Bed, user: &str, password: &str) -> (String, String) {
     let err = tokio_postgres::connect(
@@ -90,20 +90,6 @@ fn raw_exchange(port: u16, bytes: &[u8], then_close: bool) -> Vec<u8> {
     out
 }
 
-fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
-
 /// The SQLSTATE of the first ErrorResponse in `bytes`, if any.
 fn error_code(bytes: &[u8]) -> Option<String> {
     let at = bytes.iter().position(|&b| b == b'E')?;
@@ -159,17 +145,17 @@ method = "scram-sha-256"
         "the refusal is logged"
     );
     // Unsupported protocol version.
-    let mut v2 = startup_packet(&[("user", "app")]);
+    let mut v2 = wire::startup_packet(&[("user", "app")]);
     v2[4..8].copy_from_slice(&0x0002_0000u32.to_be_bytes());
     assert_eq!(
         error_code(&raw_exchange(port, &v2, false)).as_deref(),
         Some("0A000")
     );
     // A startup packet without a user.
-    let answer = raw_exchange(port, &startup_packet(&[("database", "app")]), false);
+    let answer = raw_exchange(port, &wire::startup_packet(&[("database", "app")]), false);
     assert_eq!(error_code(&answer).as_deref(), Some("28000"));
     // Truncated: half a startup packet, then the client vanishes.
-    let pkt = startup_packet(&[("user", "app"), ("database", "app")]);
+    let pkt = wire::startup_packet(&[("user", "app"), ("database", "app")]);
     raw_exchange(port, &pkt[..pkt.len() / 2], true);
     // Random bytes.
     let noise: Vec<u8> = (0..4096u32)
@@ -188,7 +174,7 @@ method = "scram-sha-256"
     for bad in [&b"Q\x7f\xff\xff\xff"[..], &b"!\x00\x00\x00\x04"[..]] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&startup_packet(&[
+        s.write_all(&wire::startup_packet(&[
             ("user", "trustuser"),
             ("database", "app"),
         ]))
@@ -262,8 +248,11 @@ async fn protocol_violations_after_login_get_an_error_and_others_go_on() {
     let port = bed.tidepool.port();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&startup_packet(&[("user", "md5user"), ("database", "app")]))
-        .unwrap();
+    s.write_all(&wire::startup_packet(&[
+        ("user", "md5user"),
+        ("database", "app"),
+    ]))
+    .unwrap();
     // Default hba asks for SCRAM, which a raw socket cannot easily do: the
     // server's request is an AuthenticationSASL ('R'); answer it with junk.
     let mut head = [0u8; 1];

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use tidepool_tests::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TRUST_APP: &str = "[[hba]]\ntype = \"host\"\ndatabase = \"all\"\nuser = \"app\"\naddress = \"all\"\nmethod = \"trust\"\n";
@@ -78,20 +79,6 @@ async fn idle_connections_killed_on_the_server_are_not_handed_to_new_clients() {
     }
 }
 
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
-
 /// Every message until the server closes: (tag, body).
 async fn read_all(s: &mut tokio::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
     let mut bytes = Vec::new();
@@ -114,7 +101,12 @@ async fn a_backend_fatal_reaches_the_client_once() {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", bed.tidepool.port()))
         .await
         .unwrap();
-    s.write_all(&startup("app", "app")).await.unwrap();
+    s.write_all(&wire::startup_packet(&[
+        ("user", "app"),
+        ("database", "app"),
+    ]))
+    .await
+    .unwrap();
     // Up to ReadyForQuery.
     let mut seen = Vec::new();
     while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
@@ -124,10 +116,7 @@ async fn a_backend_fatal_reaches_the_client_once() {
         seen.extend_from_slice(&b[..n]);
     }
     let q = b"select pg_sleep(30)\0";
-    let mut msg = vec![b'Q'];
-    msg.extend_from_slice(&((q.len() + 4) as u32).to_be_bytes());
-    msg.extend_from_slice(q);
-    s.write_all(&msg).await.unwrap();
+    s.write_all(&wire::message(b'Q', q)).await.unwrap();
     let primary = bed.cluster.primary().name.clone();
     tidepool_tests::wait_until(Duration::from_secs(10), "the sleeping backend", || {
         bed.cluster
@@ -199,16 +188,9 @@ async fn raw_login(port: u16, params: &[(&str, &str)]) -> tokio::net::TcpStream 
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", "app"), ("database", "app")].iter().chain(params) {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    pkt.extend(body);
+    let mut all = vec![("user", "app"), ("database", "app")];
+    all.extend_from_slice(params);
+    let pkt = wire::startup_packet(&all);
     s.write_all(&pkt).await.unwrap();
     let mut seen = Vec::new();
     while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
@@ -220,22 +202,18 @@ async fn raw_login(port: u16, params: &[(&str, &str)]) -> tokio::net::TcpStream 
     s
 }
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_text_in_the_clients_encoding_passes_and_malformed_messages_get_an_error() {
     let bed = common::bed(0, "transaction", "", TRUST_APP).await.unwrap();
     let port = bed.tidepool.port();
     // LATIN1: 'é' is the single byte 0xE9, not UTF-8.
     let mut s = raw_login(port, &[("client_encoding", "LATIN1")]).await;
-    s.write_all(&frame(b'Q', b"select length('\xe9') || ':' || '\xe9'\0"))
-        .await
-        .unwrap();
+    s.write_all(&wire::message(
+        b'Q',
+        b"select length('\xe9') || ':' || '\xe9'\0",
+    ))
+    .await
+    .unwrap();
     let mut answer = Vec::new();
     while !answer.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
         let mut b = [0u8; 512];
@@ -264,7 +242,7 @@ async fn query_text_in_the_clients_encoding_passes_and_malformed_messages_get_an
     // A Bind without its strings' terminators: an ErrorResponse, then the
     // session ends (as PostgreSQL answers a malformed message).
     let mut s = raw_login(port, &[]).await;
-    s.write_all(&frame(b'B', b"ab")).await.unwrap();
+    s.write_all(&wire::message(b'B', b"ab")).await.unwrap();
     let messages = read_all(&mut s).await;
     let errors: Vec<String> = messages
         .iter()

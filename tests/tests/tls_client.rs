@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, certs, free_port, wait_until};
+use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, certs, free_port, wait_until, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Bed {
@@ -225,21 +225,6 @@ fn rustls_client(ca: &Path, alpn: bool) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-fn startup_packet(user: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608u32.to_be_bytes());
-    for (k, v) in [("user", user), ("database", "app")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tls_negotiation_and_a_certificate_swapped_on_sighup() {
     let bed = tokio::task::block_in_place(|| bed("client_mode = \"prefer\""));
@@ -254,7 +239,12 @@ async fn direct_tls_negotiation_and_a_certificate_swapped_on_sighup() {
         .connect(name.clone(), tcp)
         .await
         .expect("direct TLS handshake");
-    tls.write_all(&startup_packet("app")).await.unwrap();
+    tls.write_all(&wire::startup_packet(&[
+        ("user", "app"),
+        ("database", "app"),
+    ]))
+    .await
+    .unwrap();
     let mut first = [0u8; 9];
     tls.read_exact(&mut first).await.unwrap();
     assert_eq!(first[0], b'R', "an authentication request");
@@ -267,7 +257,11 @@ async fn direct_tls_negotiation_and_a_certificate_swapped_on_sighup() {
         let mut tls = rustls_client(&bed.ca, false)
             .connect(name.clone(), tcp)
             .await?;
-        tls.write_all(&startup_packet("app")).await?;
+        tls.write_all(&wire::startup_packet(&[
+            ("user", "app"),
+            ("database", "app"),
+        ]))
+        .await?;
         let mut b = [0u8; 1];
         let n = tls.read(&mut b).await?;
         anyhow::ensure!(n > 0, "closed");
