@@ -23,3 +23,27 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(body);
     out
 }
+
+/// Connects to `port` on 127.0.0.1 and logs in as `user` (a user the
+/// server lets in without a password) to `database` with extra startup
+/// `params`; returns the connection once it is ready for a query.
+pub async fn login(
+    port: u16,
+    user: &str,
+    database: &str,
+    params: &[(&str, &str)],
+) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut all = vec![("user", user), ("database", database)];
+    all.extend_from_slice(params);
+    s.write_all(&startup_packet(&all)).await?;
+    let mut seen = Vec::new();
+    while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        let mut b = [0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut b)).await??;
+        anyhow::ensure!(n > 0, "the server closed during login: {seen:?}");
+        seen.extend_from_slice(&b[..n]);
+    }
+    Ok(s)
+}

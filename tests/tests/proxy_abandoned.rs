@@ -33,16 +33,7 @@ async fn read_until(s: &mut tokio::net::TcpStream, tag: u8) {
 /// Parse/Bind/Execute and a Flush — but no Sync — waits for its
 /// CommandComplete (or for the error, with `fails`), and goes away.
 async fn abandon(port: u16, sql: &str, fails: bool) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(&wire::startup_packet(&[
-        ("user", "app"),
-        ("database", "app"),
-    ]))
-    .await
-    .unwrap();
-    read_until(&mut s, b'Z').await;
+    let mut s = wire::login(port, "app", "app", &[]).await.unwrap();
     let mut parse = vec![0u8];
     parse.extend_from_slice(sql.as_bytes());
     parse.extend_from_slice(&[0, 0, 0]);

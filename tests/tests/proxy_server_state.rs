@@ -98,23 +98,9 @@ async fn read_all(s: &mut tokio::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_fatal_reaches_the_client_once() {
     let bed = common::bed(0, "session", "", TRUST_APP).await.unwrap();
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", bed.tidepool.port()))
+    let mut s = wire::login(bed.tidepool.port(), "app", "app", &[])
         .await
         .unwrap();
-    s.write_all(&wire::startup_packet(&[
-        ("user", "app"),
-        ("database", "app"),
-    ]))
-    .await
-    .unwrap();
-    // Up to ReadyForQuery.
-    let mut seen = Vec::new();
-    while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-        let mut b = [0u8; 256];
-        let n = s.read(&mut b).await.unwrap();
-        assert!(n > 0);
-        seen.extend_from_slice(&b[..n]);
-    }
     let q = b"select pg_sleep(30)\0";
     s.write_all(&wire::message(b'Q', q)).await.unwrap();
     let primary = bed.cluster.primary().name.clone();
@@ -182,32 +168,14 @@ async fn startup_parameters_cannot_inject_sql_whatever_the_previous_client_set()
     assert!(!pwned, "nothing of the value ran as SQL");
 }
 
-/// Logs in as `app` (trusted) with `params`; returns the socket after
-/// ReadyForQuery.
-async fn raw_login(port: u16, params: &[(&str, &str)]) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut all = vec![("user", "app"), ("database", "app")];
-    all.extend_from_slice(params);
-    let pkt = wire::startup_packet(&all);
-    s.write_all(&pkt).await.unwrap();
-    let mut seen = Vec::new();
-    while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-        let mut b = [0u8; 512];
-        let n = s.read(&mut b).await.unwrap();
-        assert!(n > 0, "login: {seen:?}");
-        seen.extend_from_slice(&b[..n]);
-    }
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_text_in_the_clients_encoding_passes_and_malformed_messages_get_an_error() {
     let bed = common::bed(0, "transaction", "", TRUST_APP).await.unwrap();
     let port = bed.tidepool.port();
     // LATIN1: 'é' is the single byte 0xE9, not UTF-8.
-    let mut s = raw_login(port, &[("client_encoding", "LATIN1")]).await;
+    let mut s = wire::login(port, "app", "app", &[("client_encoding", "LATIN1")])
+        .await
+        .unwrap();
     s.write_all(&wire::message(
         b'Q',
         b"select length('\xe9') || ':' || '\xe9'\0",
@@ -241,7 +209,7 @@ async fn query_text_in_the_clients_encoding_passes_and_malformed_messages_get_an
     }
     // A Bind without its strings' terminators: an ErrorResponse, then the
     // session ends (as PostgreSQL answers a malformed message).
-    let mut s = raw_login(port, &[]).await;
+    let mut s = wire::login(port, "app", "app", &[]).await.unwrap();
     s.write_all(&wire::message(b'B', b"ab")).await.unwrap();
     let messages = read_all(&mut s).await;
     let errors: Vec<String> = messages

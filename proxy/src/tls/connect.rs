@@ -35,8 +35,9 @@ use crate::config::{BackendTlsConfig, SslMode};
 /// How tidepool reaches one backend, compiled from its settings.
 pub struct BackendTls {
     pub mode: SslMode,
-    /// `None` with `sslmode = "disable"`.
-    config: Option<Arc<ClientConfig>>,
+    /// Unused with `sslmode = "disable"`, where it accepts anything (the
+    /// `tokio-postgres` connector wants one even for plaintext).
+    config: Arc<ClientConfig>,
     /// The `sslrootcert` in force, for error messages.
     rootcert: Option<String>,
 }
@@ -55,9 +56,7 @@ impl Default for BackendTls {
     fn default() -> Self {
         BackendTls {
             mode: SslMode::Prefer,
-            config: Some(Arc::new(
-                client_config(Verify::Nothing, None).expect("no files to read"),
-            )),
+            config: Arc::new(client_config(Verify::Nothing, None).expect("no files to read")),
             rootcert: None,
         }
     }
@@ -80,6 +79,7 @@ pub enum TlsError {
     Io(#[from] std::io::Error),
 }
 
+/// What the server's certificate must pass.
 enum Verify {
     /// `prefer`, `require`: encryption without authentication.
     Nothing,
@@ -87,6 +87,8 @@ enum Verify {
     Chain(rustls::RootCertStore),
     /// `verify-full`.
     ChainAndName(rustls::RootCertStore),
+    /// Settings that could not be loaded: nothing, with the reason.
+    Refuse(String),
 }
 
 impl BackendTls {
@@ -96,14 +98,7 @@ impl BackendTls {
         let mode = s.sslmode.unwrap_or_default();
         let rootcert = s.sslrootcert.clone();
         let verify = match mode {
-            SslMode::Disable => {
-                return Ok(BackendTls {
-                    mode,
-                    config: None,
-                    rootcert,
-                });
-            }
-            SslMode::Prefer | SslMode::Require => Verify::Nothing,
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => Verify::Nothing,
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let roots = super::read_roots(rootcert.as_deref().unwrap_or("system"))?;
                 if mode == SslMode::VerifyCa {
@@ -120,7 +115,7 @@ impl BackendTls {
         };
         Ok(BackendTls {
             mode,
-            config: Some(Arc::new(client_config(verify, identity)?)),
+            config: Arc::new(client_config(verify, identity)?),
             rootcert,
         })
     }
@@ -132,16 +127,11 @@ impl BackendTls {
     pub fn load_or_refusing(s: &BackendTlsConfig) -> BackendTls {
         BackendTls::load(s).unwrap_or_else(|reason| {
             tracing::error!(%reason, "backend TLS settings unusable: connections to this node fail until they are fixed");
-            let provider = super::provider();
-            let config = ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("the provider's default versions")
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Refuse(reason.clone())))
-                .with_no_client_auth();
+            let config = client_config(Verify::Refuse(reason.clone()), None)
+                .expect("no files to read");
             BackendTls {
                 mode: SslMode::Require,
-                config: Some(Arc::new(config)),
+                config: Arc::new(config),
                 rootcert: Some(reason),
             }
         })
@@ -150,9 +140,9 @@ impl BackendTls {
     /// Asks the server at the other end of `tcp` for TLS (SSLRequest) as
     /// the mode says, and runs the handshake for `host`.
     pub async fn negotiate(&self, mut tcp: TcpStream, host: &str) -> Result<Stream, TlsError> {
-        let Some(config) = &self.config else {
+        if self.mode == SslMode::Disable {
             return Ok(Stream::Plain(tcp));
-        };
+        }
         let mut request = bytes::BytesMut::new();
         crate::protocol::messages::ssl_request(&mut request);
         tcp.write_all(&request).await?;
@@ -173,7 +163,7 @@ impl BackendTls {
             }
         }
         let name = server_name(host);
-        let tls = TlsConnector::from(config.clone())
+        let tls = TlsConnector::from(self.config.clone())
             .connect(name, tcp)
             .await
             .map_err(|source| TlsError::Handshake {
@@ -206,14 +196,12 @@ impl BackendTls {
     /// `tokio-postgres` connection with these settings.
     pub fn pg(&self, cfg: &mut tokio_postgres::Config) -> tokio_postgres_rustls::MakeRustlsConnect {
         use tokio_postgres::config::SslMode as PgMode;
-        let (mode, config) = match (&self.config, self.mode) {
-            (None, _) => (PgMode::Disable, BackendTls::default().config),
-            (Some(c), SslMode::Prefer) => (PgMode::Prefer, Some(c.clone())),
-            (Some(c), _) => (PgMode::Require, Some(c.clone())),
-        };
-        cfg.ssl_mode(mode);
-        let config = config.expect("every mode but disable has a config");
-        tokio_postgres_rustls::MakeRustlsConnect::new(ClientConfig::clone(&config))
+        cfg.ssl_mode(match self.mode {
+            SslMode::Disable => PgMode::Disable,
+            SslMode::Prefer => PgMode::Prefer,
+            _ => PgMode::Require,
+        });
+        tokio_postgres_rustls::MakeRustlsConnect::new(ClientConfig::clone(&self.config))
     }
 }
 
@@ -235,11 +223,23 @@ fn client_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let verifier: Arc<dyn ServerCertVerifier> = match verify {
-        Verify::Nothing => Arc::new(AcceptAny(provider.clone())),
-        Verify::Chain(roots) => Arc::new(IgnoreName(webpki(roots, &provider)?)),
-        Verify::ChainAndName(roots) => webpki(roots, &provider)?,
+    let webpki = |roots: rustls::RootCertStore| {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| e.to_string())
     };
+    let (chain, names, refuse) = match verify {
+        Verify::Nothing => (None, false, None),
+        Verify::Chain(roots) => (Some(webpki(roots)?), false, None),
+        Verify::ChainAndName(roots) => (Some(webpki(roots)?), true, None),
+        Verify::Refuse(reason) => (None, false, Some(reason)),
+    };
+    let verifier = Arc::new(Verifier {
+        provider: provider.clone(),
+        chain,
+        names,
+        refuse,
+    });
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -253,70 +253,29 @@ fn client_config(
     Ok(config)
 }
 
-fn webpki(
-    roots: rustls::RootCertStore,
-    provider: &Arc<rustls::crypto::CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>, String> {
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())
+/// The server certificate check of one `sslmode`. The handshake's
+/// signatures are always checked (so the session key is the server's,
+/// whatever the mode); the chain only with a root store (`verify-ca`,
+/// `verify-full`), the name only for `verify-full`.
+#[derive(Debug)]
+struct Verifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    names: bool,
+    /// Refuse everything, with this reason.
+    refuse: Option<String>,
 }
 
-/// `prefer` and `require`: any certificate; the handshake's signatures are
-/// still checked, so the session key is the server's.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+impl Verifier {
+    fn refused(&self) -> Result<(), rustls::Error> {
+        match &self.refuse {
+            Some(reason) => Err(rustls::Error::General(reason.clone())),
+            None => Ok(()),
+        }
     }
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name may differ.
-#[derive(Debug)]
-struct IgnoreName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for IgnoreName {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -326,13 +285,14 @@ impl ServerCertVerifier for IgnoreName {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         use rustls::{CertificateError, Error};
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        self.refused()?;
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.names => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -343,7 +303,13 @@ impl ServerCertVerifier for IgnoreName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.refused()?;
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -352,51 +318,17 @@ impl ServerCertVerifier for IgnoreName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.refused()?;
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// Settings that could not be loaded: every certificate is refused with
-/// the reason.
-#[derive(Debug)]
-struct Refuse(String);
-
-impl ServerCertVerifier for Refuse {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General(self.0.clone()))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(self.0.clone()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(self.0.clone()))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        super::provider()
+        self.provider
             .signature_verification_algorithms
             .supported_schemes()
     }
