@@ -27,7 +27,8 @@ fn config(cluster: &PgCluster, backend_defaults: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n\n\
          [pool]\nmode = \"transaction\"\n\n\
-         [health_check]\nuser = \"postgres\"\npassword = \"postgres\"\nperiod = \"500ms\"\nmax_retries = 0\n\n\
+         [health_check]\nuser = \"postgres\"\npassword = \"postgres\"\nperiod = \"500ms\"\nmax_retries = 0\n\
+         timeout = \"10s\"\nconnect_timeout = \"10s\"\n\n\
          [load_balancing]\nenabled = true\nsr_check_period = \"200ms\"\n\n\
          [backend_defaults]\n{backend_defaults}\n\n{}\n[[users]]\nname = \"app\"\npassword = \"app\"\n",
         free_port(),
