@@ -24,6 +24,11 @@ pub enum OnWrite {
     /// Only reads of tables written in this transaction (or configured as
     /// related to them) go to the primary.
     DmlAdaptive,
+    /// Read-your-writes by WAL position: after a session's write commits,
+    /// its reads go only to standbys that have replayed the primary's WAL
+    /// up to that commit (as the lag sampler measures it), else to the
+    /// primary. Sessions that have not written read from standbys as usual.
+    SessionLsn,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -74,7 +79,7 @@ impl Default for LoadBalancingConfig {
         LoadBalancingConfig {
             enabled: true,
             statement_level: false,
-            disable_on_write: OnWrite::Transaction,
+            disable_on_write: OnWrite::SessionLsn,
             allow_sql_comments: false,
             primary_routing_patterns: Vec::new(),
             write_functions: Vec::new(),

@@ -3,8 +3,19 @@
 //! and in time (since the last replayed transaction, zero when the standby
 //! has replayed all it received). The router skips standbys over the
 //! thresholds; `SHOW POOL_NODES` shows the figures.
+//!
+//! Each round also says up to when a standby is known to be current: the
+//! primary's position is sampled at the start of every round and kept for a
+//! while; a standby whose replay position has reached the position sampled
+//! at instant `t` holds every transaction committed before `t`
+//! (`Lag::covers_since`), which is what read-your-writes by position
+//! (`disable_on_write = "session_lsn"`) asks of it.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -19,6 +30,44 @@ pub struct Lag {
     pub bytes: u64,
     #[serde(with = "humantime_serde")]
     pub time: Duration,
+    /// The standby has replayed every transaction the primary committed
+    /// before this instant (None: not known for any kept instant).
+    #[serde(skip)]
+    pub covers_since: Option<Instant>,
+}
+
+/// Primary positions sampled at the start of recent rounds, oldest first.
+#[derive(Debug, Default)]
+pub struct PrimaryPositions {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl PrimaryPositions {
+    /// Rounds kept: a standby more than this many rounds behind is not
+    /// known to hold anything recent.
+    const KEPT: usize = 32;
+
+    /// Records the primary's position as read by a query sent at `at`.
+    pub fn record(&mut self, at: Instant, lsn: u64) {
+        if self.samples.back().is_some_and(|&(_, last)| lsn < last) {
+            // A new primary (its positions start elsewhere): forget the old.
+            self.samples.clear();
+        }
+        self.samples.push_back((at, lsn));
+        while self.samples.len() > Self::KEPT {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The latest instant whose primary position a standby replayed up to
+    /// `replayed` has reached.
+    pub fn covered(&self, replayed: u64) -> Option<Instant> {
+        self.samples
+            .iter()
+            .rev()
+            .find(|&&(_, lsn)| lsn <= replayed)
+            .map(|&(at, _)| at)
+    }
 }
 
 impl Lag {
@@ -69,6 +118,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut clients: BTreeMap<(String, u16), tokio_postgres::Client> = BTreeMap::new();
+    let mut positions = PrimaryPositions::default();
     loop {
         let cfg = config();
         let period = cfg.load_balancing.sr_check_period;
@@ -76,6 +126,7 @@ pub async fn run(
         let mut next = BTreeMap::new();
         if let Some(primary) = snapshot.primary() {
             let key = (primary.host.clone(), primary.port);
+            let asked_at = Instant::now();
             let current = match sample(
                 &mut clients,
                 &key,
@@ -85,7 +136,10 @@ pub async fn run(
             )
             .await
             {
-                Some((lsn, _)) => lsn,
+                Some((lsn, _)) => {
+                    positions.record(asked_at, lsn);
+                    lsn
+                }
                 None => {
                     wait(&mut shutdown, period).await;
                     continue;
@@ -108,6 +162,7 @@ pub async fn run(
                         Lag {
                             bytes: current.saturating_sub(replayed),
                             time: Duration::from_secs_f64(secs.max(0.0)),
+                            covers_since: positions.covered(replayed),
                         },
                     );
                 }
@@ -125,6 +180,33 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, period: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(period) => *shutdown.borrow(),
         _ = shutdown.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_covers_the_latest_instant_whose_position_it_replayed() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = PrimaryPositions::default();
+        p.record(at(0), 100);
+        p.record(at(1), 200);
+        p.record(at(2), 300);
+        assert_eq!(p.covered(50), None);
+        assert_eq!(p.covered(100), Some(at(0)));
+        assert_eq!(p.covered(299), Some(at(1)));
+        assert_eq!(p.covered(1_000), Some(at(2)));
+        // A new primary whose positions are lower: the old ones go.
+        p.record(at(3), 10);
+        assert_eq!(p.covered(299), Some(at(3)));
+        assert_eq!(p.covered(5), None);
+        for i in 0..100 {
+            p.record(at(4 + i), 1_000 + i);
+        }
+        assert_eq!(p.covered(1_000), None, "only the last rounds are kept");
     }
 }
 

@@ -12,7 +12,10 @@ pub mod classify;
 pub mod lag;
 mod preference;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use rand::{Rng, RngExt};
 use regex::Regex;
@@ -41,6 +44,32 @@ pub struct SessionRouting {
     pub wrote_in_transaction: bool,
     /// Tables the session wrote (for `dml_adaptive`).
     pub written_tables: BTreeSet<String>,
+    /// When the session's last write was known committed (for
+    /// `session_lsn`): its reads need a standby that covers this instant.
+    pub wrote_at: Option<Instant>,
+    /// The session's transactions default to SERIALIZABLE, which standbys
+    /// cannot run.
+    pub serializable_default: bool,
+}
+
+impl SessionRouting {
+    /// Whether `lag` shows a standby that has replayed the session's last
+    /// write (always, when read-your-writes by position is off or the
+    /// session has not written).
+    pub fn fresh(&self, cfg: &LoadBalancingConfig, lag: Option<&Lag>) -> bool {
+        fresh(cfg, self.wrote_at, lag)
+    }
+}
+
+/// Whether a standby with `lag` has replayed a write committed at
+/// `wrote_at` (always true unless `disable_on_write = "session_lsn"`).
+fn fresh(cfg: &LoadBalancingConfig, wrote_at: Option<Instant>, lag: Option<&Lag>) -> bool {
+    match (cfg.disable_on_write, wrote_at) {
+        (OnWrite::SessionLsn, Some(w)) => lag
+            .and_then(|l| l.covers_since)
+            .is_some_and(|covered| covered > w),
+        _ => true,
+    }
 }
 
 /// Facts about the unit beyond its class, found by the caller.
@@ -219,6 +248,9 @@ pub fn primary_reason(
     if facts.pinned {
         return Some("session state lives on the primary");
     }
+    if session.serializable_default {
+        return Some("the session's transactions are serializable");
+    }
     if facts.volatile_function {
         return Some("calls a function that may write");
     }
@@ -319,14 +351,41 @@ pub fn choose_read(
             });
         }
     }
+    // A standby that has not replayed the session's last write serves this
+    // unit from the primary, but stays the session's read node.
+    let wrote_at = session.wrote_at;
+    let fresh = |id: usize| Some(id) == primary || fresh(cfg, wrote_at, lags.get(&id));
+    let behind = |id: usize| {
+        primary
+            .map(|p| Decision {
+                node: p,
+                reason: "read-your-writes: no standby has replayed the session's last write",
+            })
+            .filter(|_| !fresh(id))
+    };
     if !cfg.statement_level
         && let Some(id) = session.read_node
         && candidates.iter().any(|n| n.id == id)
     {
-        return Some(Decision {
+        return behind(id).or(Some(Decision {
             node: id,
             reason: "the session's load-balance node",
-        });
+        }));
+    }
+    if cfg.statement_level {
+        let fresh_only: Vec<&Node> = candidates.iter().copied().filter(|n| fresh(n.id)).collect();
+        if fresh_only.len() < candidates.len() {
+            return match weighted(&fresh_only, rng) {
+                Some(n) => Some(Decision {
+                    node: n.id,
+                    reason: "load balanced over standbys that have replayed the session's last write",
+                }),
+                None => primary.map(|p| Decision {
+                    node: p,
+                    reason: "read-your-writes: no standby has replayed the session's last write",
+                }),
+            };
+        }
     }
     let chosen = match weighted(&candidates, rng) {
         Some(n) => Decision {
@@ -352,7 +411,7 @@ pub fn choose_read(
     if !cfg.statement_level {
         session.read_node = Some(chosen.node);
     }
-    Some(chosen)
+    behind(chosen.node).or(Some(chosen))
 }
 
 #[cfg(test)]

@@ -255,3 +255,78 @@ fn invalid_settings_are_reported_with_key_paths() {
     assert!(paths.contains(&"load_balancing.primary_routing_patterns[0]"));
     assert!(paths.contains(&"load_balancing.app_name_redirect_preference_list"));
 }
+
+#[test]
+fn after_a_write_reads_wait_for_a_standby_that_replayed_it() {
+    use std::time::{Duration, Instant};
+    let s = snapshot(&[0.0, 1.0, 1.0]);
+    let r = rules(|c| c.statement_level = false);
+    let t0 = Instant::now();
+    let lag = |covers: Option<Instant>| Lag {
+        covers_since: covers,
+        ..Lag::default()
+    };
+    let mut lags = BTreeMap::from([(1, lag(Some(t0))), (2, lag(Some(t0)))]);
+    let mut rng = StdRng::seed_from_u64(7);
+    let pick = |sess: &mut SessionRouting, lags: &BTreeMap<usize, Lag>, rng: &mut StdRng| {
+        choose_read(&r, &s, lags, &Client::default(), sess, rng)
+            .unwrap()
+            .node
+    };
+    // A session that has not written reads from the standbys.
+    let mut reader = SessionRouting::default();
+    assert_ne!(pick(&mut reader, &lags, &mut rng), 0);
+    // One that wrote after both standbys' last covered instant reads from
+    // the primary, and keeps its read node for later.
+    let mut writer = SessionRouting {
+        wrote_at: Some(t0 + Duration::from_millis(5)),
+        ..SessionRouting::default()
+    };
+    for _ in 0..20 {
+        assert_eq!(pick(&mut writer, &lags, &mut rng), 0);
+    }
+    let kept = writer.read_node.expect("a read node is kept");
+    assert_ne!(kept, 0);
+    // Once its standby has replayed past the write, it reads there again.
+    lags.insert(kept, lag(Some(t0 + Duration::from_millis(10))));
+    assert_eq!(pick(&mut writer, &lags, &mut rng), kept);
+    // With another rule, the write does not matter.
+    let off = rules(|c| {
+        c.statement_level = false;
+        c.disable_on_write = OnWrite::Off;
+    });
+    let mut w2 = SessionRouting {
+        wrote_at: Some(t0 + Duration::from_secs(60)),
+        ..SessionRouting::default()
+    };
+    let n = choose_read(&off, &s, &lags, &Client::default(), &mut w2, &mut rng)
+        .unwrap()
+        .node;
+    assert_ne!(n, 0);
+    // Statement-level balancing picks among the standbys that have it,
+    // and the primary when none has.
+    let stmt = rules(|_| {});
+    for _ in 0..20 {
+        let n = choose_read(&stmt, &s, &lags, &Client::default(), &mut writer, &mut rng)
+            .unwrap()
+            .node;
+        assert_eq!(n, kept);
+    }
+    lags.insert(kept, lag(None));
+    let n = choose_read(&stmt, &s, &lags, &Client::default(), &mut writer, &mut rng)
+        .unwrap()
+        .node;
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn a_serializable_session_reads_from_the_primary() {
+    let r = rules(|_| {});
+    let sess = SessionRouting {
+        serializable_default: true,
+        ..SessionRouting::default()
+    };
+    let class = Class::default();
+    assert!(primary_reason(&r, &class, &Facts::default(), &sess).is_some());
+    assert!(primary_reason(&r, &class, &Facts::default(), &SessionRouting::default()).is_none());
+}

@@ -221,6 +221,7 @@ pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
     // costs more than the rest of a short transaction's bookkeeping. The
     // session's own log lines name it as their parent.
     session.span = span.clone();
+    session.client_pid = registration.pid;
     let result = session.run(client, buf).await;
     let _entered = span.enter();
     match result {

@@ -100,6 +100,13 @@ pub struct Session {
     unsynced: bool,
     /// The server sent FATAL (or PANIC) on this session's connection.
     backend_fatal: bool,
+    /// Work that may write was sent and its transaction has not ended yet:
+    /// when it ends, the session's reads need a standby that replayed it.
+    write_open: bool,
+    /// The process id this client was given in BackendKeyData: a
+    /// notification its own statements raised carries it, as on a direct
+    /// connection.
+    pub client_pid: i32,
     tx_status: u8,
     cancel: Arc<CancelSlot>,
     to_client: BytesMut,
@@ -143,6 +150,8 @@ impl Session {
             copy_in: false,
             unsynced: false,
             backend_fatal: false,
+            write_open: false,
+            client_pid: 0,
             tx_status: b'I',
             cancel,
             // Grown on demand: thousands of idle clients must cost little.
@@ -881,6 +890,7 @@ impl Session {
         let class = self.shared.classifier.classify(&sql);
         if class.write.is_some() {
             self.routing.wrote = true;
+            self.write_open = true;
             if self.tx_status == b'T' || class.begins {
                 self.routing.wrote_in_transaction = true;
             }
@@ -984,6 +994,10 @@ impl Session {
             reason = router::primary_reason(&rules, &class, &facts, &self.routing);
         }
         let snapshot = self.shared.cluster.snapshot();
+        if reason.is_some() {
+            // On the primary for a reason that may mean a write.
+            self.write_open = true;
+        }
         let mut decision = match reason {
             Some(r) => router::Decision {
                 node: self.primary().await?,
@@ -1186,6 +1200,12 @@ impl Session {
         match f.tag {
             b'Z' => {
                 self.tx_status = messages::ready_status(&f);
+                if self.write_open && self.tx_status == b'I' {
+                    // Committed (or rolled back): from now on the
+                    // session's reads need a standby that has it.
+                    self.write_open = false;
+                    self.routing.wrote_at = Some(std::time::Instant::now());
+                }
                 self.pop_through_end();
             }
             b'1' => {
@@ -1195,6 +1215,21 @@ impl Session {
                 }
             }
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
+            b'A' => {
+                // NotificationResponse: one the session's own backend sent
+                // names the process id the client knows.
+                let own = self.lease.as_mut().map(|l| l.conn().pid);
+                let body = f.body();
+                if body.len() >= 4
+                    && own == Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
+                {
+                    forward = false;
+                    self.to_client.extend_from_slice(&f.bytes[..5]);
+                    self.to_client
+                        .extend_from_slice(&self.client_pid.to_be_bytes());
+                    self.to_client.extend_from_slice(&body[4..]);
+                }
+            }
             b'G' => {
                 // COPY FROM STDIN: Syncs the client sent before this reply
                 // are ignored by the server; it answers only the Sync after
@@ -1275,6 +1310,16 @@ impl Session {
 
     fn confirm_setting(&mut self, change: &SettingChange) {
         state::apply_change(&mut self.settings, &self.startup_settings, change);
+        self.routing.serializable_default = self
+            .settings
+            .get("default_transaction_isolation")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("serializable"));
+        if let SettingChange::Several(changes) = change {
+            for c in changes {
+                self.confirm_setting(c);
+            }
+            return;
+        }
         if let Some(l) = self.lease.as_mut() {
             let conn = l.conn();
             match change {
@@ -1287,13 +1332,7 @@ impl Session {
                 SettingChange::ResetAll => {
                     conn.settings.clear();
                 }
-            }
-            if self.mode == PoolMode::Transaction
-                && matches!(change, SettingChange::ResetAll)
-                && self.pins.is_empty()
-            {
-                // DISCARD ALL also dropped every prepared statement.
-                conn.prepared.clear();
+                SettingChange::Several(_) => {}
             }
         }
     }

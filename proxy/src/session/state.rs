@@ -39,6 +39,9 @@ pub enum SettingChange {
     Set(String, String),
     Reset(String),
     ResetAll,
+    /// One statement setting several (`SET SESSION CHARACTERISTICS AS
+    /// TRANSACTION ISOLATION LEVEL …, READ ONLY`).
+    Several(Vec<SettingChange>),
 }
 
 /// Effects of one query string.
@@ -238,9 +241,11 @@ fn parse_set(stmt: &str) -> Option<SettingChange> {
         || lower.starts_with("constraints")
         || lower.starts_with("role")
         || lower.starts_with("session authorization")
-        || lower.starts_with("session characteristics")
     {
         return None;
+    }
+    if let Some(modes) = lower.strip_prefix("session characteristics as transaction") {
+        return characteristics(modes);
     }
     let rest = if lower.starts_with("session ") {
         rest[8..].trim_start()
@@ -269,6 +274,32 @@ fn parse_set(stmt: &str) -> Option<SettingChange> {
     Some(SettingChange::Set(name, value.to_string()))
 }
 
+/// The transaction modes of `SET SESSION CHARACTERISTICS AS TRANSACTION`
+/// as the settings they change.
+fn characteristics(modes: &str) -> Option<SettingChange> {
+    let mut out = Vec::new();
+    for mode in modes.split(',') {
+        let w: Vec<&str> = mode.split_whitespace().collect();
+        let change = match w.as_slice() {
+            ["isolation", "level", level @ ..] if !level.is_empty() => (
+                "default_transaction_isolation",
+                format!("'{}'", level.join(" ")),
+            ),
+            ["read", "only"] => ("default_transaction_read_only", "on".to_string()),
+            ["read", "write"] => ("default_transaction_read_only", "off".to_string()),
+            ["deferrable"] => ("default_transaction_deferrable", "on".to_string()),
+            ["not", "deferrable"] => ("default_transaction_deferrable", "off".to_string()),
+            _ => return None,
+        };
+        out.push(SettingChange::Set(change.0.to_string(), change.1));
+    }
+    match out.len() {
+        0 => None,
+        1 => out.pop(),
+        _ => Some(SettingChange::Several(out)),
+    }
+}
+
 /// Applies a confirmed change to a map of settings (name → SQL value text).
 /// `startup` holds the values the client asked for at login, which a reset
 /// returns to, as it does on a direct connection.
@@ -290,6 +321,11 @@ pub fn apply_change(
             }
         },
         SettingChange::ResetAll => *settings = startup.clone(),
+        SettingChange::Several(changes) => {
+            for c in changes {
+                apply_change(settings, startup, c);
+            }
+        }
     }
 }
 
@@ -368,6 +404,25 @@ mod tests {
             [SettingChange::Reset("work_mem".into())]
         );
         assert_eq!(analyze("RESET ALL").settings, [SettingChange::ResetAll]);
+        assert_eq!(
+            analyze("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                .settings,
+            [SettingChange::Set(
+                "default_transaction_isolation".into(),
+                "'serializable'".into()
+            )]
+        );
+        assert_eq!(
+            analyze("set session characteristics as transaction isolation level read committed, read only")
+                .settings,
+            [SettingChange::Several(vec![
+                SettingChange::Set(
+                    "default_transaction_isolation".into(),
+                    "'read committed'".into()
+                ),
+                SettingChange::Set("default_transaction_read_only".into(), "on".into()),
+            ])]
+        );
         assert_eq!(
             analyze("SET work_mem TO DEFAULT").settings,
             [SettingChange::Reset("work_mem".into())]
