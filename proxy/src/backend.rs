@@ -112,11 +112,22 @@ pub struct ServerConn {
     pub settings: BTreeMap<String, String>,
     /// Server-side names of statements prepared on this connection.
     pub prepared: HashSet<String>,
+    /// Statements still prepared on the server whose plan the server
+    /// refused after a schema change ("cached plan must not change result
+    /// type"): closed and prepared again before their next use.
+    pub stale: HashSet<String>,
     pub created: Instant,
     pub last_used: Instant,
 }
 
 impl ServerConn {
+    /// Every prepared statement of the connection is gone (DISCARD ALL,
+    /// DEALLOCATE ALL).
+    pub fn forget_statements(&mut self) {
+        self.prepared.clear();
+        self.stale.clear();
+    }
+
     /// Connects and logs in, within `p.timeout` as a whole.
     pub async fn connect(node: usize, p: &ConnectParams<'_>) -> Result<ServerConn, BackendError> {
         tokio::time::timeout(p.timeout, Self::connect_inner(node, p))
@@ -159,6 +170,7 @@ impl ServerConn {
             reported: BTreeMap::new(),
             settings: BTreeMap::new(),
             prepared: HashSet::new(),
+            stale: HashSet::new(),
             created: Instant::now(),
             last_used: Instant::now(),
         };

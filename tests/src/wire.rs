@@ -33,6 +33,17 @@ pub async fn login(
     database: &str,
     params: &[(&str, &str)],
 ) -> anyhow::Result<tokio::net::TcpStream> {
+    Ok(login_keyed(port, user, database, params).await?.0)
+}
+
+/// As [`login`], also returning the process id of the BackendKeyData the
+/// server sent.
+pub async fn login_keyed(
+    port: u16,
+    user: &str,
+    database: &str,
+    params: &[(&str, &str)],
+) -> anyhow::Result<(tokio::net::TcpStream, i32)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let mut all = vec![("user", user), ("database", database)];
@@ -45,5 +56,32 @@ pub async fn login(
         anyhow::ensure!(n > 0, "the server closed during login: {seen:?}");
         seen.extend_from_slice(&b[..n]);
     }
-    Ok(s)
+    let mut pid = None;
+    let mut rest = &seen[..];
+    while rest.len() >= 5 {
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if rest[0] == b'K' && len >= 8 && rest.len() >= 9 {
+            pid = Some(i32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]));
+        }
+        rest = &rest[(1 + len).min(rest.len())..];
+    }
+    let pid = pid.ok_or_else(|| anyhow::anyhow!("no BackendKeyData at login"))?;
+    Ok((s, pid))
+}
+
+/// Reads messages from `s` until one tagged `tag` arrives (within 10 s);
+/// returns its body.
+pub async fn read_until(s: &mut tokio::net::TcpStream, tag: u8) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut head = [0u8; 5];
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head)).await??;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        anyhow::ensure!(len >= 4, "bad message length {len}");
+        let mut body = vec![0u8; len as usize - 4];
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut body)).await??;
+        if head[0] == tag {
+            return Ok(body);
+        }
+    }
 }

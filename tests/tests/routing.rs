@@ -50,7 +50,14 @@ async fn lb_bed(mode: &str, lb: &str) -> common::Bed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_reach_standbys_and_writes_and_write_like_reads_never_do() {
-    let bed = lb_bed("transaction", "statement_level = true").await;
+    // Where each statement goes, its session's earlier writes aside (the
+    // Pgpool-II rule: only an explicit transaction's reads follow its
+    // writes; read-your-writes by position is proven below).
+    let bed = lb_bed(
+        "transaction",
+        "statement_level = true\ndisable_on_write = \"transaction\"",
+    )
+    .await;
     let (primary, standbys) = ports(&bed);
     let c = bed.app().await.unwrap();
     c.batch_execute(
@@ -612,4 +619,73 @@ async fn dml_adaptive_keeps_reads_of_written_tables_on_the_primary() {
             )
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_what_it_just_wrote_while_other_sessions_read_standbys() {
+    // The default rule (disable_on_write = "session_lsn"), session-level
+    // balancing: the read node is picked once per session.
+    let bed = lb_bed("transaction", "").await;
+    let (primary, standbys) = ports(&bed);
+    // Four writers, 250 tables each: create, then read at once.
+    let writers = (0..4).map(|w| {
+        let bed = &bed;
+        async move {
+            let c = bed.app().await.unwrap();
+            for i in 0..250 {
+                let t = format!("ryw_{w}_{i}");
+                c.batch_execute(&format!(
+                    "CREATE TABLE {t} (x int); INSERT INTO {t} VALUES ({i})"
+                ))
+                .await
+                .unwrap();
+                // Simple and extended protocol reads alike.
+                let got: i32 = if i % 2 == 0 {
+                    let rows = c
+                        .simple_query(&format!("SELECT x FROM {t}"))
+                        .await
+                        .unwrap_or_else(|e| panic!("{t}: {e:?}"));
+                    rows.iter()
+                        .find_map(|m| match m {
+                            SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+                            _ => None,
+                        })
+                        .unwrap()
+                } else {
+                    c.query_one(&format!("SELECT x FROM {t}"), &[])
+                        .await
+                        .unwrap_or_else(|e| panic!("{t}: {e:?}"))
+                        .get(0)
+                };
+                assert_eq!(got, i, "{t}");
+            }
+            c
+        }
+    });
+    // Meanwhile sessions that have not written read from the standbys.
+    let reader = async {
+        let mut seen = HashMap::new();
+        for _ in 0..40 {
+            let c = bed.app().await.unwrap();
+            *seen
+                .entry(port_of(&c, "SELECT inet_server_port()").await)
+                .or_insert(0) += 1;
+        }
+        seen
+    };
+    let (writers, seen) = tokio::join!(futures_util::future::join_all(writers), reader);
+    assert!(
+        !seen.contains_key(&primary) && seen.keys().all(|p| standbys.contains(p)),
+        "reads of sessions that did not write: {seen:?}"
+    );
+    // Once the standbys have replayed a writer's last write, its reads go
+    // back to its standby.
+    let c = &writers[0];
+    wait_until_async(
+        Duration::from_secs(20),
+        "the writer's reads to return to a standby",
+        || async { standbys.contains(&port_of(c, "SELECT inet_server_port()").await) },
+    )
+    .await
+    .unwrap();
 }

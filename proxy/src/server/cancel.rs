@@ -7,6 +7,7 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex, Weak},
 };
 
@@ -93,6 +94,17 @@ impl CancelRegistry {
         slot.upgrade()?.get()
     }
 
+    /// The key of the client whose session holds backend process `pid` of
+    /// the server at `addr` now, if any: what a notification that backend
+    /// sent should name.
+    pub fn client_of(&self, addr: SocketAddr, pid: i32) -> Option<i32> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().find_map(|(client, (_, slot))| {
+            let target = slot.upgrade()?.get()?;
+            (target.pid == pid && target.addr == addr).then_some(*client)
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -106,7 +118,6 @@ impl CancelRegistry {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use std::net::SocketAddr;
 
     #[test]
     fn only_the_right_key_finds_the_backend() {
@@ -125,6 +136,9 @@ mod tests {
         }));
         let t = reg.lookup(r.pid, &r.secret.to_be_bytes()).unwrap();
         assert_eq!((t.addr, t.pid), (addr, 77));
+        assert_eq!(reg.client_of(addr, 77), Some(r.pid));
+        assert_eq!(reg.client_of(addr, 78), None);
+        assert_eq!(reg.client_of("127.0.0.1:5433".parse().unwrap(), 77), None);
         assert!(reg.lookup(r.pid, &(r.secret ^ 1).to_be_bytes()).is_none());
         let pid = r.pid;
         drop(r);

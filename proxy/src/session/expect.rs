@@ -22,12 +22,23 @@ pub enum Expect {
         hidden: bool,
         server_name: Option<String>,
     },
-    Bind,
+    /// BindComplete; `statement` is the server-side name when tidepool
+    /// renamed the statement.
+    Bind {
+        statement: Option<String>,
+    },
     /// ParameterDescription? then RowDescription or NoData.
-    Describe,
+    Describe {
+        statement: Option<String>,
+    },
     /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
     Execute,
-    Close,
+    /// CloseComplete; `stale` names the statement when tidepool closed it
+    /// itself (the reply is hidden, and if the server skips the Close the
+    /// statement is still there).
+    Close {
+        stale: Option<String>,
+    },
     Sync,
     /// A reply tidepool makes itself ('1' ParseComplete, '3' CloseComplete),
     /// sent when it reaches the front.

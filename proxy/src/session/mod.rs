@@ -348,7 +348,7 @@ impl Session {
             let conn = lease.conn();
             if reset.trim().is_empty() || conn.run_silent(&reset).await.is_ok() {
                 conn.settings.clear();
-                conn.prepared.clear();
+                conn.forget_statements();
                 lease.release();
             }
         }
@@ -378,7 +378,7 @@ impl Session {
                     return;
                 }
                 conn.settings.clear();
-                conn.prepared.clear();
+                conn.forget_statements();
             }
         }
         lease.release();
@@ -657,6 +657,7 @@ impl Session {
                 self.count_statement(&sql);
                 let effects = state::analyze(&sql);
                 self.note_pins(&effects);
+                self.free_database(&effects);
                 self.to_backend.extend_from_slice(&f.bytes);
                 self.pending.push_back(Expect::Simple {
                     settings: effects.settings,
@@ -670,24 +671,31 @@ impl Session {
                     messages::read_parse(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
                 self.count_statement(&query);
-                self.note_pins(&state::analyze(&query));
+                let effects = state::analyze(&query);
+                self.note_pins(&effects);
+                self.free_database(&effects);
                 if !name.is_empty() && !self.skipping {
                     let stmt = Arc::new(
                         Statement::from_parse(&f, self.shared.classifier.classify(&query))
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
                     );
                     self.statements.insert(name, stmt.clone());
+                    // The client's own Parse reaches the server even when
+                    // the connection has the statement: the text may mean
+                    // something else now (a table dropped and made again
+                    // with other types), as it would on a direct
+                    // connection. Parses tidepool injects reuse it.
                     let conn = self.lease.as_mut().expect("attached").conn();
-                    if conn.prepared.contains(&stmt.server_name) {
-                        self.push(Expect::Synthetic(b'1'));
-                    } else {
-                        conn.prepared.insert(stmt.server_name.clone());
-                        self.to_backend.extend_from_slice(&stmt.parse);
-                        self.push(Expect::Parse {
-                            hidden: false,
-                            server_name: Some(stmt.server_name.clone()),
-                        });
+                    if conn.prepared.remove(&stmt.server_name) {
+                        conn.stale.insert(stmt.server_name.clone());
                     }
+                    conn.prepared.insert(stmt.server_name.clone());
+                    self.close_if_stale(&stmt.server_name);
+                    self.to_backend.extend_from_slice(&stmt.parse);
+                    self.push(Expect::Parse {
+                        hidden: false,
+                        server_name: Some(stmt.server_name.clone()),
+                    });
                 } else {
                     self.to_backend.extend_from_slice(&f.bytes);
                     self.push(Expect::Parse {
@@ -708,10 +716,15 @@ impl Session {
                         let b = messages::rename_bind(&f, &stmt.server_name)
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                         self.to_backend.extend_from_slice(&b);
+                        self.push(Expect::Bind {
+                            statement: Some(stmt.server_name.clone()),
+                        });
                     }
-                    None => self.to_backend.extend_from_slice(&f.bytes),
+                    None => {
+                        self.to_backend.extend_from_slice(&f.bytes);
+                        self.push(Expect::Bind { statement: None });
+                    }
                 }
-                self.push(Expect::Bind);
             }
             b'D' | b'C' => {
                 if !self.ensure_backend(false).await {
@@ -732,7 +745,9 @@ impl Session {
                             b'S',
                             &stmt.server_name,
                         ));
-                        self.push(Expect::Describe);
+                        self.push(Expect::Describe {
+                            statement: Some(stmt.server_name.clone()),
+                        });
                     }
                     (b'C', Some(_)) => {
                         // The server-side statement stays for other clients;
@@ -745,9 +760,9 @@ impl Session {
                     (tag, None) => {
                         self.to_backend.extend_from_slice(&f.bytes);
                         self.push(if tag == b'D' {
-                            Expect::Describe
+                            Expect::Describe { statement: None }
                         } else {
-                            Expect::Close
+                            Expect::Close { stale: None }
                         });
                     }
                     _ => unreachable!("tag is D or C"),
@@ -1147,10 +1162,37 @@ impl Session {
     fn ensure_prepared(&mut self, stmt: &Statement) {
         let conn = self.lease.as_mut().expect("attached").conn();
         if conn.prepared.insert(stmt.server_name.clone()) {
+            self.close_if_stale(&stmt.server_name);
             self.to_backend.extend_from_slice(&stmt.parse);
             self.push(Expect::Parse {
                 hidden: true,
                 server_name: Some(stmt.server_name.clone()),
+            });
+        }
+    }
+
+    /// Before preparing `name` again on the attached connection: closes
+    /// the server's copy whose plan it refused (see `ServerConn::stale`).
+    fn close_if_stale(&mut self, name: &str) {
+        let conn = self.lease.as_mut().expect("attached").conn();
+        if conn.stale.remove(name) {
+            self.to_backend
+                .extend_from_slice(&messages::target_message(b'C', b'S', name));
+            self.push(Expect::Close {
+                stale: Some(name.to_string()),
+            });
+        }
+    }
+
+    /// Closes tidepool's idle connections to a database the statement
+    /// needs free of other sessions (DROP DATABASE and the like), on every
+    /// node, so that only the client's own sessions can stand in its way.
+    fn free_database(&self, e: &state::Effects) {
+        if let Some(db) = &e.frees_database {
+            self.shared.pools.for_each(|p| {
+                if &p.key.database == db {
+                    p.drain_idle();
+                }
             });
         }
     }
@@ -1214,20 +1256,28 @@ impl Session {
                     self.pending.pop_front();
                 }
             }
-            b'2' => self.pop_if(|e| matches!(e, Expect::Bind)),
+            b'2' => self.pop_if(|e| matches!(e, Expect::Bind { .. })),
             b'A' => {
-                // NotificationResponse: one the session's own backend sent
-                // names the process id the client knows.
-                let own = self.lease.as_mut().map(|l| l.conn().pid);
+                // NotificationResponse: it names the sending backend's
+                // process id; the client knows its own and other clients'
+                // by the keys tidepool gave them.
                 let body = f.body();
                 if body.len() >= 4
-                    && own == Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
+                    && let Some(l) = self.lease.as_mut()
                 {
-                    forward = false;
-                    self.to_client.extend_from_slice(&f.bytes[..5]);
-                    self.to_client
-                        .extend_from_slice(&self.client_pid.to_be_bytes());
-                    self.to_client.extend_from_slice(&body[4..]);
+                    let (own, addr) = (l.conn().pid, l.conn().addr);
+                    let sender = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let client = if sender == own {
+                        Some(self.client_pid)
+                    } else {
+                        self.shared.cancels.client_of(addr, sender)
+                    };
+                    if let Some(pid) = client {
+                        forward = false;
+                        self.to_client.extend_from_slice(&f.bytes[..5]);
+                        self.to_client.extend_from_slice(&pid.to_be_bytes());
+                        self.to_client.extend_from_slice(&body[4..]);
+                    }
                 }
             }
             b'G' => {
@@ -1241,8 +1291,13 @@ impl Session {
                     }
                 }
             }
-            b'3' => self.pop_if(|e| matches!(e, Expect::Close)),
-            b'n' | b'T' => self.pop_if(|e| matches!(e, Expect::Describe)),
+            b'3' => {
+                if let Some(Expect::Close { stale }) = self.pending.front() {
+                    forward = stale.is_none();
+                    self.pending.pop_front();
+                }
+            }
+            b'n' | b'T' => self.pop_if(|e| matches!(e, Expect::Describe { .. })),
             b'I' | b's' => self.pop_if(|e| matches!(e, Expect::Execute)),
             b'C' => {
                 let body = f.body();
@@ -1252,7 +1307,7 @@ impl Session {
                     // tidepool's renamed ones too: a later Bind must
                     // prepare again.
                     if let Some(l) = self.lease.as_mut() {
-                        l.conn().prepared.clear();
+                        l.conn().forget_statements();
                     }
                 }
                 if let Some(Expect::Simple { settings }) = self.pending.front_mut() {
@@ -1267,18 +1322,40 @@ impl Session {
                 }
             }
             b'E' if !matches!(self.pending.front(), Some(Expect::Simple { .. })) => {
+                if let Some(
+                    Expect::Bind { statement: Some(n) } | Expect::Describe { statement: Some(n) },
+                ) = self.pending.front()
+                    && messages::read_error(&f).code == sqlstate::FEATURE_NOT_SUPPORTED
+                    && let Some(l) = self.lease.as_mut()
+                {
+                    // "cached plan must not change result type": the
+                    // statement's text now means another result; the
+                    // client prepares it again, and tidepool with it.
+                    let conn = l.conn();
+                    if conn.prepared.remove(n) {
+                        conn.stale.insert(n.clone());
+                    }
+                }
                 // Extended protocol: the server skips to the next Sync.
                 while let Some(e) = self.pending.front() {
                     if matches!(e, Expect::Sync) {
                         break;
                     }
-                    if let Some(Expect::Parse {
-                        server_name: Some(n),
-                        ..
-                    }) = self.pending.pop_front()
-                        && let Some(l) = self.lease.as_mut()
-                    {
-                        l.conn().prepared.remove(&n);
+                    match (self.pending.pop_front(), self.lease.as_mut()) {
+                        (
+                            Some(Expect::Parse {
+                                server_name: Some(n),
+                                ..
+                            }),
+                            Some(l),
+                        ) => {
+                            l.conn().prepared.remove(&n);
+                        }
+                        (Some(Expect::Close { stale: Some(n) }), Some(l)) => {
+                            // Skipped: the server still holds it.
+                            l.conn().stale.insert(n);
+                        }
+                        _ => {}
                     }
                 }
                 if self.pending.is_empty() {

@@ -50,6 +50,10 @@ pub struct Effects {
     pub pins: Vec<PinReason>,
     pub unpins: Vec<PinReason>,
     pub settings: Vec<SettingChange>,
+    /// A database the statement needs no other session connected to
+    /// (DROP DATABASE, ALTER DATABASE … RENAME, CREATE DATABASE … TEMPLATE):
+    /// tidepool's idle pooled connections to it must go first.
+    pub frees_database: Option<String>,
 }
 
 /// Splits on `;` outside quotes, comments and dollar-quoted strings.
@@ -145,8 +149,10 @@ fn contains_ci(hay: &str, needle: &str) -> bool {
 }
 
 /// Statements whose first word may change session state.
-const STATEFUL: [&str; 10] = [
+const STATEFUL: [&str; 12] = [
     "create",
+    "drop",
+    "alter",
     "listen",
     "unlisten",
     "prepare",
@@ -193,6 +199,24 @@ fn analyze_stateful(stmt: &str, e: &mut Effects) {
                 .any(|x| x == "temp" || x == "temporary");
             if temp {
                 e.pins.push(PinReason::TempTable);
+            }
+            if w1 == "database"
+                && let Some(at) = lower.find("template")
+            {
+                let rest = stmt[at + 8..].trim_start();
+                e.frees_database = identifier(rest.strip_prefix('=').unwrap_or(rest));
+            }
+        }
+        "drop" | "alter" if w1 == "database" => {
+            let rest = &stmt[stmt.to_ascii_lowercase().find("database").unwrap_or(0) + 8..];
+            let rest = rest.trim_start();
+            let rest = match rest.get(..9) {
+                Some(k) if k.eq_ignore_ascii_case("if exists") => &rest[9..],
+                _ => rest,
+            };
+            let renames = w0 == "alter" && w.iter().any(|x| x == "rename");
+            if w0 == "drop" || renames {
+                e.frees_database = identifier(rest);
             }
         }
         "listen" => e.pins.push(PinReason::Listen),
@@ -272,6 +296,32 @@ fn parse_set(stmt: &str) -> Option<SettingChange> {
         return Some(SettingChange::Reset(name));
     }
     Some(SettingChange::Set(name, value.to_string()))
+}
+
+/// The SQL identifier at the start of `s`: as written when quoted,
+/// lower-cased when not.
+fn identifier(s: &str) -> Option<String> {
+    let s = s.trim_start();
+    if let Some(quoted) = s.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = quoted.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                } else {
+                    return Some(out);
+                }
+            }
+            out.push(c);
+        }
+        return None;
+    }
+    let name: String = s
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
+        .collect();
+    (!name.is_empty()).then(|| name.to_lowercase())
 }
 
 /// The transaction modes of `SET SESSION CHARACTERISTICS AS TRANSACTION`
@@ -427,6 +477,31 @@ mod tests {
             analyze("SET work_mem TO DEFAULT").settings,
             [SettingChange::Reset("work_mem".into())]
         );
+    }
+
+    #[test]
+    fn statements_that_need_a_database_free_of_sessions() {
+        let db = |sql: &str| analyze(sql).frees_database;
+        assert_eq!(db("DROP DATABASE appdb").as_deref(), Some("appdb"));
+        assert_eq!(
+            db(r#"drop database if exists "My""DB" with (force)"#).as_deref(),
+            Some("My\"DB")
+        );
+        assert_eq!(
+            db("ALTER DATABASE Old RENAME TO new").as_deref(),
+            Some("old")
+        );
+        assert_eq!(db("ALTER DATABASE old SET work_mem = '1MB'"), None);
+        assert_eq!(
+            db("CREATE DATABASE copy TEMPLATE = src").as_deref(),
+            Some("src")
+        );
+        assert_eq!(
+            db("CREATE DATABASE x WITH TEMPLATE tpl OWNER app").as_deref(),
+            Some("tpl")
+        );
+        assert_eq!(db("CREATE DATABASE x"), None);
+        assert_eq!(db("DROP TABLE database"), None);
     }
 
     #[test]

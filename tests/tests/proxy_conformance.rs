@@ -1,0 +1,178 @@
+//! What a real driver's test suite (asyncpg's, run by scripts/driver-suite)
+//! found tidepool doing differently from PostgreSQL, each against real
+//! servers: prepared statements after `RESET ALL` and after a table changed
+//! shape, notification process ids, `SET SESSION CHARACTERISTICS`, and
+//! `DROP DATABASE` with pooled connections in the way.
+
+mod common;
+
+use tidepool_tests::wire;
+use tokio::io::AsyncWriteExt;
+
+/// A raw simple query, its replies read up to ReadyForQuery.
+async fn simple(s: &mut tokio::net::TcpStream, sql: &str) {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    s.write_all(&wire::message(b'Q', &body)).await.unwrap();
+    wire::read_until(s, b'Z').await.unwrap();
+}
+
+const TRUST: &str = "[[hba]]\ntype = \"host\"\ndatabase = \"all\"\nuser = \"all\"\naddress = \"all\"\nmethod = \"trust\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_all_leaves_prepared_statements_in_place() {
+    // One server connection shared by every client; asyncpg's pool runs
+    // `RESET ALL` (among others) each time a connection goes back to it.
+    let bed = common::bed(0, "transaction", "max_size = 1", "")
+        .await
+        .unwrap();
+    let a = bed.app().await.unwrap();
+    let s = a.prepare("select $1::int * 2").await.unwrap();
+    assert_eq!(a.query_one(&s, &[&2i32]).await.unwrap().get::<_, i32>(0), 4);
+    a.batch_execute("RESET ALL").await.unwrap();
+    // The statement is still on the server: a client preparing it again,
+    // and the first client using it, both work.
+    let b = bed.app().await.unwrap();
+    let t = b.prepare("select $1::int * 2").await.unwrap();
+    assert_eq!(b.query_one(&t, &[&3i32]).await.unwrap().get::<_, i32>(0), 6);
+    assert_eq!(a.query_one(&s, &[&4i32]).await.unwrap().get::<_, i32>(0), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_again_after_its_table_changed_sees_the_new_table() {
+    let bed = common::bed(0, "transaction", "max_size = 1", "")
+        .await
+        .unwrap();
+    let a = bed.app().await.unwrap();
+    a.batch_execute("CREATE TABLE shape (v date)")
+        .await
+        .unwrap();
+    let ins = a.prepare("INSERT INTO shape VALUES ($1)").await.unwrap();
+    assert_eq!(ins.params()[0], tokio_postgres::types::Type::DATE);
+    // Another client makes the table again with another column type and
+    // prepares the same text: the server parses it anew, as it would on a
+    // direct connection.
+    let b = bed.app().await.unwrap();
+    b.batch_execute("DROP TABLE shape; CREATE TABLE shape (v int)")
+        .await
+        .unwrap();
+    let ins2 = b.prepare("INSERT INTO shape VALUES ($1)").await.unwrap();
+    assert_eq!(ins2.params()[0], tokio_postgres::types::Type::INT4);
+    b.execute(&ins2, &[&7i32]).await.unwrap();
+
+    // A result that changes shape: the server refuses the old plan once
+    // (as it does directly); prepared again, the statement works.
+    b.batch_execute("CREATE TABLE wide (a int); INSERT INTO wide VALUES (1)")
+        .await
+        .unwrap();
+    let sel = a.prepare("SELECT * FROM wide").await.unwrap();
+    assert_eq!(a.query(&sel, &[]).await.unwrap().len(), 1);
+    b.batch_execute("ALTER TABLE wide ADD COLUMN b int")
+        .await
+        .unwrap();
+    let e = a.query(&sel, &[]).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+        "{e:?}"
+    );
+    let sel = a.prepare("SELECT * FROM wide").await.unwrap();
+    assert_eq!(sel.columns().len(), 2);
+    let rows = a.query(&sel, &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_name_the_senders_by_the_keys_tidepool_gave_them() {
+    let bed = common::bed(0, "session", "", TRUST).await.unwrap();
+    let port = bed.tidepool.port();
+    let (mut listener, listener_pid) = wire::login_keyed(port, "app", "app", &[]).await.unwrap();
+    let (mut sender, sender_pid) = wire::login_keyed(port, "app", "app", &[]).await.unwrap();
+    simple(&mut listener, "LISTEN chan").await;
+    // Another client's notification names that client.
+    simple(&mut sender, "NOTIFY chan, 'from the other'").await;
+    let n = wire::read_until(&mut listener, b'A').await.unwrap();
+    assert_eq!(i32::from_be_bytes([n[0], n[1], n[2], n[3]]), sender_pid);
+    // The client's own names itself.
+    // (The server sends it just before its ReadyForQuery.)
+    listener
+        .write_all(&wire::message(b'Q', b"NOTIFY chan, 'from myself'\0"))
+        .await
+        .unwrap();
+    let n = wire::read_until(&mut listener, b'A').await.unwrap();
+    assert_eq!(i32::from_be_bytes([n[0], n[1], n[2], n[3]]), listener_pid);
+    assert!(n.ends_with(b"from myself\0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_characteristics_follow_the_session_to_every_node() {
+    // Reads may go to a standby: the session's default isolation must be
+    // in force there too, and SERIALIZABLE (which standbys cannot run)
+    // keeps the session's work on the primary.
+    let bed = common::bed(
+        2,
+        "session",
+        "",
+        "[load_balancing]\nstatement_level = true\n",
+    )
+    .await
+    .unwrap();
+    let c = bed.app().await.unwrap();
+    for level in ["repeatable read", "read committed", "serializable"] {
+        c.batch_execute(&format!(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL {level}"
+        ))
+        .await
+        .unwrap();
+        for _ in 0..10 {
+            let got: String = c
+                .query_one("SHOW TRANSACTION ISOLATION LEVEL", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(got, level);
+        }
+    }
+    // Serializable: every read runs on the primary.
+    for _ in 0..10 {
+        let standby: bool = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!standby, "a serializable session read from a standby");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_is_not_stopped_by_tidepools_idle_connections() {
+    let bed = common::bed(0, "transaction", "", "").await.unwrap();
+    let primary = bed.cluster.primary().name.clone();
+    bed.cluster
+        .psql(&primary, "CREATE DATABASE scratch OWNER app")
+        .unwrap();
+    // Clients of `scratch` leave their server connections in the pool.
+    for _ in 0..3 {
+        let c = bed.tidepool.connect("app", "app", "scratch").await.unwrap();
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    let c = bed
+        .tidepool
+        .connect("postgres", "postgres", "postgres")
+        .await
+        .unwrap();
+    c.batch_execute("DROP DATABASE scratch").await.unwrap();
+    c.batch_execute("CREATE DATABASE scratch2 OWNER app")
+        .await
+        .unwrap();
+    let d = bed
+        .tidepool
+        .connect("app", "app", "scratch2")
+        .await
+        .unwrap();
+    d.batch_execute("SELECT 1").await.unwrap();
+    drop(d);
+    c.batch_execute("ALTER DATABASE scratch2 RENAME TO scratch3")
+        .await
+        .unwrap();
+}
