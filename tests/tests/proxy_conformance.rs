@@ -176,3 +176,49 @@ async fn drop_database_is_not_stopped_by_tidepools_idle_connections() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_clients_session_state_is_not_left_to_the_next_client() {
+    // One server connection: the next client gets the departed one's.
+    let bed = common::bed(0, "transaction", "max_size = 1", "")
+        .await
+        .unwrap();
+    let a = bed.app().await.unwrap();
+    a.batch_execute(
+        "CREATE TEMP TABLE copytab (a bytea); SELECT pg_advisory_lock(42); LISTEN departed",
+    )
+    .await
+    .unwrap();
+    let pid: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(a);
+    let b = bed.app().await.unwrap();
+    let row = b
+        .query_one(
+            "SELECT pg_backend_pid(), to_regclass('pg_temp.copytab') IS NULL, \
+             (SELECT count(*) FROM pg_listening_channels())::int",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), pid, "the same server connection");
+    assert!(row.get::<_, bool>(1), "the temporary table is gone");
+    assert_eq!(row.get::<_, i32>(2), 0, "LISTEN is gone");
+    // The advisory lock is free for anyone.
+    let direct = bed.direct().await.unwrap();
+    let free: bool = direct
+        .query_one("SELECT pg_try_advisory_lock(42)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(free, "the departed client's advisory lock is released");
+    // A table made now by the new client is the one its reads see.
+    b.batch_execute("CREATE TABLE copytab (a uuid)")
+        .await
+        .unwrap();
+    let t = b.prepare("SELECT * FROM copytab LIMIT 1").await.unwrap();
+    assert_eq!(t.columns()[0].type_(), &tokio_postgres::types::Type::UUID);
+}

@@ -8,6 +8,7 @@
 //! and pinning state (see [`state`]).
 
 mod expect;
+mod login;
 pub mod state;
 mod statements;
 
@@ -166,29 +167,19 @@ impl Session {
     /// work and collects the ParameterStatus values to report.
     /// On failure: the SQLSTATE (the server's, when it refused) and message.
     pub async fn login(&mut self) -> Result<BTreeMap<String, String>, (&'static str, String)> {
-        // Settings a driver sends at startup and any server takes; others
-        // (an `options` -c setting, say) are tried on a connection at
-        // login, so that a bad one is refused there with the server's
-        // SQLSTATE (42704, 22023) rather than failing every statement.
-        let known = self.startup_params.iter().all(|(name, _)| {
-            FAST_LOGIN_SETTINGS
-                .iter()
-                .any(|k| k.eq_ignore_ascii_case(name))
-        });
-        if self.mode == PoolMode::Transaction && known {
+        // Settings whose reported form tidepool knows are answered from the
+        // pool (see `login`); others (an `options` -c setting, an unknown
+        // encoding) are tried on a connection at login, so that a bad one
+        // is refused there with the server's SQLSTATE (42704, 22023)
+        // rather than failing every statement.
+        if self.mode == PoolMode::Transaction {
             // A pool that has logged in once knows the server's parameters:
             // new clients need not wait for a free connection to start.
             let pool = self.write_pool()?;
-            if let Some(mut reported) = pool.server_parameters() {
-                for (name, value) in &self.startup_params {
-                    if let Some(key) = reported
-                        .keys()
-                        .find(|k| k.eq_ignore_ascii_case(name))
-                        .cloned()
-                    {
-                        reported.insert(key, value.clone());
-                    }
-                }
+            if let Some(reported) = pool
+                .server_parameters()
+                .and_then(|server| login::fast_reported(&server, &self.startup_params))
+            {
                 return Ok(reported);
             }
         }
@@ -370,16 +361,24 @@ impl Session {
             }
             return;
         }
-        if self.mode == PoolMode::Session {
-            let reset = self.shared.config.load().pool.reset_query.clone();
-            if !reset.trim().is_empty() {
-                let conn = lease.conn();
-                if conn.run_silent(&reset).await.is_err() {
-                    return;
-                }
-                conn.settings.clear();
-                conn.forget_statements();
+        let reset = match self.mode {
+            PoolMode::Session => self.shared.config.load().pool.reset_query.clone(),
+            // A client that held session state on its connection (a
+            // temporary table, a session advisory lock, LISTEN, a cursor
+            // WITH HOLD, a SQL-level prepared statement) leaves none of it
+            // to the next client: DISCARD ALL drops it all, whatever
+            // `reset_query` says.
+            PoolMode::Transaction if !self.pins.is_empty() => "DISCARD ALL".to_string(),
+            PoolMode::Transaction => String::new(),
+        };
+        if !reset.trim().is_empty() {
+            let conn = lease.conn();
+            if conn.run_silent(&reset).await.is_err() {
+                // Not known clean: closed, not pooled.
+                return;
             }
+            conn.settings.clear();
+            conn.forget_statements();
         }
         lease.release();
     }
@@ -657,7 +656,7 @@ impl Session {
                 self.count_statement(&sql);
                 let effects = state::analyze(&sql);
                 self.note_pins(&effects);
-                self.free_database(&effects);
+                self.free_database(&effects).await;
                 self.to_backend.extend_from_slice(&f.bytes);
                 self.pending.push_back(Expect::Simple {
                     settings: effects.settings,
@@ -673,7 +672,7 @@ impl Session {
                 self.count_statement(&query);
                 let effects = state::analyze(&query);
                 self.note_pins(&effects);
-                self.free_database(&effects);
+                self.free_database(&effects).await;
                 if !name.is_empty() && !self.skipping {
                     let stmt = Arc::new(
                         Statement::from_parse(&f, self.shared.classifier.classify(&query))
@@ -1186,14 +1185,24 @@ impl Session {
 
     /// Closes tidepool's idle connections to a database the statement
     /// needs free of other sessions (DROP DATABASE and the like), on every
-    /// node, so that only the client's own sessions can stand in its way.
-    fn free_database(&self, e: &state::Effects) {
-        if let Some(db) = &e.frees_database {
+    /// node, waiting briefly for sessions that have just left to hand
+    /// theirs back, so that only clients still connected can stand in its
+    /// way, as on a direct connection.
+    async fn free_database(&self, e: &state::Effects) {
+        let Some(db) = &e.frees_database else { return };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut in_use = 0;
             self.shared.pools.for_each(|p| {
                 if &p.key.database == db {
                     p.drain_idle();
+                    in_use += p.stats().total;
                 }
             });
+            if in_use == 0 || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -1514,19 +1523,6 @@ fn code_of(code: &str) -> &'static str {
         _ => sqlstate::CONNECTION_FAILURE,
     }
 }
-
-/// Startup parameters drivers send that every server accepts: a client
-/// with only these starts without waiting for a server connection in
-/// transaction mode.
-const FAST_LOGIN_SETTINGS: [&str; 7] = [
-    "application_name",
-    "client_encoding",
-    "datestyle",
-    "timezone",
-    "extra_float_digits",
-    "intervalstyle",
-    "fallback_application_name",
-];
 
 /// Limits and target of a new pool, from the current configuration.
 fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (PoolLimits, Target) {

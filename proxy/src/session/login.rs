@@ -1,0 +1,176 @@
+//! Logging a client in without a server connection (transaction mode): the
+//! ParameterStatus values a pool's last login reported, with the client's
+//! own settings in the form the server would report them. A setting whose
+//! reported form tidepool cannot know for sure is not answered here: the
+//! login then goes through a server connection, which also refuses a bad
+//! value with the server's SQLSTATE.
+
+use std::collections::BTreeMap;
+
+/// What to report for a client whose startup parameters are `params`,
+/// given the `server`'s reported parameters; None when a server
+/// connection must answer.
+pub fn fast_reported(
+    server: &BTreeMap<String, String>,
+    params: &[(String, String)],
+) -> Option<BTreeMap<String, String>> {
+    let mut reported = server.clone();
+    for (name, value) in params {
+        let name = name.to_ascii_lowercase();
+        let shown = match name.as_str() {
+            // Reported as given; any text is valid.
+            "application_name" => value.clone(),
+            // Not reported; any text is valid.
+            "fallback_application_name" => continue,
+            "extra_float_digits" => match value.trim().parse::<i32>() {
+                Ok(-15..=3) => continue,
+                _ => return None,
+            },
+            // The server reports the encoding's canonical name.
+            "client_encoding" => canonical_encoding(value)?.to_string(),
+            // The server's own form of these is not spelled out here: take
+            // the fast way only when the client asks for what the server
+            // already has.
+            "datestyle" | "timezone" | "intervalstyle" => {
+                let (_, current) = server.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name))?;
+                if !current.eq_ignore_ascii_case(value.trim()) {
+                    return None;
+                }
+                current.clone()
+            }
+            _ => return None,
+        };
+        let key = server
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(&name))
+            .cloned()
+            .unwrap_or(name);
+        reported.insert(key, shown);
+    }
+    Some(reported)
+}
+
+/// PostgreSQL's name for a client encoding, as `client_encoding` reports
+/// it: the name is matched the server's way (case and punctuation ignored)
+/// against the encodings and their common aliases.
+pub fn canonical_encoding(name: &str) -> Option<&'static str> {
+    let key: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    const NAMES: &[(&str, &str)] = &[
+        ("sqlascii", "SQL_ASCII"),
+        ("utf8", "UTF8"),
+        ("unicode", "UTF8"),
+        ("eucjp", "EUC_JP"),
+        ("euccn", "EUC_CN"),
+        ("euckr", "EUC_KR"),
+        ("euctw", "EUC_TW"),
+        ("eucjis2004", "EUC_JIS_2004"),
+        ("muleinternal", "MULE_INTERNAL"),
+        ("latin1", "LATIN1"),
+        ("iso88591", "LATIN1"),
+        ("latin2", "LATIN2"),
+        ("iso88592", "LATIN2"),
+        ("latin3", "LATIN3"),
+        ("iso88593", "LATIN3"),
+        ("latin4", "LATIN4"),
+        ("iso88594", "LATIN4"),
+        ("latin5", "LATIN5"),
+        ("iso88599", "LATIN5"),
+        ("latin6", "LATIN6"),
+        ("iso885910", "LATIN6"),
+        ("latin7", "LATIN7"),
+        ("iso885913", "LATIN7"),
+        ("latin8", "LATIN8"),
+        ("iso885914", "LATIN8"),
+        ("latin9", "LATIN9"),
+        ("iso885915", "LATIN9"),
+        ("latin10", "LATIN10"),
+        ("iso885916", "LATIN10"),
+        ("iso88595", "ISO_8859_5"),
+        ("iso88596", "ISO_8859_6"),
+        ("iso88597", "ISO_8859_7"),
+        ("iso88598", "ISO_8859_8"),
+        ("win866", "WIN866"),
+        ("win874", "WIN874"),
+        ("win1250", "WIN1250"),
+        ("win1251", "WIN1251"),
+        ("win1252", "WIN1252"),
+        ("win1253", "WIN1253"),
+        ("win1254", "WIN1254"),
+        ("win1255", "WIN1255"),
+        ("win1256", "WIN1256"),
+        ("win1257", "WIN1257"),
+        ("win1258", "WIN1258"),
+        ("koi8r", "KOI8R"),
+        ("koi8u", "KOI8U"),
+        ("sjis", "SJIS"),
+        ("shiftjis", "SJIS"),
+        ("shiftjis2004", "SHIFT_JIS_2004"),
+        ("big5", "BIG5"),
+        ("gbk", "GBK"),
+        ("uhc", "UHC"),
+        ("gb18030", "GB18030"),
+        ("johab", "JOHAB"),
+    ];
+    NAMES.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("client_encoding".to_string(), "UTF8".to_string()),
+            ("DateStyle".to_string(), "ISO, MDY".to_string()),
+            ("TimeZone".to_string(), "Etc/UTC".to_string()),
+            ("application_name".to_string(), String::new()),
+        ])
+    }
+
+    fn p(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn encodings_are_reported_by_the_servers_name() {
+        assert_eq!(canonical_encoding("utf-8"), Some("UTF8"));
+        assert_eq!(canonical_encoding("euc-jp"), Some("EUC_JP"));
+        assert_eq!(canonical_encoding("Latin-1"), Some("LATIN1"));
+        assert_eq!(canonical_encoding("ISO-8859-15"), Some("LATIN9"));
+        assert_eq!(canonical_encoding("klingon"), None);
+        let r = fast_reported(&server(), &p(&[("client_encoding", "utf-8")])).unwrap();
+        assert_eq!(r["client_encoding"], "UTF8");
+        let r = fast_reported(&server(), &p(&[("client_encoding", "euc_jp")])).unwrap();
+        assert_eq!(r["client_encoding"], "EUC_JP");
+    }
+
+    #[test]
+    fn what_only_a_server_can_answer_goes_to_one() {
+        // An encoding, a date style or a time zone tidepool cannot vouch for.
+        assert!(fast_reported(&server(), &p(&[("client_encoding", "klingon")])).is_none());
+        assert!(fast_reported(&server(), &p(&[("DateStyle", "German")])).is_none());
+        assert!(fast_reported(&server(), &p(&[("TimeZone", "Mars/Olympus")])).is_none());
+        assert!(fast_reported(&server(), &p(&[("extra_float_digits", "x")])).is_none());
+        assert!(fast_reported(&server(), &p(&[("search_path", "a")])).is_none());
+        // What the server has already, or what any text may be.
+        let r = fast_reported(
+            &server(),
+            &p(&[
+                ("datestyle", "iso, mdy"),
+                ("application_name", "worker 7"),
+                ("extra_float_digits", "3"),
+                ("fallback_application_name", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r["DateStyle"], "ISO, MDY");
+        assert_eq!(r["application_name"], "worker 7");
+        assert!(!r.contains_key("extra_float_digits"));
+    }
+}
