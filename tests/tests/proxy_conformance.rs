@@ -146,15 +146,20 @@ async fn session_characteristics_follow_the_session_to_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_database_is_not_stopped_by_tidepools_idle_connections() {
-    let bed = common::bed(0, "transaction", "", "").await.unwrap();
+    // A standby: reads are routed, so tidepool asks the catalog of the
+    // database too (on a connection of its own).
+    let bed = common::bed(1, "transaction", "", "").await.unwrap();
     let primary = bed.cluster.primary().name.clone();
     bed.cluster
         .psql(&primary, "CREATE DATABASE scratch OWNER app")
         .unwrap();
     // Clients of `scratch` leave their server connections in the pool.
-    for _ in 0..3 {
+    for i in 0..3 {
         let c = bed.tidepool.connect("app", "app", "scratch").await.unwrap();
-        c.batch_execute("SELECT 1").await.unwrap();
+        c.batch_execute(&format!("CREATE TABLE t{i} (a int)"))
+            .await
+            .unwrap();
+        c.query("SELECT * FROM t0, now()", &[]).await.unwrap();
     }
     let c = bed
         .tidepool
@@ -170,7 +175,8 @@ async fn drop_database_is_not_stopped_by_tidepools_idle_connections() {
         .connect("app", "app", "scratch2")
         .await
         .unwrap();
-    d.batch_execute("SELECT 1").await.unwrap();
+    // (A write: a read could reach the standby before it has the database.)
+    d.batch_execute("CREATE TABLE x (a int)").await.unwrap();
     drop(d);
     c.batch_execute("ALTER DATABASE scratch2 RENAME TO scratch3")
         .await

@@ -28,6 +28,23 @@ pub struct Catalog {
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 impl Catalog {
+    /// Closes the connection to `db` and forgets what it said (the
+    /// database is being dropped or renamed).
+    pub fn forget_database(&self, db: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(db);
+        self.functions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(d, _), _| d != db);
+        self.relations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(d, _), _| d != db);
+    }
+
     /// Known answers for `functions`: Some(any may write) when all known.
     pub fn known_functions(&self, db: &str, names: &[String]) -> Option<bool> {
         let f = self.functions.read().unwrap_or_else(|e| e.into_inner());

@@ -1190,6 +1190,7 @@ impl Session {
     /// way, as on a direct connection.
     async fn free_database(&self, e: &state::Effects) {
         let Some(db) = &e.frees_database else { return };
+        self.shared.catalog.forget_database(db);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         loop {
             let mut in_use = 0;
