@@ -228,3 +228,92 @@ async fn a_departed_clients_session_state_is_not_left_to_the_next_client() {
     let t = b.prepare("SELECT * FROM copytab LIMIT 1").await.unwrap();
     assert_eq!(t.columns()[0].type_(), &tokio_postgres::types::Type::UUID);
 }
+
+/// Sends `msgs` and reads up to ReadyForQuery; returns the message tags.
+async fn round_trip(s: &mut tokio::net::TcpStream, msgs: &[Vec<u8>]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    s.write_all(&msgs.concat()).await.unwrap();
+    let mut tags = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        tags.push(head[0]);
+        if head[0] == b'Z' {
+            return tags;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_statement_is_found_by_its_bind_in_a_later_round_trip() {
+    // Every unit is balanced on its own over the primary and a standby:
+    // the Bind often lands on another connection than its Parse.
+    let bed = common::bed(
+        1,
+        "transaction",
+        "",
+        &format!("{TRUST}\n[load_balancing]\nstatement_level = true\n"),
+    )
+    .await
+    .unwrap();
+    let mut s = wire::login(bed.tidepool.port(), "app", "app", &[])
+        .await
+        .unwrap();
+    let parse = wire::message(b'P', b"\0SELECT 1\0\0\0");
+    let describe = wire::message(b'D', b"S\0");
+    let sync = wire::message(b'S', b"");
+    let bind = wire::message(b'B', b"\0\0\0\0\0\0\0\0");
+    let execute = wire::message(b'E', b"\0\0\0\0\0");
+    for round in 0..20 {
+        let tags = round_trip(&mut s, &[parse.clone(), describe.clone(), sync.clone()]).await;
+        assert_eq!(tags, b"1tTZ", "round {round}: Parse/Describe");
+        let tags = round_trip(&mut s, &[bind.clone(), execute.clone(), sync.clone()]).await;
+        assert_eq!(tags, b"2DCZ", "round {round}: Bind/Execute (E = error)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_a_servers_own_sessions_run_where_the_session_writes() {
+    let bed = common::bed(
+        2,
+        "session",
+        "",
+        "[load_balancing]\nstatement_level = true\n",
+    )
+    .await
+    .unwrap();
+    let primary = bed.cluster.primary().port as i32;
+    let c = bed.app().await.unwrap();
+    for sql in [
+        "SELECT inet_server_port(), pg_backend_pid()",
+        "SELECT inet_server_port(), count(*) FROM pg_stat_activity",
+        "SELECT inet_server_port(), count(*) FROM pg_prepared_xacts",
+        "SELECT inet_server_port(), count(*) FROM pg_locks",
+    ] {
+        for _ in 0..5 {
+            let port: i32 = c.query_one(sql, &[]).await.unwrap().get(0);
+            assert_eq!(port, primary, "{sql}");
+        }
+    }
+    // pg_terminate_backend(pg_backend_pid() of a session) reaches that
+    // session's server process, not a standby's.
+    let victim = bed.app().await.unwrap();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let killed: bool = c
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    assert!(victim.query_one("SELECT 1", &[]).await.is_err());
+}

@@ -164,6 +164,12 @@ pub fn classify_uncached(sql: &str) -> Class {
         use pg_query::NodeEnum as N;
         match node {
             N::SelectStmt(_) => {}
+            N::VariableShowStmt(v) if v.name.eq_ignore_ascii_case("transaction_read_only") => {
+                // Every standby says "on": the session's answer is the primary's.
+                class
+                    .write
+                    .get_or_insert("reads state of one server (transaction_read_only)");
+            }
             N::VariableShowStmt(_) => {}
             N::ExplainStmt(e) => {
                 all_select = false;
@@ -258,7 +264,59 @@ pub fn classify_uncached(sql: &str) -> Class {
         .collect();
     class.tables.sort();
     class.functions.sort();
+    let local_function = class
+        .functions
+        .iter()
+        .any(|f| NODE_LOCAL_FUNCTIONS.contains(&last_part(f)));
+    let local_relation = class
+        .tables
+        .iter()
+        .any(|t| NODE_LOCAL_RELATIONS.contains(&last_part(t)));
+    if local_function || local_relation {
+        class.write.get_or_insert(
+            "reads state of one server (its sessions, locks, prepared transactions)",
+        );
+        class.select = false;
+    }
     class
+}
+
+/// Functions whose answer belongs to one server and its sessions: a
+/// standby's answer would describe another server than the one the
+/// session's writes (and `pg_terminate_backend`) run on.
+const NODE_LOCAL_FUNCTIONS: &[&str] = &[
+    "pg_backend_pid",
+    "pg_blocking_pids",
+    "pg_safe_snapshot_blocking_pids",
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_idset",
+    "pg_stat_get_backend_pid",
+    "pg_current_xact_id_if_assigned",
+    "txid_current_if_assigned",
+    "pg_my_temp_schema",
+    "pg_listening_channels",
+    "pg_notification_queue_usage",
+    "pg_prepared_statement",
+    "pg_cursor",
+    "pg_lock_status",
+    "pg_prepared_xact",
+];
+
+/// Views of the same kind.
+const NODE_LOCAL_RELATIONS: &[&str] = &[
+    "pg_stat_activity",
+    "pg_prepared_xacts",
+    "pg_locks",
+    "pg_stat_ssl",
+    "pg_stat_gssapi",
+    "pg_prepared_statements",
+    "pg_cursors",
+    "pg_backend_memory_contexts",
+];
+
+/// `schema.name` → `name`.
+fn last_part(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
 }
 
 fn def_value(d: &pg_query::protobuf::DefElem) -> String {
@@ -360,6 +418,23 @@ mod tests {
         assert!(c("BEGIN ISOLATION LEVEL SERIALIZABLE").serializable);
         assert!(c("START TRANSACTION").begins);
         assert!(!c("BEGIN").read_only_tx);
+    }
+
+    #[test]
+    fn reads_of_one_servers_own_state_go_where_the_session_writes() {
+        for sql in [
+            "SELECT pg_backend_pid()",
+            "SELECT * FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            "SELECT gid FROM pg_catalog.pg_prepared_xacts",
+            "SELECT count(*) FROM pg_locks",
+            "SHOW transaction_read_only",
+            "PREPARE TRANSACTION 'x'",
+            "COMMIT PREPARED 'x'",
+        ] {
+            assert!(c(sql).write.is_some(), "{sql}");
+        }
+        assert!(c("SELECT pg_is_in_recovery()").write.is_none());
+        assert!(c("SHOW work_mem").write.is_none());
     }
 
     #[test]

@@ -183,33 +183,6 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, period: Duration) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_standby_covers_the_latest_instant_whose_position_it_replayed() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut p = PrimaryPositions::default();
-        p.record(at(0), 100);
-        p.record(at(1), 200);
-        p.record(at(2), 300);
-        assert_eq!(p.covered(50), None);
-        assert_eq!(p.covered(100), Some(at(0)));
-        assert_eq!(p.covered(299), Some(at(1)));
-        assert_eq!(p.covered(1_000), Some(at(2)));
-        // A new primary whose positions are lower: the old ones go.
-        p.record(at(3), 10);
-        assert_eq!(p.covered(299), Some(at(3)));
-        assert_eq!(p.covered(5), None);
-        for i in 0..100 {
-            p.record(at(4 + i), 1_000 + i);
-        }
-        assert_eq!(p.covered(1_000), None, "only the last rounds are kept");
-    }
-}
-
 async fn sample(
     clients: &mut BTreeMap<(String, u16), tokio_postgres::Client>,
     key: &(String, u16),
@@ -236,5 +209,32 @@ async fn sample(
             clients.remove(key);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_covers_the_latest_instant_whose_position_it_replayed() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = PrimaryPositions::default();
+        p.record(at(0), 100);
+        p.record(at(1), 200);
+        p.record(at(2), 300);
+        assert_eq!(p.covered(50), None);
+        assert_eq!(p.covered(100), Some(at(0)));
+        assert_eq!(p.covered(299), Some(at(1)));
+        assert_eq!(p.covered(1_000), Some(at(2)));
+        // A new primary whose positions are lower: the old ones go.
+        p.record(at(3), 10);
+        assert_eq!(p.covered(299), Some(at(3)));
+        assert_eq!(p.covered(5), None);
+        for i in 0..100 {
+            p.record(at(4 + i), 1_000 + i);
+        }
+        assert_eq!(p.covered(1_000), None, "only the last rounds are kept");
     }
 }

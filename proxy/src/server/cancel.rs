@@ -83,6 +83,19 @@ impl CancelRegistry {
         }
     }
 
+    /// Gives `r` the process id `pid` when no other client has it (a
+    /// session-mode client takes its server process's id).
+    pub fn rekey(&self, r: &mut Registration, pid: i32) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if pid <= 0 || entries.contains_key(&pid) {
+            return;
+        }
+        if let Some(entry) = entries.remove(&r.pid) {
+            entries.insert(pid, entry);
+            r.pid = pid;
+        }
+    }
+
     /// The backend to cancel for a request with this key, if the key is
     /// right and the client is running something.
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<Arc<CancelTarget>> {
@@ -139,6 +152,18 @@ mod tests {
         assert_eq!(reg.client_of(addr, 77), Some(r.pid));
         assert_eq!(reg.client_of(addr, 78), None);
         assert_eq!(reg.client_of("127.0.0.1:5433".parse().unwrap(), 77), None);
+        // A session-mode client takes its server process's id as its key.
+        let mut other = reg.register();
+        let secret = other.secret;
+        reg.rekey(&mut other, 4242);
+        assert_eq!(other.pid, 4242);
+        assert!(reg.lookup(4242, &secret.to_be_bytes()).is_none(), "idle");
+        let mut third = reg.register();
+        let before = third.pid;
+        reg.rekey(&mut third, 4242);
+        assert_eq!(third.pid, before, "an id in use is not taken twice");
+        drop(other);
+        drop(third);
         assert!(reg.lookup(r.pid, &(r.secret ^ 1).to_be_bytes()).is_none());
         let pid = r.pid;
         drop(r);

@@ -182,7 +182,7 @@ pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
         }
         messages::auth_ok(&mut out);
 
-        let registration = shared.cancels.register();
+        let mut registration = shared.cancels.register();
         let settings = session_settings(&params);
         let mut session = Session::new(
             shared.clone(),
@@ -203,6 +203,11 @@ pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
                 let _ = client.write_all(&out).await;
                 return None;
             }
+        }
+        if let Some(pid) = session.own_backend_pid() {
+            // Session mode: the client's key names its server process, as
+            // on a direct connection (pg_terminate_backend of it works).
+            shared.cancels.rekey(&mut registration, pid);
         }
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query(&mut out, b'I');

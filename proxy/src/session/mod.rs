@@ -85,6 +85,11 @@ pub struct Session {
     routing: router::SessionRouting,
     pins: BTreeSet<PinReason>,
     statements: HashMap<String, Arc<Statement>>,
+    /// The client's last unnamed Parse, its class, and the connection
+    /// (node, backend pid) it was sent to: a Bind or Describe of the unnamed
+    /// statement in a later round trip may be served by another
+    /// connection, which gets the Parse first.
+    unnamed: Option<(bytes::Bytes, Arc<router::Class>, (usize, i32))>,
     pending: VecDeque<Expect>,
     /// After an error in an extended-protocol batch the server skips
     /// messages until Sync; so does the bookkeeping.
@@ -145,6 +150,7 @@ impl Session {
             routing: router::SessionRouting::default(),
             pins: BTreeSet::new(),
             statements: HashMap::new(),
+            unnamed: None,
             pending: VecDeque::new(),
             skipping: false,
             deferring: false,
@@ -696,6 +702,11 @@ impl Session {
                         server_name: Some(stmt.server_name.clone()),
                     });
                 } else {
+                    if name.is_empty() && !self.skipping {
+                        let here = self.conn_identity();
+                        let class = self.shared.classifier.classify(&query);
+                        self.unnamed = Some((f.bytes.clone(), class, here));
+                    }
                     self.to_backend.extend_from_slice(&f.bytes);
                     self.push(Expect::Parse {
                         hidden: false,
@@ -720,6 +731,9 @@ impl Session {
                         });
                     }
                     None => {
+                        if stmt_name.is_empty() {
+                            self.ensure_unnamed();
+                        }
                         self.to_backend.extend_from_slice(&f.bytes);
                         self.push(Expect::Bind { statement: None });
                     }
@@ -757,6 +771,9 @@ impl Session {
                         self.push(Expect::Synthetic(b'3'));
                     }
                     (tag, None) => {
+                        if tag == b'D' && kind == b'S' && name.is_empty() {
+                            self.ensure_unnamed();
+                        }
                         self.to_backend.extend_from_slice(&f.bytes);
                         self.push(if tag == b'D' {
                             Expect::Describe { statement: None }
@@ -958,6 +975,15 @@ impl Session {
                 b'B' => match messages::read_bind(m) {
                     Ok((_, name, _)) => match self.statements.get(&name) {
                         Some(stmt) => add(&stmt.class, &mut merged),
+                        None if name.is_empty()
+                            && self.unnamed.is_some()
+                            && !rest.iter().any(|p| p.tag == b'P')
+                            && f.tag != b'P' =>
+                        {
+                            if let Some((_, class, _)) = &self.unnamed {
+                                add(class, &mut merged);
+                            }
+                        }
                         None if !rest.iter().any(|p| p.tag == b'P') && f.tag != b'P' => {
                             merged.write = Some("statement prepared outside tidepool's view")
                         }
@@ -1166,6 +1192,43 @@ impl Session {
             self.push(Expect::Parse {
                 hidden: true,
                 server_name: Some(stmt.server_name.clone()),
+            });
+        }
+    }
+
+    /// Session mode: the process id of the server connection the session
+    /// logged in on and keeps.
+    pub fn own_backend_pid(&mut self) -> Option<i32> {
+        if self.mode != PoolMode::Session {
+            return None;
+        }
+        self.lease.as_mut().map(|l| l.conn().pid)
+    }
+
+    /// Which server connection the session is attached to.
+    fn conn_identity(&mut self) -> (usize, i32) {
+        self.lease
+            .as_mut()
+            .map(|l| (lease_node(l), l.conn().pid))
+            .unwrap_or((usize::MAX, 0))
+    }
+
+    /// Before a Bind or Describe of the unnamed statement: prepares it on
+    /// the attached connection when it was parsed on another one.
+    fn ensure_unnamed(&mut self) {
+        if self.skipping {
+            return;
+        }
+        let here = self.conn_identity();
+        if let Some((parse, _, at)) = self.unnamed.as_mut()
+            && *at != here
+        {
+            *at = here;
+            let parse = parse.clone();
+            self.to_backend.extend_from_slice(&parse);
+            self.push(Expect::Parse {
+                hidden: true,
+                server_name: None,
             });
         }
     }
