@@ -23,6 +23,10 @@ pub struct Catalog {
     clients: Mutex<HashMap<String, Arc<tokio_postgres::Client>>>,
 }
 
+/// Most answers remembered of each kind (functions, relations), all
+/// databases together.
+const MAX_REMEMBERED: usize = 50_000;
+
 /// How long "no such relation" is believed: a table created later must
 /// become readable on standbys soon after.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
@@ -98,6 +102,11 @@ impl Catalog {
             );
             if let Ok(Ok(rows)) = tokio::time::timeout(timeout, q).await {
                 let mut f = self.functions.write().unwrap_or_else(|e| e.into_inner());
+                if f.len() + functions.len() > MAX_REMEMBERED {
+                    // A bounded memory: start over (every answer can be
+                    // asked again) rather than grow with every new name.
+                    f.clear();
+                }
                 for name in functions {
                     let (schema, bare) = split(name);
                     let mut found = false;
@@ -127,6 +136,9 @@ impl Catalog {
             );
             if let Ok(Ok(rows)) = tokio::time::timeout(timeout, q).await {
                 let mut map = self.relations.write().unwrap_or_else(|e| e.into_inner());
+                if map.len() + relations.len() > MAX_REMEMBERED {
+                    map.clear();
+                }
                 for name in relations {
                     let (schema, bare) = split(name);
                     let mut found = false;

@@ -44,7 +44,7 @@ pub struct Class {
 
 /// Parses statements, remembering the results.
 pub struct Classifier {
-    cache: Mutex<LruCache<String, Arc<Class>>>,
+    cache: Mutex<LruCache<u128, Arc<Class>>>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
@@ -67,8 +67,18 @@ impl Classifier {
     }
 
     /// The class of `sql`, from the cache when its shape was seen before.
+    /// The cache keeps a 128-bit digest of the shape, not the text: a
+    /// client sending many distinct long statements costs it 16 bytes
+    /// each. Statements over `MAX_CLASSIFIED` are not parsed at all.
     pub fn classify(&self, sql: &str) -> Arc<Class> {
-        let key = shape(sql);
+        if sql.len() > MAX_CLASSIFIED {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Arc::new(Class {
+                write: Some("statement too long to classify (over 1 MiB)"),
+                ..Class::default()
+            });
+        }
+        let key = shape_key(sql);
         if let Some(c) = self
             .cache
             .lock()
@@ -88,15 +98,41 @@ impl Classifier {
     }
 }
 
+/// Longest statement tidepool parses to route it; a longer one runs on the
+/// primary (parsing it would cost more memory than the statement itself).
+pub const MAX_CLASSIFIED: usize = 1 << 20;
+
 /// The statement's text with string and number literals replaced by `?`.
 pub fn shape(sql: &str) -> String {
+    let mut out = Vec::with_capacity(sql.len());
+    shape_into(sql, |part| out.extend_from_slice(part));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A 128-bit digest of the statement's shape (two SipHash runs with
+/// different starting states), computed without building the shape.
+pub fn shape_key(sql: &str) -> u128 {
+    use std::hash::Hasher;
+    let mut a = std::hash::DefaultHasher::new();
+    let mut b = std::hash::DefaultHasher::new();
+    b.write_u64(0x7469_6465_706f_6f6c);
+    shape_into(sql, |part| {
+        a.write(part);
+        b.write(part);
+    });
+    ((a.finish() as u128) << 64) | b.finish() as u128
+}
+
+/// Feeds the shape of `sql` to `sink`, piece by piece.
+fn shape_into(sql: &str, mut sink: impl FnMut(&[u8])) {
     let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
     let mut i = 0;
     let mut prev_ident = false;
+    let mut run = 0; // start of the verbatim run not yet sunk
     while i < b.len() {
         let c = b[i];
         if c == b'\'' {
+            sink(&b[run..i]);
             i += 1;
             while i < b.len() {
                 if b[i] == b'\'' {
@@ -108,24 +144,25 @@ pub fn shape(sql: &str) -> String {
                 }
                 i += 1;
             }
-            i += 1;
-            out.push('?');
+            i = (i + 1).min(b.len());
+            sink(b"?");
+            run = i;
             prev_ident = false;
         } else if c.is_ascii_digit() && !prev_ident {
+            sink(&b[run..i]);
             while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
                 i += 1;
             }
-            out.push('?');
+            sink(b"?");
+            run = i;
             prev_ident = false;
         } else {
-            // Copy one UTF-8 character.
-            let len = utf8_len(c);
-            out.push_str(&sql[i..(i + len).min(sql.len())]);
+            // One UTF-8 character, kept verbatim.
             prev_ident = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 || c == b'$';
-            i += len;
+            i = (i + utf8_len(c)).min(b.len());
         }
     }
-    out
+    sink(&b[run..]);
 }
 
 fn utf8_len(first: u8) -> usize {
@@ -456,6 +493,13 @@ mod tests {
             "select ?, t1.x2 from t1"
         );
         assert_ne!(shape("SELECT * FROM t1"), shape("SELECT * FROM t2"));
+        assert_eq!(
+            shape_key("SELECT abalance FROM pgbench_accounts WHERE aid = 4711"),
+            shape_key("SELECT abalance FROM pgbench_accounts WHERE aid = 12")
+        );
+        assert_ne!(shape_key("SELECT * FROM t1"), shape_key("SELECT * FROM t2"));
+        assert_eq!(shape("SELECT 'é', x2 FROM t"), "SELECT ?, x2 FROM t");
+        assert_eq!(shape("SELECT 'unterminated"), "SELECT ?");
     }
 
     #[test]
@@ -465,5 +509,9 @@ mod tests {
         k.classify("SELECT * FROM t WHERE a = 2");
         assert_eq!(k.misses.load(Ordering::Relaxed), 1);
         assert_eq!(k.hits.load(Ordering::Relaxed), 1);
+        // Past the size bound: not parsed, not kept, sent to the primary.
+        let big = format!("SELECT '{}'", "x".repeat(MAX_CLASSIFIED));
+        assert!(k.classify(&big).write.is_some());
+        assert_eq!(k.cache.lock().unwrap().len(), 1);
     }
 }
