@@ -466,6 +466,24 @@ impl Pools {
         p
     }
 
+    /// Drops `pool` from the map when nothing uses it: no connection, no
+    /// waiter, no other holder (a login to a database that does not exist
+    /// leaves no pool, and no metric series, behind).
+    pub fn forget_if_unused(&self, pool: Arc<Pool>) {
+        let mut pools = self.lock();
+        let unused = {
+            let inner = pool.lock();
+            inner.total == 0 && inner.waiters.iter().all(|w| w.is_closed())
+        };
+        // Held by the map and by the caller only.
+        if unused
+            && Arc::strong_count(&pool) == 2
+            && pools.get(&pool.key).is_some_and(|p| Arc::ptr_eq(p, &pool))
+        {
+            pools.remove(&pool.key);
+        }
+    }
+
     pub fn all(&self) -> Vec<Arc<Pool>> {
         let mut v: Vec<_> = self.lock().values().cloned().collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));

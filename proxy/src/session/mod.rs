@@ -189,7 +189,14 @@ impl Session {
                 return Ok(reported);
             }
         }
-        self.acquire().await?;
+        if let Err(e) = self.acquire().await {
+            // Refused (a database or role that does not exist, say): the
+            // pools this attempt made go again.
+            for pool in std::mem::take(&mut self.pools).into_iter().flatten() {
+                self.shared.pools.forget_if_unused(pool);
+            }
+            return Err(e);
+        }
         let reported = self.lease.as_mut().map(|l| l.conn().reported.clone());
         if self.mode == PoolMode::Transaction {
             self.release();
