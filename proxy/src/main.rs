@@ -54,6 +54,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg);
+            for w in tidepool::config::validate::file_warnings(&cfg, &config) {
+                tracing::warn!("{w}");
+            }
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             if cfg.server.worker_threads > 0 {
                 builder.worker_threads(cfg.server.worker_threads);
@@ -107,6 +110,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 c.users.len(),
                 c.pool.mode
             );
+            for w in tidepool::config::validate::file_warnings(&c, path) {
+                eprintln!("  warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

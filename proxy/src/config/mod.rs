@@ -9,7 +9,7 @@
 mod defaults;
 mod routing;
 mod tls;
-mod validate;
+pub mod validate;
 mod watchdog;
 
 use std::{net::SocketAddr, path::Path, time::Duration};

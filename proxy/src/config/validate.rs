@@ -57,10 +57,35 @@ fn section<T: DeserializeOwned + Default>(
     match serde_path_to_error::deserialize::<_, T>(value.clone()) {
         Ok(v) => v,
         Err(e) => {
-            errors.push(error_at(prefix, &e));
+            let each = key_errors::<T>(value, prefix);
+            if each.is_empty() {
+                errors.push(error_at(prefix, &e));
+            } else {
+                errors.extend(each);
+            }
             T::default()
         }
     }
+}
+
+/// The error of every key of a table that does not deserialize on its own
+/// (deserialization stops at the first bad key; this finds them all).
+/// "missing field" errors are left out: a key alone lacks its siblings.
+fn key_errors<T: DeserializeOwned>(value: &toml::Value, prefix: &str) -> Vec<ConfigError> {
+    let Some(table) = value.as_table() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in table {
+        let mut one = toml::Table::new();
+        one.insert(k.clone(), v.clone());
+        if let Err(e) = serde_path_to_error::deserialize::<_, T>(toml::Value::Table(one))
+            && !e.inner().message().starts_with("missing field")
+        {
+            out.push(error_at(prefix, &e));
+        }
+    }
+    out
 }
 
 /// Deserializes every element of an array of tables on its own, so that one
@@ -89,7 +114,14 @@ fn entries<T: DeserializeOwned>(
                 out.push(v);
                 positions.push(i);
             }
-            Err(e) => errors.push(error_at(&path, &e)),
+            Err(e) => {
+                let each = key_errors::<T>(item, &path);
+                if each.is_empty() {
+                    errors.push(error_at(&path, &e));
+                } else {
+                    errors.extend(each);
+                }
+            }
         }
     }
     out
@@ -172,7 +204,19 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
     }
     // Entries that failed to parse are missing from `config`: point the
     // semantic errors at the entries' places in the file.
+    // Entries that failed to parse already have their errors: "none at
+    // all" would be a second, wrong one.
+    let declared = |section: &str| {
+        table
+            .get(section)
+            .and_then(toml::Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    let (backends_declared, users_declared) = (declared("backends"), declared("users"));
     for mut e in semantic_errors(&config) {
+        if (e.path == "backends" && backends_declared) || (e.path == "users" && users_declared) {
+            continue;
+        }
         for (section, pos) in ["backends", "users", "hba"].iter().zip(&positions) {
             if let Some(rest) = e.path.strip_prefix(&format!("{section}["))
                 && let Some((n, tail)) = rest.split_once(']')
@@ -191,6 +235,97 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
     }
 }
 
+/// Advice that does not stop tidepool: files holding secrets that every
+/// user of the machine can read (the configuration when it carries
+/// plaintext passwords or a token, private keys, the token file).
+pub fn file_warnings(c: &Config, config_path: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let world_readable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+    };
+    let hashed = |p: &str| {
+        p.starts_with("SCRAM-SHA-256$")
+            || (p.len() == 35
+                && p.starts_with("md5")
+                && p[3..].chars().all(|c| c.is_ascii_hexdigit()))
+    };
+    let plaintext =
+        c.users.iter().any(|u| {
+            (!u.password.is_empty() && !hashed(&u.password)) || u.backend_password.is_some()
+        }) || c.health_check.password.is_some()
+            || c.server.admin_token.is_some();
+    let mut out = Vec::new();
+    if plaintext && world_readable(config_path) {
+        out.push(format!(
+            "{} holds plaintext passwords or tokens and every user can read it: chmod 600 it \
+             (or use SCRAM verifiers, password_secret and admin_token_file)",
+            config_path.display()
+        ));
+    }
+    let mut secrets: Vec<(&str, &String)> = Vec::new();
+    if let Some(f) = &c.server.admin_token_file {
+        secrets.push(("server.admin_token_file", f));
+    }
+    if let Some(f) = &c.tls.key_file {
+        secrets.push(("tls.key_file", f));
+    }
+    for b in &c.backends {
+        if let Some(f) = &b.sslkey {
+            secrets.push(("backends.sslkey", f));
+        }
+    }
+    for (key, file) in secrets {
+        if world_readable(std::path::Path::new(file)) {
+            out.push(format!(
+                "{key}: {file} is readable by every user: chmod 600 it"
+            ));
+        }
+    }
+    out
+}
+
+/// Whether tidepool can keep its state file in `dir`: an existing
+/// directory it can write, or one it can create.
+fn writable_dir(dir: &std::path::Path) -> Result<(), String> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        let probe = dir.join(format!(".tidepool-check-{}", std::process::id()));
+        return match std::fs::File::create(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "{} is not writable ({e}): node fences could not be persisted",
+                dir.display()
+            )),
+        };
+    }
+    // Created at start: the nearest existing parent must take it.
+    let parent = dir
+        .ancestors()
+        .skip(1)
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.exists());
+    match parent {
+        Some(parent) => writable_dir(parent).map_err(|e| {
+            format!(
+                "{} does not exist and cannot be created: {e}",
+                dir.display()
+            )
+        }),
+        None => Err(format!("{} cannot be created", dir.display())),
+    }
+}
+
 /// Checks that need more than one key, or a value's meaning.
 pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
@@ -201,6 +336,18 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
             "backends".into(),
             "at least one [[backends]] entry is required".into(),
         );
+    }
+    if c.users.is_empty() {
+        err(
+            "users".into(),
+            "no [[users]] entry: no client could log in (tidepool logs in to the backends as these users)"
+                .into(),
+        );
+    }
+    if let Some(dir) = &c.server.state_dir
+        && let Err(e) = writable_dir(std::path::Path::new(dir))
+    {
+        err("server.state_dir".into(), e);
     }
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
@@ -530,6 +677,85 @@ host = "127.0.0.1"
 name = "app"
 password = "secret"
 "#;
+
+    #[test]
+    fn every_bad_key_of_a_section_is_reported_not_only_the_first() {
+        let text = format!(
+            "{MINIMAL}[pool]\nmax_size = \"many\"\ncheckout_timeout = 7\nmode = \"sometimes\"\n"
+        );
+        let errs = Config::load_str(&text).unwrap_err();
+        for key in ["pool.max_size", "pool.checkout_timeout", "pool.mode"] {
+            assert!(errs.iter().any(|e| e.path == key), "{key}: {errs:?}");
+        }
+        // Within one [[backends]] entry too, and with no spurious "at least
+        // one [[backends]]" when the only entry is the one with mistakes.
+        let text = "[[backends]]\nname = \"a\"\nhost = \"h\"\nport = \"x\"\nweight = \"heavy\"\n\
+                    [[users]]\nname = \"u\"\npassword = \"p\"\n";
+        let errs = Config::load_str(text).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.path == "backends[0].port"),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.path == "backends[0].weight"),
+            "{errs:?}"
+        );
+        assert!(!errs.iter().any(|e| e.path == "backends"), "{errs:?}");
+    }
+
+    #[test]
+    fn world_readable_secrets_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tidepool.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = Config::load_str(MINIMAL).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = file_warnings(&c, &path);
+        assert!(w.iter().any(|w| w.contains("plaintext")), "{w:?}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(file_warnings(&c, &path).is_empty());
+        // A SCRAM verifier is not a password.
+        let hashed = MINIMAL.replace(
+            "password = \"secret\"",
+            "password = \"SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy\"",
+        );
+        let c = Config::load_str(&hashed).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(file_warnings(&c, &path).is_empty());
+    }
+
+    #[test]
+    fn a_config_no_client_can_use_is_refused() {
+        let errs = Config::load_str("[[backends]]\nname = \"a\"\nhost = \"h\"\n").unwrap_err();
+        assert!(errs.iter().any(|e| e.path == "users"), "{errs:?}");
+    }
+
+    #[test]
+    fn the_state_dir_must_be_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("state/sub");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let under_file = file.join("state");
+        let text = |d: &std::path::Path| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:9999\"\nstate_dir = \"{}\"\n{}",
+                d.display(),
+                MINIMAL.replacen("[server]\nlisten = \"127.0.0.1:9999\"\n", "", 1)
+            )
+        };
+        assert!(Config::load_str(&text(&ok)).is_ok());
+        assert!(Config::load_str(&text(dir.path())).is_ok());
+        for bad in [&file, &under_file] {
+            let errs = Config::load_str(&text(bad)).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.path == "server.state_dir"),
+                "{}: {errs:?}",
+                bad.display()
+            );
+        }
+    }
 
     #[test]
     fn minimal_config_takes_defaults() {
