@@ -51,17 +51,24 @@ async fn refusals_carry_the_servers_sqlstate(mode: &str) {
     // no metric series): twenty names, no trace.
     for i in 0..20 {
         assert_eq!(
-            login_code(&bed, &format!("nosuch_{i}"), None).await.as_deref(),
+            login_code(&bed, &format!("nosuch_{i}"), None)
+                .await
+                .as_deref(),
             Some("3D000")
         );
     }
     let pools = bed.show("POOL_POOLS").await.unwrap();
     assert!(
-        pools.iter().all(|p| !p.values().any(|v| v.starts_with("nosuch"))),
+        pools
+            .iter()
+            .all(|p| !p.values().any(|v| v.starts_with("nosuch"))),
         "{mode}: {pools:?}"
     );
     let (_, metrics) = bed.tidepool.http_get("/metrics").unwrap();
-    assert!(!metrics.contains("nosuch"), "{mode}: a series for a database that does not exist");
+    assert!(
+        !metrics.contains("nosuch"),
+        "{mode}: a series for a database that does not exist"
+    );
     // A good option still logs in and takes effect.
     let mut cfg: tokio_postgres::Config = bed
         .tidepool
