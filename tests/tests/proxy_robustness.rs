@@ -331,3 +331,61 @@ method = "scram-sha-256"
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("backends[0].port"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_secret_cannot_serve_the_rule_looks_like_an_unknown_one() {
+    // `hashed` has an md5 hash as its secret, under a scram-sha-256 rule:
+    // it can never log in. It must get the same whole SCRAM exchange as a
+    // user tidepool does not know, not an immediate refusal (which would
+    // tell a prober the name exists).
+    let extra = r#"
+[[users]]
+name = "hashed"
+password = "md504d4a9616f5b4c7cdb75992b7c5a43e9"
+backend_password = "secret"
+
+[[hba]]
+type = "host"
+database = "all"
+user = "all"
+address = "all"
+method = "scram-sha-256"
+"#;
+    let bed = common::bed(0, "transaction", "", extra).await.unwrap();
+    let first_answer = |user: &'static str| {
+        let port = bed.tidepool.port();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            s.write_all(&wire::startup_packet(&[
+                ("user", user),
+                ("database", "app"),
+            ]))
+            .await
+            .unwrap();
+            let mut head = [0u8; 9];
+            tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head))
+                .await
+                .unwrap()
+                .unwrap();
+            (
+                head[0],
+                i32::from_be_bytes([head[5], head[6], head[7], head[8]]),
+            )
+        }
+    };
+    // 'R' with code 10: AuthenticationSASL, for both.
+    assert_eq!(first_answer("hashed").await, (b'R', 10));
+    assert_eq!(first_answer("nobody").await, (b'R', 10));
+    // And both end as a wrong password would.
+    for user in ["hashed", "nobody"] {
+        let (code, msg) = login_error(&bed, user, "secret").await;
+        assert_eq!(code, "28P01", "{user}");
+        assert!(
+            msg.contains("password authentication failed"),
+            "{user}: {msg}"
+        );
+    }
+}

@@ -594,10 +594,22 @@ async fn authenticate(
         ));
     };
     let secret = &user_secret.secret;
-    let method = effective_method(method, secret).map_err(|e| {
-        tracing::warn!(user, "{e}");
-        auth_refusal(e, user)
-    })?;
+    let method = match effective_method(method, secret) {
+        Ok(m) => m,
+        Err(e) => {
+            // The secret cannot serve the rule (an md5 hash under a
+            // scram-sha-256 rule): as PostgreSQL does, the client still
+            // gets a whole exchange that fails, so that it cannot tell
+            // such a user from an unknown one by the answer or its timing.
+            tracing::warn!(user, "{e}");
+            let mut scram = c.scram(ScramServer::mock(user, &shared.mock_key));
+            let r = scram_exchange(c, &mut scram).await;
+            return Err(auth_refusal(
+                r.err().unwrap_or(AuthError::InvalidPassword),
+                user,
+            ));
+        }
+    };
     let result = match method {
         // `cert` was decided by check_tls (it implies clientcert=verify-full).
         Method::Trust | Method::Cert => Ok(()),
