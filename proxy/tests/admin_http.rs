@@ -113,6 +113,21 @@ impl Admin {
         self.request(Method::POST, path, None).await
     }
 
+    /// `POST path` with `headers` added (or replacing reqwest's `Host`).
+    async fn post_with(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut req = client.post(self.url(path));
+        for &(name, value) in headers {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.expect("admin API answers");
+        let status = resp.status();
+        (status, resp.text().await.unwrap())
+    }
+
     /// Runs the real `tidepool ctl` binary with `args`.
     async fn ctl(&self, args: &[&str]) -> std::process::Output {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_tidepool"))
@@ -514,6 +529,66 @@ async fn nodes_and_pools_are_listed_and_ctl_shows_them() {
         lines[2].contains("primary") && lines[3].contains("standby"),
         "{table}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_from_web_pages_are_refused_before_they_act() {
+    let admin = start("").await;
+    let own = admin.addr.to_string();
+    let own_origin = format!("http://{own}");
+    // The failover manager does not run here: a detach that got through
+    // would wait for it until the client gives up.
+    let refused = [
+        (("origin", "http://evil.example"), StatusCode::FORBIDDEN),
+        (("sec-fetch-site", "cross-site"), StatusCode::FORBIDDEN),
+        (("host", "evil.example"), StatusCode::MISDIRECTED_REQUEST),
+    ];
+    for (header, expected) in refused {
+        let (status, body) = admin.post_with("/v1/nodes/pg1/detach", &[header]).await;
+        assert_eq!(status, expected, "{header:?}: {body}");
+        assert!(json(&body)["error"].is_string(), "{body}");
+    }
+    // A page of the API itself, and plain clients under a loopback name.
+    let headers = [("origin", own_origin.as_str()), ("host", own.as_str())];
+    let (status, body) = admin.post_with("/v1/reload", &headers).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let localhost = format!("localhost:{}", admin.addr.port());
+    let (status, body) = admin
+        .post_with("/v1/reload", &[("host", localhost.as_str())])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loopback_api_without_a_token_can_be_closed_to_everyone() {
+    let admin = start("").await;
+    assert_eq!(admin.get("/v1/nodes").await.0, StatusCode::OK);
+    // check-config refuses such a file; the API refuses too, should the
+    // setting ever be in force without a token.
+    let mut config = (*admin.shared.config.load_full()).clone();
+    config.server.admin_allow_unauthenticated_loopback = false;
+    admin.shared.config.store(Arc::new(config));
+    assert_eq!(admin.get("/healthz").await.0, StatusCode::OK);
+    let (status, body) = admin.get("/v1/nodes").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("admin_allow_unauthenticated_loopback"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stalls_mid_request_line_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let admin = start("").await;
+    let mut stalled = tokio::net::TcpStream::connect(admin.addr).await.unwrap();
+    stalled.write_all(b"GET /heal").await.unwrap();
+    assert_eq!(admin.get("/healthz").await.0, StatusCode::OK);
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still connected after 20 s");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,71 +9,187 @@
 //! features this build does not contain (the query cache) are answered 501
 //! with the feature's name, so a script never mistakes "not available" for
 //! "done".
+//!
+//! In front of the handlers, outermost first: what a web browser sends for
+//! another site is refused (403), and so, on a loopback socket, is a
+//! request for a host name that is not loopback (421: DNS rebinding); the
+//! body must arrive within [`REQUEST_READ_TIMEOUT`]; then the bearer token,
+//! and a deadline for every handler but the node actions. The decisions
+//! about Origin, Host and a missing token are pure functions in `guard`.
+//! Connections are served by hyper itself, for its header read timeout.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
+    body::Body,
     extract::{Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinSet,
+};
 
 use crate::{
-    admin::prometheus,
+    admin::{guard, prometheus},
     cluster::{Action, ControlError, Node, Role, Snapshot},
     server::{self, Shared},
 };
 
-/// Serves the admin API on `listener` until `shared.shutdown` turns true.
+/// Time a client has to send a request's line and headers, and then again
+/// its body; a connection kept alive is closed once idle this long.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most time a handler may take, the node actions excepted (see [`router`]).
+pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest request body: the API's bodies are a few bytes of JSON.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Serves the admin API on `listener` until `shared.shutdown` turns true,
+/// then lets each connection finish the request under way (bounded by
+/// `server.shutdown_timeout`).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.clone();
-    let stop = async move {
-        // A dropped sender means nobody can ask for shutdown any more: keep
-        // serving rather than stop on a closed channel.
-        if shutdown.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
+    let bound = listener
+        .local_addr()
+        .unwrap_or_else(|_| shared.config.load().server.admin_listen);
+    let app = router(shared.clone(), bound);
+    let mut stop = std::pin::pin!(shutdown_requested(shared.shutdown.clone()));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(
+                        stream,
+                        peer,
+                        app.clone(),
+                        shared.shutdown.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving.
+                    tracing::warn!(error = %e, "admin API: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut stop => break,
         }
-    };
-    if let Err(e) = axum::serve(listener, router(shared))
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "admin HTTP server failed");
+    }
+    drop(listener);
+    let grace = shared.config.load().server.shutdown_timeout;
+    let _ = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+}
+
+/// Resolves once shutdown is asked for. A dropped sender means nobody can
+/// ask for shutdown any more: never resolve rather than stop on a closed
+/// channel.
+async fn shutdown_requested(mut shutdown: watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
-/// Every route of the admin API. Everything but `/healthz` sits behind the
-/// bearer token when one is configured: liveness probes carry no secret.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// Serves one connection over HTTP/1.1. hyper closes it when a request's
+/// line and headers take longer than [`REQUEST_READ_TIMEOUT`] (a client
+/// that sends half a request and stalls), or when it sits idle between
+/// requests that long. On shutdown the request under way is answered, then
+/// the connection closes.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_READ_TIMEOUT);
+    let service = TowerToHyperService::new(app);
+    let mut conn = std::pin::pin!(http.serve_connection(TokioIo::new(stream), service));
+    let mut stop = std::pin::pin!(shutdown_requested(shutdown));
+    let outcome = tokio::select! {
+        outcome = conn.as_mut() => outcome,
+        () = &mut stop => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = outcome {
+        // Timeouts, resets, malformed requests: the client's doing.
+        tracing::debug!(%peer, error = %e, "admin connection closed");
+    }
+}
+
+/// Every route of the admin API, served on the socket bound to `bound`.
+/// Everything but `/healthz` sits behind the bearer token when one is
+/// configured: liveness probes carry no secret. The checks against
+/// browsers (`refuse_foreign`) and the body's deadline apply to every
+/// route.
+pub fn router(shared: Arc<Shared>, bound: SocketAddr) -> Router {
+    let checks = Checks {
+        shared: shared.clone(),
+        bound,
+    };
+    // No handler deadline here: the failover manager bounds each step of an
+    // action with the [failover] timeouts (a recovery may take
+    // recovery_timeout, 10 minutes by default, after the actions queued
+    // before it), and the action carries on whether or not anyone waits, so
+    // a deadline would only turn a success into an error.
+    let node_actions = Router::new()
+        .route("/v1/nodes/{id}/attach", post(attach))
+        .route("/v1/nodes/{id}/detach", post(detach))
+        .route("/v1/nodes/{id}/promote", post(promote))
+        .route("/v1/nodes/{id}/recover", post(recover));
     let protected = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/nodes", get(nodes))
         .route("/v1/pools", get(pools))
         .route("/v1/reload", post(reload))
-        .route("/v1/nodes/{id}/attach", post(attach))
-        .route("/v1/nodes/{id}/detach", post(detach))
-        .route("/v1/nodes/{id}/promote", post(promote))
-        .route("/v1/nodes/{id}/recover", post(recover))
         .route("/v1/watchdog", get(watchdog_status))
         .route("/v1/watchdog/switchover", post(watchdog_switchover))
         .route("/v1/cache/invalidate", post(cache_unavailable))
         .fallback(not_found)
+        .layer(middleware::from_fn(limit_handler_time))
+        .merge(node_actions)
         .layer(middleware::from_fn_with_state(
-            shared.clone(),
+            checks.clone(),
             require_token,
         ));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
+        .layer(middleware::from_fn(read_body_in_time))
+        .layer(middleware::from_fn_with_state(checks, refuse_foreign))
         .with_state(shared)
+}
+
+/// What the checks in front of the handlers read.
+#[derive(Clone)]
+struct Checks {
+    shared: Arc<Shared>,
+    /// The address the API's socket is bound to. The checks follow the
+    /// socket, not `server.admin_listen`: a reload can change the setting,
+    /// but moving the socket takes a restart.
+    bound: SocketAddr,
 }
 
 /// An error answer: a status and a JSON body whose `error` says what went
@@ -106,14 +222,19 @@ impl IntoResponse for ApiError {
 
 /// Rejects requests without the configured bearer token. The token is read
 /// per request so that a reload (or a rotated token file) takes effect at
-/// once; when it cannot be read, every request is refused.
-async fn require_token(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let expected = match shared.config.load().admin_token() {
-        Ok(None) => return next.run(request).await,
+/// once; when it cannot be read, every request is refused. Without a token,
+/// only a loopback socket answers, and only while
+/// `server.admin_allow_unauthenticated_loopback` allows it.
+async fn require_token(State(checks): State<Checks>, request: Request, next: Next) -> Response {
+    let config = checks.shared.config.load_full();
+    let expected = match config.admin_token() {
+        Ok(None) => match guard::tokenless_refusal(&config.server, checks.bound) {
+            None => return next.run(request).await,
+            Some(reason) => {
+                tracing::error!("refusing admin requests: {reason}");
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+            }
+        },
         Ok(Some(token)) => token,
         Err(e) => {
             tracing::error!(error = %e, "no usable admin token; refusing admin requests");
@@ -136,6 +257,74 @@ async fn require_token(
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// Refuses what a web browser may send for a page the operator happens to
+/// have open: requests for another site (403), and, on a loopback socket,
+/// requests for a host name that is not loopback (421: a page that points
+/// its own name at 127.0.0.1, DNS rebinding). curl, probes and `tidepool
+/// ctl` send no `Origin` and name the address they connect to, so they
+/// pass.
+async fn refuse_foreign(State(checks): State<Checks>, request: Request, next: Next) -> Response {
+    match guard::foreign_refusal(checks.bound, &request) {
+        Some((status, reason)) => {
+            tracing::warn!("admin request refused: {reason}");
+            ApiError::new(status, reason).into_response()
+        }
+        None => next.run(request).await,
+    }
+}
+
+/// Reads the whole body before anything else runs, within
+/// [`REQUEST_READ_TIMEOUT`] and [`MAX_BODY_BYTES`]. A client that stalls
+/// mid-body is answered 408 and its connection closed (hyper stops reading
+/// a body nobody waits for), instead of holding a handler, some of which
+/// have no deadline of their own.
+async fn read_body_in_time(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let reading = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(REQUEST_READ_TIMEOUT, reading).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "cannot read the request body ({e}); bodies are JSON of at most \
+                     {MAX_BODY_BYTES} bytes"
+                ),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {REQUEST_READ_TIMEOUT:?}"),
+            )
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Gives a handler [`HANDLER_TIMEOUT`] to answer; past it, the handler is
+/// dropped and the client told so (a reload under way still finishes on
+/// its own thread).
+async fn limit_handler_time(request: Request, next: Next) -> Response {
+    let what = format!("{} {}", request.method(), request.uri().path());
+    match tokio::time::timeout(HANDLER_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(request = %what, "admin request abandoned after {HANDLER_TIMEOUT:?}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{what} did not finish within {HANDLER_TIMEOUT:?}; tidepool's log may say why"
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Compares digests in constant time, so that neither the content nor the

@@ -3,6 +3,7 @@
 //! Admin code reads snapshots and counters; it changes node state only by
 //! asking `cluster`.
 
+mod guard;
 pub mod http;
 pub mod metrics;
 pub mod prometheus;

@@ -24,6 +24,7 @@ impl Default for ServerConfig {
             admin_listen: ([127, 0, 0, 1], ADMIN_PORT).into(),
             admin_token: None,
             admin_token_file: None,
+            admin_allow_unauthenticated_loopback: true,
             max_client_connections: 10_000,
             max_startup_connections: 1_000,
             startup_timeout: Duration::from_secs(10),

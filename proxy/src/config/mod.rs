@@ -64,6 +64,10 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// File holding the admin token (first line), instead of `admin_token`.
     pub admin_token_file: Option<String>,
+    /// Whether a loopback `admin_listen` without a token answers whoever
+    /// reaches it (requests from web pages are refused either way); `false`
+    /// demands a token on loopback too.
+    pub admin_allow_unauthenticated_loopback: bool,
     /// Most logged-in clients at once; more are refused with 53300.
     pub max_client_connections: usize,
     /// Most client sockets still in startup or authentication at once; more

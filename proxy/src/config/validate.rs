@@ -422,6 +422,17 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
             ),
         );
     }
+    if c.server.admin_listen.ip().is_loopback()
+        && !c.server.admin_allow_unauthenticated_loopback
+        && c.server.admin_token.is_none()
+        && c.server.admin_token_file.is_none()
+    {
+        err(
+            "server.admin_token".into(),
+            "admin_allow_unauthenticated_loopback is false: set admin_token or admin_token_file"
+                .into(),
+        );
+    }
     if (c.server.admin_token.is_some() || c.server.admin_token_file.is_some())
         && let Err(e) = c.admin_token()
     {
@@ -827,6 +838,30 @@ weight = -2.0
         let text = MINIMAL.replace("[server]\n", "[server]\nadmin_listen = \"0.0.0.0:9898\"\n");
         let errs = Config::load_str(&text).unwrap_err();
         assert_eq!(errs[0].path, "server.admin_token");
+    }
+
+    #[test]
+    fn loopback_admin_needs_a_token_once_unauthenticated_access_is_off() {
+        assert!(
+            Config::load_str(MINIMAL)
+                .unwrap()
+                .server
+                .admin_allow_unauthenticated_loopback
+        );
+        let off = MINIMAL.replace(
+            "[server]\n",
+            "[server]\nadmin_allow_unauthenticated_loopback = false\n",
+        );
+        let errs = Config::load_str(&off).unwrap_err();
+        assert_eq!(errs[0].path, "server.admin_token");
+        assert!(
+            errs[0]
+                .message
+                .contains("admin_allow_unauthenticated_loopback"),
+            "{errs:?}"
+        );
+        let with_token = off.replace("[server]\n", "[server]\nadmin_token = \"s3cret\"\n");
+        assert!(Config::load_str(&with_token).is_ok());
     }
 
     #[test]

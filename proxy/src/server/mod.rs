@@ -4,6 +4,7 @@
 
 mod cancel;
 mod startup;
+pub mod throttle;
 
 use std::{
     collections::HashMap,
@@ -46,6 +47,8 @@ pub struct Shared {
     pub lags: Arc<crate::router::lag::Lags>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
+    /// Failed logins per source address (refusals slow down).
+    pub failed_logins: throttle::FailedLogins,
     pub metrics: Metrics,
     pub health_settings: watch::Sender<HealthCheckConfig>,
     /// The failover manager's queue (attach, detach, promote, recover).
@@ -91,6 +94,7 @@ impl Shared {
             lags: Arc::new(ArcSwap::from_pointee(Default::default())),
             pools: Pools::new(),
             cancels: Arc::new(CancelRegistry::default()),
+            failed_logins: throttle::FailedLogins::default(),
             metrics: Metrics::default(),
             health_settings,
             control: crate::cluster::Control::default(),

@@ -176,11 +176,21 @@ pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
         if let Err(r) = outcome {
             shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
             tracing::info!(code = r.code, "login refused: {}", r.message);
+            if r.code == sqlstate::INVALID_PASSWORD {
+                // Guessing from one address gets slower; nobody else waits.
+                let delay = shared
+                    .failed_logins
+                    .failed(peer.ip(), std::time::Instant::now());
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
             messages::error_response(&mut out, Severity::Fatal, r.code, &r.message, None);
             let _ = client.write_all(&out).await;
             return None;
         }
         messages::auth_ok(&mut out);
+        shared.failed_logins.succeeded(peer.ip());
 
         let mut registration = shared.cancels.register();
         let settings = session_settings(&params);
