@@ -317,3 +317,67 @@ async fn reads_of_a_servers_own_sessions_run_where_the_session_writes() {
     assert!(killed);
     assert!(victim.query_one("SELECT 1", &[]).await.is_err());
 }
+
+/// Logs in with raw startup `params` and returns the ParameterStatus
+/// values the login reported.
+async fn reported_at_login(
+    port: u16,
+    params: &[(&str, &str)],
+) -> std::collections::HashMap<String, String> {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut all = vec![("user", "app"), ("database", "app")];
+    all.extend_from_slice(params);
+    s.write_all(&wire::startup_packet(&all)).await.unwrap();
+    let mut out = std::collections::HashMap::new();
+    loop {
+        let mut head = [0u8; 5];
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        match head[0] {
+            b'S' => {
+                let mut parts = body.split(|b| *b == 0);
+                let k = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+                let v = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+                out.insert(k, v);
+            }
+            b'Z' => return out,
+            b'E' => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_status_is_always_the_servers() {
+    let bed = common::bed(0, "transaction", "", TRUST).await.unwrap();
+    // The pool has logged in once: later logins are answered from it.
+    bed.app()
+        .await
+        .unwrap()
+        .batch_execute("SELECT 1")
+        .await
+        .unwrap();
+    let port = bed.tidepool.port();
+    for (asked, reported) in [
+        ("utf-8", "UTF8"),
+        ("UTF8", "UTF8"),
+        ("euc-jp", "EUC_JP"),
+        ("latin1", "LATIN1"),
+    ] {
+        let r = reported_at_login(port, &[("client_encoding", asked)]).await;
+        assert_eq!(r["client_encoding"], reported, "client_encoding={asked}");
+    }
+    // A date style the pool cannot vouch for is answered by a server.
+    let r = reported_at_login(port, &[("DateStyle", "german")]).await;
+    assert_eq!(r["DateStyle"], "German, DMY");
+    let r = reported_at_login(port, &[("application_name", "worker 7")]).await;
+    assert_eq!(r["application_name"], "worker 7");
+}
