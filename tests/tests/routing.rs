@@ -689,3 +689,119 @@ async fn a_session_reads_what_it_just_wrote_while_other_sessions_read_standbys()
     .await
     .unwrap();
 }
+
+/// proxy/src/router/primary_only_functions.txt, without comments.
+fn primary_only_functions() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../proxy/src/router/primary_only_functions.txt"
+    );
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_only_a_primary_runs_never_reach_a_standby() {
+    let bed = lb_bed("transaction", "statement_level = true").await;
+    let standby = bed.cluster.standbys()[0].name.clone();
+    let direct = bed
+        .cluster
+        .connect(standby.as_str(), "postgres", "postgres", "postgres")
+        .await
+        .unwrap();
+    let listed = primary_only_functions();
+    // Every entry is one a standby refuses…
+    for f in &listed {
+        let e = direct
+            .simple_query(&format!("SELECT {f}()"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+            "{f} on a standby: {e:?}"
+        );
+    }
+    // …and every argument-less, non-volatile built-in a standby refuses
+    // this way is listed.
+    let candidates = direct
+        .query(
+            "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'pg_catalog' AND p.provolatile <> 'v' AND p.pronargs = 0 \
+             AND p.prokind = 'f' AND NOT p.proretset \
+             AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype) \
+             AND p.proname NOT IN ('current_user', 'session_user', 'current_role', 'user')",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in candidates {
+        let f: String = row.get(0);
+        if let Err(e) = direct.simple_query(&format!("SELECT {f}()")).await
+            && e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+        {
+            assert!(
+                listed.contains(&f),
+                "{f} is refused by a standby but not listed"
+            );
+        }
+    }
+    // Through tidepool, with every read balanced over the standbys: 50 runs
+    // of each, no error.
+    let c = bed.app().await.unwrap();
+    for f in &listed {
+        for _ in 0..50 {
+            c.simple_query(&format!("SELECT {f}()"))
+                .await
+                .unwrap_or_else(|e| panic!("{f}: {e:?}"));
+            c.query(&format!("SELECT {f}()"), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{f} (extended): {e:?}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_pool_nodes_tells_streaming_and_sync_states() {
+    for (sync, want) in [(false, "async"), (true, "quorum")] {
+        let cluster = tidepool_tests::PgCluster::start(tidepool_tests::PgClusterOpts {
+            sync,
+            ..tidepool_tests::PgClusterOpts::standbys(2)
+        })
+        .unwrap();
+        let cfg = common::config(&cluster, "transaction", "", "");
+        let tidepool = tidepool_tests::Tidepool::start(&cfg).unwrap();
+        let bed = common::Bed { tidepool, cluster };
+        bed.wait_ready().await.unwrap();
+        let standbys: Vec<u16> = bed.cluster.standbys().iter().map(|n| n.port).collect();
+        wait_until_async(Duration::from_secs(20), "replication states", || async {
+            let nodes = bed.show("POOL_NODES").await.unwrap();
+            let states: Vec<(String, String)> = nodes
+                .iter()
+                .filter(|n| standbys.contains(&n["port"].parse().unwrap()))
+                .map(|n| {
+                    (
+                        n["replication_state"].clone(),
+                        n["replication_sync_state"].clone(),
+                    )
+                })
+                .collect();
+            states.len() == 2
+                && states
+                    .iter()
+                    .all(|(state, s)| state == "streaming" && s == want)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("sync={sync}: {e}: {:?}", bed.tidepool.log_tail(5)));
+        // The primary has no replication state of its own.
+        let nodes = bed.show("POOL_NODES").await.unwrap();
+        let primary = bed.cluster.primary().port.to_string();
+        let p = nodes.iter().find(|n| n["port"] == primary).unwrap();
+        assert_eq!(p["replication_state"], "");
+    }
+}

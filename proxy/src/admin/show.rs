@@ -101,8 +101,11 @@ fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
                 s(c.selects.load(Ordering::Relaxed)),
                 s(Some(n.id) == read_node),
                 s(lags.get(&n.id).map(|l| l.bytes).unwrap_or(0)),
-                s(""),
-                s(""),
+                s(lags.get(&n.id).map(|l| l.replication_state).unwrap_or("")),
+                s(lags
+                    .get(&n.id)
+                    .map(|l| l.replication_sync_state)
+                    .unwrap_or("")),
                 s(humantime::format_rfc3339_seconds(
                     UNIX_EPOCH + std::time::Duration::from_secs(changed),
                 )),

@@ -309,6 +309,16 @@ pub fn classify_uncached(sql: &str) -> Class {
         .tables
         .iter()
         .any(|t| NODE_LOCAL_RELATIONS.contains(&last_part(t)));
+    if class
+        .functions
+        .iter()
+        .any(|f| primary_only_functions().contains(&last_part(f)))
+    {
+        class
+            .write
+            .get_or_insert("calls a function only a primary runs (primary_only_functions.txt)");
+        class.select = false;
+    }
     if local_function || local_relation {
         class.write.get_or_insert(
             "reads state of one server (its sessions, locks, prepared transactions)",
@@ -316,6 +326,19 @@ pub fn classify_uncached(sql: &str) -> Class {
         class.select = false;
     }
     class
+}
+
+/// Non-volatile built-ins a standby refuses (25006), from
+/// `primary_only_functions.txt`.
+fn primary_only_functions() -> &'static [&'static str] {
+    static LIST: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+        include_str!("primary_only_functions.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect()
+    });
+    &LIST
 }
 
 /// Functions whose answer belongs to one server and its sessions: a
@@ -471,6 +494,8 @@ mod tests {
             assert!(c(sql).write.is_some(), "{sql}");
         }
         assert!(c("SELECT pg_is_in_recovery()").write.is_none());
+        assert!(c("SELECT txid_current()").write.is_some());
+        assert!(c("select pg_catalog.pg_current_xact_id()").write.is_some());
         assert!(c("SHOW work_mem").write.is_none());
     }
 

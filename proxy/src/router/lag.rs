@@ -34,6 +34,21 @@ pub struct Lag {
     /// before this instant (None: not known for any kept instant).
     #[serde(skip)]
     pub covers_since: Option<Instant>,
+    /// What the primary's pg_stat_replication says of the standby (its
+    /// walsender whose application_name is the node's name): `state`
+    /// (streaming, catchup, …) and `sync_state` (async, sync, quorum,
+    /// potential); empty when no walsender names it.
+    pub replication_state: &'static str,
+    pub replication_sync_state: &'static str,
+}
+
+/// pg_stat_replication's `state` and `sync_state` values, as tidepool
+/// shows them (anything else shows as empty).
+const REPLICATION_STATES: &[&str] = &["startup", "catchup", "streaming", "backup", "stopping"];
+const SYNC_STATES: &[&str] = &["async", "potential", "sync", "quorum"];
+
+fn known(value: &str, values: &[&'static str]) -> &'static str {
+    values.iter().find(|v| **v == value).copied().unwrap_or("")
 }
 
 /// Primary positions sampled at the start of recent rounds, oldest first.
@@ -145,11 +160,19 @@ pub async fn run(
                     continue;
                 }
             };
+            let walsenders = replication(&clients, &key, &cfg).await;
             for n in snapshot
                 .nodes
                 .iter()
                 .filter(|n| n.role == Role::Standby && n.status == Status::Up)
             {
+                let (state, sync) = walsenders
+                    .iter()
+                    .find(|(name, _, _)| *name == n.name)
+                    .map(|(_, state, sync)| {
+                        (known(state, REPLICATION_STATES), known(sync, SYNC_STATES))
+                    })
+                    .unwrap_or(("", ""));
                 let key = (n.host.clone(), n.port);
                 let sql = "SELECT COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0), \
                            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
@@ -163,6 +186,8 @@ pub async fn run(
                             bytes: current.saturating_sub(replayed),
                             time: Duration::from_secs_f64(secs.max(0.0)),
                             covers_since: positions.covered(replayed),
+                            replication_state: state,
+                            replication_sync_state: sync,
                         },
                     );
                 }
@@ -180,6 +205,36 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, period: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(period) => *shutdown.borrow(),
         _ = shutdown.changed() => true,
+    }
+}
+
+/// The primary's walsenders: (application_name, state, sync_state).
+async fn replication(
+    clients: &BTreeMap<(String, u16), tokio_postgres::Client>,
+    key: &(String, u16),
+    cfg: &Config,
+) -> Vec<(String, String, String)> {
+    let Some(client) = clients.get(key) else {
+        return Vec::new();
+    };
+    let q = client.query(
+        "SELECT application_name, state, sync_state FROM pg_stat_replication",
+        &[],
+    );
+    match tokio::time::timeout(cfg.health_check.timeout, q).await {
+        Ok(Ok(rows)) => rows
+            .iter()
+            .map(|r| {
+                let get = |i: usize| {
+                    r.try_get::<_, Option<String>>(i)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                };
+                (get(0), get(1), get(2))
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
