@@ -69,18 +69,24 @@ pub async fn login_keyed(
     Ok((s, pid))
 }
 
-/// Reads messages from `s` until one tagged `tag` arrives (within 10 s);
-/// returns its body.
-pub async fn read_until(s: &mut tokio::net::TcpStream, tag: u8) -> anyhow::Result<Vec<u8>> {
+/// Reads one message from `s` (within 10 s): its tag and body.
+pub async fn read_message(s: &mut tokio::net::TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 5];
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head)).await??;
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    anyhow::ensure!(len >= 4, "bad message length {len}");
+    let mut body = vec![0u8; len as usize - 4];
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut body)).await??;
+    Ok((head[0], body))
+}
+
+/// Reads messages from `s` until one tagged `tag` arrives (within 10 s
+/// each); returns its body.
+pub async fn read_until(s: &mut tokio::net::TcpStream, tag: u8) -> anyhow::Result<Vec<u8>> {
     loop {
-        let mut head = [0u8; 5];
-        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head)).await??;
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-        anyhow::ensure!(len >= 4, "bad message length {len}");
-        let mut body = vec![0u8; len as usize - 4];
-        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut body)).await??;
-        if head[0] == tag {
+        let (t, body) = read_message(s).await?;
+        if t == tag {
             return Ok(body);
         }
     }

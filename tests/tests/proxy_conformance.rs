@@ -231,20 +231,12 @@ async fn a_departed_clients_session_state_is_not_left_to_the_next_client() {
 
 /// Sends `msgs` and reads up to ReadyForQuery; returns the message tags.
 async fn round_trip(s: &mut tokio::net::TcpStream, msgs: &[Vec<u8>]) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
     s.write_all(&msgs.concat()).await.unwrap();
     let mut tags = Vec::new();
     loop {
-        let mut head = [0u8; 5];
-        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head))
-            .await
-            .unwrap()
-            .unwrap();
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).await.unwrap();
-        tags.push(head[0]);
-        if head[0] == b'Z' {
+        let (tag, _) = wire::read_message(s).await.unwrap();
+        tags.push(tag);
+        if tag == b'Z' {
             return tags;
         }
     }
@@ -324,7 +316,6 @@ async fn reported_at_login(
     port: u16,
     params: &[(&str, &str)],
 ) -> std::collections::HashMap<String, String> {
-    use tokio::io::AsyncReadExt;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -333,15 +324,8 @@ async fn reported_at_login(
     s.write_all(&wire::startup_packet(&all)).await.unwrap();
     let mut out = std::collections::HashMap::new();
     loop {
-        let mut head = [0u8; 5];
-        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut head))
-            .await
-            .unwrap()
-            .unwrap();
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).await.unwrap();
-        match head[0] {
+        let (tag, body) = wire::read_message(&mut s).await.unwrap();
+        match tag {
             b'S' => {
                 let mut parts = body.split(|b| *b == 0);
                 let k = String::from_utf8_lossy(parts.next().unwrap()).into_owned();

@@ -85,11 +85,11 @@ pub struct Session {
     routing: router::SessionRouting,
     pins: BTreeSet<PinReason>,
     statements: HashMap<String, Arc<Statement>>,
-    /// The client's last unnamed Parse, its class, and the connection
-    /// (node, backend pid) it was sent to: a Bind or Describe of the unnamed
+    /// The client's last unnamed Parse and the connection (node, backend
+    /// pid) it was sent to: a Bind or Describe of the unnamed
     /// statement in a later round trip may be served by another
     /// connection, which gets the Parse first.
-    unnamed: Option<(bytes::Bytes, Arc<router::Class>, (usize, i32))>,
+    unnamed: Option<(Frame, (usize, i32))>,
     pending: VecDeque<Expect>,
     /// After an error in an extended-protocol batch the server skips
     /// messages until Sync; so does the bookkeeping.
@@ -710,9 +710,10 @@ impl Session {
                     });
                 } else {
                     if name.is_empty() && !self.skipping {
+                        // Kept as is (a reference count): classified only if
+                        // a later round trip binds it.
                         let here = self.conn_identity();
-                        let class = self.shared.classifier.classify(&query);
-                        self.unnamed = Some((f.bytes.clone(), class, here));
+                        self.unnamed = Some((f.clone(), here));
                     }
                     self.to_backend.extend_from_slice(&f.bytes);
                     self.push(Expect::Parse {
@@ -987,8 +988,11 @@ impl Session {
                             && !rest.iter().any(|p| p.tag == b'P')
                             && f.tag != b'P' =>
                         {
-                            if let Some((_, class, _)) = &self.unnamed {
-                                add(class, &mut merged);
+                            match self.unnamed.as_ref().map(|(p, _)| messages::read_parse(p)) {
+                                Some(Ok((_, q))) => {
+                                    add(&self.shared.classifier.classify(&q), &mut merged)
+                                }
+                                _ => merged.write = Some("malformed Parse"),
                             }
                         }
                         None if !rest.iter().any(|p| p.tag == b'P') && f.tag != b'P' => {
@@ -1227,11 +1231,11 @@ impl Session {
             return;
         }
         let here = self.conn_identity();
-        if let Some((parse, _, at)) = self.unnamed.as_mut()
+        if let Some((parse, at)) = self.unnamed.as_mut()
             && *at != here
         {
             *at = here;
-            let parse = parse.clone();
+            let parse = parse.bytes.clone();
             self.to_backend.extend_from_slice(&parse);
             self.push(Expect::Parse {
                 hidden: true,
