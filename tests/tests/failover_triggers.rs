@@ -55,7 +55,12 @@ async fn a_broken_connection_to_the_killed_primary_fails_over_without_the_retrie
     );
     assert_eq!(bed.status(&old)?, "down");
     // The failover shows in /metrics.
-    assert_eq!(bed.metric("tidepool_failovers_total")?, 1.0);
+    assert_eq!(
+        bed.metric("tidepool_failovers_total")?,
+        1.0,
+        "one failover, at the first attempt:\n{}",
+        manager_log(&bed)
+    );
     assert!(bed.metric("tidepool_backend_faults_confirmed_total")? >= 1.0);
     assert!(bed.metric("tidepool_detaches_total")? >= 1.0);
     assert_eq!(

@@ -365,3 +365,63 @@ async fn parameter_status_is_always_the_servers() {
     let r = reported_at_login(port, &[("application_name", "worker 7")]).await;
     assert_eq!(r["application_name"], "worker 7");
 }
+
+async fn sql_execute_of_a_protocol_statement(mode: &str) {
+    // A standby and balanced reads: the Parse of `select 1` may run on one
+    // node and the EXECUTE (which may write) on the primary.
+    let bed = common::bed(
+        1,
+        mode,
+        "",
+        &format!("{TRUST}\n[load_balancing]\nstatement_level = true\n"),
+    )
+    .await
+    .unwrap();
+    let mut s = wire::login(bed.tidepool.port(), "app", "app", &[])
+        .await
+        .unwrap();
+    let sync = wire::message(b'S', b"");
+    let tags = round_trip(
+        &mut s,
+        &[
+            wire::message(b'P', b"foobar\0select 41 + 1\0\0\0"),
+            sync.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(tags, b"1Z", "{mode}: prepare");
+    for round in 0..10 {
+        // Extended protocol, as asyncpg's fetchval('EXECUTE foobar') sends it.
+        let tags = round_trip(
+            &mut s,
+            &[
+                wire::message(b'P', b"\0EXECUTE foobar\0\0\0"),
+                wire::message(b'B', b"\0\0\0\0\0\0\0\0"),
+                wire::message(b'E', b"\0\0\0\0\0"),
+                sync.clone(),
+            ],
+        )
+        .await;
+        assert_eq!(
+            tags, b"12DCZ",
+            "{mode} round {round}: extended EXECUTE (E = error)"
+        );
+    }
+    // A simple query, once the connection has the statement (session
+    // mode keeps its connections; transaction mode may serve the query on
+    // another one).
+    if mode == "session" {
+        let tags = round_trip(&mut s, &[wire::message(b'Q', b"EXECUTE foobar\0")]).await;
+        assert_eq!(tags, b"TDCZ", "{mode}: simple EXECUTE");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_execute_finds_a_statement_prepared_by_a_parse_message_in_session_mode() {
+    sql_execute_of_a_protocol_statement("session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_execute_finds_a_statement_prepared_by_a_parse_message_in_transaction_mode() {
+    sql_execute_of_a_protocol_statement("transaction").await;
+}

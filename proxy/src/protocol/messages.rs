@@ -316,6 +316,17 @@ pub fn rename_parse(f: &Frame, name: &str) -> Result<Bytes, FrameError> {
     Ok(with_header(f.tag, &[name.as_bytes(), b"\0", b]))
 }
 
+/// A Parse like `f` but with query text `query`.
+pub fn replace_parse_query(f: &Frame, query: &str) -> Result<Bytes, FrameError> {
+    let mut b = f.body();
+    let name = frame::cstr(&mut b)?;
+    frame::cstr(&mut b)?; // the old query; `b` is left at the parameter types
+    Ok(with_header(
+        b'P',
+        &[name.as_bytes(), b"\0", query.as_bytes(), b"\0", b],
+    ))
+}
+
 /// A Bind like `f` but binding statement `stmt`.
 pub fn rename_bind(f: &Frame, stmt: &str) -> Result<Bytes, FrameError> {
     let (portal, _, offset) = read_bind(f)?;

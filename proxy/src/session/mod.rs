@@ -670,7 +670,10 @@ impl Session {
                 let effects = state::analyze(&sql);
                 self.note_pins(&effects);
                 self.free_database(&effects).await;
-                self.to_backend.extend_from_slice(&f.bytes);
+                match self.sql_execute(&sql, false) {
+                    Some(text) => messages::query(&mut self.to_backend, &text),
+                    None => self.to_backend.extend_from_slice(&f.bytes),
+                }
                 self.pending.push_back(Expect::Simple {
                     settings: effects.settings,
                 });
@@ -686,6 +689,14 @@ impl Session {
                 let effects = state::analyze(&query);
                 self.note_pins(&effects);
                 self.free_database(&effects).await;
+                let (f, query) = match self.sql_execute(&query, true) {
+                    Some(text) => {
+                        let b = messages::replace_parse_query(&f, &text)
+                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                        (messages::frame_of(&b), text)
+                    }
+                    None => (f, query),
+                };
                 if !name.is_empty() && !self.skipping {
                     let stmt = Arc::new(
                         Statement::from_parse(&f, self.shared.classifier.classify(&query))
@@ -1214,6 +1225,33 @@ impl Session {
             return None;
         }
         self.lease.as_mut().map(|l| l.conn().pid)
+    }
+
+    /// SQL `EXECUTE name` of a statement the client prepared with a Parse
+    /// message: the server knows it by tidepool's name for it, so the text
+    /// is rewritten to that name. Inside an extended-protocol batch
+    /// (`inject`) the statement is prepared on the attached connection
+    /// first when it lacks it; a simple query is rewritten only when the
+    /// connection has it (a Parse there could not be told apart from the
+    /// query's own replies if it failed).
+    fn sql_execute(&mut self, sql: &str, inject: bool) -> Option<String> {
+        if self.skipping {
+            return None;
+        }
+        let (name, at) = state::executes(sql)?;
+        let stmt = self.statements.get(&name)?.clone();
+        let conn = self.lease.as_mut()?.conn();
+        if inject {
+            self.ensure_prepared(&stmt);
+        } else if !conn.prepared.contains(&stmt.server_name) {
+            return None;
+        }
+        Some(format!(
+            "{}{}{}",
+            &sql[..at.start],
+            stmt.server_name,
+            &sql[at.end..]
+        ))
     }
 
     /// Which server connection the session is attached to.

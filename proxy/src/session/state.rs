@@ -298,6 +298,44 @@ fn parse_set(stmt: &str) -> Option<SettingChange> {
     Some(SettingChange::Set(name, value.to_string()))
 }
 
+/// For `EXECUTE name [(args)]` (one statement): the statement name as the
+/// server reads it (unquoted names folded to lower case) and the byte range
+/// of the name in `sql`, so that it can be replaced.
+pub fn executes(sql: &str) -> Option<(String, std::ops::Range<usize>)> {
+    let lead = sql.len() - sql.trim_start().len();
+    let body = &sql[lead..];
+    if !body.get(..7)?.eq_ignore_ascii_case("execute") {
+        return None;
+    }
+    let after = &body[7..];
+    let ws = after.len() - after.trim_start().len();
+    if ws == 0 {
+        return None;
+    }
+    let name_at = lead + 7 + ws;
+    let rest = &sql[name_at..];
+    let name = identifier(rest)?;
+    let len = if rest.starts_with('"') {
+        // The closing quote: doubled quotes are part of the name.
+        let mut i = 1;
+        let b = rest.as_bytes();
+        loop {
+            match b.get(i) {
+                Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
+                Some(b'"') => break i + 1,
+                Some(_) => i += 1,
+                None => return None,
+            }
+        }
+    } else {
+        rest.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
+            .map(char::len_utf8)
+            .sum()
+    };
+    Some((name, name_at..name_at + len))
+}
+
 /// The SQL identifier at the start of `s`: as written when quoted,
 /// lower-cased when not.
 fn identifier(s: &str) -> Option<String> {
@@ -502,6 +540,23 @@ mod tests {
         );
         assert_eq!(db("CREATE DATABASE x"), None);
         assert_eq!(db("DROP TABLE database"), None);
+    }
+
+    #[test]
+    fn execute_names_are_found_where_they_are_written() {
+        let (name, r) = executes("EXECUTE foobar").unwrap();
+        assert_eq!((name.as_str(), r), ("foobar", 8..14));
+        let sql = "  execute  FooBar (1, 'x')";
+        let (name, r) = executes(sql).unwrap();
+        assert_eq!(name, "foobar");
+        assert_eq!(&sql[r], "FooBar");
+        let sql = r#"EXECUTE "Mixed""Case"(2)"#;
+        let (name, r) = executes(sql).unwrap();
+        assert_eq!(name, r#"Mixed"Case"#);
+        assert_eq!(&sql[r], r#""Mixed""Case""#);
+        assert!(executes("EXECUTED x").is_none());
+        assert!(executes("SELECT 1").is_none());
+        assert!(executes("EXECUTE").is_none());
     }
 
     #[test]
