@@ -229,6 +229,23 @@ async fn a_departed_clients_session_state_is_not_left_to_the_next_client() {
     assert_eq!(t.columns()[0].type_(), &tokio_postgres::types::Type::UUID);
 }
 
+/// A primary and a standby with every unit balanced on its own, and a
+/// raw-protocol client logged in (trust) through tidepool in `mode`.
+async fn balanced_raw_session(mode: &str) -> (common::Bed, tokio::net::TcpStream) {
+    let bed = common::bed(
+        1,
+        mode,
+        "",
+        &format!("{TRUST}\n[load_balancing]\nstatement_level = true\n"),
+    )
+    .await
+    .unwrap();
+    let s = wire::login(bed.tidepool.port(), "app", "app", &[])
+        .await
+        .unwrap();
+    (bed, s)
+}
+
 /// Sends `msgs` and reads up to ReadyForQuery; returns the message tags.
 async fn round_trip(s: &mut tokio::net::TcpStream, msgs: &[Vec<u8>]) -> Vec<u8> {
     s.write_all(&msgs.concat()).await.unwrap();
@@ -246,17 +263,7 @@ async fn round_trip(s: &mut tokio::net::TcpStream, msgs: &[Vec<u8>]) -> Vec<u8> 
 async fn an_unnamed_statement_is_found_by_its_bind_in_a_later_round_trip() {
     // Every unit is balanced on its own over the primary and a standby:
     // the Bind often lands on another connection than its Parse.
-    let bed = common::bed(
-        1,
-        "transaction",
-        "",
-        &format!("{TRUST}\n[load_balancing]\nstatement_level = true\n"),
-    )
-    .await
-    .unwrap();
-    let mut s = wire::login(bed.tidepool.port(), "app", "app", &[])
-        .await
-        .unwrap();
+    let (_bed, mut s) = balanced_raw_session("transaction").await;
     let parse = wire::message(b'P', b"\0SELECT 1\0\0\0");
     let describe = wire::message(b'D', b"S\0");
     let sync = wire::message(b'S', b"");
@@ -369,17 +376,7 @@ async fn parameter_status_is_always_the_servers() {
 async fn sql_execute_of_a_protocol_statement(mode: &str) {
     // A standby and balanced reads: the Parse of `select 1` may run on one
     // node and the EXECUTE (which may write) on the primary.
-    let bed = common::bed(
-        1,
-        mode,
-        "",
-        &format!("{TRUST}\n[load_balancing]\nstatement_level = true\n"),
-    )
-    .await
-    .unwrap();
-    let mut s = wire::login(bed.tidepool.port(), "app", "app", &[])
-        .await
-        .unwrap();
+    let (_bed, mut s) = balanced_raw_session(mode).await;
     let sync = wire::message(b'S', b"");
     let tags = round_trip(
         &mut s,
