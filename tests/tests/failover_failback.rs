@@ -18,7 +18,8 @@ async fn bounce(bed: &FailoverBed, standby: &str) -> Result<()> {
         "the standby to be detached",
         || Ok(bed.status(standby)? == "down"),
     )
-    .await?;
+    .await
+    .map_err(|e| e.context(bed.tidepool.log_tail(30)))?;
     let reason = bed.detach_reason(standby)?;
     assert!(reason.starts_with("health check failed"), "{reason}");
     bed.cluster.start_node(standby)?;
