@@ -370,38 +370,30 @@ impl ServerConn {
         Ok(())
     }
 
-    /// Writes `data` while reading whatever the server sends meanwhile into
-    /// `frames`. A server blocked on sending results stops reading its input;
-    /// reading while writing keeps a large pipelined batch from deadlocking.
-    pub async fn write_all_reading(
+    /// One step of writing `data` to the server while reading what it
+    /// sends meanwhile, if `read` allows (see
+    /// [`Stream::poll_write_reading`]); frames read wait in the
+    /// connection's buffer for [`ServerConn::take_frames`].
+    pub fn poll_write_reading(
         &mut self,
+        cx: &mut std::task::Context<'_>,
         data: &[u8],
-        frames: &mut Vec<Frame>,
-    ) -> Result<(), BackendError> {
-        let mut bad = None;
-        let r = self
-            .stream
-            .write_all_reading(data, &mut self.buf, |buf| {
-                loop {
-                    match frame::take(buf, usize::MAX) {
-                        Ok(Some(f)) => frames.push(f),
-                        Ok(None) => return Ok(()),
-                        Err(e) => {
-                            bad = Some(e);
-                            return Err(std::io::ErrorKind::InvalidData.into());
-                        }
-                    }
-                }
+        read: bool,
+    ) -> std::task::Poll<Result<crate::tls::Step, BackendError>> {
+        self.stream
+            .poll_write_reading(cx, data, &mut self.buf, read)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => BackendError::Closed,
+                _ => e.into(),
             })
-            .await;
-        match (r, bad) {
-            (_, Some(e)) => Err(e.into()),
-            (Err(e), None) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Err(BackendError::Closed)
-            }
-            (Err(e), None) => Err(e.into()),
-            (Ok(()), None) => Ok(()),
+    }
+
+    /// Moves the whole frames buffered to `out`.
+    pub fn take_frames(&mut self, out: &mut Vec<Frame>) -> Result<(), BackendError> {
+        while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
+            out.push(f);
         }
+        Ok(())
     }
 
     /// Runs `sql` as a simple query and waits for its end, keeping the

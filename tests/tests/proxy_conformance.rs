@@ -422,3 +422,82 @@ async fn sql_execute_finds_a_statement_prepared_by_a_parse_message_in_session_mo
 async fn sql_execute_finds_a_statement_prepared_by_a_parse_message_in_transaction_mode() {
     sql_execute_of_a_protocol_statement("transaction").await;
 }
+
+/// Sends `msgs` and reads up to ReadyForQuery; returns the messages.
+async fn exchange(s: &mut tokio::net::TcpStream, msgs: &[Vec<u8>]) -> Vec<(u8, Vec<u8>)> {
+    s.write_all(&msgs.concat()).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let m = wire::read_message(s).await.unwrap();
+        let end = m.0 == b'Z';
+        out.push(m);
+        if end {
+            return out;
+        }
+    }
+}
+
+async fn a_second_parse_of_an_open_name_is_refused(mode: &str) {
+    let (_bed, mut s) = balanced_raw_session(mode).await;
+    let sync = wire::message(b'S', b"");
+    let bind = wire::message(b'B', b"\0dup\0\0\0\0\0\0\0");
+    let execute = wire::message(b'E', b"\0\0\0\0\0");
+    let tags = round_trip(
+        &mut s,
+        &[wire::message(b'P', b"dup\0select 1\0\0\0"), sync.clone()],
+    )
+    .await;
+    assert_eq!(tags, b"1Z", "{mode}: prepare");
+    for round in 0..5 {
+        // As PostgreSQL: 42P05 naming the client's statement, and the rest
+        // of the batch skipped (the Bind would run the first statement).
+        let replies = exchange(
+            &mut s,
+            &[
+                wire::message(b'P', b"dup\0select 2\0\0\0"),
+                bind.clone(),
+                execute.clone(),
+                sync.clone(),
+            ],
+        )
+        .await;
+        let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+        assert_eq!(tags, b"EZ", "{mode} round {round}");
+        let text = String::from_utf8_lossy(&replies[0].1);
+        assert!(text.contains("C42P05"), "{text}");
+        assert!(
+            text.contains("prepared statement \"dup\" already exists"),
+            "{text}"
+        );
+        // The name still means the first statement.
+        let replies = exchange(&mut s, &[bind.clone(), execute.clone(), sync.clone()]).await;
+        let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+        assert_eq!(tags, b"2DCZ", "{mode} round {round}");
+        assert!(replies[1].1.ends_with(b"1"), "{:?}", replies[1].1);
+    }
+    // Closed, the name can be prepared again.
+    let replies = exchange(
+        &mut s,
+        &[
+            wire::message(b'C', b"Sdup\0"),
+            wire::message(b'P', b"dup\0select 2\0\0\0"),
+            bind.clone(),
+            execute.clone(),
+            sync.clone(),
+        ],
+    )
+    .await;
+    let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    assert_eq!(tags, b"312DCZ", "{mode}: after Close");
+    assert!(replies[3].1.ends_with(b"2"), "{:?}", replies[3].1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_parse_of_an_open_name_is_refused_in_session_mode() {
+    a_second_parse_of_an_open_name_is_refused("session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_parse_of_an_open_name_is_refused_in_transaction_mode() {
+    a_second_parse_of_an_open_name_is_refused("transaction").await;
+}

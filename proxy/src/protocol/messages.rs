@@ -260,6 +260,35 @@ pub fn read_error(f: &Frame) -> ErrorFields {
     out
 }
 
+/// `f`, an ErrorResponse or NoticeResponse, with `from` replaced by `to`
+/// in its message field; the other fields unchanged.
+pub fn replace_in_error_message(f: &Frame, from: &str, to: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    let mut b = f.body();
+    while let Some((&kind, rest)) = b.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let Some(end) = rest.iter().position(|&c| c == 0) else {
+            break;
+        };
+        let v = &rest[..end];
+        b = &rest[end + 1..];
+        body.put_u8(kind);
+        match (kind, std::str::from_utf8(v)) {
+            (b'M', Ok(m)) => body.put_slice(m.replace(from, to).as_bytes()),
+            _ => body.put_slice(v),
+        }
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.put_u8(f.tag);
+    out.put_i32(body.len() as i32 + 4);
+    out.put_slice(&body);
+    out.freeze()
+}
+
 /// Process id and secret of a BackendKeyData.
 pub fn read_backend_key_data(f: &Frame) -> Option<(i32, Bytes)> {
     let b = f.body();
@@ -386,6 +415,25 @@ mod tests {
         assert_eq!(e.code, "28P01");
         assert_eq!(e.severity, "FATAL");
         assert_eq!(e.message, "password authentication failed");
+    }
+
+    #[test]
+    fn an_error_message_is_rewritten_and_its_other_fields_kept() {
+        let orig = with_header(
+            b'E',
+            &[b"SERROR\0C42P05\0Mprepared statement \"tp_1\" already exists\0Rx\xe9\0\0"],
+        );
+        let f = frame_of(&replace_in_error_message(
+            &frame_of(&orig),
+            "\"tp_1\"",
+            "\"s1\"",
+        ));
+        let e = read_error(&f);
+        assert_eq!(e.code, "42P05");
+        assert_eq!(e.message, "prepared statement \"s1\" already exists");
+        // A field that is not UTF-8 is copied byte for byte.
+        assert!(f.bytes.ends_with(b"Rx\xe9\0\0"));
+        assert_eq!(f.bytes.len(), orig.len() - 2);
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub enum Expect {
         hidden: bool,
         server_name: Option<String>,
     },
+    /// The refusal (42P05) of a Parse of a name the client has not closed:
+    /// the same statement is parsed again under tidepool's name, so the
+    /// server refuses it in sequence and skips to Sync as PostgreSQL does
+    /// for the client's name; the error names the client's statement.
+    Duplicate {
+        client_name: String,
+        server_name: String,
+    },
     /// BindComplete; `statement` is the server-side name when tidepool
     /// renamed the statement.
     Bind {

@@ -14,11 +14,13 @@ mod statements;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    pin::Pin,
     sync::{Arc, atomic::Ordering},
+    task::Poll,
     time::Duration,
 };
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 use crate::{
     backend::{BackendError, quote_literal},
@@ -31,7 +33,7 @@ use crate::{
     },
     router,
     server::{CancelSlot, Shared},
-    tls::Stream,
+    tls::{Step, Stream},
 };
 use expect::Expect;
 use state::{PinReason, SettingChange};
@@ -257,7 +259,7 @@ impl Session {
                     }
                 }
             }
-            if let Err(e) = self.flush_backend().await {
+            if let Err(e) = self.flush_backend(&mut client).await {
                 r = Err(e);
             }
             client.write_all(&self.to_client).await?;
@@ -279,7 +281,7 @@ impl Session {
             tokio::select! {
                 // On plain TCP, memory is taken only while there is
                 // something to read: an idle client holds no buffer.
-                read = client.read_more(&mut client_buf) => {
+                read = client.read_more(&mut client_buf), if self.pending.len() < MAX_IN_FLIGHT => {
                     match read {
                         Ok(0) => break Err(SessionEnd::ClientGone),
                         Ok(_) => {}
@@ -400,29 +402,66 @@ impl Session {
         messages::error_response(&mut self.to_client, sev, code, msg, hint);
     }
 
-    async fn flush_backend(&mut self) -> Result<(), SessionEnd> {
+    /// Writes what waits for the server. Meanwhile the server's replies
+    /// are handled and written on to the client, with at most
+    /// `CLIENT_BACKLOG` bytes held for a client that does not read them:
+    /// the server then waits to send, stops reading, and the client's own
+    /// writes wait, as they would on a direct connection. Memory per
+    /// session stays bounded whatever a client pipelines.
+    async fn flush_backend(&mut self, client: &mut Stream) -> Result<(), SessionEnd> {
         if self.to_backend.is_empty() {
             return Ok(());
         }
-        let Some(lease) = self.lease.as_mut() else {
+        let Some(lease) = self.lease.as_ref() else {
             self.to_backend.clear();
             return Ok(());
         };
-        let mut frames = Vec::new();
         let node = lease_node(lease);
-        let r = lease
-            .conn()
-            .write_all_reading(&self.to_backend, &mut frames)
+        let mut sent = 0;
+        let mut frames = Vec::new();
+        let mut read_any = false;
+        let r = loop {
+            let step = std::future::poll_fn(|cx| {
+                if !self.to_client.is_empty()
+                    && let Poll::Ready(r) =
+                        tokio::io::AsyncWrite::poll_write(Pin::new(&mut *client), cx, &self.to_client)
+                {
+                    return Poll::Ready(Pump::Client(r));
+                }
+                let Some(l) = self.lease.as_mut() else {
+                    return Poll::Ready(Pump::Server(Err(BackendError::Closed)));
+                };
+                let read = self.to_client.len() < CLIENT_BACKLOG;
+                l.conn()
+                    .poll_write_reading(cx, &self.to_backend[sent..], read)
+                    .map(Pump::Server)
+            })
             .await;
+            match step {
+                Pump::Client(Ok(0)) => return Err(SessionEnd::ClientGone),
+                Pump::Client(Ok(n)) => self.to_client.advance(n),
+                Pump::Client(Err(e)) => return Err(e.into()),
+                Pump::Server(Ok(Step::Wrote(n))) => sent += n,
+                Pump::Server(Ok(Step::Flushed)) => break Ok(()),
+                Pump::Server(Ok(Step::Read)) => {
+                    let l = self.lease.as_mut().expect("polled above");
+                    if let Err(e) = l.conn().take_frames(&mut frames) {
+                        break Err(e);
+                    }
+                    for f in frames.drain(..) {
+                        self.on_backend_frame(f);
+                    }
+                    read_any = true;
+                }
+                Pump::Server(Err(e)) => break Err(e),
+            }
+        };
         shrink(&mut self.to_backend);
         if let Err(e) = &r {
             self.report_fault(node, e);
         }
         r.map_err(|e| SessionEnd::Backend(e.to_string()))?;
-        if !frames.is_empty() {
-            for f in frames {
-                self.on_backend_frame(f);
-            }
+        if read_any {
             self.after_backend_batch();
         }
         Ok(())
@@ -697,7 +736,21 @@ impl Session {
                     }
                     None => (f, query),
                 };
-                if !name.is_empty() && !self.skipping {
+                let open = match name.is_empty() || self.skipping {
+                    true => None,
+                    false => self.statements.get(&name).cloned(),
+                };
+                if let Some(existing) = open {
+                    // PostgreSQL refuses a second Parse of a name that is
+                    // not closed, and skips the batch to Sync: the server
+                    // does the same when it gets the statement twice.
+                    self.ensure_prepared(&existing);
+                    self.to_backend.extend_from_slice(&existing.parse);
+                    self.push(Expect::Duplicate {
+                        client_name: name,
+                        server_name: existing.server_name.clone(),
+                    });
+                } else if !name.is_empty() && !self.skipping {
                     let stmt = Arc::new(
                         Statement::from_parse(&f, self.shared.classifier.classify(&query))
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
@@ -1372,12 +1425,16 @@ impl Session {
                 }
                 self.pop_through_end();
             }
-            b'1' => {
-                if let Some(Expect::Parse { hidden, .. }) = self.pending.front() {
+            b'1' => match self.pending.front() {
+                Some(Expect::Parse { hidden, .. }) => {
                     forward = !hidden;
                     self.pending.pop_front();
                 }
-            }
+                Some(Expect::Duplicate { .. }) => {
+                    self.pending.pop_front();
+                }
+                _ => {}
+            },
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind { .. })),
             b'A' => {
                 // NotificationResponse: it names the sending backend's
@@ -1457,6 +1514,19 @@ impl Session {
                     if conn.prepared.remove(n) {
                         conn.stale.insert(n.clone());
                     }
+                }
+                if let Some(Expect::Duplicate {
+                    client_name,
+                    server_name,
+                }) = self.pending.front()
+                {
+                    let b = messages::replace_in_error_message(
+                        &f,
+                        &format!("\"{server_name}\""),
+                        &format!("\"{client_name}\""),
+                    );
+                    self.to_client.extend_from_slice(&b);
+                    forward = false;
                 }
                 // Extended protocol: the server skips to the next Sync.
                 while let Some(e) = self.pending.front() {
@@ -1589,6 +1659,21 @@ fn shrink(buf: &mut BytesMut) {
     } else {
         buf.clear();
     }
+}
+
+/// Replies held for a client that does not read them before tidepool stops
+/// reading the server: the server's output then waits in its own socket.
+const CLIENT_BACKLOG: usize = 256 * 1024;
+
+/// Replies tidepool waits for from the server before it reads more of a
+/// client's pipeline: what the client sends next waits in its socket, as
+/// it would in PostgreSQL's, instead of in tidepool's bookkeeping.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// One step of `flush_backend`.
+enum Pump {
+    Client(std::io::Result<usize>),
+    Server(Result<Step, BackendError>),
 }
 
 fn lease_node(lease: &Lease) -> usize {

@@ -76,56 +76,44 @@ impl Stream {
         }
     }
 
-    /// Writes `data` while reading whatever the peer sends meanwhile into
-    /// `buf`: a server blocked on sending results stops reading its input,
-    /// so a large pipelined batch would deadlock otherwise. Calls
-    /// `on_read` after each read.
-    pub async fn write_all_reading(
+    /// One step of writing `data` (then flushing, once it is all written)
+    /// while reading what the peer sends meanwhile into `buf`: a server
+    /// blocked on sending results stops reading its input, so a large
+    /// pipelined batch would deadlock otherwise. Reads only when `read`
+    /// allows and the write cannot go on: the caller stops reading while
+    /// what it read has not been passed on, which is how backpressure
+    /// reaches the server.
+    pub fn poll_write_reading(
         &mut self,
-        mut data: &[u8],
+        cx: &mut Context<'_>,
+        data: &[u8],
         buf: &mut BytesMut,
-        mut on_read: impl FnMut(&mut BytesMut) -> io::Result<()>,
-    ) -> io::Result<()> {
-        // Writing, then flushing what TLS buffered: both may wait for the
-        // peer to read, so both read meanwhile.
-        let mut flushed = false;
-        while !flushed {
-            let step = std::future::poll_fn(|cx| {
-                // The write usually completes at once: read only when it
-                // cannot (a read here would mostly cost an empty recv).
-                let wrote = if data.is_empty() {
-                    Pin::new(&mut *self)
-                        .poll_flush(cx)
-                        .map_ok(|()| Step::Flushed)
-                } else {
-                    Pin::new(&mut *self)
-                        .poll_write(cx, data)
-                        .map_ok(Step::Wrote)
-                };
-                if let Poll::Ready(r) = wrote {
-                    return Poll::Ready(r);
-                }
-                buf.reserve(READ_CHUNK);
-                match tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, buf) {
-                    Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-                    Poll::Ready(Ok(_)) => Poll::Ready(Ok(Step::Read)),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await?;
-            match step {
-                Step::Wrote(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Step::Wrote(n) => data = &data[n..],
-                Step::Flushed => flushed = true,
-                Step::Read => on_read(buf)?,
-            }
+        read: bool,
+    ) -> Poll<io::Result<Step>> {
+        let wrote = if data.is_empty() {
+            Pin::new(&mut *self).poll_flush(cx).map_ok(|()| Step::Flushed)
+        } else {
+            Pin::new(&mut *self).poll_write(cx, data).map_ok(Step::Wrote)
+        };
+        match wrote {
+            Poll::Ready(Ok(Step::Wrote(0))) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(r) => return Poll::Ready(r),
+            Poll::Pending if !read => return Poll::Pending,
+            Poll::Pending => {}
         }
-        Ok(())
+        buf.reserve(READ_CHUNK);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, buf) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Step::Read)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
-enum Step {
+/// What one step of [`Stream::poll_write_reading`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
     Wrote(usize),
     Flushed,
     Read,
