@@ -147,6 +147,40 @@ impl Drop for Lease {
     }
 }
 
+/// A checkout waiting for a connection to come back.
+struct Waiter {
+    rx: oneshot::Receiver<Handoff>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.rx.close();
+        match self.rx.try_recv() {
+            Ok(Handoff::Conn(c)) => self.pool.check_in(*c, Instant::now()),
+            Ok(Handoff::Slot) => self.pool.discard_one(),
+            Err(_) => {}
+        }
+    }
+}
+
+/// A slot taken for a connection being opened: given back unless kept.
+struct Slot(Option<Arc<Pool>>);
+
+impl Slot {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            pool.discard_one();
+        }
+    }
+}
+
 impl Pool {
     pub fn new(key: PoolKey, limits: PoolLimits, target: Target) -> Arc<Pool> {
         Arc::new(Pool {
@@ -219,31 +253,41 @@ impl Pool {
                 Some((rx, limits.checkout_timeout))
             }
         };
-        if let Some((mut rx, timeout)) = wait {
-            let mut handoff = tokio::time::timeout(timeout, &mut rx).await;
-            if handoff.is_err() {
+        if let Some((rx, timeout)) = wait {
+            // Dropped with the session's future (its client went away
+            // while waiting): whatever was handed over meanwhile goes back.
+            let mut waiter = Waiter {
+                rx,
+                pool: self.clone(),
+            };
+            let handoff = match tokio::time::timeout(timeout, &mut waiter.rx).await {
+                Ok(h) => h.ok(),
                 // Timed out: close the channel, but keep a connection or a
                 // slot handed over at that very moment, or it would be lost
                 // to the pool for good.
-                rx.close();
-                if let Ok(h) = rx.try_recv() {
-                    handoff = Ok(Ok(h));
+                Err(_) => {
+                    waiter.rx.close();
+                    waiter.rx.try_recv().ok()
                 }
-            }
+            };
             self.counters
                 .wait_us
                 .fetch_add(now.elapsed().as_micros() as u64, Ordering::Relaxed);
             match handoff {
-                Ok(Ok(Handoff::Conn(c))) => return Ok(self.lease(*c)),
-                Ok(Ok(Handoff::Slot)) => {}
-                Ok(Err(_)) | Err(_) => {
+                Some(Handoff::Conn(c)) => return Ok(self.lease(*c)),
+                Some(Handoff::Slot) => {}
+                None => {
                     self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
                     return Err(PoolError::Timeout(self.name(), timeout));
                 }
             }
         }
-        // We hold a slot: open a new connection.
-        match self.open(options).await {
+        // We hold a slot: open a new connection. The slot is given back
+        // if opening fails, or if the caller gives up meanwhile.
+        let slot = Slot(Some(self.clone()));
+        let r = self.open(options).await;
+        slot.keep();
+        match r {
             Ok(c) => Ok(self.lease(c)),
             Err(e) => {
                 self.discard_one();

@@ -34,8 +34,9 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// Runs on `s`; returns the number of ReadyForQuery messages read.
-    async fn run(&self, s: tokio::net::TcpStream) -> usize {
+    /// Runs on `s`; returns the number of ReadyForQuery messages read, and
+    /// the connection, still open.
+    async fn run(&self, s: tokio::net::TcpStream) -> (usize, tokio::net::TcpStream) {
         let (mut rd, mut wr) = s.into_split();
         let batch = self.message.repeat(100);
         let rounds = self.count / 100;
@@ -73,8 +74,8 @@ impl Pipeline {
             buf.drain(..at);
             tokio::time::sleep(self.pause).await;
         }
-        let _wr = writer.await.unwrap();
-        ready
+        let wr = writer.await.unwrap();
+        (ready, rd.reunite(wr).unwrap())
     }
 }
 
@@ -84,14 +85,20 @@ async fn costs_tidepool_no_more_than_postgresql(p: Pipeline) {
 
     // What the client costs PostgreSQL's backend, directly.
     let port = bed.cluster.primary().port;
-    let (s, pid) = wire::login_keyed(port, "trustuser", "app", &[]).await.unwrap();
-    assert_eq!(p.run(s).await, p.count);
+    let (s, pid) = wire::login_keyed(port, "trustuser", "app", &[])
+        .await
+        .unwrap();
+    let (ready, _open) = p.run(s).await;
+    assert_eq!(ready, p.count);
     let backend = peak_rss(pid as u32);
 
     // And what it costs tidepool: its peak grows by no more than twice that.
     let before = peak_rss(bed.tidepool.pid());
-    let s = wire::login(bed.tidepool.port(), "app", "app", &[]).await.unwrap();
-    assert_eq!(p.run(s).await, p.count);
+    let s = wire::login(bed.tidepool.port(), "app", "app", &[])
+        .await
+        .unwrap();
+    let (ready, _open) = p.run(s).await;
+    assert_eq!(ready, p.count);
     let grown = peak_rss(bed.tidepool.pid()).saturating_sub(before);
     eprintln!(
         "backend peak {} KiB; tidepool grew by {} KiB",

@@ -501,3 +501,75 @@ async fn a_second_parse_of_an_open_name_is_refused_in_session_mode() {
 async fn a_second_parse_of_an_open_name_is_refused_in_transaction_mode() {
     a_second_parse_of_an_open_name_is_refused("transaction").await;
 }
+
+async fn a_write_pipelined_behind_a_read_reaches_the_primary(mode: &str) {
+    // Every unit balanced on its own: the read often runs on the standby,
+    // and the write sent behind it, before its replies, must not follow it
+    // there (as tokio-postgres sends a Close, a Sync and the next BEGIN).
+    let (bed, mut s) = balanced_raw_session(mode).await;
+    let c = bed.app().await.unwrap();
+    c.batch_execute("CREATE TABLE pipelined (a int)")
+        .await
+        .unwrap();
+    let sync = wire::message(b'S', b"");
+    for round in 0..40 {
+        let replies = exchange(
+            &mut s,
+            &[
+                wire::message(b'P', b"\0SELECT 1\0\0\0"),
+                wire::message(b'B', b"\0\0\0\0\0\0\0\0"),
+                wire::message(b'E', b"\0\0\0\0\0"),
+                sync.clone(),
+                wire::message(b'Q', b"BEGIN\0"),
+            ],
+        )
+        .await;
+        let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+        assert_eq!(tags, b"12DCZ", "{mode} round {round}");
+        let mut tags = Vec::new();
+        loop {
+            let (tag, body) = wire::read_message(&mut s).await.unwrap();
+            assert_ne!(
+                tag,
+                b'E',
+                "{mode} round {round}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            tags.push(tag);
+            if tag == b'Z' {
+                break;
+            }
+        }
+        let replies = exchange(
+            &mut s,
+            &[
+                wire::message(b'Q', b"INSERT INTO pipelined VALUES (1)\0"),
+                wire::message(b'Q', b"COMMIT\0"),
+            ],
+        )
+        .await;
+        let text: Vec<String> = replies
+            .iter()
+            .filter(|m| m.0 == b'E')
+            .map(|m| String::from_utf8_lossy(&m.1).into_owned())
+            .collect();
+        assert!(text.is_empty(), "{mode} round {round}: {text:?}");
+        wire::read_until(&mut s, b'Z').await.unwrap();
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM pipelined", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_pipelined_behind_a_read_reaches_the_primary_in_session_mode() {
+    a_write_pipelined_behind_a_read_reaches_the_primary("session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_pipelined_behind_a_read_reaches_the_primary_in_transaction_mode() {
+    a_write_pipelined_behind_a_read_reaches_the_primary("transaction").await;
+}

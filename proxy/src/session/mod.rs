@@ -224,10 +224,12 @@ impl Session {
         };
         tokio::pin!(shutdown_wait);
         let mut backend_frames = Vec::new();
+        // Messages of a unit that waits for the one before it to finish.
+        let mut held: Vec<Frame> = Vec::new();
         let result = loop {
             // Handle whatever whole client frames are buffered.
             let mut r = Ok(());
-            let mut frames = Vec::new();
+            let mut frames = std::mem::take(&mut held);
             loop {
                 match frame::take(&mut client_buf, frame::MAX_MESSAGE) {
                     Ok(Some(f)) => frames.push(f),
@@ -246,9 +248,33 @@ impl Session {
             }
             // The rest of the batch is visible when a unit of work is routed.
             for i in 0..frames.len() {
+                if r.is_ok() && self.waits_for_boundary(&frames[i]) {
+                    held = frames.split_off(i);
+                    break;
+                }
                 if r.is_ok() {
                     let (head, rest) = frames.split_at(i + 1);
-                    let r2 = self.on_client_frame(head[i].clone(), rest).await;
+                    let r2 = {
+                        // A message may wait (for a server connection, a
+                        // primary, settings): a client that goes away
+                        // meanwhile is not served after it left, and its
+                        // place in the queue goes to those still there.
+                        let work = self.on_client_frame(head[i].clone(), rest);
+                        tokio::pin!(work);
+                        let mut watch = true;
+                        loop {
+                            tokio::select! {
+                                biased;
+                                r = &mut work => break r,
+                                read = client.read_more(&mut client_buf), if watch => match read {
+                                    Ok(0) | Err(_) => break Err(SessionEnd::ClientGone),
+                                    // What it sends meanwhile waits its turn;
+                                    // beyond a bound it waits in its socket.
+                                    Ok(_) => watch = client_buf.len() < WATCH_BUFFER,
+                                },
+                            }
+                        }
+                    };
                     if let Err(SessionEnd::Protocol(m)) = &r2 {
                         // A malformed message ends the session, as in
                         // PostgreSQL, and the client is told why first.
@@ -273,6 +299,10 @@ impl Session {
             if shutting_down && self.is_idle() {
                 break Err(SessionEnd::Shutdown);
             }
+            if held.first().is_some_and(|f| !self.waits_for_boundary(f)) {
+                // The replies came in while writing: route the next unit.
+                continue;
+            }
             // A timer only where one can fire: arming one on every turn
             // costs a clock read and two timer-wheel updates a message.
             let idle_timeout = self.shared.config.load().server.client_idle_timeout;
@@ -281,7 +311,7 @@ impl Session {
             tokio::select! {
                 // On plain TCP, memory is taken only while there is
                 // something to read: an idle client holds no buffer.
-                read = client.read_more(&mut client_buf), if self.pending.len() < MAX_IN_FLIGHT => {
+                read = client.read_more(&mut client_buf), if self.pending.len() < MAX_IN_FLIGHT && held.is_empty() => {
                     match read {
                         Ok(0) => break Err(SessionEnd::ClientGone),
                         Ok(_) => {}
@@ -423,8 +453,11 @@ impl Session {
         let r = loop {
             let step = std::future::poll_fn(|cx| {
                 if !self.to_client.is_empty()
-                    && let Poll::Ready(r) =
-                        tokio::io::AsyncWrite::poll_write(Pin::new(&mut *client), cx, &self.to_client)
+                    && let Poll::Ready(r) = tokio::io::AsyncWrite::poll_write(
+                        Pin::new(&mut *client),
+                        cx,
+                        &self.to_client,
+                    )
                 {
                     return Poll::Ready(Pump::Client(r));
                 }
@@ -958,6 +991,26 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Whether `f` starts a unit of work that must wait for the unit before
+    /// it to finish: the session works on a standby, and the next unit,
+    /// pipelined behind, may need another node (a write, a transaction
+    /// begun). Routed once the replies are in, it goes where it belongs;
+    /// a unit the previous one leaves in a transaction stays with it.
+    fn waits_for_boundary(&self, f: &Frame) -> bool {
+        matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
+            && (!self.pending.is_empty() || !self.to_backend.is_empty())
+            && self.tx_status == b'I'
+            && !self.unsynced
+            && !self.copy_in
+            && !self.skipping
+            && !self.deferring
+            && self.pins.is_empty()
+            && self
+                .lease
+                .as_ref()
+                .is_some_and(|l| Some(lease_node(l)) != self.shared.cluster.primary_id())
     }
 
     /// Whether the next message starts a new unit of work (a transaction,
@@ -1669,6 +1722,10 @@ const CLIENT_BACKLOG: usize = 256 * 1024;
 /// client's pipeline: what the client sends next waits in its socket, as
 /// it would in PostgreSQL's, instead of in tidepool's bookkeeping.
 const MAX_IN_FLIGHT: usize = 4096;
+
+/// Bytes read from a client while one of its messages waits, to notice
+/// that it went away; past this, the rest waits in its socket.
+const WATCH_BUFFER: usize = 64 * 1024;
 
 /// One step of `flush_backend`.
 enum Pump {

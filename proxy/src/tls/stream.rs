@@ -91,12 +91,18 @@ impl Stream {
         read: bool,
     ) -> Poll<io::Result<Step>> {
         let wrote = if data.is_empty() {
-            Pin::new(&mut *self).poll_flush(cx).map_ok(|()| Step::Flushed)
+            Pin::new(&mut *self)
+                .poll_flush(cx)
+                .map_ok(|()| Step::Flushed)
         } else {
-            Pin::new(&mut *self).poll_write(cx, data).map_ok(Step::Wrote)
+            Pin::new(&mut *self)
+                .poll_write(cx, data)
+                .map_ok(Step::Wrote)
         };
         match wrote {
-            Poll::Ready(Ok(Step::Wrote(0))) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(Step::Wrote(0))) => {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
             Poll::Ready(r) => return Poll::Ready(r),
             Poll::Pending if !read => return Poll::Pending,
             Poll::Pending => {}
