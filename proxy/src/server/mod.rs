@@ -3,7 +3,7 @@
 //! client.
 
 mod cancel;
-mod startup;
+pub mod startup;
 pub mod throttle;
 
 use std::{

@@ -447,7 +447,7 @@ fn param(params: &[(String, String)], name: &str) -> Option<String> {
 
 /// Startup parameters that become session settings: everything but the
 /// connection's identity, with `options` (`-c name=value`) unpacked.
-fn session_settings(params: &[(String, String)]) -> Vec<(String, String)> {
+pub fn session_settings(params: &[(String, String)]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (k, v) in params {
         match k.as_str() {

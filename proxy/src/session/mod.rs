@@ -309,15 +309,9 @@ impl Session {
             let idle = self.is_idle();
             let idle_wait = (idle && !idle_timeout.is_zero()).then_some(idle_timeout);
             tokio::select! {
-                // On plain TCP, memory is taken only while there is
-                // something to read: an idle client holds no buffer.
-                read = client.read_more(&mut client_buf), if self.pending.len() < MAX_IN_FLIGHT && held.is_empty() => {
-                    match read {
-                        Ok(0) => break Err(SessionEnd::ClientGone),
-                        Ok(_) => {}
-                        Err(e) => break Err(e.into()),
-                    }
-                }
+                // The server's replies first: an error reaches the client
+                // before more of what it pipelined is read.
+                biased;
                 r = read_backend(&mut self.lease, &mut backend_frames), if self.lease.is_some() => {
                     match r {
                         Ok(()) => {
@@ -340,6 +334,15 @@ impl Session {
                             client.write_all(&self.to_client).await?;
                             break Err(SessionEnd::Backend(e.to_string()));
                         }
+                    }
+                }
+                // On plain TCP, memory is taken only while there is
+                // something to read: an idle client holds no buffer.
+                read = client.read_more(&mut client_buf), if self.pending.len() < MAX_IN_FLIGHT && held.is_empty() => {
+                    match read {
+                        Ok(0) => break Err(SessionEnd::ClientGone),
+                        Ok(_) => {}
+                        Err(e) => break Err(e.into()),
                     }
                 }
                 // Shutdown ends only idle sessions; a busy one looks
