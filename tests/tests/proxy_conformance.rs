@@ -573,3 +573,48 @@ async fn a_write_pipelined_behind_a_read_reaches_the_primary_in_session_mode() {
 async fn a_write_pipelined_behind_a_read_reaches_the_primary_in_transaction_mode() {
     a_write_pipelined_behind_a_read_reaches_the_primary("transaction").await;
 }
+
+async fn sql_deallocate_of_a_protocol_statement(mode: &str) {
+    let (_bed, mut s) = balanced_raw_session(mode).await;
+    let sync = wire::message(b'S', b"");
+    let bind = wire::message(b'B', b"\0s1\0\0\0\0\0\0\0");
+    let execute = wire::message(b'E', b"\0\0\0\0\0");
+    let tags = round_trip(
+        &mut s,
+        &[wire::message(b'P', b"s1\0select 1\0\0\0"), sync.clone()],
+    )
+    .await;
+    assert_eq!(tags, b"1Z", "{mode}: prepare");
+    // As on a direct connection: the name is gone, the statement with it.
+    let replies = exchange(&mut s, &[wire::message(b'Q', b"DEALLOCATE s1\0")]).await;
+    let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    assert_eq!(tags, b"CZ", "{mode}: DEALLOCATE");
+    assert_eq!(replies[0].1, b"DEALLOCATE\0");
+    let replies = exchange(&mut s, &[bind.clone(), execute.clone(), sync.clone()]).await;
+    let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    assert_eq!(tags, b"EZ", "{mode}: Bind after DEALLOCATE");
+    let text = String::from_utf8_lossy(&replies[0].1);
+    assert!(text.contains("C26000"), "{text}");
+    // The name can be prepared again at once.
+    let tags = round_trip(
+        &mut s,
+        &[
+            wire::message(b'P', b"s1\0select 2\0\0\0"),
+            bind,
+            execute,
+            sync,
+        ],
+    )
+    .await;
+    assert_eq!(tags, b"12DCZ", "{mode}: prepared again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_deallocate_of_a_protocol_statement_in_session_mode() {
+    sql_deallocate_of_a_protocol_statement("session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_deallocate_of_a_protocol_statement_in_transaction_mode() {
+    sql_deallocate_of_a_protocol_statement("transaction").await;
+}

@@ -738,6 +738,19 @@ impl Session {
                     messages::ready_for_query(&mut self.to_client, self.tx_status);
                     return Ok(());
                 }
+                if let Some(name) = state::deallocates(&sql)
+                    && !self.skipping
+                    && self.tx_status != b'E'
+                    && self.pending.is_empty()
+                    && self.statements.remove(&name).is_some()
+                {
+                    // A statement the client prepared with a Parse: the
+                    // server knows it by tidepool's name, shared with other
+                    // clients' same statement; the client's name is gone.
+                    messages::command_complete(&mut self.to_client, "DEALLOCATE");
+                    messages::ready_for_query(&mut self.to_client, self.tx_status);
+                    return Ok(());
+                }
                 if !self.ensure_backend(true).await {
                     return Ok(());
                 }

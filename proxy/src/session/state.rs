@@ -286,7 +286,7 @@ fn parse_set(stmt: &str) -> Option<SettingChange> {
     let after = rest[name_end..].trim_start();
     let value = if let Some(v) = after.strip_prefix('=') {
         v
-    } else if after.len() >= 2 && after[..2].eq_ignore_ascii_case("to") {
+    } else if after.get(..2).is_some_and(|w| w.eq_ignore_ascii_case("to")) {
         &after[2..]
     } else {
         return None;
@@ -334,6 +334,26 @@ pub fn executes(sql: &str) -> Option<(String, std::ops::Range<usize>)> {
             .sum()
     };
     Some((name, name_at..name_at + len))
+}
+
+/// For `DEALLOCATE [PREPARE] name` (one statement, not `ALL`): the
+/// statement name as the server reads it.
+pub fn deallocates(sql: &str) -> Option<String> {
+    let mut words = sql.trim().trim_end_matches(';').split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("prepare") {
+        name = words.next()?;
+    }
+    if words.next().is_some() || name.eq_ignore_ascii_case("all") || name.contains(';') {
+        return None;
+    }
+    let id = identifier(name)?;
+    // The whole word is the name (no quoted name with spaces here).
+    let plain = name.starts_with('"') || name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    plain.then_some(id)
 }
 
 /// The SQL identifier at the start of `s`: as written when quoted,
@@ -420,6 +440,30 @@ pub fn apply_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_with_a_multibyte_character_after_the_name_is_no_panic() {
+        // Found by the client_messages fuzz target (text read lossily).
+        let e = analyze("SET SESSION CHARACTERISTICS A\u{FFFD} TRANSACTION ISOLATION LEVEL");
+        assert!(e.settings.is_empty());
+        assert!(analyze("SET x \u{e9}t\u{e9}").settings.is_empty());
+        assert_eq!(
+            analyze("SET x TO \u{e9}t\u{e9}").settings,
+            vec![SettingChange::Set("x".into(), "\u{e9}t\u{e9}".into())]
+        );
+    }
+
+    #[test]
+    fn deallocate_of_one_named_statement_is_recognised() {
+        assert_eq!(deallocates("DEALLOCATE s1").as_deref(), Some("s1"));
+        assert_eq!(deallocates(" deallocate prepare S1 ; ").as_deref(), Some("s1"));
+        assert_eq!(deallocates("DEALLOCATE \"S1\"").as_deref(), Some("S1"));
+        assert_eq!(deallocates("DEALLOCATE ALL"), None);
+        assert_eq!(deallocates("DEALLOCATE PREPARE ALL"), None);
+        assert_eq!(deallocates("DEALLOCATE s1; SELECT 1"), None);
+        assert_eq!(deallocates("DEALLOCATEs1"), None);
+        assert_eq!(deallocates("SELECT 1"), None);
+    }
 
     #[test]
     fn session_state_that_cannot_move_pins() {
