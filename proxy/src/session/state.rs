@@ -167,9 +167,11 @@ const STATEFUL: [&str; 12] = [
 fn analyze_one(stmt: &str, e: &mut Effects) {
     // Most statements (SELECT, INSERT, BEGIN…) change nothing tracked:
     // look at the first word before allocating anything.
+    // The word the statement starts with: none when it starts otherwise
+    // (PostgreSQL reads no command there either).
     let first = stmt
         .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .find(|w| !w.is_empty())
+        .next()
         .unwrap_or("");
     let stateful = STATEFUL.iter().any(|k| first.eq_ignore_ascii_case(k));
     if stateful {
@@ -447,6 +449,7 @@ mod tests {
         let e = analyze("SET SESSION CHARACTERISTICS A\u{FFFD} TRANSACTION ISOLATION LEVEL");
         assert!(e.settings.is_empty());
         assert!(analyze("SET x \u{e9}t\u{e9}").settings.is_empty());
+        assert!(analyze("`\u{FFFD}SET LOCAL x = 1").settings.is_empty());
         assert_eq!(
             analyze("SET x TO \u{e9}t\u{e9}").settings,
             vec![SettingChange::Set("x".into(), "\u{e9}t\u{e9}".into())]
