@@ -143,7 +143,7 @@ async fn run_session(port: u16, bytes: Vec<u8>, how: usize) {
         return;
     };
     let mut rest = &bytes[..];
-    if how % 2 == 0 {
+    if how.is_multiple_of(2) {
         // In two pieces, the second after the login has been answered.
         let cut = rest
             .len()

@@ -749,6 +749,8 @@ impl Session {
                     // clients' same statement; the client's name is gone.
                     messages::command_complete(&mut self.to_client, "DEALLOCATE");
                     messages::ready_for_query(&mut self.to_client, self.tx_status);
+                    // A connection the unit's routing took goes back.
+                    self.after_backend_batch();
                     return Ok(());
                 }
                 if !self.ensure_backend(true).await {

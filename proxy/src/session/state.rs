@@ -354,7 +354,10 @@ pub fn deallocates(sql: &str) -> Option<String> {
     }
     let id = identifier(name)?;
     // The whole word is the name (no quoted name with spaces here).
-    let plain = name.starts_with('"') || name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    let plain = name.starts_with('"')
+        || name
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '$');
     plain.then_some(id)
 }
 
@@ -459,7 +462,10 @@ mod tests {
     #[test]
     fn deallocate_of_one_named_statement_is_recognised() {
         assert_eq!(deallocates("DEALLOCATE s1").as_deref(), Some("s1"));
-        assert_eq!(deallocates(" deallocate prepare S1 ; ").as_deref(), Some("s1"));
+        assert_eq!(
+            deallocates(" deallocate prepare S1 ; ").as_deref(),
+            Some("s1")
+        );
         assert_eq!(deallocates("DEALLOCATE \"S1\"").as_deref(), Some("S1"));
         assert_eq!(deallocates("DEALLOCATE ALL"), None);
         assert_eq!(deallocates("DEALLOCATE PREPARE ALL"), None);
