@@ -115,6 +115,8 @@ struct LambdaEndpoint {
     addr: SocketAddr,
     /// (function name, action) of every invocation.
     calls: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// What the function printed (answer and errors), last invocations.
+    answers: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl LambdaEndpoint {
@@ -128,20 +130,34 @@ impl LambdaEndpoint {
         let listener = TcpListener::bind((host, 0))?;
         let addr = listener.local_addr()?;
         let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = calls.clone();
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen, said) = (calls.clone(), answers.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (bin, env, seen) = (bin.clone(), env.clone(), seen.clone());
+                let (bin, env, seen, said) = (bin.clone(), env.clone(), seen.clone(), said.clone());
                 std::thread::spawn(move || {
-                    let _ = serve_invocations(stream, &bin, &env, &seen);
+                    if let Err(e) = serve_invocations(stream, &bin, &env, &seen, &said) {
+                        said.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("endpoint error: {e:#}"));
+                    }
                 });
             }
         });
-        Ok(LambdaEndpoint { addr, calls })
+        Ok(LambdaEndpoint {
+            addr,
+            calls,
+            answers,
+        })
     }
 
     fn calls(&self) -> Vec<(String, String)> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn answers(&self) -> Vec<String> {
+        let a = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        a[a.len().saturating_sub(4)..].to_vec()
     }
 }
 
@@ -150,6 +166,7 @@ fn serve_invocations(
     bin: &std::path::Path,
     env: &[(String, String)],
     seen: &std::sync::Mutex<Vec<(String, String)>>,
+    said: &std::sync::Mutex<Vec<String>>,
 ) -> Result<()> {
     use std::io::Read;
     let mut reader = BufReader::new(stream);
@@ -189,11 +206,15 @@ fn serve_invocations(
             .envs(env.iter().cloned())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()?;
         child.stdin.take().context("stdin")?.write_all(&body)?;
         let out = child.wait_with_output()?;
         let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        said.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
+            "{answer} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
         // A handled error is still an answer ("ok": false); only a crash is
         // a function error.
         let crashed = answer.is_empty();
@@ -321,7 +342,7 @@ fn follows_the_leader_via(mode: &str, via_lambda: bool) -> Result<()> {
     let escalation =
         format!("[escalation]\nmode = \"{mode}\"\nverify_interval = \"2s\"\n{via}{section}");
     let mut g = Group::start_custom([1, 1, 1], net, &move |_, _| escalation.clone(), env)?;
-    let holds = |node: &str| {
+    let holds = |g: &Group, node: &str| {
         let want = &marks[index(node)];
         poll(Duration::from_secs(20), "the address to move", || {
             let h = holder(&moto, mode, &world).ok()?;
@@ -329,8 +350,10 @@ fn follows_the_leader_via(mode: &str, via_lambda: bool) -> Result<()> {
         })
         .with_context(|| {
             format!(
-                "{mode}: holder {:?}, want {want:?}",
-                holder(&moto, mode, &world)
+                "{mode}: holder {:?}, want {want:?}; function answers {:?}; {node}'s log:\n{}",
+                holder(&moto, mode, &world),
+                lambda.as_ref().map(|l| l.answers()),
+                g.log_tail(index(node), 30)
             )
         })
     };
@@ -338,7 +361,7 @@ fn follows_the_leader_via(mode: &str, via_lambda: bool) -> Result<()> {
         let l = g.leaders();
         (l.len() == 1).then(|| l[0].clone())
     })?;
-    holds(&leader)?;
+    holds(&g, &leader)?;
 
     g.kill(index(&leader))?;
     let killed = std::time::Instant::now();
@@ -346,7 +369,7 @@ fn follows_the_leader_via(mode: &str, via_lambda: bool) -> Result<()> {
         let l = g.leaders();
         (l.len() == 1 && l[0] != leader).then(|| l[0].clone())
     })?;
-    holds(&next)?;
+    holds(&g, &next)?;
     eprintln!(
         "{mode}: the address moved from {leader} to {next} {:?} after kill -9 (including moto and polling)",
         killed.elapsed()

@@ -185,6 +185,15 @@ impl Group {
         Ok(())
     }
 
+    /// The last `lines` lines of node `i`'s log (empty once it was killed).
+    #[allow(dead_code)]
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        self.nodes[i]
+            .as_ref()
+            .map(|t| t.log_tail(lines))
+            .unwrap_or_default()
+    }
+
     pub fn kill(&mut self, i: usize) -> Result<()> {
         if let Some(mut t) = self.nodes[i].take() {
             t.kill()?;
