@@ -437,6 +437,11 @@ async fn exchange(s: &mut tokio::net::TcpStream, msgs: &[Vec<u8>]) -> Vec<(u8, V
     }
 }
 
+/// The tags of `replies`, in order.
+fn tags_of(replies: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    replies.iter().map(|m| m.0).collect()
+}
+
 async fn a_second_parse_of_an_open_name_is_refused(mode: &str) {
     let (_bed, mut s) = balanced_raw_session(mode).await;
     let sync = wire::message(b'S', b"");
@@ -461,7 +466,7 @@ async fn a_second_parse_of_an_open_name_is_refused(mode: &str) {
             ],
         )
         .await;
-        let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+        let tags = tags_of(&replies);
         assert_eq!(tags, b"EZ", "{mode} round {round}");
         let text = String::from_utf8_lossy(&replies[0].1);
         assert!(text.contains("C42P05"), "{text}");
@@ -471,7 +476,7 @@ async fn a_second_parse_of_an_open_name_is_refused(mode: &str) {
         );
         // The name still means the first statement.
         let replies = exchange(&mut s, &[bind.clone(), execute.clone(), sync.clone()]).await;
-        let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+        let tags = tags_of(&replies);
         assert_eq!(tags, b"2DCZ", "{mode} round {round}");
         assert!(replies[1].1.ends_with(b"1"), "{:?}", replies[1].1);
     }
@@ -487,7 +492,7 @@ async fn a_second_parse_of_an_open_name_is_refused(mode: &str) {
         ],
     )
     .await;
-    let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    let tags = tags_of(&replies);
     assert_eq!(tags, b"312DCZ", "{mode}: after Close");
     assert!(replies[3].1.ends_with(b"2"), "{:?}", replies[3].1);
 }
@@ -524,7 +529,7 @@ async fn a_write_pipelined_behind_a_read_reaches_the_primary(mode: &str) {
             ],
         )
         .await;
-        let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+        let tags = tags_of(&replies);
         assert_eq!(tags, b"12DCZ", "{mode} round {round}");
         let mut tags = Vec::new();
         loop {
@@ -587,11 +592,11 @@ async fn sql_deallocate_of_a_protocol_statement(mode: &str) {
     assert_eq!(tags, b"1Z", "{mode}: prepare");
     // As on a direct connection: the name is gone, the statement with it.
     let replies = exchange(&mut s, &[wire::message(b'Q', b"DEALLOCATE s1\0")]).await;
-    let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    let tags = tags_of(&replies);
     assert_eq!(tags, b"CZ", "{mode}: DEALLOCATE");
     assert_eq!(replies[0].1, b"DEALLOCATE\0");
     let replies = exchange(&mut s, &[bind.clone(), execute.clone(), sync.clone()]).await;
-    let tags: Vec<u8> = replies.iter().map(|m| m.0).collect();
+    let tags = tags_of(&replies);
     assert_eq!(tags, b"EZ", "{mode}: Bind after DEALLOCATE");
     let text = String::from_utf8_lossy(&replies[0].1);
     assert!(text.contains("C26000"), "{text}");

@@ -26,10 +26,8 @@ pub enum Expect {
     /// the same statement is parsed again under tidepool's name, so the
     /// server refuses it in sequence and skips to Sync as PostgreSQL does
     /// for the client's name; the error names the client's statement.
-    Duplicate {
-        client_name: String,
-        server_name: String,
-    },
+    /// (Boxed: the queue holds one entry per reply awaited.)
+    Duplicate(Box<Duplicate>),
     /// BindComplete; `statement` is the server-side name when tidepool
     /// renamed the statement.
     Bind {
@@ -51,6 +49,14 @@ pub enum Expect {
     /// A reply tidepool makes itself ('1' ParseComplete, '3' CloseComplete),
     /// sent when it reaches the front.
     Synthetic(u8),
+}
+
+/// The names of a refused second Parse: tidepool's, as the server's error
+/// says it, and the client's, as the client must read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    pub server_name: String,
+    pub client_name: String,
 }
 
 /// Writes a body-less reply such as ParseComplete or CloseComplete.

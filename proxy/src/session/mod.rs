@@ -797,10 +797,10 @@ impl Session {
                     // does the same when it gets the statement twice.
                     self.ensure_prepared(&existing);
                     self.to_backend.extend_from_slice(&existing.parse);
-                    self.push(Expect::Duplicate {
-                        client_name: name,
+                    self.push(Expect::Duplicate(Box::new(expect::Duplicate {
                         server_name: existing.server_name.clone(),
-                    });
+                        client_name: name,
+                    })));
                 } else if !name.is_empty() && !self.skipping {
                     let stmt = Arc::new(
                         Statement::from_parse(&f, self.shared.classifier.classify(&query))
@@ -1501,7 +1501,7 @@ impl Session {
                     forward = !hidden;
                     self.pending.pop_front();
                 }
-                Some(Expect::Duplicate { .. }) => {
+                Some(Expect::Duplicate(_)) => {
                     self.pending.pop_front();
                 }
                 _ => {}
@@ -1586,15 +1586,11 @@ impl Session {
                         conn.stale.insert(n.clone());
                     }
                 }
-                if let Some(Expect::Duplicate {
-                    client_name,
-                    server_name,
-                }) = self.pending.front()
-                {
+                if let Some(Expect::Duplicate(d)) = self.pending.front() {
                     let b = messages::replace_in_error_message(
                         &f,
-                        &format!("\"{server_name}\""),
-                        &format!("\"{client_name}\""),
+                        &format!("\"{}\"", d.server_name),
+                        &format!("\"{}\"", d.client_name),
                     );
                     self.to_client.extend_from_slice(&b);
                     forward = false;
