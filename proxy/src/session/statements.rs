@@ -1,4 +1,4 @@
-//! Named prepared statements in transaction mode.
+//! Named prepared statements, in both pool modes.
 //!
 //! A client's statement name means nothing on another backend connection,
 //! so tidepool names statements on the server after their content
@@ -6,10 +6,16 @@
 //! same statement share it; a connection that lacks it gets the Parse
 //! injected just before the Bind or Describe that needs it.
 
+use std::sync::{Arc, atomic::Ordering};
+
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::protocol::{Frame, FrameError, frame, messages};
+use super::{Session, SessionEnd, expect::Expect, lease_node, state};
+use crate::{
+    config::PoolMode,
+    protocol::{Frame, FrameError, frame, messages},
+};
 
 #[derive(Debug)]
 pub struct Statement {
@@ -37,6 +43,148 @@ impl Statement {
             parse,
             class,
         })
+    }
+}
+
+impl Session {
+    /// Whether `f` starts a batch that only prepares named statements
+    /// (`PQprepare`: Parse… Sync) which tidepool answers itself because no
+    /// server connection is free now. The statements are prepared on the
+    /// connection that first executes them, as any statement is when the
+    /// session moves between connections. Waiting for a connection here
+    /// could deadlock a client that prepares with a blocking call while
+    /// its other connections hold the pool's server connections in open
+    /// transactions (pgbench -M prepared -j N does). A syntax error in
+    /// such a statement is reported when it is first executed.
+    pub(super) fn defers_prepare(&mut self, f: &Frame, rest: &[Frame]) -> bool {
+        if self.mode != PoolMode::Transaction || !self.at_boundary() {
+            return false;
+        }
+        for m in std::iter::once(f).chain(rest.iter()) {
+            match m.tag {
+                b'P' => match messages::read_parse(m) {
+                    Ok((name, _)) if !name.is_empty() && !self.statements.contains_key(&name) => {}
+                    _ => return false,
+                },
+                b'S' => {
+                    return self.write_pool().is_ok_and(|p| p.would_wait());
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Records a named Parse and answers ParseComplete; the Sync that ends
+    /// the batch is answered with ReadyForQuery.
+    pub(super) fn defer_prepare(&mut self, f: &Frame) -> Result<(), SessionEnd> {
+        match f.tag {
+            b'P' => {
+                self.deferring = true;
+                let (name, query) =
+                    messages::read_parse(f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                let stmt = Statement::from_parse(f, self.shared.classifier.classify(&query))
+                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                self.statements.insert(name, Arc::new(stmt));
+                self.to_client.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+            }
+            _ => {
+                // Sync: `defers_prepare` saw that the batch ends with it.
+                self.deferring = false;
+                messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
+            }
+        }
+        Ok(())
+    }
+
+    /// The statement `name` stands for, when statements are renamed.
+    pub(super) fn mapped(&self, name: &str) -> Option<Arc<Statement>> {
+        if name.is_empty() || self.tracker.skipping() {
+            return None;
+        }
+        self.statements.get(name).cloned()
+    }
+
+    /// Prepares `stmt` on the attached connection if it is not there yet.
+    pub(super) fn ensure_prepared(&mut self, stmt: &Statement) {
+        let conn = self.lease.as_mut().expect("attached").conn();
+        if conn.prepared.insert(stmt.server_name.clone()) {
+            self.close_if_stale(&stmt.server_name);
+            self.to_backend.extend_from_slice(&stmt.parse);
+            self.push(Expect::Parse {
+                hidden: true,
+                server_name: Some(stmt.server_name.clone()),
+            });
+        }
+    }
+
+    /// SQL `EXECUTE name` of a statement the client prepared with a Parse
+    /// message: the server knows it by tidepool's name for it, so the text
+    /// is rewritten to that name. Inside an extended-protocol batch
+    /// (`inject`) the statement is prepared on the attached connection
+    /// first when it lacks it; a simple query is rewritten only when the
+    /// connection has it (a Parse there could not be told apart from the
+    /// query's own replies if it failed).
+    pub(super) fn sql_execute(&mut self, sql: &str, inject: bool) -> Option<String> {
+        if self.tracker.skipping() {
+            return None;
+        }
+        let (name, at) = state::executes(sql)?;
+        let stmt = self.statements.get(&name)?.clone();
+        let conn = self.lease.as_mut()?.conn();
+        if inject {
+            self.ensure_prepared(&stmt);
+        } else if !conn.prepared.contains(&stmt.server_name) {
+            return None;
+        }
+        Some(format!(
+            "{}{}{}",
+            &sql[..at.start],
+            stmt.server_name,
+            &sql[at.end..]
+        ))
+    }
+
+    /// Which server connection the session is attached to.
+    pub(super) fn conn_identity(&mut self) -> (usize, i32) {
+        self.lease
+            .as_mut()
+            .map(|l| (lease_node(l), l.conn().pid))
+            .unwrap_or((usize::MAX, 0))
+    }
+
+    /// Before a Bind or Describe of the unnamed statement: prepares it on
+    /// the attached connection when it was parsed on another one.
+    pub(super) fn ensure_unnamed(&mut self) {
+        if self.tracker.skipping() {
+            return;
+        }
+        let here = self.conn_identity();
+        if let Some((parse, at)) = self.unnamed.as_mut()
+            && *at != here
+        {
+            *at = here;
+            let parse = parse.bytes.clone();
+            self.to_backend.extend_from_slice(&parse);
+            self.push(Expect::Parse {
+                hidden: true,
+                server_name: None,
+            });
+        }
+    }
+
+    /// Before preparing `name` again on the attached connection: closes
+    /// the server's copy whose plan it refused (see `ServerConn::stale`).
+    pub(super) fn close_if_stale(&mut self, name: &str) {
+        let conn = self.lease.as_mut().expect("attached").conn();
+        if conn.stale.remove(name) {
+            self.to_backend
+                .extend_from_slice(&messages::target_message(b'C', b'S', name));
+            self.push(Expect::Close {
+                stale: Some(name.to_string()),
+            });
+        }
     }
 }
 

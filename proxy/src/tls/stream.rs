@@ -79,10 +79,12 @@ impl Stream {
     /// One step of writing `data` (then flushing, once it is all written)
     /// while reading what the peer sends meanwhile into `buf`: a server
     /// blocked on sending results stops reading its input, so a large
-    /// pipelined batch would deadlock otherwise. Reads only when `read`
-    /// allows and the write cannot go on: the caller stops reading while
-    /// what it read has not been passed on, which is how backpressure
-    /// reaches the server.
+    /// pipelined batch would deadlock otherwise. What the peer has sent is
+    /// read before more is written, so that an early error reaches the
+    /// client while it still writes the rest of its batch, as on a direct
+    /// connection. Reads only when `read` allows: the caller stops reading
+    /// while what it read has not been passed on, which is how
+    /// backpressure reaches the server.
     pub fn poll_write_reading(
         &mut self,
         cx: &mut Context<'_>,
@@ -90,6 +92,9 @@ impl Stream {
         buf: &mut BytesMut,
         read: bool,
     ) -> Poll<io::Result<Step>> {
+        if read && let Poll::Ready(r) = self.poll_read_some(cx, buf) {
+            return Poll::Ready(r);
+        }
         let wrote = if data.is_empty() {
             Pin::new(&mut *self)
                 .poll_flush(cx)
@@ -100,20 +105,44 @@ impl Stream {
                 .map_ok(Step::Wrote)
         };
         match wrote {
-            Poll::Ready(Ok(Step::Wrote(0))) => {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            Poll::Ready(Ok(Step::Wrote(0))) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            other => other,
+        }
+    }
+
+    /// Appends what the peer has sent to `buf`, if anything; registers for
+    /// the next data otherwise. A plain connection takes a buffer only when
+    /// it is readable.
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<Step>> {
+        let read = match self {
+            Stream::Plain(s) => loop {
+                match s.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                match try_read_drained(s, buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => break r,
+                }
+            },
+            Stream::Tls(t) => {
+                buf.reserve(READ_CHUNK);
+                match tokio_util::io::poll_read_buf(Pin::new(t.as_mut()), cx, buf) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-            Poll::Ready(r) => return Poll::Ready(r),
-            Poll::Pending if !read => return Poll::Pending,
-            Poll::Pending => {}
-        }
-        buf.reserve(READ_CHUNK);
-        match tokio_util::io::poll_read_buf(Pin::new(&mut *self), cx, buf) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Step::Read)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        };
+        Poll::Ready(match read {
+            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => Ok(Step::Read),
+            Err(e) => Err(e),
+        })
     }
 }
 

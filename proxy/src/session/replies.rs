@@ -1,0 +1,168 @@
+//! What the server's replies do: the protocol tracker's verdict applied
+//! to the client's stream, the server connection and the session's
+//! settings.
+
+use super::{
+    Session, TRACKED_REPORTED, lease_node,
+    state::{self, SettingChange},
+    tracker::{Effect, Forward},
+};
+use crate::{
+    backend::quote_literal,
+    config::PoolMode,
+    protocol::{Frame, messages},
+};
+
+impl Session {
+    pub(super) fn on_backend_frame(&mut self, f: Frame) {
+        tracing::trace!(parent: &self.span, tag = %(f.tag as char), pending = ?self.tracker.pending(), "backend message");
+        let mut effects = std::mem::take(&mut self.effects);
+        let forward = self.tracker.backend(&f, &mut effects);
+        for e in effects.drain(..) {
+            self.apply(e);
+        }
+        self.effects = effects;
+        match forward {
+            Forward::Hide => {}
+            Forward::Replace(b) => self.to_client.extend_from_slice(&b),
+            Forward::As if f.tag == b'A' => self.forward_notification(&f),
+            Forward::As => {
+                if f.tag == b'S' {
+                    self.note_parameter(&f);
+                }
+                self.to_client.extend_from_slice(&f.bytes);
+            }
+        }
+        self.tracker.flush_synthetics(&mut self.to_client);
+    }
+
+    /// Applies what a backend message meant to the session and its server
+    /// connection.
+    pub(super) fn apply(&mut self, e: Effect) {
+        match e {
+            Effect::Ready(status) => {
+                if self.write_open && status == b'I' {
+                    // Committed (or rolled back): from now on the
+                    // session's reads need a standby that has it.
+                    self.write_open = false;
+                    self.routing.wrote_at = Some(std::time::Instant::now());
+                }
+            }
+            Effect::Confirm(change) => self.confirm_setting(&change),
+            Effect::ServerShutdown(message) => {
+                if let Some(l) = &self.lease {
+                    let fault = crate::cluster::Fault::Shutdown(message);
+                    crate::cluster::report_fault(&self.shared, lease_node(l), fault);
+                }
+            }
+            Effect::PreparedGone(n) => {
+                if let Some(l) = self.lease.as_mut() {
+                    l.conn().prepared.remove(&n);
+                }
+            }
+            Effect::PlanStale(n) => {
+                if let Some(l) = self.lease.as_mut() {
+                    let conn = l.conn();
+                    if conn.prepared.remove(&n) {
+                        conn.stale.insert(n);
+                    }
+                }
+            }
+            Effect::StillPrepared(n) => {
+                if let Some(l) = self.lease.as_mut() {
+                    l.conn().stale.insert(n);
+                }
+            }
+            Effect::AllStatementsGone => {
+                // A later Bind must prepare again.
+                if let Some(l) = self.lease.as_mut() {
+                    l.conn().forget_statements();
+                }
+            }
+        }
+    }
+
+    /// NotificationResponse: it names the sending backend's process id;
+    /// the client knows its own and other clients' by the keys tidepool
+    /// gave them.
+    pub(super) fn forward_notification(&mut self, f: &Frame) {
+        let body = f.body();
+        if body.len() >= 4
+            && let Some(l) = self.lease.as_mut()
+        {
+            let (own, addr) = (l.conn().pid, l.conn().addr);
+            let sender = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let client = if sender == own {
+                Some(self.client_pid)
+            } else {
+                self.shared.cancels.client_of(addr, sender)
+            };
+            if let Some(pid) = client {
+                self.to_client.extend_from_slice(&f.bytes[..5]);
+                self.to_client.extend_from_slice(&pid.to_be_bytes());
+                self.to_client.extend_from_slice(&body[4..]);
+                return;
+            }
+        }
+        self.to_client.extend_from_slice(&f.bytes);
+    }
+
+    /// ParameterStatus: the server's value is the client's setting too.
+    pub(super) fn note_parameter(&mut self, f: &Frame) {
+        let Ok((k, v)) = messages::read_parameter_status(f) else {
+            return;
+        };
+        let key = k.to_ascii_lowercase();
+        if TRACKED_REPORTED.contains(&key.as_str()) {
+            let value = quote_literal(&v);
+            self.settings.insert(key.clone(), value.clone());
+            if let Some(l) = self.lease.as_mut() {
+                l.conn().settings.insert(key, value);
+            }
+        }
+        if let Some(l) = self.lease.as_mut() {
+            l.conn().reported.insert(k, v);
+        }
+    }
+
+    pub(super) fn confirm_setting(&mut self, change: &SettingChange) {
+        state::apply_change(&mut self.settings, &self.startup_settings, change);
+        self.routing.serializable_default = self
+            .settings
+            .get("default_transaction_isolation")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("serializable"));
+        if let SettingChange::Several(changes) = change {
+            for c in changes {
+                self.confirm_setting(c);
+            }
+            return;
+        }
+        if let Some(l) = self.lease.as_mut() {
+            let conn = l.conn();
+            match change {
+                SettingChange::Set(k, v) => {
+                    conn.settings.insert(k.clone(), v.clone());
+                }
+                SettingChange::Reset(k) => {
+                    conn.settings.remove(k);
+                }
+                SettingChange::ResetAll => {
+                    conn.settings.clear();
+                }
+                SettingChange::Several(_) => {}
+            }
+        }
+    }
+
+    /// In transaction mode, the connection goes back to its pool as soon as
+    /// the client is outside a transaction with nothing pending.
+    pub(super) fn after_backend_batch(&mut self) {
+        if self.mode == PoolMode::Transaction
+            && self.tracker.is_idle()
+            && self.pins.is_empty()
+            && self.to_backend.is_empty()
+        {
+            self.release();
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Routing glue: the class of a unit of work from its messages, what the
+//! catalog knows of its functions and relations, and the node the
+//! router's rules choose. The rules themselves are pure (`crate::router`).
+
+use std::sync::atomic::Ordering;
+
+use super::{Session, lease_node};
+use crate::{
+    protocol::{Frame, messages, sqlstate},
+    router,
+};
+
+impl Session {
+    /// Whether `f` starts a unit of work that must wait for the unit before
+    /// it to finish: the session works on a standby, and the next unit,
+    /// pipelined behind, may need another node (a write, a transaction
+    /// begun). Routed once the replies are in, it goes where it belongs;
+    /// a unit the previous one leaves in a transaction stays with it.
+    pub(super) fn waits_for_boundary(&self, f: &Frame) -> bool {
+        matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
+            && (self.tracker.awaited() > 0 || !self.to_backend.is_empty())
+            && self.tracker.unit_in_flight()
+            && !self.deferring
+            && self.pins.is_empty()
+            && self
+                .lease
+                .as_ref()
+                .is_some_and(|l| Some(lease_node(l)) != self.shared.cluster.primary_id())
+    }
+
+    /// Whether the next message starts a new unit of work (a transaction,
+    /// or a statement outside one), which may be routed anew.
+    pub(super) fn at_boundary(&self) -> bool {
+        self.tracker.at_boundary() && self.pins.is_empty() && self.to_backend.is_empty()
+    }
+
+    pub(super) fn is_admin_command(&self, f: &Frame) -> bool {
+        f.tag == b'Q'
+            && messages::read_query(f)
+                .map(|q| crate::admin::show::answer(&q, &self.shared).is_some())
+                .unwrap_or(false)
+    }
+
+    /// Records writes for the read-your-writes rules.
+    pub(super) fn note_writes(&mut self, f: &Frame) {
+        if !matches!(f.tag, b'Q' | b'P') || !self.shared.rules.load().cfg.enabled {
+            return;
+        }
+        let sql = match f.tag {
+            b'Q' => messages::read_query(f).ok().map(|q| q.into_owned()),
+            b'P' => messages::read_parse(f).ok().map(|(_, q)| q),
+            _ => None,
+        };
+        let Some(sql) = sql else { return };
+        let class = self.shared.classifier.classify(&sql);
+        if class.write.is_some() {
+            self.routing.wrote = true;
+            self.write_open = true;
+            if self.tracker.tx_status() == b'T' || class.begins {
+                self.routing.wrote_in_transaction = true;
+            }
+            self.routing
+                .written_tables
+                .extend(class.written.iter().cloned());
+        }
+    }
+
+    /// The class of the unit that starts with `f`: every statement up to
+    /// the next Sync (extended protocol) or the query string (simple).
+    pub(super) fn unit_class(&self, f: &Frame, rest: &[Frame]) -> (router::Class, bool) {
+        let mut merged = router::Class::default();
+        let mut first = true;
+        let mut add = |c: &router::Class, merged: &mut router::Class| {
+            if first {
+                merged.begins = c.begins;
+                merged.read_only_tx = c.read_only_tx;
+                merged.leading_comment = c.leading_comment;
+                merged.hint_primary = c.hint_primary;
+                merged.select = c.select;
+                first = false;
+            } else {
+                merged.select &= c.select;
+            }
+            merged.write = merged.write.or(c.write);
+            merged.serializable |= c.serializable;
+            merged.tables.extend(c.tables.iter().cloned());
+            merged.functions.extend(c.functions.iter().cloned());
+        };
+        match f.tag {
+            b'Q' => {
+                let sql = messages::read_query(f).unwrap_or_default();
+                let c = self.shared.classifier.classify(&sql);
+                add(&c, &mut merged);
+                return (merged, false);
+            }
+            b'F' => {
+                merged.write = Some("function call message");
+                return (merged, false);
+            }
+            _ => {}
+        }
+        let mut complete = false;
+        for m in std::iter::once(f).chain(rest.iter()) {
+            match m.tag {
+                b'P' => match messages::read_parse(m) {
+                    Ok((_, q)) => add(&self.shared.classifier.classify(&q), &mut merged),
+                    Err(_) => merged.write = Some("malformed Parse"),
+                },
+                b'B' => match messages::read_bind(m) {
+                    Ok((_, name, _)) => match self.statements.get(&name) {
+                        Some(stmt) => add(&stmt.class, &mut merged),
+                        None if name.is_empty()
+                            && self.unnamed.is_some()
+                            && !rest.iter().any(|p| p.tag == b'P')
+                            && f.tag != b'P' =>
+                        {
+                            match self.unnamed.as_ref().map(|(p, _)| messages::read_parse(p)) {
+                                Some(Ok((_, q))) => {
+                                    add(&self.shared.classifier.classify(&q), &mut merged)
+                                }
+                                _ => merged.write = Some("malformed Parse"),
+                            }
+                        }
+                        None if !rest.iter().any(|p| p.tag == b'P') && f.tag != b'P' => {
+                            merged.write = Some("statement prepared outside tidepool's view")
+                        }
+                        None => {}
+                    },
+                    Err(_) => merged.write = Some("malformed Bind"),
+                },
+                b'S' => {
+                    complete = true;
+                    break;
+                }
+                b'Q' | b'F' => break,
+                _ => {}
+            }
+        }
+        (merged, !complete)
+    }
+
+    /// Routes the unit of work that starts with `f` and attaches the
+    /// session to the chosen node.
+    pub(super) async fn route_unit(
+        &mut self,
+        f: &Frame,
+        rest: &[Frame],
+    ) -> Result<(), (&'static str, String)> {
+        if !self.shared.rules.load().cfg.enabled {
+            // Everything goes to the primary: no need to read the SQL.
+            return self.acquire().await;
+        }
+        let rules = self.shared.rules.load_full();
+        let (class, incomplete) = self.unit_class(f, rest);
+        let sql = if f.tag == b'Q' {
+            messages::read_query(f).unwrap_or_default()
+        } else {
+            std::borrow::Cow::Borrowed("")
+        };
+        let mut facts = router::Facts {
+            incomplete,
+            pinned: !self.pins.is_empty(),
+            ..router::Facts::default()
+        };
+        let mut reason = router::primary_reason(&rules, &class, &facts, &self.routing);
+        if reason.is_none() && !sql.is_empty() && rules.forced_primary(&sql) {
+            reason = Some("matches a primary_routing_pattern");
+        }
+        if reason.is_none() {
+            self.catalog_facts(&rules, &class, &mut facts).await;
+            reason = router::primary_reason(&rules, &class, &facts, &self.routing);
+        }
+        let snapshot = self.shared.cluster.snapshot();
+        if reason.is_some() {
+            // On the primary for a reason that may mean a write.
+            self.write_open = true;
+        }
+        let mut decision = match reason {
+            Some(r) => router::Decision {
+                node: self.primary().await?,
+                reason: r,
+            },
+            None => {
+                let lags = self.shared.lags.load_full();
+                let app = self
+                    .settings
+                    .get("application_name")
+                    .map(|v| v.trim_matches('\'').to_string())
+                    .unwrap_or_default();
+                let client = router::Client {
+                    user: &self.user,
+                    database: &self.database,
+                    application_name: &app,
+                };
+                let chosen = {
+                    let mut rng = rand::rng();
+                    router::choose_read(
+                        &rules,
+                        &snapshot,
+                        &lags,
+                        &client,
+                        &mut self.routing,
+                        &mut rng,
+                    )
+                };
+                match chosen {
+                    Some(d) => d,
+                    None => router::Decision {
+                        node: self.primary().await?,
+                        reason: "no node can take reads",
+                    },
+                }
+            }
+        };
+        tracing::debug!(parent: &self.span,
+            node = decision.node,
+            reason = decision.reason,
+            "unit routed"
+        );
+        let mut snapshot = self.shared.cluster.snapshot();
+        if snapshot.node(decision.node).is_none() {
+            decision.node = self.primary().await?;
+            snapshot = self.shared.cluster.snapshot();
+        }
+        let Some(node) = snapshot.node(decision.node) else {
+            return Err((
+                sqlstate::CANNOT_CONNECT_NOW,
+                "no primary node is available".to_string(),
+            ));
+        };
+        if rules.cfg.notice_per_node_statement {
+            messages::notice(
+                &mut self.to_client,
+                &format!(
+                    "tidepool: node {} ({}, {}) runs this: {}",
+                    node.id,
+                    node.name,
+                    node.role.as_str(),
+                    decision.reason
+                ),
+            );
+        }
+        if class.select {
+            self.shared
+                .cluster
+                .count(decision.node, |c| c.selects.fetch_add(1, Ordering::Relaxed));
+        }
+        self.acquire_on(decision.node).await
+    }
+
+    /// Fills in what the catalog knows about the unit's functions and
+    /// relations, asking the primary about names seen for the first time.
+    pub(super) async fn catalog_facts(
+        &self,
+        rules: &router::Rules,
+        class: &router::Class,
+        facts: &mut router::Facts,
+    ) {
+        let catalog = &self.shared.catalog;
+        let db = &self.database;
+        let mut unknown_functions = Vec::new();
+        for name in &class.functions {
+            match rules.function_override(name) {
+                Some(true) => facts.volatile_function = true,
+                Some(false) => {}
+                None => unknown_functions.push(name.clone()),
+            }
+        }
+        if facts.volatile_function {
+            return;
+        }
+        let f_known = catalog.known_functions(db, &unknown_functions);
+        let r_known = catalog.known_relations(db, &class.tables);
+        if f_known.is_none() || r_known.is_none() {
+            let cfg = self.shared.config.load();
+            if let Some(p) = router::write_node(&self.shared.cluster.snapshot()) {
+                let (host, port) = (p.host.clone(), p.port);
+                let tls = self.shared.cluster.tls(p.id);
+                let password = self
+                    .shared
+                    .cluster
+                    .check_password(p.id, &host, port, &cfg.health_check)
+                    .await
+                    .ok()
+                    .flatten();
+                let fs = if f_known.is_none() {
+                    unknown_functions.clone()
+                } else {
+                    vec![]
+                };
+                let rs = if r_known.is_none() {
+                    class.tables.clone()
+                } else {
+                    vec![]
+                };
+                catalog
+                    .learn(
+                        &host,
+                        port,
+                        (&tls, password.as_deref()),
+                        db,
+                        &cfg.health_check,
+                        &fs,
+                        &rs,
+                    )
+                    .await;
+            }
+        }
+        facts.volatile_function = catalog
+            .known_functions(db, &unknown_functions)
+            .unwrap_or(true);
+        facts.local_relation = catalog.known_relations(db, &class.tables).unwrap_or(true);
+    }
+}
