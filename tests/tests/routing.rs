@@ -805,3 +805,96 @@ async fn show_pool_nodes_tells_streaming_and_sync_states() {
         assert_eq!(p["replication_state"], "");
     }
 }
+
+/// `tidepool_standby_refusals_total` from the metrics.
+fn standby_refusals(bed: &common::Bed) -> u64 {
+    let (_, text) = bed.tidepool.http_get("/metrics").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tidepool_standby_refusals_total "))
+        .unwrap_or_else(|| panic!("no standby_refusals counter in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_a_standby_refuses_runs_again_on_the_primary() {
+    for mode in ["transaction", "session"] {
+        let bed = lb_bed(mode, "statement_level = true").await;
+        let (primary, _) = ports(&bed);
+        // A function tidepool's list cannot know: STABLE in the catalog, so
+        // its reads are balanced, but it needs a primary.
+        let direct = bed.direct().await.unwrap();
+        direct
+            .batch_execute(
+                "CREATE FUNCTION app_xid() RETURNS bigint LANGUAGE sql STABLE \
+                 AS 'SELECT txid_current()'",
+            )
+            .await
+            .unwrap();
+        for s in bed.cluster.standbys() {
+            let c = bed
+                .cluster
+                .connect(s.name.as_str(), "app", "app", "app")
+                .await
+                .unwrap();
+            wait_until_async(
+                Duration::from_secs(20),
+                "the function on the standby",
+                || {
+                    let c = &c;
+                    async move {
+                        c.query_opt("SELECT 1 FROM pg_proc WHERE proname = 'app_xid'", &[])
+                            .await
+                            .is_ok_and(|r| r.is_some())
+                    }
+                },
+            )
+            .await
+            .unwrap();
+            let e = c.simple_query("SELECT app_xid()").await.unwrap_err();
+            assert_eq!(
+                e.code(),
+                Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+                "{mode}: the standby refuses it: {e:?}"
+            );
+        }
+        let before = standby_refusals(&bed);
+        let c = bed.app().await.unwrap();
+        // Reads still go to the standbys…
+        let (_, standbys) = ports(&bed);
+        assert!(standbys.contains(&port_of(&c, "SELECT inet_server_port()").await));
+        // …and the refused ones run on the primary, simple and extended,
+        // with the prepared statement still there for its next run.
+        let stmt = c
+            .prepare("SELECT inet_server_port(), app_xid()")
+            .await
+            .unwrap();
+        for i in 0..50 {
+            let port = port_of(&c, "SELECT inet_server_port(), app_xid()").await;
+            assert_eq!(port, primary, "{mode}: run {i} (simple)");
+            let row = c
+                .query_one("SELECT inet_server_port(), app_xid()", &[])
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: run {i} (extended): {e:?}"));
+            assert_eq!(row.get::<_, i32>(0) as u16, primary, "{mode}: run {i}");
+            let row = c
+                .query_one(&stmt, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: run {i} (prepared): {e:?}"));
+            assert_eq!(row.get::<_, i32>(0) as u16, primary, "{mode}: run {i}");
+        }
+        let refused = standby_refusals(&bed) - before;
+        assert!(
+            refused >= 100,
+            "{mode}: {refused} refusals counted; the standbys should have refused each run"
+        );
+        // An error of the statement itself is still the client's.
+        let e = c.simple_query("SELECT 1/0").await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO),
+            "{mode}"
+        );
+    }
+}

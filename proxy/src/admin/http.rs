@@ -418,6 +418,9 @@ fn node_json(shared: &Shared, snap: &Snapshot, n: &Node) -> Value {
     v["detach_reason"] = json!(c.detach_reason());
     v["sslmode"] = json!(shared.cluster.tls(n.id).mode.as_str());
     v["ssl"] = json!(c.ssl());
+    let system = c.system();
+    v["system_identifier"] = json!(system.map(|s| s.system_identifier.to_string()));
+    v["timeline"] = json!(system.map(|s| s.timeline));
     let lag = shared.lags.load().get(&n.id).copied().unwrap_or_default();
     v["replication_delay"] = json!(lag.bytes);
     v["replication_state"] = json!(lag.replication_state);

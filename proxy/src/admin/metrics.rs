@@ -17,5 +17,8 @@ pub struct Metrics {
     pub cancel_requests: AtomicU64,
     /// Sessions pinned to one backend connection in transaction mode.
     pub pinned: AtomicU64,
+    /// Units a standby refused during recovery (25006) that the primary
+    /// ran instead.
+    pub standby_refusals: AtomicU64,
     pub reloads: AtomicU64,
 }

@@ -37,6 +37,7 @@ pub struct ProcessFigures {
     pub queries: u64,
     pub cancel_requests: u64,
     pub sessions_pinned: u64,
+    pub standby_refusals: u64,
     pub reloads: u64,
 }
 
@@ -100,6 +101,7 @@ impl Figures {
             queries: m.queries.load(Ordering::Relaxed),
             cancel_requests: m.cancel_requests.load(Ordering::Relaxed),
             sessions_pinned: m.pinned.load(Ordering::Relaxed),
+            standby_refusals: m.standby_refusals.load(Ordering::Relaxed),
             reloads: m.reloads.load(Ordering::Relaxed),
         };
         let c = &shared.cluster.stats;
@@ -303,6 +305,12 @@ impl Figures {
             "sessions_pinned",
             "Transaction-mode sessions pinned to one backend connection.",
             one(p.sessions_pinned),
+        )?;
+        counters(
+            enc,
+            "standby_refusals",
+            "Units of work a standby refused during recovery (SQLSTATE 25006) that the primary then ran.",
+            one(p.standby_refusals),
         )?;
         counters(
             enc,

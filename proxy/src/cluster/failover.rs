@@ -1,9 +1,9 @@
 //! Failover decisions: pure functions of a snapshot (and of WAL positions
 //! and timelines the manager gathered), no I/O. The manager executes them.
 
-use std::{fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt, str::FromStr};
 
-use super::{Node, Role, Snapshot, Status};
+use super::{Node, Role, Snapshot, Status, persist::SystemId};
 use crate::config::BackendFlag;
 
 /// A WAL position (`pg_lsn`), e.g. `0/3000060`.
@@ -176,6 +176,23 @@ pub fn false_primaries(snap: &Snapshot, timelines: &[(usize, u32)]) -> Vec<usize
         .collect()
 }
 
+/// Fences that no longer apply: detached nodes (name, the system they
+/// report now) whose database system is not the one they were fenced on —
+/// rebuilt from scratch, not an old primary come back.
+pub fn rebuilt<'a>(
+    detached: impl IntoIterator<Item = (&'a str, Option<SystemId>)>,
+    fences: &BTreeMap<String, SystemId>,
+) -> Vec<String> {
+    detached
+        .into_iter()
+        .filter(|(name, now)| match (fences.get(*name), now) {
+            (Some(fenced), Some(now)) => fenced.system_identifier != now.system_identifier,
+            _ => false,
+        })
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
@@ -299,5 +316,31 @@ mod tests {
         s.nodes[0].flag = BackendFlag::DisallowToFailover;
         assert_eq!(false_primaries(&s, &[(0, 1), (1, 2)]), vec![1]);
         assert!(false_primaries(&s, &[(1, 2)]).is_empty());
+    }
+
+    #[test]
+    fn a_fence_belongs_to_the_database_system_it_was_taken_on() {
+        let system = |id, timeline| SystemId {
+            system_identifier: id,
+            timeline,
+        };
+        let fences: BTreeMap<String, SystemId> = [
+            ("pg0".to_string(), system(7, 1)),
+            ("pg1".to_string(), system(7, 1)),
+            ("pg2".to_string(), system(7, 1)),
+        ]
+        .into();
+        let detached = [
+            // The old primary back, on its old timeline or a later one.
+            ("pg0", Some(system(7, 1))),
+            ("pg1", Some(system(7, 4))),
+            // initdb made it again.
+            ("pg2", Some(system(9, 1))),
+            // Not reached since the start, or fenced before systems were
+            // recorded.
+            ("pg3", Some(system(9, 1))),
+        ];
+        assert_eq!(rebuilt(detached, &fences), ["pg2"]);
+        assert!(rebuilt([("pg0", None)], &fences).is_empty());
     }
 }

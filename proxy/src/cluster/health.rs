@@ -209,6 +209,31 @@ impl Check {
             if let Some(c) = self.cluster.counters(self.id) {
                 c.set_ssl(ssl);
             }
+            // Which database system this is, for fences (see `persist`).
+            match k
+                .client
+                .query_one(
+                    "SELECT s.system_identifier::text, c.timeline_id \
+                     FROM pg_control_system() s, pg_control_checkpoint() c",
+                    &[],
+                )
+                .await
+            {
+                Ok(row) => match row.get::<_, String>(0).parse() {
+                    Ok(system_identifier) => {
+                        if let Some(c) = self.cluster.counters(self.id) {
+                            c.set_system(super::persist::SystemId {
+                                system_identifier,
+                                timeline: row.get::<_, i32>(1) as u32,
+                            });
+                        }
+                    }
+                    Err(e) => tracing::debug!(node = self.id, error = %e, "system identifier"),
+                },
+                Err(e) => {
+                    tracing::debug!(node = self.id, error = %e, "cannot read the system identifier")
+                }
+            }
             *kept = Some(k);
         }
         let client = &kept.as_ref().expect("connected above").client;

@@ -134,6 +134,7 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
         shared.config_path.as_deref(),
     );
     let mut last_primary = None;
+    let mut fences = std::collections::BTreeMap::new();
     match persist::load(&state_path) {
         Ok(state) => {
             let snap = shared.cluster.snapshot();
@@ -144,6 +145,7 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
                 }
             }
             last_primary = state.primary;
+            fences = state.systems;
         }
         Err(e) => {
             // The file may have held fences: attaching anything could route
@@ -164,6 +166,7 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
         shared,
         state_path,
         last_primary,
+        fences,
         seen_primaries: Vec::new(),
         persist_error: None,
     };
@@ -200,6 +203,8 @@ pub(super) struct Manager {
     pub(super) shared: Arc<Shared>,
     state_path: PathBuf,
     last_primary: Option<String>,
+    /// The database system each detached node was fenced on, by name.
+    fences: std::collections::BTreeMap<String, persist::SystemId>,
     /// Primaries seen at the last split check, so a split is examined once.
     seen_primaries: Vec<usize>,
     /// Why the last write of the state file failed, until one succeeds.
@@ -250,9 +255,28 @@ impl Manager {
         if let Some(p) = self.cluster().snapshot().primary() {
             self.last_primary = Some(p.name.clone());
         }
+        let detached: std::collections::BTreeMap<String, String> =
+            self.cluster().detached().into_iter().collect();
+        // A fence keeps the system it was taken on; a new one takes the
+        // system the node was last seen running.
+        let snap = self.cluster().snapshot();
+        self.fences = detached
+            .keys()
+            .filter_map(|name| {
+                let known = self.fences.get(name).copied().or_else(|| {
+                    snap.nodes
+                        .iter()
+                        .find(|n| &n.name == name)
+                        .and_then(|n| self.cluster().counters(n.id))
+                        .and_then(|c| c.system())
+                });
+                known.map(|s| (name.clone(), s))
+            })
+            .collect();
         let state = persist::State {
-            detached: self.cluster().detached().into_iter().collect(),
+            detached,
             primary: self.last_primary.clone(),
+            systems: self.fences.clone(),
         };
         match persist::save(&self.state_path, &state) {
             Ok(()) => self.persist_error = None,
@@ -585,6 +609,7 @@ impl Manager {
 
     /// Detaches false primaries when two attached nodes answer as primary.
     async fn on_change(&mut self) {
+        self.drop_fences_of_rebuilt_nodes();
         let snap = self.cluster().snapshot();
         let primaries = failover::primaries(&snap);
         if primaries == self.seen_primaries {
@@ -618,6 +643,42 @@ impl Manager {
             );
         }
         self.seen_primaries = failover::primaries(&self.cluster().snapshot());
+    }
+
+    /// A fence belongs to the database system it was taken on: a detached
+    /// node that now runs another one was made again from scratch (a new
+    /// cluster on the same address) and is attached.
+    fn drop_fences_of_rebuilt_nodes(&mut self) {
+        if self.fences.is_empty() {
+            return;
+        }
+        let snap = self.cluster().snapshot();
+        let detached = snap
+            .nodes
+            .iter()
+            .filter(|n| n.status == Status::Down)
+            .map(|n| {
+                let now = self.cluster().counters(n.id).and_then(|c| c.system());
+                (n.name.as_str(), now)
+            });
+        let rebuilt = failover::rebuilt(detached, &self.fences);
+        for name in &rebuilt {
+            let Some(n) = snap.nodes.iter().find(|n| &n.name == name) else {
+                continue;
+            };
+            let fenced = self.fences.remove(name);
+            let now = self.cluster().counters(n.id).and_then(|c| c.system());
+            tracing::warn!(
+                node = %name,
+                fenced_on = ?fenced.map(|s| s.system_identifier),
+                now = ?now.map(|s| s.system_identifier),
+                "the fenced node runs another database system now (made again from scratch): its fence no longer applies, attaching it"
+            );
+            self.cluster().attach(n.id);
+        }
+        if !rebuilt.is_empty() {
+            self.persist();
+        }
     }
 
     async fn action(&mut self, key: &str, action: Action) -> Result<Value, ControlError> {

@@ -186,6 +186,9 @@ pub struct NodeCounters {
     /// Whether the node's connections are TLS, as the health check's last
     /// connection found: 0 not known yet, 1 plaintext, 2 TLS.
     pub ssl: std::sync::atomic::AtomicU8,
+    /// The database system the node reported to the health check's last
+    /// connection (not known: never reached, or not allowed to ask).
+    pub system: Mutex<Option<persist::SystemId>>,
 }
 
 impl NodeCounters {
@@ -200,6 +203,14 @@ impl NodeCounters {
 
     pub fn set_ssl(&self, tls: bool) {
         self.ssl.store(if tls { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    pub fn system(&self) -> Option<persist::SystemId> {
+        *self.system.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_system(&self, system: persist::SystemId) {
+        *self.system.lock().unwrap_or_else(|e| e.into_inner()) = Some(system);
     }
 
     pub fn detach_reason(&self) -> Option<String> {

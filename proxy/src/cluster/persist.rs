@@ -22,6 +22,21 @@ pub struct State {
     /// The node tidepool last knew as the primary.
     #[serde(default)]
     pub primary: Option<String>,
+    /// The database system each detached node belonged to when it was
+    /// fenced: a node that reports another one later was rebuilt from
+    /// scratch, and the fence does not apply to it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub systems: BTreeMap<String, SystemId>,
+}
+
+/// Which database system a node runs (`pg_control_system()`): every node
+/// of one replicated cluster shares the identifier; `initdb` makes a new
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemId {
+    pub system_identifier: u64,
+    /// The timeline of the node's last checkpoint, when it was seen.
+    pub timeline: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +128,19 @@ mod tests {
             ..State::default()
         };
         s.detached.insert("pg0".into(), "failed".into());
+        s.systems.insert(
+            "pg0".into(),
+            SystemId {
+                system_identifier: u64::MAX - 1,
+                timeline: 3,
+            },
+        );
         save(&p, &s).unwrap();
         assert_eq!(load(&p).unwrap(), s);
+        // A file written before systems were recorded still reads.
+        std::fs::write(&p, r#"{"detached":{"pg0":"failed"},"primary":"pg1"}"#).unwrap();
+        assert!(load(&p).unwrap().systems.is_empty());
+        save(&p, &s).unwrap();
         assert!(!p.with_extension("json.tmp").exists());
         std::fs::write(&p, "{").unwrap();
         assert!(matches!(load(&p), Err(PersistError::Parse { .. })));

@@ -21,6 +21,7 @@ pub mod sqlstate {
     pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const QUERY_CANCELED: &str = "57014";
     pub const INTERNAL_ERROR: &str = "XX000";

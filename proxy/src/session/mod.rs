@@ -10,6 +10,7 @@
 mod connect;
 mod expect;
 mod login;
+mod refusal;
 mod replies;
 mod routing;
 pub mod state;
@@ -40,6 +41,7 @@ use crate::{
     tls::{Step, Stream},
 };
 use expect::Expect;
+use refusal::StandbyGuard;
 use state::PinReason;
 use statements::Statement;
 use tracker::{Effect, Tracker};
@@ -102,6 +104,13 @@ pub struct Session {
     tracker: Tracker,
     /// The tracker's effects of one backend message (kept for its room).
     effects: Vec<Effect>,
+    /// The replies of a unit on a standby, held until it is known that
+    /// the standby runs it (see `refusal`).
+    guard: Option<Box<StandbyGuard>>,
+    /// A unit a standby refused, to run again on the primary.
+    rerun: Option<Vec<Frame>>,
+    /// The next unit goes to the primary whatever the rules say.
+    force_primary: bool,
     /// Answering a batch of named Parse messages and its Sync without a
     /// server connection (see `defers_prepare`).
     deferring: bool,
@@ -151,6 +160,9 @@ impl Session {
             unnamed: None,
             tracker: Tracker::default(),
             effects: Vec::new(),
+            guard: None,
+            rerun: None,
+            force_primary: false,
             deferring: false,
             write_open: false,
             client_pid: 0,
@@ -219,6 +231,11 @@ impl Session {
         // Messages of a unit that waits for the one before it to finish.
         let mut held: Vec<Frame> = Vec::new();
         let result = loop {
+            if let Some(unit) = self.rerun.take()
+                && let Err(e) = self.rerun_on_primary(unit).await
+            {
+                break Err(e);
+            }
             // Handle whatever whole client frames are buffered.
             let mut r = Ok(());
             let mut frames = std::mem::take(&mut held);
@@ -287,6 +304,9 @@ impl Session {
             }
             if let Err(e) = r {
                 break Err(e);
+            }
+            if self.rerun.is_some() {
+                continue;
             }
             if shutting_down && self.is_idle() {
                 break Err(SessionEnd::Shutdown);
@@ -505,19 +525,27 @@ impl Session {
         if matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
             && self.at_boundary()
             && !self.is_admin_command(&f)
-            && let Err((code, msg)) = self.route_unit(&f, rest).await
         {
-            self.shared
-                .metrics
-                .client_errors
-                .fetch_add(1, Ordering::Relaxed);
-            self.error(Severity::Error, code, &msg, None);
-            if matches!(f.tag, b'Q' | b'F') {
-                messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
-            } else {
-                self.tracker.fail_batch();
+            self.guard = None;
+            if let Err((code, msg)) = self.route_unit(&f, rest).await {
+                self.shared
+                    .metrics
+                    .client_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.error(Severity::Error, code, &msg, None);
+                if matches!(f.tag, b'Q' | b'F') {
+                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
+                } else {
+                    self.tracker.fail_batch();
+                }
+                return Ok(());
             }
-            return Ok(());
+            if matches!(f.tag, b'Q' | b'P' | b'B') && self.on_standby() {
+                self.guard = Some(Box::new(StandbyGuard::new()));
+            }
+        }
+        if let Some(g) = self.guard.as_mut() {
+            g.client(&f);
         }
         self.tracker.client(f.tag);
         match f.tag {

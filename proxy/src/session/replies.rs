@@ -4,6 +4,7 @@
 
 use super::{
     Session, TRACKED_REPORTED, lease_node,
+    refusal::Verdict,
     state::{self, SettingChange},
     tracker::{Effect, Forward},
 };
@@ -22,6 +23,30 @@ impl Session {
             self.apply(e);
         }
         self.effects = effects;
+        if let Some(g) = self.guard.as_mut() {
+            let bytes: &[u8] = match &forward {
+                Forward::Hide => &[],
+                Forward::Replace(b) => b,
+                Forward::As => &f.bytes,
+            };
+            match g.backend(&f, bytes) {
+                Verdict::Hold => {
+                    if f.tag == b'S' {
+                        self.note_parameter(&f);
+                    }
+                    return;
+                }
+                Verdict::Rerun => {
+                    self.rerun = self.guard.take().map(|g| g.into_frames());
+                    return;
+                }
+                Verdict::Release => {
+                    if let Some(g) = self.guard.take() {
+                        self.to_client.extend_from_slice(g.held());
+                    }
+                }
+            }
+        }
         match forward {
             Forward::Hide => {}
             Forward::Replace(b) => self.to_client.extend_from_slice(&b),

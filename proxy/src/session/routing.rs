@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Session, lease_node};
+use super::{Session, SessionEnd, lease_node};
 use crate::{
     protocol::{Frame, messages, sqlstate},
     router,
@@ -22,10 +22,50 @@ impl Session {
             && self.tracker.unit_in_flight()
             && !self.deferring
             && self.pins.is_empty()
-            && self
-                .lease
-                .as_ref()
-                .is_some_and(|l| Some(lease_node(l)) != self.shared.cluster.primary_id())
+            && self.on_standby()
+    }
+
+    /// Whether the session's connection is to a node other than the
+    /// primary.
+    pub(super) fn on_standby(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|l| Some(lease_node(l)) != self.shared.cluster.primary_id())
+    }
+
+    /// Runs on the primary a unit a standby refused during recovery
+    /// (25006): its messages go through the session again, routed to the
+    /// primary; the client sees only the primary's replies.
+    pub(super) async fn rerun_on_primary(&mut self, unit: Vec<Frame>) -> Result<(), SessionEnd> {
+        self.shared
+            .metrics
+            .standby_refusals
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(parent: &self.span, "a standby refused the unit during recovery; running it on the primary");
+        if self.shared.rules.load().cfg.notice_per_node_statement {
+            messages::notice(
+                &mut self.to_client,
+                "tidepool: a standby refused this during recovery (25006); the primary runs it",
+            );
+        }
+        // The statements the unit's Parse messages named are named again.
+        for f in unit.iter().filter(|f| f.tag == b'P') {
+            if let Ok((name, _)) = messages::read_parse(f)
+                && !name.is_empty()
+            {
+                self.statements.remove(&name);
+            }
+        }
+        self.force_primary = true;
+        let mut r = Ok(());
+        for (i, f) in unit.iter().enumerate() {
+            r = self.on_client_frame(f.clone(), &unit[i + 1..]).await;
+            if r.is_err() {
+                break;
+            }
+        }
+        self.force_primary = false;
+        r
     }
 
     /// Whether the next message starts a new unit of work (a transaction,
@@ -146,6 +186,10 @@ impl Session {
         f: &Frame,
         rest: &[Frame],
     ) -> Result<(), (&'static str, String)> {
+        if std::mem::take(&mut self.force_primary) {
+            let primary = self.primary().await?;
+            return self.acquire_on(primary).await;
+        }
         if !self.shared.rules.load().cfg.enabled {
             // Everything goes to the primary: no need to read the SQL.
             return self.acquire().await;
