@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod ctl;
+pub mod import;
 pub mod pool;
 pub mod protocol;
 pub mod router;

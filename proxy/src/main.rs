@@ -1,6 +1,8 @@
-//! The `tidepool` command: `run`, `check-config`, `ctl`.
+//! The `tidepool` command: `run`, `check-config`, `ctl`, `import-pgpool`.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    os::unix::fs::OpenOptionsExt, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -38,6 +40,30 @@ enum Command {
     },
     /// Control a running tidepool through its admin HTTP API.
     Ctl(ctl::CtlArgs),
+    /// Convert a Pgpool-II configuration to tidepool's: the TOML on stdout
+    /// (or -o), a warning on stderr for each setting not carried over.
+    ImportPgpool(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// pgpool.conf
+    pgpool_conf: PathBuf,
+    /// pool_hba.conf, for [[hba]] rules
+    #[arg(long)]
+    hba: Option<PathBuf>,
+    /// pool_passwd, for [[users]]
+    #[arg(long)]
+    passwd: Option<PathBuf>,
+    /// The pgpoolkey file, to read AES-encrypted passwords
+    #[arg(long)]
+    pgpoolkey: Option<PathBuf>,
+    /// This node's index among the watchdog's hostnameN (pgpool_node_id)
+    #[arg(long, default_value_t = 0)]
+    node_id: usize,
+    /// Write the TOML here instead of stdout
+    #[arg(short, long)]
+    output: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +71,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Ctl(args) => run_ctl(args),
+        Command::ImportPgpool(args) => import_pgpool(&args),
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -78,6 +105,76 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn import_pgpool(args: &ImportArgs) -> ExitCode {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let run = || -> Result<(String, Vec<String>), String> {
+        let conf = read(&args.pgpool_conf)?;
+        let hba = args.hba.as_deref().map(read).transpose()?;
+        let passwd = args.passwd.as_deref().map(read).transpose()?;
+        let key = args.pgpoolkey.as_deref().map(read).transpose()?;
+        // Escalation scripts the configuration names: where it says, or
+        // beside pgpool.conf.
+        let dir = args
+            .pgpool_conf
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        let mut scripts = std::collections::BTreeMap::new();
+        for s in tidepool::import::conf::settings(&conf) {
+            if !s.name.eq_ignore_ascii_case("wd_escalation_command") {
+                continue;
+            }
+            let path = std::path::Path::new(s.value.split_whitespace().next().unwrap_or(""));
+            let beside = path.file_name().map(|f| dir.join(f));
+            if let Some(text) = std::iter::once(path.to_path_buf())
+                .chain(beside)
+                .find_map(|p| std::fs::read_to_string(p).ok())
+            {
+                scripts.insert(s.value.clone(), text);
+            }
+        }
+        let imported = tidepool::import::pgpool(&tidepool::import::Input {
+            pgpool_conf: &conf,
+            pool_hba: hba.as_deref(),
+            pool_passwd: passwd.as_deref(),
+            pgpoolkey: key.as_deref().map(|k| k.lines().next().unwrap_or("")),
+            node_id: args.node_id,
+            scripts,
+        });
+        Ok((imported.toml, imported.warnings))
+    };
+    match run() {
+        Ok((toml, warnings)) => {
+            for w in &warnings {
+                eprintln!("tidepool import-pgpool: warning: {w}");
+            }
+            match &args.output {
+                Some(p) => {
+                    // It may hold passwords: readable by its owner only.
+                    let written = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(p)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, toml.as_bytes()));
+                    if let Err(e) = written {
+                        eprintln!("tidepool import-pgpool: cannot write {}: {e}", p.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+                None => print!("{toml}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tidepool import-pgpool: {e}");
+            ExitCode::from(2)
         }
     }
 }
