@@ -535,32 +535,50 @@ async fn executor(
     }
 }
 
-/// Keeps one connection to a peer; drops frames it cannot deliver (the
-/// state machine retries what matters).
+/// Sends frames to one peer over a kept connection. The connection is
+/// looked at before each write: a peer that restarted left it closed, and
+/// the kernel would still take a write into it and lose it, so a closed
+/// one is replaced first. A write that fails is sent once more, on a fresh
+/// connection.
 async fn tcp_writer(addr: SocketAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
     const IO: Duration = Duration::from_millis(500);
     let mut conn: Option<TcpStream> = None;
     while let Some(frame) = frames.recv().await {
-        if conn.is_none() {
-            conn = match tokio::time::timeout(IO, TcpStream::connect(addr)).await {
-                Ok(Ok(c)) => {
-                    let _ = c.set_nodelay(true);
-                    Some(c)
-                }
-                _ => None,
-            };
-        }
-        if let Some(c) = &mut conn {
-            let mut buf = (frame.len() as u32).to_be_bytes().to_vec();
-            buf.extend_from_slice(&frame);
-            if !matches!(
+        let mut buf = (frame.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(&frame);
+        for _ in 0..2 {
+            if conn.as_ref().is_some_and(|c| !still_open(c)) {
+                conn = None;
+            }
+            if conn.is_none() {
+                conn = match tokio::time::timeout(IO, TcpStream::connect(addr)).await {
+                    Ok(Ok(c)) => {
+                        let _ = c.set_nodelay(true);
+                        Some(c)
+                    }
+                    _ => break,
+                };
+            }
+            let Some(c) = conn.as_mut() else { break };
+            if matches!(
                 tokio::time::timeout(IO, c.write_all(&buf)).await,
                 Ok(Ok(()))
             ) {
-                conn = None;
+                break;
             }
+            conn = None;
         }
     }
+}
+
+/// Whether a connection the peer never writes to is still open: there is
+/// nothing to read on it (its end, or a reset, means the peer closed it).
+fn still_open(c: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    matches!(
+        socket2::SockRef::from(c).peek(&mut byte),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
 }
 
 /// Accepts peers' connections and decodes their frames.
@@ -614,5 +632,40 @@ async fn read_frames(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_one(s: &mut TcpStream) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut frame).await.unwrap();
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_frame_sent_after_the_peer_restarted_reaches_the_new_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(tcp_writer(addr, rx));
+        tx.send(b"one".to_vec()).await.unwrap();
+        let (mut s, _) = listener.accept().await.unwrap();
+        assert_eq!(read_one(&mut s).await, b"one");
+        // The peer restarts: its end of the connection and its listener
+        // go, and a new process listens at the same address.
+        drop(s);
+        drop(listener);
+        let listener = TcpListener::bind(addr).await.unwrap();
+        tx.send(b"two".to_vec()).await.unwrap();
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the frame after the restart was written into the old connection and lost")
+            .unwrap();
+        assert_eq!(read_one(&mut s).await, b"two");
     }
 }
