@@ -395,6 +395,11 @@ pub fn frame_of(bytes: &[u8]) -> Frame {
         .expect("complete frame")
 }
 
+/// A message of type `tag` with `body`.
+pub fn message(tag: u8, body: &[u8]) -> Frame {
+    frame_of(&with_header(tag, &[body]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 mod connect;
 mod expect;
 mod login;
+mod message;
 mod refusal;
 mod replies;
 mod routing;
@@ -41,6 +42,7 @@ use crate::{
     tls::{Step, Stream},
 };
 use expect::Expect;
+use message::Message;
 use refusal::StandbyGuard;
 use state::PinReason;
 use statements::Statement;
@@ -518,21 +520,22 @@ impl Session {
 
     async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
         tracing::trace!(parent: &self.span, tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
-        self.note_writes(&f);
+        let msg = message::decode(&f).map_err(SessionEnd::Protocol)?;
+        self.note_writes(&msg);
         if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
             return self.defer_prepare(&f);
         }
         if matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
             && self.at_boundary()
-            && !self.is_admin_command(&f)
+            && !self.is_admin_command(&msg)
         {
             self.guard = None;
-            if let Err((code, msg)) = self.route_unit(&f, rest).await {
+            if let Err((code, text)) = self.route_unit(&f, &msg, rest).await {
                 self.shared
                     .metrics
                     .client_errors
                     .fetch_add(1, Ordering::Relaxed);
-                self.error(Severity::Error, code, &msg, None);
+                self.error(Severity::Error, code, &text, None);
                 if matches!(f.tag, b'Q' | b'F') {
                     messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
                 } else {
@@ -548,11 +551,9 @@ impl Session {
             g.client(&f);
         }
         self.tracker.client(f.tag);
-        match f.tag {
-            b'X' => return Err(SessionEnd::Terminated),
-            b'Q' => {
-                let sql =
-                    messages::read_query(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+        match msg {
+            Message::Terminate => return Err(SessionEnd::Terminated),
+            Message::Query(sql) => {
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
                 if let Some(table) = crate::admin::show::answer_in_session(
                     &sql,
@@ -591,12 +592,10 @@ impl Session {
                 }
                 self.tracker.simple_sent(effects.settings);
             }
-            b'P' => {
+            Message::Parse { name, query } => {
                 if !self.ensure_backend(false).await {
                     return Ok(());
                 }
-                let (name, query) =
-                    messages::read_parse(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
                 self.count_statement(&query);
                 let effects = state::analyze(&query);
@@ -660,12 +659,12 @@ impl Session {
                     });
                 }
             }
-            b'B' => {
+            Message::Bind {
+                statement: stmt_name,
+            } => {
                 if !self.ensure_backend(false).await {
                     return Ok(());
                 }
-                let (_, stmt_name, _) =
-                    messages::read_bind(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                 match self.mapped(&stmt_name) {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt);
@@ -685,12 +684,10 @@ impl Session {
                     }
                 }
             }
-            b'D' | b'C' => {
+            Message::Describe { kind, name } | Message::Close { kind, name } => {
                 if !self.ensure_backend(false).await {
                     return Ok(());
                 }
-                let (kind, name) =
-                    messages::read_target(&f).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                 let stmt = if kind == b'S' {
                     self.mapped(&name)
                 } else {
@@ -730,14 +727,14 @@ impl Session {
                     _ => unreachable!("tag is D or C"),
                 }
             }
-            b'E' => {
+            Message::Execute => {
                 if !self.ensure_backend(false).await {
                     return Ok(());
                 }
                 self.to_backend.extend_from_slice(&f.bytes);
                 self.push(Expect::Execute);
             }
-            b'S' => {
+            Message::Sync => {
                 if self.lease.is_none() && self.tracker.skipping() {
                     // Nothing reached a backend since the error: answer here.
                     self.tracker.sync_answered();
@@ -750,28 +747,22 @@ impl Session {
                 self.to_backend.extend_from_slice(&f.bytes);
                 self.tracker.sync_sent();
             }
-            b'H' => {
+            Message::Flush => {
                 if self.lease.is_some() {
                     self.to_backend.extend_from_slice(&f.bytes);
                 }
             }
-            b'F' => {
+            Message::FunctionCall => {
                 if !self.ensure_backend(true).await {
                     return Ok(());
                 }
                 self.to_backend.extend_from_slice(&f.bytes);
                 self.tracker.simple_sent(vec![]);
             }
-            b'd' | b'c' | b'f' => {
+            Message::CopyData | Message::CopyDone | Message::CopyFail => {
                 if self.lease.is_some() {
                     self.to_backend.extend_from_slice(&f.bytes);
                 }
-            }
-            other => {
-                return Err(SessionEnd::Protocol(format!(
-                    "invalid frontend message type {}",
-                    other as char
-                )));
             }
         }
         Ok(())

@@ -113,12 +113,7 @@ mod tests {
     use super::*;
     use crate::protocol::messages::Severity;
 
-    fn frame(tag: u8, body: &[u8]) -> Frame {
-        let mut v = vec![tag];
-        v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-        v.extend_from_slice(body);
-        messages::frame_of(&v)
-    }
+    use crate::protocol::messages::message as frame;
 
     fn error(code: &str) -> Frame {
         let mut b = BytesMut::new();

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Session, SessionEnd, lease_node};
+use super::{Message, Session, SessionEnd, lease_node};
 use crate::{
     protocol::{Frame, messages, sqlstate},
     router,
@@ -74,25 +74,17 @@ impl Session {
         self.tracker.at_boundary() && self.pins.is_empty() && self.to_backend.is_empty()
     }
 
-    pub(super) fn is_admin_command(&self, f: &Frame) -> bool {
-        f.tag == b'Q'
-            && messages::read_query(f)
-                .map(|q| crate::admin::show::answer(&q, &self.shared).is_some())
-                .unwrap_or(false)
+    pub(super) fn is_admin_command(&self, msg: &Message) -> bool {
+        matches!(msg, Message::Query(q) if crate::admin::show::answer(q, &self.shared).is_some())
     }
 
     /// Records writes for the read-your-writes rules.
-    pub(super) fn note_writes(&mut self, f: &Frame) {
-        if !matches!(f.tag, b'Q' | b'P') || !self.shared.rules.load().cfg.enabled {
+    pub(super) fn note_writes(&mut self, msg: &Message) {
+        let Some(sql) = msg.sql() else { return };
+        if !self.shared.rules.load().cfg.enabled {
             return;
         }
-        let sql = match f.tag {
-            b'Q' => messages::read_query(f).ok().map(|q| q.into_owned()),
-            b'P' => messages::read_parse(f).ok().map(|(_, q)| q),
-            _ => None,
-        };
-        let Some(sql) = sql else { return };
-        let class = self.shared.classifier.classify(&sql);
+        let class = self.shared.classifier.classify(sql);
         if class.write.is_some() {
             self.routing.wrote = true;
             self.write_open = true;
@@ -107,7 +99,12 @@ impl Session {
 
     /// The class of the unit that starts with `f`: every statement up to
     /// the next Sync (extended protocol) or the query string (simple).
-    pub(super) fn unit_class(&self, f: &Frame, rest: &[Frame]) -> (router::Class, bool) {
+    pub(super) fn unit_class(
+        &self,
+        f: &Frame,
+        msg: &Message,
+        rest: &[Frame],
+    ) -> (router::Class, bool) {
         let mut merged = router::Class::default();
         let mut first = true;
         let mut add = |c: &router::Class, merged: &mut router::Class| {
@@ -126,14 +123,13 @@ impl Session {
             merged.tables.extend(c.tables.iter().cloned());
             merged.functions.extend(c.functions.iter().cloned());
         };
-        match f.tag {
-            b'Q' => {
-                let sql = messages::read_query(f).unwrap_or_default();
-                let c = self.shared.classifier.classify(&sql);
+        match msg {
+            Message::Query(sql) => {
+                let c = self.shared.classifier.classify(sql);
                 add(&c, &mut merged);
                 return (merged, false);
             }
-            b'F' => {
+            Message::FunctionCall => {
                 merged.write = Some("function call message");
                 return (merged, false);
             }
@@ -184,6 +180,7 @@ impl Session {
     pub(super) async fn route_unit(
         &mut self,
         f: &Frame,
+        msg: &Message<'_>,
         rest: &[Frame],
     ) -> Result<(), (&'static str, String)> {
         if std::mem::take(&mut self.force_primary) {
@@ -195,11 +192,10 @@ impl Session {
             return self.acquire().await;
         }
         let rules = self.shared.rules.load_full();
-        let (class, incomplete) = self.unit_class(f, rest);
-        let sql = if f.tag == b'Q' {
-            messages::read_query(f).unwrap_or_default()
-        } else {
-            std::borrow::Cow::Borrowed("")
+        let (class, incomplete) = self.unit_class(f, msg, rest);
+        let sql = match msg {
+            Message::Query(q) => q.as_ref(),
+            _ => "",
         };
         let mut facts = router::Facts {
             incomplete,
@@ -207,7 +203,7 @@ impl Session {
             ..router::Facts::default()
         };
         let mut reason = router::primary_reason(&rules, &class, &facts, &self.routing);
-        if reason.is_none() && !sql.is_empty() && rules.forced_primary(&sql) {
+        if reason.is_none() && !sql.is_empty() && rules.forced_primary(sql) {
             reason = Some("matches a primary_routing_pattern");
         }
         if reason.is_none() {

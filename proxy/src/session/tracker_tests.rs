@@ -30,12 +30,7 @@ enum Step {
 }
 use Step::*;
 
-fn frame(tag: u8, body: &[u8]) -> Frame {
-    let mut v = vec![tag];
-    v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    v.extend_from_slice(body);
-    messages::frame_of(&v)
-}
+use crate::protocol::messages::message as frame;
 
 fn reply(tag: u8) -> Step {
     Backend(frame(tag, &[]))
