@@ -148,7 +148,9 @@ pub enum SwitchoverError {
 struct Transfer {
     to: NodeId,
     deadline: Millis,
-    sent: bool,
+    /// When to send `TimeoutNow` (again): every heartbeat until the
+    /// target campaigns or the deadline passes.
+    next_send: Millis,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -482,9 +484,15 @@ impl Node {
                 // and let an ordinary election follow.
                 return self.become_follower(self.term, None, now);
             }
-            if !t.sent && !self.escalated && !self.deescalating {
+            if now >= t.next_send && !self.escalated && !self.deescalating {
+                // Again every heartbeat: one lost message must not cost an
+                // election. The target's campaign ends this term here, and
+                // a copy that arrives after it is of an older term.
                 self.send(t.to, Msg::TimeoutNow { term: self.term });
-                self.transfer = Some(Transfer { sent: true, ..t });
+                self.transfer = Some(Transfer {
+                    next_send: now + self.s.heartbeat_interval,
+                    ..t
+                });
             }
         } else if let Some(to) = self.steer_target(now) {
             self.start_transfer(to, false, now);

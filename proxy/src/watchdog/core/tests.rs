@@ -160,3 +160,52 @@ fn the_lease_comes_from_a_quorum_of_acknowledged_stamps() {
             .contains(&Action::DeEscalate { term: 1 })
     );
 }
+
+#[test]
+fn a_hand_over_is_sent_again_until_the_target_campaigns() {
+    let mut n = node(0, 0);
+    n.tick(2_000);
+    n.step(
+        1,
+        Msg::PreVoteResp {
+            term: 1,
+            granted: true,
+        },
+        2_000,
+    );
+    n.step(
+        1,
+        Msg::VoteResp {
+            term: 1,
+            granted: true,
+        },
+        2_001,
+    );
+    assert_eq!(n.role(), Role::Leader);
+    let _ = n.take_ready();
+    n.switchover("n1", 2_010).unwrap();
+    let timeouts = |r: Ready| {
+        r.messages
+            .into_iter()
+            .filter(|(to, m)| *to == 1 && matches!(m, Msg::TimeoutNow { term: 1 }))
+            .count()
+    };
+    assert_eq!(timeouts(n.take_ready()), 1);
+    // The first copy is lost: it goes again a heartbeat later, not before.
+    n.tick(2_050);
+    assert_eq!(timeouts(n.take_ready()), 0);
+    n.tick(2_110);
+    assert_eq!(timeouts(n.take_ready()), 1);
+    // The target campaigns: this term is over here, nothing more is sent.
+    n.step(
+        1,
+        Msg::Vote {
+            term: 2,
+            transfer: true,
+        },
+        2_120,
+    );
+    assert_ne!(n.role(), Role::Leader);
+    n.tick(2_300);
+    assert_eq!(timeouts(n.take_ready()), 0);
+}

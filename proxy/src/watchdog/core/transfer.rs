@@ -34,7 +34,7 @@ impl Node {
         self.transfer = Some(Transfer {
             to,
             deadline: now + self.s.election_timeout,
-            sent: false,
+            next_send: now,
         });
         self.campaign_pinned = pinned;
         self.update_escalation(now);
