@@ -143,9 +143,10 @@ pub async fn start(
         .map(|(i, m)| (m.name.clone(), i))
         .collect();
     let mut peers: HashMap<NodeId, PeerAddr> = HashMap::new();
+    let mut writers = Vec::new();
     for p in &cfg.peers {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(tcp_writer(p.address, rx));
+        writers.push(tokio::spawn(tcp_writer(p.address, rx)));
         peers.insert(
             ids[&p.name],
             PeerAddr {
@@ -189,6 +190,7 @@ pub async fn start(
         codec,
         ids,
         peers,
+        writers,
         udp,
         started,
         started_unix,
@@ -239,6 +241,8 @@ struct Shell {
     codec: Codec,
     ids: HashMap<String, NodeId>,
     peers: HashMap<NodeId, PeerAddr>,
+    /// The peer links' tasks: each ends once its queue is sent and closed.
+    writers: Vec<tokio::task::JoinHandle<()>>,
     udp: UdpSocket,
     started: Instant,
     started_unix: u64,
@@ -316,6 +320,13 @@ impl Shell {
             let term = self.node.term();
             let _ = self.actions.send(Action::DeEscalate { term });
             let _ = tokio::time::timeout(self.election_timeout, done.recv()).await;
+        }
+        // What is queued for the peers goes out before the process ends:
+        // the vote that completes the hand-over is the last message sent.
+        self.peers.clear();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        for w in std::mem::take(&mut self.writers) {
+            let _ = tokio::time::timeout_at(deadline, w).await;
         }
         tracing::info!("watchdog stopped");
     }
