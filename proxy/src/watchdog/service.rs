@@ -172,13 +172,7 @@ pub async fn start(
 
     let (inbound_tx, inbound) = mpsc::channel(256);
     let rejected = Arc::new(AtomicU64::new(0));
-    tokio::spawn(tcp_reader(
-        tcp,
-        codec.clone(),
-        inbound_tx,
-        rejected.clone(),
-        shutdown.clone(),
-    ));
+    tokio::spawn(tcp_reader(tcp, codec.clone(), inbound_tx, rejected.clone()));
     let (actions, actions_rx) = mpsc::unbounded_channel();
     let (done_tx, done) = mpsc::unbounded_channel();
     let mode = escalator.mode().to_string();
@@ -368,6 +362,7 @@ impl Shell {
             return;
         };
         let now = self.now();
+        tracing::trace!(from = %env.from, msg = ?env.msg, term = self.node.term(), role = ?self.node.role(), "watchdog message in");
         self.node.set_priority(from, env.priority);
         for (name, priority) in &env.relayed {
             if let Some(&i) = self.ids.get(name)
@@ -421,6 +416,9 @@ impl Shell {
             };
             let name = &self.node.members()[to].name;
             let udp = matches!(msg, Msg::Heartbeat { .. } | Msg::HeartbeatResp { .. });
+            if !udp {
+                tracing::trace!(to = %name, msg = ?msg, "watchdog message out");
+            }
             let relayed = if matches!(msg, Msg::Heartbeat { .. }) {
                 self.node
                     .members()
@@ -592,13 +590,15 @@ fn still_open(c: &TcpStream) -> bool {
     )
 }
 
-/// Accepts peers' connections and decodes their frames.
+/// Accepts peers' connections and decodes their frames, for as long as
+/// the watchdog runs: a stopping leader still takes the vote that ends its
+/// hand-over, which its successor (restarted meanwhile, say) may send on a
+/// new connection.
 async fn tcp_reader(
     listener: TcpListener,
     codec: Codec,
     inbound: mpsc::Sender<Envelope>,
     rejected: Arc<AtomicU64>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
@@ -606,7 +606,7 @@ async fn tcp_reader(
                 let Ok((stream, _)) = r else { continue };
                 tokio::spawn(read_frames(stream, codec.clone(), inbound.clone(), rejected.clone()));
             }
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = inbound.closed() => return,
         }
     }
 }
