@@ -2,7 +2,8 @@
 //! bridge (in a namespace of its own), plus a link from the root namespace
 //! so that the test reaches every node, and the nodes reach PostgreSQL
 //! through [`Forwarder`]s on the root side's address. Partitions are made
-//! by taking a node's port on the bridge down. Everything is deleted on
+//! by taking a node's port on the bridge down, one-way splits of one path
+//! by an nftables rule in a node's namespace. Everything is deleted on
 //! drop, also when the test panics.
 //!
 //! Addresses: `10.A.B.0/24` with A in 200..250 and B random per test; the
@@ -154,6 +155,38 @@ impl NetNs {
             &self.port_name(i),
             "up",
         ])
+    }
+
+    /// Drops every UDP datagram to `port` arriving in node `i`'s namespace
+    /// (a one-way split of that path: what node `i` sends still leaves).
+    pub fn drop_udp_into(&self, i: usize, port: u16) -> Result<()> {
+        self.nft(
+            i,
+            &format!(
+                "add table inet tpsplit; \
+                 add chain inet tpsplit input {{ type filter hook input priority 0; }}; \
+                 add rule inet tpsplit input udp dport {port} drop"
+            ),
+        )
+    }
+
+    /// Undoes [`drop_udp_into`](Self::drop_udp_into).
+    pub fn accept_udp_into(&self, i: usize) -> Result<()> {
+        self.nft(i, "delete table inet tpsplit")
+    }
+
+    fn nft(&self, i: usize, script: &str) -> Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(i), "nft", script])
+            .output()
+            .context("running nft")?;
+        if !out.status.success() {
+            bail!(
+                "nft {script}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     fn teardown(&mut self) {

@@ -21,7 +21,7 @@ use tokio::{
 };
 
 use super::{
-    core::{Action, Member, Millis, Msg, Node, NodeId, Role, Settings, SwitchoverError},
+    core::{Action, Member, Millis, Msg, Node, NodeId, Path, Role, Settings, SwitchoverError},
     escalate::{EscalateError, Escalator, Outcome, action_name},
     status::{AddressStatus, NodeStatus, WatchdogStatus},
     wire::{Codec, Envelope, MAX_FRAME, unix_ms},
@@ -415,8 +415,8 @@ impl Shell {
                 continue;
             };
             let name = &self.node.members()[to].name;
-            let udp = matches!(msg, Msg::Heartbeat { .. } | Msg::HeartbeatResp { .. });
-            if !udp {
+            let udp = msg.path() == Path::Heartbeat;
+            if !matches!(msg, Msg::Heartbeat { .. } | Msg::HeartbeatResp { .. }) {
                 tracing::trace!(to = %name, msg = ?msg, "watchdog message out");
             }
             let relayed = if matches!(msg, Msg::Heartbeat { .. }) {

@@ -1,10 +1,13 @@
 //! Deterministic simulation of watchdog clusters: seeded schedules of
-//! crashes, restarts, symmetric and one-way partitions, delays, loss and
-//! heals, with clocks running at different rates. Checked on every event:
+//! crashes, restarts, symmetric and one-way partitions (whole links, or the
+//! heartbeat path alone), delays, loss and heals, with clocks running at
+//! different rates. A restarted node leaves its peers' links to it stale:
+//! the next link message to it may be lost, as a write into a connection
+//! the peer's old process held can be. Checked on every event:
 //! never two nodes active at once; after a heal: an active leader within
 //! the election bound, then no change of leader.
 
-use super::core::{Action, Member, Millis, Msg, Node, NodeId, Role, Settings};
+use super::core::{Action, Member, Millis, Msg, Node, NodeId, Path, Role, Settings};
 
 const TICK: u64 = 25;
 
@@ -59,6 +62,10 @@ pub(super) struct Sim {
     offset: Vec<u64>,
     next_tick: Vec<u64>,
     link: Vec<Vec<bool>>,
+    /// `heartbeat_cut[a][b]`: heartbeat-path messages from a to b are lost.
+    heartbeat_cut: Vec<Vec<bool>>,
+    /// `stale[a][b]`: a's link to b predates b's restart.
+    stale: Vec<Vec<bool>>,
     delay: (u64, u64),
     loss: u64,
     queue: Vec<Pending>,
@@ -91,6 +98,8 @@ impl Sim {
             rate,
             offset,
             link: vec![vec![true; n]; n],
+            heartbeat_cut: vec![vec![false; n]; n],
+            stale: vec![vec![false; n]; n],
             delay: (1, 5),
             loss: 0,
             queue: Vec::new(),
@@ -112,6 +121,13 @@ impl Sim {
 
     fn start(&mut self, i: NodeId) {
         self.incarnation[i] += 1;
+        // Its own links are new; its peers' links to it are stale.
+        self.stale[i].fill(false);
+        if self.incarnation[i] > 1 {
+            for a in 0..self.nodes.len() {
+                self.stale[a][i] = a != i && self.nodes[a].is_some();
+            }
+        }
         let seed = self.rng.next();
         let now = self.local(i);
         self.nodes[i] = Some(Node::new(
@@ -146,6 +162,7 @@ impl Sim {
     pub(super) fn heal(&mut self) {
         let n = self.nodes.len();
         self.link = vec![vec![true; n]; n];
+        self.heartbeat_cut = vec![vec![false; n]; n];
         self.delay = (1, 5);
         self.loss = 0;
         for i in 0..n {
@@ -160,7 +177,7 @@ impl Sim {
     fn fault(&mut self) {
         let n = self.nodes.len();
         let i = self.rng.below(n as u64) as usize;
-        match self.rng.below(8) {
+        match self.rng.below(9) {
             0 => self.crash(i),
             1 => {
                 if self.nodes[i].is_none() {
@@ -181,6 +198,7 @@ impl Sim {
                 self.link[i][j] = false;
                 self.trace.push(format!("{} drop n{i}->n{j}", self.now));
             }
+            8 => self.deafen(i),
             5 => {
                 self.delay = (self.rng.below(50), 50 + self.rng.below(300));
                 self.trace
@@ -194,6 +212,8 @@ impl Sim {
                 let j = self.rng.below(n as u64) as usize;
                 self.link[i][j] = true;
                 self.link[j][i] = true;
+                self.heartbeat_cut[i][j] = false;
+                self.heartbeat_cut[j][i] = false;
             }
         }
     }
@@ -249,8 +269,23 @@ impl Sim {
             if !self.link[i][to] || self.rng.chance(self.loss) {
                 continue;
             }
+            let mut extra = 0;
+            match msg.path() {
+                Path::Heartbeat if self.heartbeat_cut[i][to] => continue,
+                Path::Heartbeat => {}
+                Path::Link if self.stale[i][to] => {
+                    // The first write after the peer restarted: lost, or
+                    // sent again on a fresh connection.
+                    self.stale[i][to] = false;
+                    if self.rng.chance(50) {
+                        continue;
+                    }
+                    extra = 1 + self.rng.below(20);
+                }
+                Path::Link => {}
+            }
             let (lo, hi) = self.delay;
-            let at = self.now + lo + self.rng.below(hi - lo + 1);
+            let at = self.now + extra + lo + self.rng.below(hi - lo + 1);
             self.queue.push(Pending {
                 at,
                 from: i,
@@ -340,6 +375,15 @@ impl Sim {
                 self.link[j][i] = false;
             }
         }
+    }
+
+    /// Drops every heartbeat-path message into `i`; links stay up.
+    pub(super) fn deafen(&mut self, i: NodeId) {
+        for a in 0..self.nodes.len() {
+            self.heartbeat_cut[a][i] = a != i;
+        }
+        self.trace
+            .push(format!("{} heartbeats into n{i} dropped", self.now));
     }
 
     pub(super) fn crash_node(&mut self, i: NodeId) {
@@ -444,7 +488,12 @@ mod tests {
             let a = sim.active();
             assert!(a.len() == 1 && a[0] != old, "seed {seed}: {a:?}");
             let (at, _) = *sim.leader_changes.last().unwrap();
-            assert!(at - t0 <= 2_500, "seed {seed}: took {} ms", at - t0);
+            assert!(
+                at - t0 <= 2_500,
+                "seed {seed}: took {} ms\n{}",
+                at - t0,
+                sim.trace.join("\n")
+            );
         }
     }
 
@@ -465,6 +514,72 @@ mod tests {
             let t = sim.now() + 5_000;
             sim.run_until(t).unwrap();
             assert_eq!(sim.leader_changes.len(), changes, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_leader_deaf_to_heartbeat_replies_is_replaced_and_never_leads_again() {
+        let mut took = Vec::new();
+        for seed in 0..schedules() / 10 {
+            let mut sim = Sim::new(3, seed, settings(), &[]);
+            let old = stable_leader(&mut sim);
+            let t0 = sim.now();
+            sim.deafen(old);
+            let changes = sim.leader_changes.len();
+            let t = t0 + 20_000;
+            sim.run_until(t).unwrap();
+            let moved: Vec<_> = sim.leader_changes[changes..].to_vec();
+            let trace = || sim.trace[sim.trace.len().saturating_sub(40)..].join("\n");
+            // One move, to another node, within 2.5 s; then it stays.
+            assert_eq!(moved.len(), 1, "seed {seed}: {moved:?}\n{}", trace());
+            let (at, to) = moved[0];
+            assert!(to.is_some_and(|n| n != old), "seed {seed}: {moved:?}");
+            assert!(
+                at - t0 <= 2_500,
+                "seed {seed}: took {} ms\n{}",
+                at - t0,
+                trace()
+            );
+            assert_ne!(sim.node(old).unwrap().role(), Role::Leader, "seed {seed}");
+            took.push(at - t0);
+        }
+        took.sort_unstable();
+        eprintln!(
+            "deaf leader replaced after (simulated ms): median {}, max {}",
+            took[took.len() / 2],
+            took[took.len() - 1]
+        );
+    }
+
+    #[test]
+    fn links_left_stale_by_restarts_cost_no_safety_and_heal() {
+        for seed in 0..schedules() / 4 {
+            let mut sim = Sim::new(3, seed * 31 + 7, settings(), &[]);
+            let mut leader = stable_leader(&mut sim);
+            for _ in 0..4 {
+                // Followers restart first, then the leader is killed.
+                for i in (0..3).filter(|&i| i != leader) {
+                    sim.crash_node(i);
+                    sim.heal();
+                    let t = sim.now() + 1_200;
+                    if let Err(e) = sim.run_until(t) {
+                        panic!("seed {seed}: {e}\n{}", sim.trace.join("\n"));
+                    }
+                }
+                sim.crash_node(leader);
+                let t = sim.now() + HEAL_BOUND;
+                if let Err(e) = sim.run_until(t) {
+                    panic!("seed {seed}: {e}\n{}", sim.trace.join("\n"));
+                }
+                let a = sim.active();
+                assert!(
+                    a.len() == 1 && a[0] != leader,
+                    "seed {seed}: {a:?}\n{}",
+                    sim.trace.join("\n")
+                );
+                leader = a[0];
+                sim.heal();
+            }
         }
     }
 

@@ -319,6 +319,34 @@ pub fn index(node: &str) -> usize {
     node.trim_start_matches("tp").parse().unwrap()
 }
 
+/// Prints `LABEL: min …, median …, max … (ms min=… median=… max=…)`,
+/// the line scripts/bench-watchdog reads. Sorts `took`.
+pub fn report(label: &str, took: &mut [Duration]) {
+    took.sort();
+    let (min, median, max) = (took[0], took[took.len() / 2], took[took.len() - 1]);
+    eprintln!(
+        "{label}: min {min:?}, median {median:?}, max {max:?} (ms min={} median={} max={})",
+        min.as_millis(),
+        median.as_millis(),
+        max.as_millis()
+    );
+}
+
+/// Stops node `i` with SIGTERM and starts it again; waits until it
+/// follows `leader`.
+pub fn restart_follower(g: &mut Group, i: usize, leader: &str) -> Result<()> {
+    if let Some(t) = g.nodes[i].as_mut() {
+        t.terminate(Duration::from_secs(10))?;
+    }
+    g.launch(i)?;
+    poll(
+        Duration::from_secs(10),
+        "the restarted follower to follow",
+        || g.status(i).ok().filter(|s| s["leader"] == leader),
+    )?;
+    Ok(())
+}
+
 pub fn first_leader(g: &Group) -> Result<Move> {
     g.wait_escalated(0, &[], Duration::from_secs(15))
 }

@@ -1,7 +1,10 @@
 //! The watchdog's state machine: leader election with leases, no I/O.
 //!
 //! A Raft-style election without a log: terms, one vote per term,
-//! pre-vote (a node that cannot win does not disturb the others),
+//! pre-vote (a node that cannot win does not disturb the others, and a
+//! node that cannot hear heartbeat replies cannot win: pre-votes take the
+//! heartbeats' path, see [`Path`]; of two pre-candidates of one round only
+//! one goes on, so equal timers do not split the vote),
 //! check-quorum (a leader that cannot hear a quorum steps down, and a
 //! follower that hears its leader refuses to vote), and leadership
 //! transfer. On top of it, a leader **lease**: a heartbeat round stamped
@@ -92,7 +95,35 @@ pub enum Msg {
     },
 }
 
+/// How a message travels between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The heartbeat path (UDP): heartbeats, their acknowledgements, and
+    /// pre-votes with their answers. A node wins a pre-vote only if it
+    /// hears the answers on the path a lease's acknowledgements take, so
+    /// a node that cannot hear heartbeat replies (a one-way split) never
+    /// starts an election it could win but never hold a lease after.
+    Heartbeat,
+    /// The peer link (TCP): votes, hand-overs, switchover requests —
+    /// rare messages whose loss costs an election.
+    Link,
+}
+
 impl Msg {
+    /// The path this message takes (see [`Path`]).
+    pub fn path(&self) -> Path {
+        match self {
+            Msg::Heartbeat { .. }
+            | Msg::HeartbeatResp { .. }
+            | Msg::PreVote { .. }
+            | Msg::PreVoteResp { .. } => Path::Heartbeat,
+            Msg::Vote { .. }
+            | Msg::VoteResp { .. }
+            | Msg::TimeoutNow { .. }
+            | Msg::TransferRequest { .. } => Path::Link,
+        }
+    }
+
     pub fn term(&self) -> u64 {
         match self {
             Msg::PreVote { term }
@@ -179,7 +210,11 @@ pub struct Node {
     boot_until: Millis,
     heard_leader_at: Millis,
     election_at: Millis,
+    /// When the current pre-vote round started.
+    pre_vote_at: Millis,
     granted: Vec<bool>,
+    /// Peers that refused this node's current pre-vote round.
+    refused: Vec<bool>,
     peers: Vec<Peer>,
     leader_since: Millis,
     next_heartbeat: Millis,
@@ -211,7 +246,9 @@ impl Node {
             boot_until: now + s.election_timeout,
             heard_leader_at: 0,
             election_at: 0,
+            pre_vote_at: 0,
             granted: vec![false; n],
+            refused: vec![false; n],
             peers: vec![Peer::default(); n],
             leader_since: 0,
             next_heartbeat: 0,
@@ -371,12 +408,21 @@ impl Node {
         }
     }
 
+    /// Whether `peer` goes before this node when both want to lead:
+    /// higher priority first, then the lower id.
+    fn precedes(&self, peer: NodeId) -> bool {
+        let key = |i: NodeId| (self.members[i].priority, std::cmp::Reverse(i));
+        key(peer) > key(self.id)
+    }
+
     fn count_granted(&self) -> usize {
         self.granted.iter().filter(|g| **g).count()
     }
 
     fn start_pre_vote(&mut self, now: Millis) {
         self.role = Role::PreCandidate;
+        self.pre_vote_at = now;
+        self.refused.fill(false);
         self.leader = None;
         self.campaign_pinned = false;
         self.granted.fill(false);
@@ -474,8 +520,11 @@ impl Node {
             self.lease_until = self.lease_until.max(s + self.s.lease);
         }
         let heard = quorum_stamp.unwrap_or(0).max(self.leader_since);
-        if now >= heard + self.s.election_timeout {
-            // check-quorum: a leader nobody can hear steps down.
+        if now >= heard + self.s.lease + self.s.heartbeat_interval {
+            // check-quorum: a leader whose lease ran out and whose next
+            // round went unacknowledged too steps down. It holds nothing
+            // by then; its heartbeats only keep the followers from
+            // electing a leader that can.
             return self.become_follower(self.term, None, now);
         }
         if let Some(t) = self.transfer {

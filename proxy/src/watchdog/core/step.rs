@@ -20,7 +20,10 @@ impl Node {
         let term = msg.term();
         match msg {
             Msg::PreVote { term } => {
-                let granted = term > self.term && !self.in_lease(now) && now >= self.boot_until;
+                let mut granted = term > self.term && !self.in_lease(now) && now >= self.boot_until;
+                if granted {
+                    granted = self.make_way(from, term, now);
+                }
                 // A refusal carries this node's own term, so that a
                 // candidate behind it catches up and one level with it
                 // does not move.
@@ -38,6 +41,9 @@ impl Node {
                     }
                 }
                 return;
+            }
+            Msg::PreVoteResp { granted: false, .. } if self.role == Role::PreCandidate => {
+                self.refused[from] = true;
             }
             _ => {}
         }
@@ -109,6 +115,31 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// Before granting `from` a pre-vote for `term`: a pre-candidate of
+    /// the same round, still waiting for its answers (and not refused by
+    /// `from`), refuses if it goes first and otherwise steps back; a follower (or a pre-candidate whose
+    /// round went unanswered) holds its own campaign back for two
+    /// heartbeats, time for `from` to win. So two timers that fire together
+    /// do not split the vote. Nothing is promised: if `from` does not
+    /// campaign, this node's timer fires again soon.
+    fn make_way(&mut self, from: NodeId, term: u64, now: Millis) -> bool {
+        let window = 2 * self.s.heartbeat_interval;
+        let hold = now + window;
+        match self.role {
+            Role::PreCandidate if term == self.term + 1 => {
+                let waiting = now < self.pre_vote_at + window && !self.refused[from];
+                if waiting && !self.precedes(from) {
+                    return false;
+                }
+                self.role = Role::Follower;
+                self.election_at = hold;
+            }
+            Role::Follower => self.election_at = self.election_at.max(hold),
+            _ => {}
+        }
+        true
     }
 
     fn on_heartbeat(&mut self, from: NodeId, stamp: Millis, now: Millis) {

@@ -209,3 +209,89 @@ fn a_hand_over_is_sent_again_until_the_target_campaigns() {
     n.tick(2_300);
     assert_eq!(timeouts(n.take_ready()), 0);
 }
+
+/// A node of this test's cluster as a pre-candidate of round 1 at `now`.
+fn pre_candidate(id: NodeId, now: Millis) -> Node {
+    let mut n = node(id, 0);
+    n.tick(now);
+    assert_eq!(n.role(), Role::PreCandidate);
+    n.take_ready();
+    n
+}
+
+#[test]
+fn of_two_pre_candidates_of_one_round_only_the_first_in_order_goes_on() {
+    // n0 goes before n1 (equal priority, lower id).
+    let mut n0 = pre_candidate(0, 2_000);
+    let mut n1 = pre_candidate(1, 2_000);
+    n0.step(1, Msg::PreVote { term: 1 }, 2_001);
+    assert_eq!(granted(n0.take_ready()), Some(false));
+    assert_eq!(n0.role(), Role::PreCandidate);
+    n1.step(0, Msg::PreVote { term: 1 }, 2_001);
+    assert_eq!(granted(n1.take_ready()), Some(true));
+    assert_eq!(n1.role(), Role::Follower);
+    // n1 holds its own campaign back while n0 wins.
+    n1.tick(2_150);
+    assert_eq!(n1.role(), Role::Follower);
+}
+
+#[test]
+fn a_pre_candidate_refused_by_a_peer_makes_way_for_it() {
+    let mut n0 = pre_candidate(0, 2_000);
+    n0.step(
+        1,
+        Msg::PreVoteResp {
+            term: 0,
+            granted: false,
+        },
+        2_002,
+    );
+    // n1 could not grant n0's round; n0 must not block n1's.
+    n0.step(1, Msg::PreVote { term: 1 }, 2_010);
+    assert_eq!(granted(n0.take_ready()), Some(true));
+    assert_eq!(n0.role(), Role::Follower);
+}
+
+#[test]
+fn pre_votes_travel_with_heartbeats_and_votes_on_the_link() {
+    assert_eq!(Msg::PreVote { term: 1 }.path(), Path::Heartbeat);
+    let resp = Msg::PreVoteResp {
+        term: 1,
+        granted: true,
+    };
+    assert_eq!(resp.path(), Path::Heartbeat);
+    let vote = Msg::Vote {
+        term: 1,
+        transfer: false,
+    };
+    assert_eq!(vote.path(), Path::Link);
+    assert_eq!(Msg::TimeoutNow { term: 1 }.path(), Path::Link);
+}
+
+#[test]
+fn a_leader_without_acknowledgements_steps_down_after_its_lease_and_a_heartbeat() {
+    let mut n = node(0, 0);
+    n.tick(2_000);
+    n.step(
+        1,
+        Msg::PreVoteResp {
+            term: 1,
+            granted: true,
+        },
+        2_001,
+    );
+    n.step(
+        1,
+        Msg::VoteResp {
+            term: 1,
+            granted: true,
+        },
+        2_002,
+    );
+    assert_eq!(n.role(), Role::Leader);
+    // No heartbeat is ever acknowledged.
+    n.tick(2_002 + 600 + 100 - 1);
+    assert_eq!(n.role(), Role::Leader);
+    n.tick(2_002 + 600 + 100);
+    assert_eq!(n.role(), Role::Follower);
+}
