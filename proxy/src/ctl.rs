@@ -73,8 +73,12 @@ pub enum CtlCommand {
     },
     /// Re-read the configuration file of the running server.
     Reload,
-    /// Drop every entry of the query cache.
-    CacheInvalidate,
+    /// Drop the query cache's results: of one table, or all of them.
+    CacheInvalidate {
+        /// Only results that read this table (in every database).
+        #[arg(long)]
+        table: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +190,11 @@ pub fn request_for(cmd: &CtlCommand) -> (Method, Vec<String>, Option<Value>) {
             Some(json!({ "to": to })),
         ),
         CtlCommand::Reload => (Method::POST, segs(&["v1", "reload"]), None),
-        CtlCommand::CacheInvalidate => (Method::POST, segs(&["v1", "cache", "invalidate"]), None),
+        CtlCommand::CacheInvalidate { table } => (
+            Method::POST,
+            segs(&["v1", "cache", "invalidate"]),
+            table.as_ref().map(|t| json!({ "table": t })),
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod credentials;

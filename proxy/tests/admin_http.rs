@@ -453,33 +453,31 @@ async fn reload_refuses_a_broken_file_and_applies_a_valid_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn features_missing_from_this_build_answer_501_and_ctl_fails() {
+async fn cache_invalidation_with_the_cache_off_is_refused_and_ctl_fails() {
     let admin = start("").await;
-    let cases = [(Method::POST, "/v1/cache/invalidate", "query cache")];
-    for (method, path, feature) in cases {
-        let (status, body) = admin.request(method, path, None).await;
-        assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{path}: {body}");
-        let v = json(&body);
-        assert_eq!(v["feature"], feature, "{path}");
-        assert!(
-            v["error"].as_str().unwrap().contains("not available"),
-            "{body}"
-        );
-    }
+    let (status, body) = admin
+        .request(Method::POST, "/v1/cache/invalidate", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("query cache is off"),
+        "{body}"
+    );
     assert_eq!(admin.get("/v1/nope").await.0, StatusCode::NOT_FOUND);
 
     let url = admin.url("");
-    for args in [vec!["cache-invalidate"]] {
-        let mut all = vec!["--url", url.as_str()];
-        all.extend(args.iter());
-        let out = admin.ctl(&all).await;
-        assert!(!out.status.success(), "{args:?} must fail");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("501") && stderr.contains("not available"),
-            "{stderr}"
-        );
-    }
+    let out = admin
+        .ctl(&["--url", url.as_str(), "cache-invalidate", "--table", "t"])
+        .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("409") && stderr.contains("query cache is off"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

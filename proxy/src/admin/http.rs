@@ -5,10 +5,9 @@
 //! of state to change it (`server::reload` for the configuration, the
 //! cluster's failover manager for attach, detach, promote and recover).
 //! The watchdog's view and planned switchover come from the watchdog task
-//! (404 when `[watchdog]` is not configured). Requests that belong to
-//! features this build does not contain (the query cache) are answered 501
-//! with the feature's name, so a script never mistakes "not available" for
-//! "done".
+//! (404 when `[watchdog]` is not configured). Cache invalidation asks the
+//! query cache (409 when it is off, so a script never mistakes "off" for
+//! "done").
 //!
 //! In front of the handlers, outermost first: what a web browser sends for
 //! another site is refused (403), and so, on a loopback socket, is a
@@ -166,7 +165,7 @@ pub fn router(shared: Arc<Shared>, bound: SocketAddr) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/watchdog", get(watchdog_status))
         .route("/v1/watchdog/switchover", post(watchdog_switchover))
-        .route("/v1/cache/invalidate", post(cache_unavailable))
+        .route("/v1/cache/invalidate", post(cache_invalidate))
         .fallback(not_found)
         .layer(middleware::from_fn(limit_handler_time))
         .merge(node_actions)
@@ -502,17 +501,6 @@ async fn reload(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiErr
     }
 }
 
-/// The answer for requests whose feature this build does not contain.
-fn unavailable(feature: &str, what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "{what} needs the {feature} feature, which is not available in this build of tidepool"
-        ),
-    )
-    .with("feature", json!(feature))
-}
-
 /// Carries out a node action through the failover manager and answers
 /// with the node's state afterwards.
 async fn node_action(shared: &Shared, id: &str, action: Action) -> Result<Json<Value>, ApiError> {
@@ -643,8 +631,35 @@ async fn watchdog_switchover(
     }
 }
 
-async fn cache_unavailable() -> ApiError {
-    unavailable("query cache", "cache invalidation")
+#[derive(serde::Deserialize)]
+struct InvalidateBody {
+    table: Option<String>,
+}
+
+/// `POST /v1/cache/invalidate [{"table": T}]`: drops the query cache's
+/// results that read T (in every database), or every result.
+async fn cache_invalidate(
+    State(shared): State<Arc<Shared>>,
+    body: Option<Json<InvalidateBody>>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(cache) = &shared.query_cache else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the query cache is off: set [query_cache] enabled = true",
+        ));
+    };
+    let table = body.and_then(|Json(b)| b.table);
+    cache
+        .invalidate(table.as_deref())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(Json(json!({
+        "message": match &table {
+            Some(t) => format!("results reading {t} dropped"),
+            None => "every cached result dropped".to_string(),
+        },
+        "table": table,
+    })))
 }
 
 async fn not_found(request: Request) -> ApiError {

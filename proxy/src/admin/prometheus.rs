@@ -39,6 +39,14 @@ pub struct ProcessFigures {
     pub sessions_pinned: u64,
     pub standby_refusals: u64,
     pub reloads: u64,
+    /// Query cache (all zero when it is off).
+    pub cache_selects: u64,
+    pub cache_hits: u64,
+    pub cache_stores: u64,
+    pub cache_not_stored: u64,
+    pub cache_invalidations: u64,
+    pub cache_hit_bytes: u64,
+    pub cache_store_errors: u64,
 }
 
 /// Changes the failover manager made to the node table.
@@ -103,7 +111,19 @@ impl Figures {
             sessions_pinned: m.pinned.load(Ordering::Relaxed),
             standby_refusals: m.standby_refusals.load(Ordering::Relaxed),
             reloads: m.reloads.load(Ordering::Relaxed),
+            ..ProcessFigures::default()
         };
+        let mut process = process;
+        if let Some(q) = &shared.query_cache {
+            let st = &q.stats;
+            process.cache_selects = st.selects.load(Ordering::Relaxed);
+            process.cache_hits = st.hits.load(Ordering::Relaxed);
+            process.cache_stores = st.stores.load(Ordering::Relaxed);
+            process.cache_not_stored = st.not_stored.load(Ordering::Relaxed);
+            process.cache_invalidations = st.invalidations.load(Ordering::Relaxed);
+            process.cache_hit_bytes = st.hit_bytes.load(Ordering::Relaxed);
+            process.cache_store_errors = q.usage().store_errors;
+        }
         let c = &shared.cluster.stats;
         let cluster = ClusterFigures {
             failovers: c.failovers.load(Ordering::Relaxed),
@@ -317,7 +337,48 @@ impl Figures {
             "reloads",
             "Configuration reloads applied.",
             one(p.reloads),
-        )
+        )?;
+        let cache: [(&str, &str, u64); 7] = [
+            (
+                "query_cache_lookups",
+                "Cacheable SELECTs looked up in the query cache.",
+                p.cache_selects,
+            ),
+            (
+                "query_cache_hits",
+                "SELECTs answered from the query cache.",
+                p.cache_hits,
+            ),
+            (
+                "query_cache_stores",
+                "Results kept in the query cache.",
+                p.cache_stores,
+            ),
+            (
+                "query_cache_not_stored",
+                "Results not kept: over max_entry_size.",
+                p.cache_not_stored,
+            ),
+            (
+                "query_cache_invalidations",
+                "Writing transactions that ended and moved their tables' cache generations on.",
+                p.cache_invalidations,
+            ),
+            (
+                "query_cache_hit_bytes",
+                "Bytes of results sent from the query cache.",
+                p.cache_hit_bytes,
+            ),
+            (
+                "query_cache_store_errors",
+                "Requests to memcached that failed or timed out (the query went to the database).",
+                p.cache_store_errors,
+            ),
+        ];
+        for (name, help, v) in cache {
+            counters(enc, name, help, one(v))?;
+        }
+        Ok(())
     }
 
     fn encode_cluster(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {

@@ -52,8 +52,81 @@ pub fn answer_in_session(sql: &str, shared: &Shared, read_node: Option<usize>) -
         "pool_health_check_stats" => health_check_stats(shared),
         "pool_backend_stats" => backend_stats(shared),
         "pool_watchdog" => pool_watchdog(shared),
+        "pool_cache" => pool_cache(shared),
         _ => return None,
     })
+}
+
+/// Pgpool-II's `SHOW POOL_CACHE` columns, then tidepool's own. Sizes the
+/// memcached store does not tell are NULL.
+fn pool_cache(shared: &Shared) -> Table {
+    use std::sync::atomic::Ordering::Relaxed;
+    let columns = vec![
+        "num_cache_hits",
+        "num_selects",
+        "cache_hit_ratio",
+        "num_hash_entries",
+        "used_hash_entries",
+        "num_cache_entries",
+        "used_cache_entries_size",
+        "free_cache_entries_size",
+        "fragment_cache_entries_size",
+        "store",
+        "num_stores",
+        "num_invalidations",
+        "store_errors",
+        "store_available",
+    ];
+    let Some(c) = &shared.query_cache else {
+        return Table {
+            columns,
+            rows: vec![vec![
+                s(0),
+                s(0),
+                s("0.00"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                s("off"),
+                s(0),
+                s(0),
+                s(0),
+                s("false"),
+            ]],
+        };
+    };
+    let hits = c.stats.hits.load(Relaxed);
+    let selects = c.stats.selects.load(Relaxed);
+    let ratio = if selects == 0 {
+        0.0
+    } else {
+        hits as f64 / selects as f64
+    };
+    let u = c.usage();
+    Table {
+        columns,
+        rows: vec![vec![
+            s(hits),
+            s(selects),
+            s(format!("{ratio:.2}")),
+            u.entries.map(|e| e.to_string()),
+            u.entries.map(|e| e.to_string()),
+            u.entries.map(|e| e.to_string()),
+            u.used_bytes.map(|e| e.to_string()),
+            u.capacity
+                .zip(u.used_bytes)
+                .map(|(c, used)| c.saturating_sub(used).to_string()),
+            u.entries.map(|_| "0".to_string()),
+            s(c.store_name()),
+            s(c.stats.stores.load(Relaxed)),
+            s(c.stats.invalidations.load(Relaxed)),
+            s(u.store_errors),
+            s(!u.store_down),
+        ]],
+    }
 }
 
 fn s(v: impl ToString) -> Option<String> {

@@ -7,6 +7,7 @@
 //! all at once.
 
 mod defaults;
+mod query_cache;
 mod routing;
 mod tls;
 pub mod validate;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::HbaRuleConfig;
 
+pub use query_cache::{CacheStore, Invalidation, QueryCacheConfig};
 pub use routing::{LoadBalancingConfig, OnWrite};
 pub use tls::{
     BackendAuth, BackendTlsConfig, CertMapConfig, ClientMode, SslMode, TlsConfig, TlsVersion,
@@ -34,6 +36,8 @@ pub struct Config {
     pub health_check: HealthCheckConfig,
     pub failover: FailoverConfig,
     pub load_balancing: LoadBalancingConfig,
+    /// `[query_cache]`: SELECT results answered without the database.
+    pub query_cache: QueryCacheConfig,
     pub logging: LoggingConfig,
     pub backends: Vec<BackendConfig>,
     pub users: Vec<UserConfig>,

@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "health_check",
     "failover",
     "load_balancing",
+    "query_cache",
     "logging",
     "backends",
     "users",
@@ -173,6 +174,7 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
         health_check: section(table.get("health_check"), "health_check", &mut errors),
         failover: section(table.get("failover"), "failover", &mut errors),
         load_balancing: section(table.get("load_balancing"), "load_balancing", &mut errors),
+        query_cache: section(table.get("query_cache"), "query_cache", &mut errors),
         logging: section(table.get("logging"), "logging", &mut errors),
         backends: entries(
             table.get("backends"),
@@ -542,6 +544,10 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
     errors.extend(super::watchdog::validate(
         c.watchdog.as_ref(),
         c.escalation.as_ref(),
+    ));
+    errors.extend(super::query_cache::validate(
+        &c.query_cache,
+        c.watchdog.is_some(),
     ));
     errors
 }

@@ -34,6 +34,10 @@ pub struct Class {
     pub tables: Vec<String>,
     /// Relations it writes.
     pub written: Vec<String>,
+    /// It may change data other than by DML on `written` (DDL, TRUNCATE,
+    /// COPY FROM, SELECT INTO, two-phase commit, a statement that could
+    /// not be parsed): the query cache drops every result on it.
+    pub writes_elsewhere: bool,
     /// Functions it calls (for the volatility check).
     pub functions: Vec<String>,
     /// Starts with a comment (Pgpool-II's `allow_sql_comments`).
@@ -75,6 +79,7 @@ impl Classifier {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return Arc::new(Class {
                 write: Some("statement too long to classify (over 1 MiB)"),
+                writes_elsewhere: true,
                 ..Class::default()
             });
         }
@@ -190,6 +195,7 @@ pub fn classify_uncached(sql: &str) -> Class {
         Ok(p) => p,
         Err(_) => {
             class.write = Some("statement could not be parsed");
+            class.writes_elsewhere = true;
             return class;
         }
     };
@@ -223,6 +229,7 @@ pub fn classify_uncached(sql: &str) -> Class {
                 all_select = false;
                 if c.is_from {
                     class.write.get_or_insert("COPY FROM writes");
+                    class.writes_elsewhere = true;
                 }
             }
             N::VariableSetStmt(_) | N::DiscardStmt(_) | N::DeallocateStmt(_) => {
@@ -253,14 +260,22 @@ pub fn classify_uncached(sql: &str) -> Class {
                     | TransactionStmtKind::TransStmtRollbackTo => {}
                     _ => {
                         class.write.get_or_insert("two-phase commit command");
+                        class.writes_elsewhere = true;
                     }
                 }
+            }
+            N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_) | N::MergeStmt(_) => {
+                all_select = false;
+                class
+                    .write
+                    .get_or_insert("statement writes or changes state");
             }
             _ => {
                 all_select = false;
                 class
                     .write
                     .get_or_insert("statement writes or changes state");
+                class.writes_elsewhere = true;
             }
         }
         if matches!(node, N::VariableSetStmt(_))
@@ -279,8 +294,12 @@ pub fn classify_uncached(sql: &str) -> Class {
             NodeRef::SelectStmt(s) if !s.locking_clause.is_empty() => {
                 Some("SELECT … FOR UPDATE/SHARE locks rows")
             }
-            NodeRef::IntoClause(_) => Some("SELECT INTO creates a table"),
+            NodeRef::IntoClause(_) => {
+                class.writes_elsewhere = true;
+                Some("SELECT INTO creates a table")
+            }
             NodeRef::SelectStmt(s) if s.into_clause.is_some() => {
+                class.writes_elsewhere = true;
                 Some("SELECT INTO creates a table")
             }
             _ => None,

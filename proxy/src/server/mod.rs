@@ -63,6 +63,8 @@ pub struct Shared {
     /// In a watchdog cluster, who sees which backend failing and the
     /// leader's node table (`None` without `[watchdog]`).
     pub consensus: Option<Arc<crate::cluster::consensus::Consensus>>,
+    /// The query cache, when `[query_cache]` is enabled (fixed at start).
+    pub query_cache: Option<Arc<crate::cache::QueryCache>>,
 }
 
 impl Shared {
@@ -103,6 +105,7 @@ impl Shared {
             started: SystemTime::now(),
             watchdog: std::sync::OnceLock::new(),
             consensus,
+            query_cache: crate::cache::QueryCache::new(&config.query_cache),
             config_path,
             config: ArcSwap::from_pointee(config),
         })
@@ -192,6 +195,10 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
     }
     if old.server.worker_threads != new.server.worker_threads {
         needs_restart.push("server.worker_threads".to_string());
+    }
+    if old.query_cache != new.query_cache {
+        // The cache and its store are made at start.
+        needs_restart.push("query_cache".to_string());
     }
     if old.watchdog != new.watchdog || old.escalation != new.escalation {
         // The watchdog reads its settings at start (docs/watchdog.md).

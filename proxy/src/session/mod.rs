@@ -7,6 +7,7 @@
 //! (so a connection goes back to its pool at ReadyForQuery 'I'), settings
 //! and pinning state (see [`state`]).
 
+mod cached;
 mod connect;
 mod expect;
 mod login;
@@ -116,6 +117,12 @@ pub struct Session {
     /// Answering a batch of named Parse messages and its Sync without a
     /// server connection (see `defers_prepare`).
     deferring: bool,
+    /// Query cache: a result being read to keep, the tables the open
+    /// transaction writes, and whether this session may use the cache at
+    /// all (not after it made a temporary table, which may shadow one).
+    capture: Option<cached::Capture>,
+    cache_writes: cached::Writes,
+    cache_off: bool,
     /// Work that may write was sent and its transaction has not ended yet:
     /// when it ends, the session's reads need a standby that replayed it.
     write_open: bool,
@@ -167,6 +174,9 @@ impl Session {
             force_primary: false,
             deferring: false,
             write_open: false,
+            capture: None,
+            cache_writes: cached::Writes::default(),
+            cache_off: false,
             client_pid: 0,
             cancel,
             // Grown on demand: thousands of idle clients must cost little.
@@ -521,6 +531,9 @@ impl Session {
     async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
         tracing::trace!(parent: &self.span, tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
         let msg = message::decode(&f).map_err(SessionEnd::Protocol)?;
+        if self.shared.query_cache.is_some() && self.cache_turn(&msg).await {
+            return Ok(());
+        }
         self.note_writes(&msg);
         if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
             return self.defer_prepare(&f);

@@ -31,6 +31,7 @@ impl Session {
             };
             match g.backend(&f, bytes) {
                 Verdict::Hold => {
+                    self.cache_reply_altered();
                     if f.tag == b'S' {
                         self.note_parameter(&f);
                     }
@@ -49,12 +50,19 @@ impl Session {
         }
         match forward {
             Forward::Hide => {}
-            Forward::Replace(b) => self.to_client.extend_from_slice(&b),
-            Forward::As if f.tag == b'A' => self.forward_notification(&f),
+            Forward::Replace(b) => {
+                self.cache_reply_altered();
+                self.to_client.extend_from_slice(&b)
+            }
+            Forward::As if f.tag == b'A' => {
+                self.cache_reply_altered();
+                self.forward_notification(&f)
+            }
             Forward::As => {
                 if f.tag == b'S' {
                     self.note_parameter(&f);
                 }
+                self.cache_reply(&f);
                 self.to_client.extend_from_slice(&f.bytes);
             }
         }
@@ -66,6 +74,9 @@ impl Session {
     pub(super) fn apply(&mut self, e: Effect) {
         match e {
             Effect::Ready(status) => {
+                if status == b'I' {
+                    self.cache_transaction_ended();
+                }
                 if self.write_open && status == b'I' {
                     // Committed (or rolled back): from now on the
                     // session's reads need a standby that has it.

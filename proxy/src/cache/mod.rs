@@ -1,0 +1,250 @@
+//! The query cache: results of read-only SELECTs answered without the
+//! database, from memory or memcached, never stale after a write that
+//! passed through tidepool.
+//!
+//! Invalidation by generations. Every table (per database) has a
+//! generation and a count of writes in flight. A write marks its tables
+//! before it is sent; when its transaction ends, their generations move on
+//! and the marks go. A result is stored with the generations it was read
+//! at (read before the query was sent, and only while nothing it reads is
+//! being written), and served only while they are still current and no
+//! write to its tables is in flight. So a result read before a write
+//! committed can never be served after the writer saw its commit: either
+//! the write's mark is still there (no hit) or the generation has moved on
+//! (no hit). With the memcached store every node shares generations and
+//! marks, so this holds across a watchdog group.
+//!
+//! `policy.rs` decides what may be cached and what a write invalidates;
+//! `memory.rs` and `memcached.rs` keep entries and generations.
+
+mod memcached;
+mod memory;
+pub mod policy;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use bytes::Bytes;
+
+use crate::config::{CacheStore, QueryCacheConfig};
+
+pub use policy::{Policy, Skip};
+
+/// A stored result: the messages the client got (RowDescription,
+/// DataRow…, CommandComplete, as the server sent them) and the
+/// generations of the tables it was read at.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub stamp: Vec<u64>,
+    pub bytes: Bytes,
+}
+
+impl Entry {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(4 + 8 * self.stamp.len() + self.bytes.len());
+        v.extend_from_slice(&(self.stamp.len() as u32).to_le_bytes());
+        for g in &self.stamp {
+            v.extend_from_slice(&g.to_le_bytes());
+        }
+        v.extend_from_slice(&self.bytes);
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Entry> {
+        let n = u32::from_le_bytes(v.get(..4)?.try_into().ok()?) as usize;
+        let end = 4usize.checked_add(n.checked_mul(8)?)?;
+        let stamp = v
+            .get(4..end)?
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        Some(Entry {
+            stamp,
+            bytes: Bytes::copy_from_slice(&v[end..]),
+        })
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The result, to send as it is.
+    Hit(Bytes),
+    /// Not there; `Some(stamp)`: the result may be stored with it.
+    Miss(Option<Vec<u64>>),
+}
+
+enum Store {
+    Memory(memory::MemoryStore),
+    Memcached(memcached::MemcachedStore),
+}
+
+/// Counters (Prometheus, `SHOW POOL_CACHE`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// SELECTs the cache was asked about.
+    pub selects: AtomicU64,
+    pub hits: AtomicU64,
+    pub stores: AtomicU64,
+    /// Results not kept: over `max_entry_size`, or not a plain result.
+    pub not_stored: AtomicU64,
+    /// Transactions that wrote and so moved generations on.
+    pub invalidations: AtomicU64,
+    /// Bytes of results served from the cache.
+    pub hit_bytes: AtomicU64,
+}
+
+pub struct QueryCache {
+    pub policy: Policy,
+    store: Store,
+    pub stats: Stats,
+}
+
+/// Figures for `SHOW POOL_CACHE`.
+pub struct Usage {
+    pub entries: Option<u64>,
+    pub used_bytes: Option<u64>,
+    pub capacity: Option<u64>,
+    pub store_errors: u64,
+    pub store_down: bool,
+}
+
+impl QueryCache {
+    /// The cache `cfg` describes, or None when it is off. Store settings
+    /// are read once: changing them takes a restart.
+    pub fn new(cfg: &QueryCacheConfig) -> Option<Arc<QueryCache>> {
+        if !cfg.enabled {
+            return None;
+        }
+        let store = match cfg.store {
+            CacheStore::Memory => Store::Memory(memory::MemoryStore::new(cfg.memory_size, cfg.ttl)),
+            CacheStore::Memcached => Store::Memcached(memcached::MemcachedStore::new(
+                &cfg.memcached_servers,
+                cfg.memcached_timeout,
+                cfg.ttl,
+            )),
+        };
+        Some(Arc::new(QueryCache {
+            policy: Policy::new(cfg),
+            store,
+            stats: Stats::default(),
+        }))
+    }
+
+    /// Looks up a result (`tables`: the read set, see `policy::read_set`).
+    pub async fn lookup(&self, db: &str, key: &[u8; 32], tables: &[String]) -> Lookup {
+        self.stats.selects.fetch_add(1, Ordering::Relaxed);
+        let (entry, stamp) = match &self.store {
+            Store::Memory(m) => match m.stamp(db, tables) {
+                Some(s) => (m.get(key), Some(s)),
+                None => (None, None),
+            },
+            Store::Memcached(m) => m.lookup(db, key, tables).await,
+        };
+        match (entry, stamp) {
+            (Some(e), Some(s)) if e.stamp == s => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .hit_bytes
+                    .fetch_add(e.bytes.len() as u64, Ordering::Relaxed);
+                Lookup::Hit(e.bytes)
+            }
+            (_, stamp) => Lookup::Miss(stamp),
+        }
+    }
+
+    /// Keeps a result read at `stamp` (memcached: in the background).
+    pub fn store(self: &Arc<Self>, key: [u8; 32], stamp: Vec<u64>, bytes: Bytes) {
+        if bytes.len() > self.policy.max_entry_size {
+            self.stats.not_stored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let entry = Entry { stamp, bytes };
+        match &self.store {
+            Store::Memory(m) => {
+                m.put(key, entry);
+                self.stats.stores.fetch_add(1, Ordering::Relaxed);
+            }
+            Store::Memcached(_) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Store::Memcached(m) = &me.store
+                        && m.put(&key, &entry).await
+                    {
+                        me.stats.stores.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Before a write to `tables` is sent. Returns whether the marks were
+    /// recorded (pass it to [`end_write`](Self::end_write)).
+    pub async fn begin_write(&self, db: &str, tables: &[String]) -> bool {
+        match &self.store {
+            Store::Memory(m) => {
+                m.begin_write(db, tables);
+                true
+            }
+            Store::Memcached(m) => m.begin_write(db, tables).await,
+        }
+    }
+
+    /// The writing transaction ended (committed or not).
+    pub async fn end_write(&self, db: &str, tables: &[String], marked: bool) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        match &self.store {
+            Store::Memory(m) => m.end_write(db, tables),
+            Store::Memcached(m) => m.end_write(db, tables, marked).await,
+        }
+    }
+
+    /// Drops the results reading `table`, or every result.
+    pub async fn invalidate(&self, table: Option<&str>) -> Result<(), String> {
+        let table = table.map(policy::table_id);
+        match &self.store {
+            Store::Memory(m) => {
+                m.invalidate(table.as_deref());
+                Ok(())
+            }
+            Store::Memcached(m) => m
+                .invalidate(table.as_deref())
+                .await
+                .map_err(|_| "memcached is unavailable".to_string()),
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        match &self.store {
+            Store::Memory(m) => {
+                let (entries, used, capacity) = m.usage();
+                Usage {
+                    entries: Some(entries),
+                    used_bytes: Some(used),
+                    capacity: Some(capacity),
+                    store_errors: 0,
+                    store_down: false,
+                }
+            }
+            Store::Memcached(m) => Usage {
+                entries: None,
+                used_bytes: None,
+                capacity: None,
+                store_errors: m.errors.load(Ordering::Relaxed),
+                store_down: m.is_down(),
+            },
+        }
+    }
+
+    pub fn store_name(&self) -> &'static str {
+        match self.store {
+            Store::Memory(_) => "memory",
+            Store::Memcached(_) => "memcached",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

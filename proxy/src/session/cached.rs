@@ -1,0 +1,214 @@
+//! The session's side of the query cache: answering a read from it,
+//! capturing a result to keep, and marking the tables a write touches
+//! until its transaction ends. The rules are in `cache::policy`.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, atomic::Ordering},
+};
+
+use bytes::BytesMut;
+
+use super::{Session, message::Message, state};
+use crate::{
+    cache::{Lookup, QueryCache, policy},
+    protocol::{Frame, messages},
+};
+
+/// A result being read for the cache.
+pub(super) struct Capture {
+    key: [u8; 32],
+    stamp: Vec<u64>,
+    bytes: BytesMut,
+}
+
+/// Tables the session's open transaction has marked as being written.
+#[derive(Default)]
+pub(super) struct Writes {
+    tables: BTreeSet<String>,
+    /// Whether the store recorded every mark (else none is taken back).
+    marked: bool,
+}
+
+impl Session {
+    /// Runs before a client message is handled. Marks what a write will
+    /// touch; answers a cacheable read from the cache (true: answered) or
+    /// starts capturing its result.
+    pub(super) async fn cache_turn(&mut self, msg: &Message<'_>) -> bool {
+        let Some(cache) = self.shared.query_cache.clone() else {
+            return false;
+        };
+        if self.capture.is_some() && self.at_boundary() {
+            // Its query never reached a server (refused, answered by
+            // tidepool): nothing that comes next belongs to it.
+            self.capture = None;
+        }
+        let class = match msg {
+            Message::Query(sql) => self.shared.classifier.classify(sql),
+            Message::Parse { query, .. } => {
+                // Statements take effect when bound; only a temporary
+                // table matters here (it may shadow a cached one).
+                if state::analyze(query)
+                    .pins
+                    .contains(&state::PinReason::TempTable)
+                {
+                    self.cache_off = true;
+                }
+                return false;
+            }
+            Message::Bind { statement } => match self.bound_class(statement) {
+                Some(c) => c,
+                None => Arc::new(crate::router::Class {
+                    write: Some("statement prepared outside tidepool's view"),
+                    writes_elsewhere: true,
+                    ..Default::default()
+                }),
+            },
+            Message::FunctionCall => Arc::new(crate::router::Class {
+                write: Some("function call message"),
+                writes_elsewhere: true,
+                ..Default::default()
+            }),
+            _ => return false,
+        };
+        if let Message::Query(sql) = msg
+            && state::analyze(sql)
+                .pins
+                .contains(&state::PinReason::TempTable)
+        {
+            self.cache_off = true;
+        }
+        let mut facts = crate::router::Facts::default();
+        if !class.functions.is_empty() || (class.select && !class.tables.is_empty()) {
+            let rules = self.shared.rules.load_full();
+            self.catalog_facts(&rules, &class, &mut facts).await;
+        }
+        if let Some(tables) = policy::write_set(&class, facts.volatile_function) {
+            self.mark_writes(&cache, tables).await;
+            return false;
+        }
+        let Message::Query(sql) = msg else {
+            return false;
+        };
+        if self.cache_off
+            || !self.at_boundary()
+            || self.tracker.tx_status() != b'I'
+            || !self.cache_writes.tables.is_empty()
+            || facts.local_relation
+            || cache.policy.admits(&class).is_err()
+        {
+            return false;
+        }
+        let key = policy::key(
+            &self.user,
+            &self.database,
+            &self.settings,
+            &[sql.as_bytes()],
+        );
+        let tables = policy::read_set(&class);
+        match cache.lookup(&self.database, &key, &tables).await {
+            Lookup::Hit(bytes) => {
+                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                self.to_client.extend_from_slice(&bytes);
+                messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
+                true
+            }
+            Lookup::Miss(Some(stamp)) => {
+                self.capture = Some(Capture {
+                    key,
+                    stamp,
+                    bytes: BytesMut::new(),
+                });
+                false
+            }
+            Lookup::Miss(None) => false,
+        }
+    }
+
+    /// The class of the statement a Bind names.
+    fn bound_class(&self, statement: &str) -> Option<Arc<crate::router::Class>> {
+        if let Some(s) = self.statements.get(statement) {
+            return Some(s.class.clone());
+        }
+        if statement.is_empty() {
+            let (p, _) = self.unnamed.as_ref()?;
+            let (_, q) = messages::read_parse(p).ok()?;
+            return Some(self.shared.classifier.classify(&q));
+        }
+        None
+    }
+
+    async fn mark_writes(&mut self, cache: &QueryCache, tables: Vec<String>) {
+        let new: Vec<String> = tables
+            .into_iter()
+            .filter(|t| !self.cache_writes.tables.contains(t))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let first = self.cache_writes.tables.is_empty();
+        let marked = cache.begin_write(&self.database, &new).await;
+        self.cache_writes.marked = if first {
+            marked
+        } else {
+            self.cache_writes.marked && marked
+        };
+        self.cache_writes.tables.extend(new);
+    }
+
+    /// A reply forwarded to the client: part of a result being captured,
+    /// or its end.
+    pub(super) fn cache_reply(&mut self, f: &Frame) {
+        let Some(c) = self.capture.as_mut() else {
+            return;
+        };
+        match f.tag {
+            b'T' | b'D' | b'C' => c.bytes.extend_from_slice(&f.bytes),
+            b'Z' => {
+                let c = self.capture.take().expect("checked above");
+                if f.body().first() == Some(&b'I')
+                    && let Some(cache) = &self.shared.query_cache
+                {
+                    cache.store(c.key, c.stamp, c.bytes.freeze());
+                }
+            }
+            // An error, a notice, a setting reported, COPY: not a plain
+            // result.
+            _ => self.capture = None,
+        }
+    }
+
+    /// A reply the client does not get as the server sent it.
+    pub(super) fn cache_reply_altered(&mut self) {
+        self.capture = None;
+    }
+
+    /// The session's transaction ended (ReadyForQuery 'I'): the tables it
+    /// wrote get new generations and their marks go.
+    pub(super) fn cache_transaction_ended(&mut self) {
+        if self.cache_writes.tables.is_empty() {
+            return;
+        }
+        let writes = std::mem::take(&mut self.cache_writes);
+        self.end_writes(writes);
+    }
+
+    fn end_writes(&self, writes: Writes) {
+        let Some(cache) = self.shared.query_cache.clone() else {
+            return;
+        };
+        let db = self.database.clone();
+        let tables: Vec<String> = writes.tables.into_iter().collect();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { cache.end_write(&db, &tables, writes.marked).await });
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A transaction the session left open ends with it (after `finish`
+    /// gave its server connection back, or closed it).
+    fn drop(&mut self) {
+        self.cache_transaction_ended();
+    }
+}

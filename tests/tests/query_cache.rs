@@ -1,0 +1,365 @@
+//! The query cache, end to end: real PostgreSQL, real memcached. A result
+//! is answered from the cache only while no write that passed through
+//! tidepool (any client, any protocol, any node sharing the store) can
+//! have changed it.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, free_port, wait_for_async};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// Rows of `sql` as text, with the column names first.
+async fn rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let mut out = Vec::new();
+    for m in c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    {
+        if let SimpleQueryMessage::Row(r) = m {
+            if out.is_empty() {
+                out.push(
+                    r.columns()
+                        .iter()
+                        .map(|c| Some(c.name().to_string()))
+                        .collect(),
+                );
+            }
+            out.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+        }
+    }
+    out
+}
+
+async fn value(c: &Client, sql: &str) -> String {
+    rows(c, sql).await[1][0].clone().unwrap_or_default()
+}
+
+/// `SHOW POOL_CACHE` through `t`, as column → value.
+async fn cache_figures(t: &Tidepool) -> HashMap<String, String> {
+    let c = t.connect("app", "app", "app").await.unwrap();
+    let r = rows(&c, "SHOW POOL_CACHE").await;
+    r[0].iter()
+        .zip(&r[1])
+        .map(|(k, v)| (k.clone().unwrap(), v.clone().unwrap_or_default()))
+        .collect()
+}
+
+async fn hits(t: &Tidepool) -> u64 {
+    cache_figures(t).await["num_cache_hits"].parse().unwrap()
+}
+
+/// A memcached server of the test's own, on a free port; stopped on drop.
+struct Memcached {
+    child: Child,
+    port: u16,
+}
+
+impl Memcached {
+    fn start() -> Result<Memcached> {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Result<Memcached> {
+        let child = Command::new("memcached")
+            .args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-m",
+                "64",
+                "-u",
+                "nobody",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting memcached (scripts/setup installs it)")?;
+        tidepool_tests::wait_for(Duration::from_secs(10), "memcached to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))?;
+            Ok(())
+        })?;
+        Ok(Memcached { child, port })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn cache_section(store: &str, extra: &str) -> String {
+    format!("[query_cache]\nenabled = true\nstore = \"{store}\"\n{extra}\n")
+}
+
+async fn start(cluster: &PgCluster, mode: &str, cache: &str) -> Tidepool {
+    let cfg = common::config(cluster, mode, "max_size = 10", cache);
+    let t = Tidepool::start(&cfg).unwrap();
+    wait_for_async(Duration::from_secs(30), "tidepool to serve", || async {
+        let c = t.connect("app", "app", "app").await?;
+        c.simple_query("SELECT 1").await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    t
+}
+
+async fn setup_tables(cluster: &PgCluster) {
+    let d = cluster
+        .connect(cluster.primary().name.as_str(), "app", "app", "app")
+        .await
+        .unwrap();
+    d.batch_execute(
+        "CREATE TABLE acc (id int PRIMARY KEY, v int, note text); \
+         INSERT INTO acc SELECT g, g * 10, 'row ' || g FROM generate_series(1, 20) g; \
+         CREATE TABLE other (id int PRIMARY KEY, v int); INSERT INTO other VALUES (1, 1); \
+         CREATE TABLE secret (v int); INSERT INTO secret VALUES (7); \
+         CREATE TABLE big (v text); INSERT INTO big SELECT repeat('x', 1000) FROM generate_series(1, 200)",
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_answers_repeated_reads_and_never_serves_a_result_a_write_changed() {
+    let cluster = PgCluster::start(PgClusterOpts::standbys(0)).unwrap();
+    setup_tables(&cluster).await;
+    let t = start(
+        &cluster,
+        "transaction",
+        &cache_section(
+            "memory",
+            "no_cache_tables = [\"secret\"]\nmax_entry_size = 65536",
+        ),
+    )
+    .await;
+    let direct = cluster
+        .connect(cluster.primary().name.as_str(), "app", "app", "app")
+        .await
+        .unwrap();
+    let a = t.connect("app", "app", "app").await.unwrap();
+    let b = t.connect("app", "app", "app").await.unwrap();
+    let q = "SELECT id, v, note FROM acc WHERE id <= 5 ORDER BY id";
+
+    // A repeated read is answered from the cache, equal to the database's
+    // answer (column names and every value).
+    let first = rows(&a, q).await;
+    let h0 = hits(&t).await;
+    assert_eq!(rows(&a, q).await, first);
+    assert_eq!(rows(&b, q).await, first);
+    assert_eq!(hits(&t).await, h0 + 2, "both repeats are hits");
+    assert_eq!(rows(&direct, q).await, first);
+
+    // A write by another client, in either protocol, is seen at once.
+    for i in 0..20 {
+        let want = 1000 + i;
+        if i % 2 == 0 {
+            b.simple_query(&format!("UPDATE acc SET v = {want} WHERE id = 1"))
+                .await
+                .unwrap();
+        } else {
+            b.execute("UPDATE acc SET v = $1 WHERE id = 1", &[&want])
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            value(&a, "SELECT v FROM acc WHERE id = 1").await,
+            want.to_string(),
+            "round {i}"
+        );
+        // And the new value is cached in turn.
+        assert_eq!(
+            value(&a, "SELECT v FROM acc WHERE id = 1").await,
+            want.to_string()
+        );
+    }
+
+    // A transaction's write: invisible (and uncached) before COMMIT, seen after.
+    b.simple_query("BEGIN").await.unwrap();
+    b.simple_query("UPDATE acc SET v = -1 WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "20");
+    assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "20");
+    b.simple_query("COMMIT").await.unwrap();
+    assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "-1");
+    // Rolled back: the old value stays right.
+    b.simple_query("BEGIN").await.unwrap();
+    b.simple_query("UPDATE acc SET v = -2 WHERE id = 2")
+        .await
+        .unwrap();
+    b.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "-1");
+
+    // DDL drops every result of the database.
+    value(&a, "SELECT count(*) FROM other").await;
+    b.simple_query("ALTER TABLE other ADD COLUMN w int DEFAULT 5")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&a, "SELECT * FROM other").await[0],
+        vec![Some("id".into()), Some("v".into()), Some("w".into())]
+    );
+
+    // Never cached: volatile functions, reads inside a transaction,
+    // excluded tables, results over max_entry_size.
+    let never = [
+        "SELECT random() FROM acc WHERE id = 3",
+        "SELECT v FROM secret",
+        "SELECT * FROM big",
+    ];
+    for sql in never {
+        rows(&a, sql).await;
+        let before = hits(&t).await;
+        rows(&a, sql).await;
+        assert_eq!(hits(&t).await, before, "{sql} was answered from the cache");
+    }
+    a.simple_query("BEGIN").await.unwrap();
+    let before = hits(&t).await;
+    rows(&a, q).await;
+    rows(&a, q).await;
+    a.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        hits(&t).await,
+        before,
+        "a read inside a transaction was cached"
+    );
+
+    // A temporary table shadowing a cached one: the session reads its own.
+    let c = t.connect("app", "app", "app").await.unwrap();
+    rows(&c, "SELECT v FROM other").await;
+    let s = Tidepool::start(&common::config(
+        &cluster,
+        "session",
+        "max_size = 4",
+        &cache_section("memory", ""),
+    ))
+    .unwrap();
+    wait_for_async(Duration::from_secs(30), "session-mode tidepool", || async {
+        s.connect("app", "app", "app")
+            .await?
+            .simple_query("SELECT 1")
+            .await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let sc = s.connect("app", "app", "app").await.unwrap();
+    assert_eq!(value(&sc, "SELECT v FROM other").await, "1");
+    assert_eq!(value(&sc, "SELECT v FROM other").await, "1");
+    sc.batch_execute("CREATE TEMP TABLE other (v int); INSERT INTO other VALUES (99)")
+        .await
+        .unwrap();
+    assert_eq!(value(&sc, "SELECT v FROM other").await, "99");
+
+    // Invalidation by hand.
+    rows(&a, q).await;
+    let (code, body) = t.http_post("/v1/cache/invalidate").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let before = hits(&t).await;
+    rows(&a, q).await;
+    assert_eq!(hits(&t).await, before, "a result survived the invalidation");
+
+    let (code, metrics) = t.http_get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tidepool_query_cache_hits_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sharing_memcached_never_serve_a_stale_result_and_outlive_memcached() {
+    let cluster = PgCluster::start(PgClusterOpts::standbys(0)).unwrap();
+    setup_tables(&cluster).await;
+    let mut mc = Memcached::start().unwrap();
+    let cache = cache_section(
+        "memcached",
+        &format!("memcached_servers = [\"127.0.0.1:{}\"]", mc.port),
+    );
+    let n1 = start(&cluster, "transaction", &cache).await;
+    let n2 = start(&cluster, "transaction", &cache).await;
+    let c1 = n1.connect("app", "app", "app").await.unwrap();
+    let c2 = n2.connect("app", "app", "app").await.unwrap();
+    let q = "SELECT v FROM acc WHERE id = 4";
+
+    // Stored by one node, answered by the other.
+    assert_eq!(value(&c1, q).await, "40");
+    wait_for_async(
+        Duration::from_secs(5),
+        "node 2 to hit node 1's result",
+        || async {
+            let before = hits(&n2).await;
+            assert_eq!(value(&c2, q).await, "40");
+            anyhow::ensure!(hits(&n2).await > before, "not a hit yet");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // Writes through one node, reads through the other: never the old value.
+    for i in 0..30 {
+        let want = 500 + i;
+        let (w, r) = if i % 2 == 0 { (&c1, &c2) } else { (&c2, &c1) };
+        // Read (and cache) the current value first.
+        value(r, q).await;
+        value(r, q).await;
+        w.execute("UPDATE acc SET v = $1 WHERE id = 4", &[&want])
+            .await
+            .unwrap();
+        assert_eq!(value(r, q).await, want.to_string(), "round {i}");
+    }
+    assert!(hits(&n1).await + hits(&n2).await > 10);
+
+    // memcached killed mid-run: every query still answered, correctly.
+    mc.stop();
+    for i in 0..10 {
+        let want = 900 + i;
+        c1.execute("UPDATE acc SET v = $1 WHERE id = 4", &[&want])
+            .await
+            .unwrap();
+        assert_eq!(value(&c2, q).await, want.to_string());
+        assert_eq!(value(&c1, q).await, want.to_string());
+    }
+    let f = cache_figures(&n2).await;
+    assert_eq!(f["store_available"], "false", "{f:?}");
+    assert!(f["store_errors"].parse::<u64>().unwrap() > 0, "{f:?}");
+
+    // Back again (empty): cached and invalidated as before.
+    let _mc = Memcached::start_on(mc.port).unwrap();
+    wait_for_async(
+        Duration::from_secs(10),
+        "a hit after memcached is back",
+        || async {
+            value(&c1, q).await;
+            let before = hits(&n2).await;
+            value(&c2, q).await;
+            anyhow::ensure!(hits(&n2).await > before, "no hit yet");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    c2.execute("UPDATE acc SET v = 1 WHERE id = 4", &[])
+        .await
+        .unwrap();
+    assert_eq!(value(&c1, q).await, "1");
+}
