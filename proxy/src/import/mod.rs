@@ -881,7 +881,9 @@ fn no_equivalent(name: &str) -> &'static str {
         | "memqcache_oiddir"
         | "cache_safe_memqcache_table_list"
         | "cache_unsafe_memqcache_table_list"
-        | "clear_memqcache_on_escalation" => "tidepool has no query cache yet",
+        | "clear_memqcache_on_escalation" => {
+            "not carried over: set [query_cache] by hand (docs/query-cache.md maps each memqcache_* setting)"
+        }
         "trusted_servers" | "ping_path" | "trusted_server_command" => {
             "the watchdog's quorum decides who holds the address"
         }
