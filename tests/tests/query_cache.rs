@@ -38,6 +38,20 @@ async fn rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
     out
 }
 
+/// `SELECT v, note FROM acc WHERE id = $1` with the unnamed statement
+/// (Parse, Bind, Describe, Execute, Sync in one round trip).
+async fn by_typed(c: &Client, id: i32) -> Vec<(i32, String)> {
+    c.query_typed(
+        "SELECT v, note FROM acc WHERE id = $1",
+        &[(&id, tokio_postgres::types::Type::INT4)],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+    .collect()
+}
+
 async fn value(c: &Client, sql: &str) -> String {
     rows(c, sql).await[1][0].clone().unwrap_or_default()
 }
@@ -191,6 +205,34 @@ async fn memory_store_answers_repeated_reads_and_never_serves_a_result_a_write_c
         );
     }
 
+    // The extended protocol: a query with parameters (Parse, Bind,
+    // Describe, Execute, Sync) and a prepared statement run (Bind,
+    // Execute, Sync) are answered from the cache too, per parameter value.
+    let five = by_typed(&a, 5).await;
+    let h = hits(&t).await;
+    assert_eq!(by_typed(&a, 5).await, five);
+    assert_eq!(by_typed(&b, 5).await, five);
+    assert_eq!(hits(&t).await, h + 2);
+    assert_eq!(five, vec![(50, "row 5".to_string())]);
+    assert_eq!(by_typed(&a, 6).await, vec![(60, "row 6".to_string())]);
+    let st = a.prepare("SELECT v FROM acc WHERE id = $1").await.unwrap();
+    let run = |id: i32| {
+        let (a, st) = (&a, &st);
+        async move { a.query_one(st, &[&id]).await.unwrap().get::<_, i32>(0) }
+    };
+    assert_eq!(run(7).await, 70);
+    let h = hits(&t).await;
+    assert_eq!(run(7).await, 70);
+    assert_eq!(hits(&t).await, h + 1, "a prepared statement's run is a hit");
+    b.execute("UPDATE acc SET v = 71 WHERE id = $1", &[&7i32])
+        .await
+        .unwrap();
+    assert_eq!(run(7).await, 71);
+    b.simple_query("UPDATE acc SET note = 'five' WHERE id = 5")
+        .await
+        .unwrap();
+    assert_eq!(by_typed(&a, 5).await, vec![(50, "five".to_string())]);
+
     // A transaction's write: invisible (and uncached) before COMMIT, seen after.
     b.simple_query("BEGIN").await.unwrap();
     b.simple_query("UPDATE acc SET v = -1 WHERE id = 2")
@@ -328,6 +370,14 @@ async fn two_nodes_sharing_memcached_never_serve_a_stale_result_and_outlive_memc
         assert_eq!(value(r, q).await, want.to_string(), "round {i}");
     }
     assert!(hits(&n1).await + hits(&n2).await > 10);
+    // The extended protocol too: stored by one node, then a write through
+    // it, read through the other.
+    let (ts1, ts2) = (by_typed(&c1, 8).await, by_typed(&c2, 8).await);
+    assert_eq!(ts1, ts2);
+    c1.execute("UPDATE acc SET v = -8 WHERE id = 8", &[])
+        .await
+        .unwrap();
+    assert_eq!(by_typed(&c2, 8).await[0].0, -8);
 
     // memcached killed mid-run: every query still answered, correctly.
     mc.stop();

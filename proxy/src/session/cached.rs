@@ -20,6 +20,75 @@ pub(super) struct Capture {
     key: [u8; 32],
     stamp: Vec<u64>,
     bytes: BytesMut,
+    /// An extended-protocol unit: ParseComplete and BindComplete are not
+    /// part of the result (a hit makes its own).
+    extended: bool,
+}
+
+/// How a hit is answered.
+enum Reply {
+    Simple,
+    /// The unit's Parse (if it had one) and how many of its messages
+    /// after the first the session skips.
+    Extended {
+        parse: Option<Frame>,
+        skip: usize,
+    },
+}
+
+/// An extended-protocol unit the cache can answer: `[Parse ""] Bind ""
+/// [Describe] Execute "" (all rows) Sync` — a query with parameters as
+/// libpq (Describe of the portal), tokio-postgres (Describe of the
+/// statement) and most drivers send it, or a prepared statement run.
+struct Unit<'a> {
+    parse: Option<&'a Frame>,
+    bind: &'a Frame,
+    /// The Describe's kind, if there is one (its replies are part of the
+    /// result).
+    describe: Option<u8>,
+    /// Its messages, Sync included.
+    len: usize,
+}
+
+fn extended_unit<'a>(f: &'a Frame, rest: &'a [Frame]) -> Option<Unit<'a>> {
+    let all: Vec<&Frame> = std::iter::once(f).chain(rest.iter()).take(5).collect();
+    let parse = (all.first()?.tag == b'P').then_some(all[0]);
+    let mut it = all[parse.is_some() as usize..].iter().copied();
+    let b = it.next().filter(|m| m.tag == b'B')?;
+    let mut next = it.next()?;
+    let mut describe = None;
+    let (portal, statement, _) = messages::read_bind(b).ok()?;
+    if !portal.is_empty() || (parse.is_some() && !statement.is_empty()) {
+        return None;
+    }
+    if next.tag == b'D' {
+        let (kind, name) = messages::read_target(next).ok()?;
+        let ok = match kind {
+            b'P' => name.is_empty(),
+            b'S' => name == statement,
+            _ => false,
+        };
+        if !ok {
+            return None;
+        }
+        describe = Some(kind);
+        next = it.next()?;
+    }
+    // Execute of the unnamed portal, every row; then Sync.
+    if next.tag != b'E' || next.body() != [0, 0, 0, 0, 0] || it.next()?.tag != b'S' {
+        return None;
+    }
+    if let Some(p) = parse
+        && !messages::read_parse(p).is_ok_and(|(name, _)| name.is_empty())
+    {
+        return None;
+    }
+    Some(Unit {
+        parse,
+        bind: b,
+        describe,
+        len: 3 + parse.is_some() as usize + describe.is_some() as usize,
+    })
 }
 
 /// Tables the session's open transaction has marked as being written.
@@ -34,7 +103,12 @@ impl Session {
     /// Runs before a client message is handled. Marks what a write will
     /// touch; answers a cacheable read from the cache (true: answered) or
     /// starts capturing its result.
-    pub(super) async fn cache_turn(&mut self, msg: &Message<'_>) -> bool {
+    pub(super) async fn cache_turn(
+        &mut self,
+        f: &Frame,
+        msg: &Message<'_>,
+        rest: &[Frame],
+    ) -> bool {
         let Some(cache) = self.shared.query_cache.clone() else {
             return false;
         };
@@ -46,15 +120,21 @@ impl Session {
         let class = match msg {
             Message::Query(sql) => self.shared.classifier.classify(sql),
             Message::Parse { query, .. } => {
-                // Statements take effect when bound; only a temporary
-                // table matters here (it may shadow a cached one).
+                // Statements take effect when bound; a temporary table
+                // matters at once (it may shadow a cached one).
                 if state::analyze(query)
                     .pins
                     .contains(&state::PinReason::TempTable)
                 {
                     self.cache_off = true;
                 }
-                return false;
+                return match extended_unit(f, rest) {
+                    Some(unit) => {
+                        let class = self.shared.classifier.classify(query);
+                        self.cache_read_unit(&cache, &class, unit).await
+                    }
+                    None => false,
+                };
             }
             Message::Bind { statement } => match self.bound_class(statement) {
                 Some(c) => c,
@@ -87,28 +167,111 @@ impl Session {
             self.mark_writes(&cache, tables).await;
             return false;
         }
-        let Message::Query(sql) = msg else {
+        match msg {
+            Message::Query(sql) => {
+                let key = policy::key(
+                    &self.user,
+                    &self.database,
+                    &self.settings,
+                    &[sql.as_bytes()],
+                );
+                self.cache_read(&cache, &class, &facts, key, Reply::Simple)
+                    .await
+            }
+            Message::Bind { .. } => match extended_unit(f, rest) {
+                Some(unit) => self.cache_read_unit(&cache, &class, unit).await,
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// An extended-protocol unit that reads: answered from the cache, or
+    /// its result captured.
+    async fn cache_read_unit(
+        &mut self,
+        cache: &Arc<QueryCache>,
+        class: &crate::router::Class,
+        unit: Unit<'_>,
+    ) -> bool {
+        // What the statement is: the Parse's query and parameter types,
+        // or the named statement's content-derived name.
+        let statement: Vec<u8> = match unit.parse {
+            Some(p) => {
+                let body = p.body();
+                let name_end = body.iter().position(|&c| c == 0).unwrap_or(0);
+                body[name_end + 1..].to_vec()
+            }
+            None => {
+                let Ok((_, name, _)) = messages::read_bind(unit.bind) else {
+                    return false;
+                };
+                match self.statements.get(&name) {
+                    Some(s) => s.server_name.as_bytes().to_vec(),
+                    None => return false,
+                }
+            }
+        };
+        let Ok((_, _, offset)) = messages::read_bind(unit.bind) else {
             return false;
         };
-        if self.cache_off
-            || !self.at_boundary()
-            || self.tracker.tx_status() != b'I'
-            || !self.cache_writes.tables.is_empty()
-            || facts.local_relation
-            || cache.policy.admits(&class).is_err()
-        {
-            return false;
+        let mut facts = crate::router::Facts::default();
+        if !class.functions.is_empty() || (class.select && !class.tables.is_empty()) {
+            let rules = self.shared.rules.load_full();
+            self.catalog_facts(&rules, class, &mut facts).await;
         }
         let key = policy::key(
             &self.user,
             &self.database,
             &self.settings,
-            &[sql.as_bytes()],
+            &[
+                b"extended",
+                &[unit.describe.unwrap_or(0)],
+                &statement,
+                &unit.bind.bytes[offset..],
+            ],
         );
-        let tables = policy::read_set(&class);
+        let reply = Reply::Extended {
+            parse: unit.parse.cloned(),
+            skip: unit.len - 1,
+        };
+        self.cache_read(cache, class, &facts, key, reply).await
+    }
+
+    /// A read at a unit's start: answered from the cache (true), or its
+    /// result captured to keep.
+    async fn cache_read(
+        &mut self,
+        cache: &Arc<QueryCache>,
+        class: &crate::router::Class,
+        facts: &crate::router::Facts,
+        key: [u8; 32],
+        reply: Reply,
+    ) -> bool {
+        if self.cache_off
+            || !self.at_boundary()
+            || self.tracker.tx_status() != b'I'
+            || !self.cache_writes.tables.is_empty()
+            || facts.local_relation
+            || facts.volatile_function
+            || cache.policy.admits(class).is_err()
+        {
+            return false;
+        }
+        let tables = policy::read_set(class);
         match cache.lookup(&self.database, &key, &tables).await {
             Lookup::Hit(bytes) => {
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                if let Reply::Extended { parse, skip } = reply {
+                    if let Some(p) = parse {
+                        // ParseComplete; the unnamed statement is this one
+                        // now, prepared on no connection yet.
+                        self.to_client.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+                        self.unnamed = Some((p, (usize::MAX, -1)));
+                    }
+                    self.to_client.extend_from_slice(&[b'2', 0, 0, 0, 4]);
+                    self.cache_skip = skip;
+                }
                 self.to_client.extend_from_slice(&bytes);
                 messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
                 true
@@ -118,6 +281,7 @@ impl Session {
                     key,
                     stamp,
                     bytes: BytesMut::new(),
+                    extended: matches!(reply, Reply::Extended { .. }),
                 });
                 false
             }
@@ -164,6 +328,8 @@ impl Session {
         };
         match f.tag {
             b'T' | b'D' | b'C' => c.bytes.extend_from_slice(&f.bytes),
+            b'1' | b'2' if c.extended => {}
+            b't' if c.extended => c.bytes.extend_from_slice(&f.bytes),
             b'Z' => {
                 let c = self.capture.take().expect("checked above");
                 if f.body().first() == Some(&b'I')

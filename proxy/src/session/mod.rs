@@ -123,6 +123,8 @@ pub struct Session {
     capture: Option<cached::Capture>,
     cache_writes: cached::Writes,
     cache_off: bool,
+    /// Messages of a unit answered from the cache still to pass over.
+    cache_skip: usize,
     /// Work that may write was sent and its transaction has not ended yet:
     /// when it ends, the session's reads need a standby that replayed it.
     write_open: bool,
@@ -177,6 +179,7 @@ impl Session {
             capture: None,
             cache_writes: cached::Writes::default(),
             cache_off: false,
+            cache_skip: 0,
             client_pid: 0,
             cancel,
             // Grown on demand: thousands of idle clients must cost little.
@@ -530,8 +533,13 @@ impl Session {
 
     async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
         tracing::trace!(parent: &self.span, tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
+        if self.cache_skip > 0 {
+            // The rest of a unit answered from the query cache.
+            self.cache_skip -= 1;
+            return Ok(());
+        }
         let msg = message::decode(&f).map_err(SessionEnd::Protocol)?;
-        if self.shared.query_cache.is_some() && self.cache_turn(&msg).await {
+        if self.shared.query_cache.is_some() && self.cache_turn(&f, &msg, rest).await {
             return Ok(());
         }
         self.note_writes(&msg);
