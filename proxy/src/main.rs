@@ -273,6 +273,15 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(reap_idle(shared.clone()));
+    if let Some(cache) = shared.query_cache.clone()
+        && cache.invalidation == tidepool::config::Invalidation::Logical
+    {
+        tokio::spawn(tidepool::cache::logical::run(
+            shared.clone(),
+            cache,
+            shutdown_rx.clone(),
+        ));
+    }
     let watchdog = start_watchdog(&shared, shutdown_rx.clone()).await?;
     tokio::spawn(handle_signals(shared.clone(), shutdown_tx));
     tokio::spawn(admin::http::serve(admin_listener, shared.clone()));

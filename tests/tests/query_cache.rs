@@ -413,3 +413,65 @@ async fn two_nodes_sharing_memcached_never_serve_a_stale_result_and_outlive_memc
         .unwrap();
     assert_eq!(value(&c1, q).await, "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_invalidation_sees_writes_made_straight_on_the_primary_within_a_second() {
+    let cluster = PgCluster::start(PgClusterOpts::standbys(0)).unwrap();
+    setup_tables(&cluster).await;
+    let primary = cluster.primary().name.clone();
+    {
+        let d = cluster
+            .connect(primary.as_str(), "postgres", "postgres", "postgres")
+            .await
+            .unwrap();
+        d.simple_query("ALTER SYSTEM SET wal_level = logical")
+            .await
+            .unwrap();
+    }
+    cluster.stop_node(&primary).unwrap();
+    cluster.start_node(&primary).unwrap();
+    let t = start(
+        &cluster,
+        "transaction",
+        &cache_section("memory", "invalidation = \"logical\""),
+    )
+    .await;
+    let c = t.connect("app", "app", "app").await.unwrap();
+    let q = "SELECT v FROM acc WHERE id = 9";
+    value(&c, q).await;
+    t.wait_log("following the primary's WAL", Duration::from_secs(15))
+        .unwrap();
+    let direct = cluster
+        .connect(primary.as_str(), "app", "app", "app")
+        .await
+        .unwrap();
+    let mut took = Vec::new();
+    for i in 0..5 {
+        // Cached first (a hit proves it), then written behind tidepool's back.
+        wait_for_async(Duration::from_secs(5), "a hit", || async {
+            value(&c, q).await;
+            let before = hits(&t).await;
+            value(&c, q).await;
+            anyhow::ensure!(hits(&t).await > before, "no hit yet");
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let want = (7000 + i).to_string();
+        direct
+            .simple_query(&format!("UPDATE acc SET v = {want} WHERE id = 9"))
+            .await
+            .unwrap();
+        let written = std::time::Instant::now();
+        while value(&c, q).await != want {
+            assert!(
+                written.elapsed() < Duration::from_secs(5),
+                "round {i}: still stale"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        took.push(written.elapsed());
+    }
+    eprintln!("direct writes seen through tidepool after {took:?}");
+    assert!(took.iter().all(|d| *d < Duration::from_secs(1)), "{took:?}");
+}

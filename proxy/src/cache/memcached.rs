@@ -342,15 +342,20 @@ impl MemcachedStore {
         true
     }
 
-    /// The write's transaction ended: new generations, then the marks go.
-    /// `marked`: whether `begin_write` recorded the marks.
-    pub async fn end_write(&self, db: &str, tables: &[String], marked: bool) {
+    /// New generations for `tables`, marks untouched.
+    pub async fn bump_generations(&self, db: &str, tables: &[String]) {
         for t in tables {
             let g = table_key("g", db, t);
             if self.bump(&g, 1, fresh_generation(), None).await.is_err() {
                 self.owe(db);
             }
         }
+    }
+
+    /// The write's transaction ended: new generations, then the marks go.
+    /// `marked`: whether `begin_write` recorded the marks.
+    pub async fn end_write(&self, db: &str, tables: &[String], marked: bool) {
+        self.bump_generations(db, tables).await;
         if !marked {
             return;
         }

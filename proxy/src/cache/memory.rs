@@ -75,6 +75,14 @@ impl MemoryStore {
         }
     }
 
+    /// New generations for `tables`, marks untouched.
+    pub fn bump(&self, db: &str, tables: &[String]) {
+        let mut map = self.tables();
+        for t in tables {
+            map.entry((db.to_string(), t.clone())).or_insert((0, 0)).0 += 1;
+        }
+    }
+
     /// Drops results of `table` (in every database), or all results.
     pub fn invalidate(&self, table: Option<&str>) {
         match table {

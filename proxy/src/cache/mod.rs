@@ -17,13 +17,17 @@
 //! `policy.rs` decides what may be cached and what a write invalidates;
 //! `memory.rs` and `memcached.rs` keep entries and generations.
 
+pub mod logical;
 mod memcached;
 mod memory;
 pub mod policy;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -100,6 +104,10 @@ pub struct QueryCache {
     pub policy: Policy,
     store: Store,
     pub stats: Stats,
+    /// Databases whose results were looked up (the WAL follower reads
+    /// each one's changes).
+    databases: Mutex<BTreeSet<String>>,
+    pub invalidation: crate::config::Invalidation,
 }
 
 /// Figures for `SHOW POOL_CACHE`.
@@ -130,12 +138,20 @@ impl QueryCache {
             policy: Policy::new(cfg),
             store,
             stats: Stats::default(),
+            databases: Mutex::new(BTreeSet::new()),
+            invalidation: cfg.invalidation,
         }))
     }
 
     /// Looks up a result (`tables`: the read set, see `policy::read_set`).
     pub async fn lookup(&self, db: &str, key: &[u8; 32], tables: &[String]) -> Lookup {
         self.stats.selects.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut d = self.databases.lock().unwrap_or_else(|e| e.into_inner());
+            if !d.contains(db) {
+                d.insert(db.to_string());
+            }
+        }
         let (entry, stamp) = match &self.store {
             Store::Memory(m) => match m.stamp(db, tables) {
                 Some(s) => (m.get(key), Some(s)),
@@ -199,6 +215,25 @@ impl QueryCache {
             Store::Memory(m) => m.end_write(db, tables),
             Store::Memcached(m) => m.end_write(db, tables, marked).await,
         }
+    }
+
+    /// Gives `tables` new generations: a change seen in the WAL.
+    pub async fn bump(&self, db: &str, tables: &[String]) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        match &self.store {
+            Store::Memory(m) => m.bump(db, tables),
+            Store::Memcached(m) => m.bump_generations(db, tables).await,
+        }
+    }
+
+    /// Databases whose results were looked up.
+    pub fn databases(&self) -> Vec<String> {
+        self.databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Drops the results reading `table`, or every result.

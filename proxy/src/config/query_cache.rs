@@ -136,13 +136,5 @@ pub fn validate(c: &QueryCacheConfig, watchdog: bool) -> Vec<ConfigError> {
             }
         }
     }
-    if c.invalidation == Invalidation::Logical {
-        err(
-            "invalidation",
-            "\"logical\" (following writes made outside tidepool from the WAL) is not \
-             available in this version; use \"writes\""
-                .into(),
-        );
-    }
     errors
 }
