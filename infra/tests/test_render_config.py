@@ -317,3 +317,22 @@ def test_self_managed_backends_may_be_verified_against_a_given_ca(mode, etc):
     assert run.returncode == 0, run.stderr
     assert tomllib.loads(run.stdout)["backend_defaults"] == {
         "sslmode": mode, "sslrootcert": "/etc/pki/our-ca.pem", "auth": "password"}
+
+
+def test_query_cache_servers_become_a_shared_memcached_store(etc):
+    env = combo_env("eip", "aurora", "in_process")
+    env["TIDEPOOL_QUERY_CACHE_SERVERS"] = "tp-cache.abc.cfg.use1.cache.amazonaws.com:11211"
+    run = render(env, etc)
+    assert run.returncode == 0, run.stderr
+    cfg = tomllib.loads(run.stdout)
+    assert cfg["query_cache"] == {
+        "enabled": True,
+        "store": "memcached",
+        "memcached_servers": ["tp-cache.abc.cfg.use1.cache.amazonaws.com:11211"],
+    }
+    # Without servers, no cache.
+    env["TIDEPOOL_QUERY_CACHE_SERVERS"] = ""
+    assert "query_cache" not in tomllib.loads(render(env, etc).stdout)
+    env["TIDEPOOL_QUERY_CACHE_SERVERS"] = "no-port"
+    run = render(env, etc)
+    assert run.returncode != 0 and "is not host:port" in run.stderr

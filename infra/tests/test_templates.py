@@ -301,3 +301,20 @@ def test_ca_bundle_comes_over_https_from_rds_or_from_the_artifact_bucket():
         assert not re.fullmatch(url["AllowedPattern"], bad)
     assert re.fullmatch(key, "tidepool/rds-global-bundle.pem")
     assert not any(re.fullmatch(key, v) for v in ("a'; reboot; '", "tidepool/*"))  # the key is in an IAM ARN too
+
+
+def test_query_cache_is_memcached_reachable_from_the_nodes_only():
+    template = policy_rules.load_template(CLUSTER)
+    res = template["Resources"]
+    assert template["Conditions"]["UsesQueryCache"] == {"Fn::Equals": [{"Ref": "QueryCache"}, "memcached"]}
+    assert template["Parameters"]["QueryCache"]["Default"] == "none"
+    for name in ("QueryCacheSecurityGroup", "QueryCacheSubnetGroup", "QueryCacheCluster"):
+        assert res[name]["Condition"] == "UsesQueryCache", name
+    cluster = res["QueryCacheCluster"]["Properties"]
+    assert cluster["Engine"] == "memcached"
+    assert cluster["VpcSecurityGroupIds"] == [{"Fn::GetAtt": ["QueryCacheSecurityGroup", "GroupId"]}]
+    ingress = res["QueryCacheSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert len(ingress) == 1
+    assert ingress[0]["SourceSecurityGroupId"] == {"Fn::GetAtt": ["NodeSecurityGroup", "GroupId"]}
+    assert (ingress[0]["FromPort"], ingress[0]["ToPort"]) == (11211, 11211)
+    assert not any("CidrIp" in rule for rule in ingress)

@@ -26,6 +26,16 @@ WORKLOADS = [
         "Select-only, a new connection per transaction, trust authentication",
         "pgbench -S -C -U trustuser",
     ),
+    (
+        "cache-simple",
+        "Query cache, simple protocol: -S's query over a hot set of 10,000 accounts",
+        "pgbench -M simple -f cache.sql, each cache target warmed up first",
+    ),
+    (
+        "cache-extended",
+        "Query cache, extended protocol: -S's query over a hot set of 10,000 accounts",
+        "pgbench -M extended -f cache.sql, each cache target warmed up first",
+    ),
 ]
 TARGET_NAMES = {
     "direct": "direct (primary)",
@@ -34,10 +44,12 @@ TARGET_NAMES = {
     "tidepool-tx": "tidepool (transaction)",
     "tidepool-session": "tidepool (session)",
     "tidepool-tx-lb": "tidepool (transaction, read LB)",
+    "tidepool-tx-cache": "tidepool (transaction, query cache)",
+    "pgpool-cache": "Pgpool-II (query cache)",
 }
 TARGET_ORDER = list(TARGET_NAMES)
-TIDEPOOLS = ["tidepool-tx", "tidepool-session", "tidepool-tx-lb"]
-PEERS = ["direct", "pgbouncer", "pgpool"]
+TIDEPOOLS = ["tidepool-tx", "tidepool-session", "tidepool-tx-lb", "tidepool-tx-cache"]
+PEERS = ["direct", "pgbouncer", "pgpool", "pgpool-cache"]
 # scripts/bench --tls: TLS on both sides, reported in their own table.
 TLS_TARGET_NAMES = {
     "direct-tls": "direct (primary), TLS",
@@ -233,6 +245,29 @@ def main():
                 for w in tls_cells
                 for c in (big if w == "select-simple" else clients)
             ],
+            1.0,
+        )
+    cache_w = [w for w in ("cache-simple", "cache-extended") if any(k[0] == w and k[2] == "tidepool-tx-cache" for k in cells)]
+    cshort = {"cache-simple": "simple", "cache-extended": "extended"}
+    if cache_w:
+        goal_row(
+            "query cache: tps above direct's",
+            [("%s/%d:" % (cshort[w], c), ratio(tps(w, c, "tidepool-tx-cache"), tps(w, c, "direct"))) for w in cache_w for c in clients],
+            1.0,
+        )
+        goal_row(
+            "query cache: tps ≥ 2× Pgpool-II's query cache",
+            [("%s/%d:" % (cshort[w], c), ratio(tps(w, c, "tidepool-tx-cache"), tps(w, c, "pgpool-cache"))) for w in cache_w for c in clients],
+            2.0,
+        )
+
+        def p50(w, c, t):
+            s = summary.get((w, c, t))
+            return s["p50"] if s else None
+
+        goal_row(
+            "query cache: p50 latency ≤ direct's (direct's p50 ÷ tidepool's)",
+            [("%s/%d:" % (cshort[w], c), ratio(p50(w, c, "direct"), p50(w, c, "tidepool-tx-cache"))) for w in cache_w for c in clients],
             1.0,
         )
     lb = [

@@ -242,13 +242,29 @@ async fn memory_store_answers_repeated_reads_and_never_serves_a_result_a_write_c
     assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "20");
     b.simple_query("COMMIT").await.unwrap();
     assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "-1");
-    // Rolled back: the old value stays right.
+    // Rolled back: the old value stays right, and stays cached.
+    assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "-1");
     b.simple_query("BEGIN").await.unwrap();
     b.simple_query("UPDATE acc SET v = -2 WHERE id = 2")
         .await
         .unwrap();
     b.simple_query("ROLLBACK").await.unwrap();
+    let before = hits(&t).await;
     assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "-1");
+    assert_eq!(
+        hits(&t).await,
+        before + 1,
+        "a rolled-back write dropped a result"
+    );
+    // A rollback to a savepoint is not the end: the COMMIT after it is.
+    b.batch_execute(
+        "BEGIN; UPDATE acc SET v = -3 WHERE id = 2; SAVEPOINT s; \
+         UPDATE acc SET v = -4 WHERE id = 3; ROLLBACK TO SAVEPOINT s",
+    )
+    .await
+    .unwrap();
+    b.simple_query("COMMIT").await.unwrap();
+    assert_eq!(value(&a, "SELECT v FROM acc WHERE id = 2").await, "-3");
 
     // DDL drops every result of the database.
     value(&a, "SELECT count(*) FROM other").await;
@@ -328,7 +344,7 @@ async fn memory_store_answers_repeated_reads_and_never_serves_a_result_a_write_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_sharing_memcached_never_serve_a_stale_result_and_outlive_memcached() {
+async fn three_nodes_sharing_memcached_never_serve_a_stale_result_and_outlive_memcached() {
     let cluster = PgCluster::start(PgClusterOpts::standbys(0)).unwrap();
     setup_tables(&cluster).await;
     let mut mc = Memcached::start().unwrap();
@@ -336,10 +352,13 @@ async fn two_nodes_sharing_memcached_never_serve_a_stale_result_and_outlive_memc
         "memcached",
         &format!("memcached_servers = [\"127.0.0.1:{}\"]", mc.port),
     );
+    // Three nodes, as a watchdog group's, sharing one memcached.
     let n1 = start(&cluster, "transaction", &cache).await;
     let n2 = start(&cluster, "transaction", &cache).await;
+    let n3 = start(&cluster, "session", &cache).await;
     let c1 = n1.connect("app", "app", "app").await.unwrap();
     let c2 = n2.connect("app", "app", "app").await.unwrap();
+    let c3 = n3.connect("app", "app", "app").await.unwrap();
     let q = "SELECT v FROM acc WHERE id = 4";
 
     // Stored by one node, answered by the other.
@@ -357,19 +376,24 @@ async fn two_nodes_sharing_memcached_never_serve_a_stale_result_and_outlive_memc
     .await
     .unwrap();
 
-    // Writes through one node, reads through the other: never the old value.
+    // Writes through one node, reads through the others: never the old value.
+    let clients = [&c1, &c2, &c3];
     for i in 0..30 {
         let want = 500 + i;
-        let (w, r) = if i % 2 == 0 { (&c1, &c2) } else { (&c2, &c1) };
-        // Read (and cache) the current value first.
-        value(r, q).await;
-        value(r, q).await;
+        let w = clients[i as usize % 3];
+        // Every node reads (and caches) the current value first.
+        for r in clients {
+            value(r, q).await;
+            value(r, q).await;
+        }
         w.execute("UPDATE acc SET v = $1 WHERE id = 4", &[&want])
             .await
             .unwrap();
-        assert_eq!(value(r, q).await, want.to_string(), "round {i}");
+        for (k, r) in clients.iter().enumerate() {
+            assert_eq!(value(r, q).await, want.to_string(), "round {i}, node {k}");
+        }
     }
-    assert!(hits(&n1).await + hits(&n2).await > 10);
+    assert!(hits(&n1).await + hits(&n2).await + hits(&n3).await > 30);
     // The extended protocol too: stored by one node, then a write through
     // it, read through the other.
     let (ts1, ts2) = (by_typed(&c1, 8).await, by_typed(&c2, 8).await);

@@ -354,8 +354,10 @@ impl MemcachedStore {
 
     /// The write's transaction ended: new generations, then the marks go.
     /// `marked`: whether `begin_write` recorded the marks.
-    pub async fn end_write(&self, db: &str, tables: &[String], marked: bool) {
-        self.bump_generations(db, tables).await;
+    pub async fn end_write(&self, db: &str, tables: &[String], marked: bool, committed: bool) {
+        if committed {
+            self.bump_generations(db, tables).await;
+        }
         if !marked {
             return;
         }

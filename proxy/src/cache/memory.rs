@@ -65,12 +65,15 @@ impl MemoryStore {
         }
     }
 
-    /// The write's transaction ended: its tables' results are stale.
-    pub fn end_write(&self, db: &str, tables: &[String]) {
+    /// The write's transaction ended: if it committed, its tables'
+    /// results are stale; either way its marks go.
+    pub fn end_write(&self, db: &str, tables: &[String], committed: bool) {
         let mut map = self.tables();
         for t in tables {
             let e = map.entry((db.to_string(), t.clone())).or_insert((0, 0));
-            e.0 += 1;
+            if committed {
+                e.0 += 1;
+            }
             e.1 = e.1.saturating_sub(1);
         }
     }

@@ -208,12 +208,16 @@ impl QueryCache {
         }
     }
 
-    /// The writing transaction ended (committed or not).
-    pub async fn end_write(&self, db: &str, tables: &[String], marked: bool) {
-        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+    /// The writing transaction ended.
+    /// `committed`: false when the transaction certainly rolled back
+    /// (its marks go, generations stay: nothing changed).
+    pub async fn end_write(&self, db: &str, tables: &[String], marked: bool, committed: bool) {
+        if committed {
+            self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
         match &self.store {
-            Store::Memory(m) => m.end_write(db, tables),
-            Store::Memcached(m) => m.end_write(db, tables, marked).await,
+            Store::Memory(m) => m.end_write(db, tables, committed),
+            Store::Memcached(m) => m.end_write(db, tables, marked, committed).await,
         }
     }
 

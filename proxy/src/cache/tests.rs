@@ -33,16 +33,16 @@ async fn a_stored_result_is_served_until_a_write_to_its_table_ends() {
     assert!(matches!(c.lookup("db", &k, &t).await, Lookup::Hit(b) if &b[..] == b"rows"));
     // A write to another table changes nothing.
     c.begin_write("db", &tables(&["b"])).await;
-    c.end_write("db", &tables(&["b"]), true).await;
+    c.end_write("db", &tables(&["b"]), true, true).await;
     assert!(matches!(c.lookup("db", &k, &t).await, Lookup::Hit(_)));
     // The same table in another database changes nothing either.
     c.begin_write("other", &tables(&["a"])).await;
-    c.end_write("other", &tables(&["a"]), true).await;
+    c.end_write("other", &tables(&["a"]), true, true).await;
     assert!(matches!(c.lookup("db", &k, &t).await, Lookup::Hit(_)));
     // While a write to `a` is in flight: no hit, and nothing may be stored.
     c.begin_write("db", &tables(&["a"])).await;
     assert!(matches!(c.lookup("db", &k, &t).await, Lookup::Miss(None)));
-    c.end_write("db", &tables(&["a"]), true).await;
+    c.end_write("db", &tables(&["a"]), true, true).await;
     assert!(matches!(
         c.lookup("db", &k, &t).await,
         Lookup::Miss(Some(_))
@@ -57,12 +57,24 @@ async fn a_result_read_before_a_write_ended_is_never_served_after() {
     // the old result arrives and is stored: it must not be served.
     let old = stamp(c.lookup("db", &k, &t).await);
     c.begin_write("db", &tables(&["a"])).await;
-    c.end_write("db", &tables(&["a"]), true).await;
+    c.end_write("db", &tables(&["a"]), true, true).await;
     c.store(k, old, Bytes::from_static(b"old rows"));
     assert!(matches!(
         c.lookup("db", &k, &t).await,
         Lookup::Miss(Some(_))
     ));
+}
+
+#[tokio::test]
+async fn a_rolled_back_write_drops_nothing_but_its_marks() {
+    let c = cache();
+    let (k, t) = ([6; 32], tables(&["*", "a"]));
+    let s = stamp(c.lookup("db", &k, &t).await);
+    c.store(k, s, Bytes::from_static(b"rows"));
+    c.begin_write("db", &tables(&["a"])).await;
+    assert!(matches!(c.lookup("db", &k, &t).await, Lookup::Miss(None)));
+    c.end_write("db", &tables(&["a"]), true, false).await;
+    assert!(matches!(c.lookup("db", &k, &t).await, Lookup::Hit(_)));
 }
 
 #[tokio::test]
@@ -72,7 +84,7 @@ async fn a_write_to_every_table_drops_every_result_of_its_database() {
     let s = stamp(c.lookup("db", &k, &t).await);
     c.store(k, s, Bytes::from_static(b"rows"));
     c.begin_write("db", &tables(&["*"])).await;
-    c.end_write("db", &tables(&["*"]), true).await;
+    c.end_write("db", &tables(&["*"]), true, true).await;
     assert!(matches!(
         c.lookup("db", &k, &t).await,
         Lookup::Miss(Some(_))

@@ -97,6 +97,11 @@ pub(super) struct Writes {
     tables: BTreeSet<String>,
     /// Whether the store recorded every mark (else none is taken back).
     marked: bool,
+    /// A COMMIT (or PREPARE TRANSACTION) was acknowledged since the first
+    /// mark.
+    committed: bool,
+    /// The last CommandComplete was ROLLBACK.
+    last_rollback: bool,
 }
 
 impl Session {
@@ -262,6 +267,12 @@ impl Session {
         match cache.lookup(&self.database, &key, &tables).await {
             Lookup::Hit(bytes) => {
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                if self.shared.rules.load().cfg.notice_per_node_statement {
+                    messages::notice(
+                        &mut self.to_client,
+                        "tidepool: answered from the query cache",
+                    );
+                }
                 if let Reply::Extended { parse, skip } = reply {
                     if let Some(p) = parse {
                         // ParseComplete; the unnamed statement is this one
@@ -326,6 +337,19 @@ impl Session {
         let Some(c) = self.capture.as_mut() else {
             return;
         };
+        let limit = self
+            .shared
+            .query_cache
+            .as_ref()
+            .map_or(0, |q| q.policy.max_entry_size);
+        if matches!(f.tag, b'T' | b'D' | b'C' | b't') && c.bytes.len() + f.bytes.len() > limit {
+            // Too large to keep: stop holding a copy now, not at the end.
+            if let Some(q) = &self.shared.query_cache {
+                q.stats.not_stored.fetch_add(1, Ordering::Relaxed);
+            }
+            self.capture = None;
+            return;
+        }
         match f.tag {
             b'T' | b'D' | b'C' => c.bytes.extend_from_slice(&f.bytes),
             b'1' | b'2' if c.extended => {}
@@ -349,8 +373,23 @@ impl Session {
         self.capture = None;
     }
 
+    /// A CommandComplete while the transaction has marks: whether it
+    /// ends in a rollback.
+    pub(super) fn cache_command_complete(&mut self, f: &Frame) {
+        if self.cache_writes.tables.is_empty() {
+            return;
+        }
+        let tag = f.body();
+        let w = &mut self.cache_writes;
+        w.last_rollback = tag.starts_with(b"ROLLBACK\0");
+        w.committed |= tag.starts_with(b"COMMIT\0") || tag.starts_with(b"PREPARE TRANSACTION\0");
+    }
+
     /// The session's transaction ended (ReadyForQuery 'I'): the tables it
-    /// wrote get new generations and their marks go.
+    /// wrote get new generations and their marks go. Only a transaction
+    /// whose last word was ROLLBACK, with no COMMIT acknowledged since
+    /// its first write, counts as rolled back (a failed statement or a
+    /// broken connection counts as possibly committed).
     pub(super) fn cache_transaction_ended(&mut self) {
         if self.cache_writes.tables.is_empty() {
             return;
@@ -366,7 +405,12 @@ impl Session {
         let db = self.database.clone();
         let tables: Vec<String> = writes.tables.into_iter().collect();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { cache.end_write(&db, &tables, writes.marked).await });
+            let committed = !(writes.last_rollback && !writes.committed);
+            rt.spawn(async move {
+                cache
+                    .end_write(&db, &tables, writes.marked, committed)
+                    .await
+            });
         }
     }
 }

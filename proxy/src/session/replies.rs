@@ -63,6 +63,9 @@ impl Session {
                     self.note_parameter(&f);
                 }
                 self.cache_reply(&f);
+                if f.tag == b'C' {
+                    self.cache_command_complete(&f);
+                }
                 self.to_client.extend_from_slice(&f.bytes);
             }
         }
