@@ -405,7 +405,7 @@ impl Session {
         let db = self.database.clone();
         let tables: Vec<String> = writes.tables.into_iter().collect();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let committed = !(writes.last_rollback && !writes.committed);
+            let committed = !writes.last_rollback || writes.committed;
             rt.spawn(async move {
                 cache
                     .end_write(&db, &tables, writes.marked, committed)
