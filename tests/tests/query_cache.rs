@@ -499,3 +499,108 @@ async fn logical_invalidation_sees_writes_made_straight_on_the_primary_within_a_
     eprintln!("direct writes seen through tidepool after {took:?}");
     assert!(took.iter().all(|d| *d < Duration::from_secs(1)), "{took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_cascades_roles_and_pipelined_writes_never_yield_a_stale_or_foreign_result() {
+    let cluster = PgCluster::start(PgClusterOpts::standbys(0)).unwrap();
+    setup_tables(&cluster).await;
+    let primary = cluster.primary().name.clone();
+    let admin = cluster
+        .connect(primary.as_str(), "postgres", "postgres", "postgres")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE ROLE reader NOLOGIN; GRANT reader TO app")
+        .await
+        .unwrap();
+    let direct = cluster
+        .connect(primary.as_str(), "app", "app", "app")
+        .await
+        .unwrap();
+    direct
+        .batch_execute(
+            "CREATE VIEW acc_view AS SELECT id, v FROM acc; \
+             CREATE TABLE parent (id int PRIMARY KEY); \
+             CREATE TABLE child (id int, pid int REFERENCES parent ON DELETE CASCADE); \
+             INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (10, 1), (20, 2)",
+        )
+        .await
+        .unwrap();
+    let t = start(&cluster, "session", &cache_section("memory", "")).await;
+    let a = t.connect("app", "app", "app").await.unwrap();
+    let b = t.connect("app", "app", "app").await.unwrap();
+
+    // A view is not a table: never answered from the cache.
+    value(&a, "SELECT v FROM acc_view WHERE id = 1").await;
+    let before = hits(&t).await;
+    value(&a, "SELECT v FROM acc_view WHERE id = 1").await;
+    assert_eq!(hits(&t).await, before, "a view's result was cached");
+
+    // A foreign key's cascade changes another table: seen at once.
+    assert_eq!(value(&a, "SELECT count(*) FROM child").await, "2");
+    assert_eq!(value(&a, "SELECT count(*) FROM child").await, "2");
+    b.simple_query("DELETE FROM parent WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(value(&a, "SELECT count(*) FROM child").await, "1");
+
+    // Another role's rows are not this role's answer.
+    let q = "SELECT v FROM acc WHERE id = 12";
+    value(&a, q).await;
+    value(&a, q).await;
+    b.simple_query("SET ROLE reader").await.unwrap();
+    let refused = b.simple_query(q).await.unwrap_err();
+    assert_eq!(
+        common::sqlstate(&refused).as_deref(),
+        Some("42501"),
+        "a role without the grant got a cached result: {refused:?}"
+    );
+    b.simple_query("RESET ROLE").await.unwrap();
+
+    // A write pipelined behind a read: the read's end is not the write's.
+    // The write waits on a row lock another connection holds; meanwhile a
+    // third client reads the row twice (a hit would be the old value
+    // later), then the lock goes and the write commits.
+    let locker = cluster
+        .connect(primary.as_str(), "app", "app", "app")
+        .await
+        .unwrap();
+    locker
+        .batch_execute("BEGIN; UPDATE acc SET v = v WHERE id = 13")
+        .await
+        .unwrap();
+    let c = std::sync::Arc::new(t.connect("app", "app", "app").await.unwrap());
+    let pipelined = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            // Both queries go out at once (simple protocol: one round trip).
+            let read = c.simple_query("SELECT v FROM acc WHERE id = 14");
+            let write = c.simple_query("UPDATE acc SET v = 1313 WHERE id = 13");
+            let (r, w) = tokio::join!(read, write);
+            r.unwrap();
+            w.unwrap()
+                .iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                    _ => None,
+                })
+                .sum::<u64>()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reader = t.connect("app", "app", "app").await.unwrap();
+    assert_eq!(
+        value(&reader, "SELECT v FROM acc WHERE id = 13").await,
+        "130"
+    );
+    assert_eq!(
+        value(&reader, "SELECT v FROM acc WHERE id = 13").await,
+        "130"
+    );
+    locker.simple_query("COMMIT").await.unwrap();
+    assert_eq!(pipelined.await.unwrap(), 1);
+    assert_eq!(
+        value(&reader, "SELECT v FROM acc WHERE id = 13").await,
+        "1313"
+    );
+}

@@ -102,32 +102,13 @@ async fn follow_once(
     db: &str,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let snapshot = shared.cluster.snapshot();
-    let primary = crate::router::write_node(&snapshot).ok_or("no primary")?;
-    let (id, host, port) = (primary.id, primary.host.clone(), primary.port);
-    let hc = shared.config.load().health_check.clone();
-    let password = shared
+    let (client, conn, id) = super::connect_primary(shared, db, "tidepool query cache").await?;
+    let host = shared
         .cluster
-        .check_password(id, &host, port, &hc)
-        .await
-        .map_err(|e| format!("password: {e}"))?;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&host)
-        .port(port)
-        .user(&hc.user)
-        .dbname(db)
-        .application_name("tidepool query cache")
-        .connect_timeout(hc.timeout);
-    if let Some(p) = &password {
-        pg.password(p);
-    }
-    let tls = shared.cluster.tls(id);
-    let connector = tls.pg(&mut pg);
-    let (client, conn) = tokio::time::timeout(hc.timeout, pg.connect(connector))
-        .await
-        .map_err(|_| "connecting timed out".to_string())?
-        .map_err(|e| format!("connecting: {e}"))?;
-    let conn = tokio::spawn(conn);
+        .snapshot()
+        .node(id)
+        .map(|n| n.host.clone())
+        .unwrap_or_default();
     let result = async {
         let slot = format!("tidepool_cache_{:016x}", rand::random::<u64>());
         client

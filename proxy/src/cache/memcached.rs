@@ -23,6 +23,9 @@ use sha2::{Digest, Sha256};
 
 use super::{Entry, policy::ALL_TABLES};
 
+/// memcached's default item size limit (1 MiB), less room for the key and
+/// item header: a larger value would be refused.
+const MAX_ITEM: usize = (1 << 20) - 1024;
 /// Connections kept to each server.
 const CONNECTIONS: usize = 8;
 /// A write mark outlives the longest write transaction expected; a node
@@ -147,7 +150,14 @@ impl MemcachedStore {
         }
         let mut guard = match guard {
             Some(g) => g,
-            None => server.conns[start].lock().await,
+            // Waiting for a connection counts against the timeout too.
+            None => match tokio::time::timeout(self.timeout, server.conns[start].lock()).await {
+                Ok(g) => g,
+                Err(_) => {
+                    self.failed(&server.dsn, &"no connection free in time");
+                    return Err(Unavailable);
+                }
+            },
         };
         if guard.as_ref().is_some_and(|c| c.is_closed()) {
             // Left mid-operation by a session that went away.
@@ -326,6 +336,9 @@ impl MemcachedStore {
     pub async fn put(&self, key: &[u8; 32], entry: &Entry) -> bool {
         let k = entry_key(key);
         let v = entry.encode();
+        if v.len() > MAX_ITEM {
+            return false;
+        }
         let ttl = self.ttl;
         matches!(self.with(&k, Op::Set(&k, &v, ttl)).await, Ok(Ok(_)))
     }
@@ -343,20 +356,26 @@ impl MemcachedStore {
     }
 
     /// New generations for `tables`, marks untouched.
-    pub async fn bump_generations(&self, db: &str, tables: &[String]) {
+    /// Whether every one moved on.
+    pub async fn bump_generations(&self, db: &str, tables: &[String]) -> bool {
+        let mut all = true;
         for t in tables {
             let g = table_key("g", db, t);
             if self.bump(&g, 1, fresh_generation(), None).await.is_err() {
                 self.owe(db);
+                all = false;
             }
         }
+        all
     }
 
     /// The write's transaction ended: new generations, then the marks go.
     /// `marked`: whether `begin_write` recorded the marks.
     pub async fn end_write(&self, db: &str, tables: &[String], marked: bool, committed: bool) {
-        if committed {
-            self.bump_generations(db, tables).await;
+        // Marks go only once the generations have moved on: a mark left
+        // behind keeps the tables uncached until it expires, the safe side.
+        if committed && !self.bump_generations(db, tables).await {
+            return;
         }
         if !marked {
             return;

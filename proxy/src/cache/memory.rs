@@ -96,7 +96,14 @@ impl MemoryStore {
                     map.entry((d, t.to_string())).or_insert((0, 0)).0 += 1;
                 }
             }
-            None => self.entries.invalidate_all(),
+            None => {
+                // New generations too: a result being read now, stored
+                // after this, must not be served.
+                for e in self.tables().values_mut() {
+                    e.0 += 1;
+                }
+                self.entries.invalidate_all()
+            }
         }
     }
 

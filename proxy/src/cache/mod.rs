@@ -17,6 +17,7 @@
 //! `policy.rs` decides what may be cached and what a write invalidates;
 //! `memory.rs` and `memcached.rs` keep entries and generations.
 
+pub mod facts;
 pub mod logical;
 mod memcached;
 mod memory;
@@ -108,6 +109,51 @@ pub struct QueryCache {
     /// each one's changes).
     databases: Mutex<BTreeSet<String>>,
     pub invalidation: crate::config::Invalidation,
+    /// What the primary's catalog says about relations and functions.
+    pub facts: facts::Facts,
+    /// Stores in flight to memcached (bounded: a full queue drops them).
+    storing: Arc<tokio::sync::Semaphore>,
+}
+
+/// Stores to memcached in flight at most.
+const STORES_IN_FLIGHT: usize = 256;
+
+/// A connection to the current primary's `db` as the `[health_check]`
+/// user, its driver task, and the primary's node id.
+pub(crate) async fn connect_primary(
+    shared: &crate::server::Shared,
+    db: &str,
+    application: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>, usize), String> {
+    let snapshot = shared.cluster.snapshot();
+    let primary = crate::router::write_node(&snapshot).ok_or("no primary")?;
+    let (id, host, port) = (primary.id, primary.host.clone(), primary.port);
+    let hc = shared.config.load().health_check.clone();
+    let password = shared
+        .cluster
+        .check_password(id, &host, port, &hc)
+        .await
+        .map_err(|e| format!("password: {e}"))?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&host)
+        .port(port)
+        .user(&hc.user)
+        .dbname(db)
+        .application_name(application)
+        .connect_timeout(hc.timeout);
+    if let Some(p) = &password {
+        pg.password(p);
+    }
+    let tls = shared.cluster.tls(id);
+    let connector = tls.pg(&mut pg);
+    let (client, conn) = tokio::time::timeout(hc.timeout, pg.connect(connector))
+        .await
+        .map_err(|_| "connecting timed out".to_string())?
+        .map_err(|e| format!("connecting: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((client, driver, id))
 }
 
 /// Figures for `SHOW POOL_CACHE`.
@@ -140,6 +186,8 @@ impl QueryCache {
             stats: Stats::default(),
             databases: Mutex::new(BTreeSet::new()),
             invalidation: cfg.invalidation,
+            facts: facts::Facts::default(),
+            storing: Arc::new(tokio::sync::Semaphore::new(STORES_IN_FLIGHT)),
         }))
     }
 
@@ -184,8 +232,14 @@ impl QueryCache {
                 self.stats.stores.fetch_add(1, Ordering::Relaxed);
             }
             Store::Memcached(_) => {
+                let Ok(permit) = self.storing.clone().try_acquire_owned() else {
+                    // memcached is slower than the misses: this one goes.
+                    self.stats.not_stored.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
                 let me = self.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Store::Memcached(m) = &me.store
                         && m.put(&key, &entry).await
                     {
@@ -226,7 +280,9 @@ impl QueryCache {
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         match &self.store {
             Store::Memory(m) => m.bump(db, tables),
-            Store::Memcached(m) => m.bump_generations(db, tables).await,
+            Store::Memcached(m) => {
+                m.bump_generations(db, tables).await;
+            }
         }
     }
 

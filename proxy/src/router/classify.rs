@@ -153,6 +153,22 @@ fn shape_into(sql: &str, mut sink: impl FnMut(&[u8])) {
             sink(b"?");
             run = i;
             prev_ident = false;
+        } else if c == b'"' {
+            // A quoted identifier, kept verbatim: `"2023_sales"` names a
+            // table, its digits are no literal.
+            i += 1;
+            while i < b.len() {
+                if b[i] == b'"' {
+                    if b.get(i + 1) == Some(&b'"') {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(b.len());
+            prev_ident = true;
         } else if c.is_ascii_digit() && !prev_ident {
             sink(&b[run..i]);
             while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
@@ -537,6 +553,15 @@ mod tests {
             "select ?, t1.x2 from t1"
         );
         assert_ne!(shape("SELECT * FROM t1"), shape("SELECT * FROM t2"));
+        // Quoted identifiers are names, whatever digits they hold.
+        assert_ne!(
+            shape_key(r#"UPDATE "2023_sales" SET x = 1"#),
+            shape_key(r#"UPDATE "2024_sales" SET x = 1"#)
+        );
+        assert_eq!(
+            shape(r#"SELECT "a""1" FROM t WHERE x = 5"#),
+            r#"SELECT "a""1" FROM t WHERE x = ?"#
+        );
         assert_eq!(
             shape_key("SELECT abalance FROM pgbench_accounts WHERE aid = 4711"),
             shape_key("SELECT abalance FROM pgbench_accounts WHERE aid = 12")

@@ -102,6 +102,9 @@ pub(super) struct Writes {
     committed: bool,
     /// The last CommandComplete was ROLLBACK.
     last_rollback: bool,
+    /// A transaction ended while later work of the session was in flight:
+    /// the marks cover several transactions (possibly committed).
+    spans: bool,
 }
 
 impl Session {
@@ -122,22 +125,27 @@ impl Session {
             // tidepool): nothing that comes next belongs to it.
             self.capture = None;
         }
+        if !self.cache_writes.tables.is_empty()
+            && matches!(
+                msg,
+                Message::Query(_) | Message::Bind { .. } | Message::Execute | Message::FunctionCall
+            )
+        {
+            // Work sent after a ROLLBACK (TO SAVEPOINT): not its end.
+            self.cache_writes.last_rollback = false;
+        }
         let class = match msg {
             Message::Query(sql) => self.shared.classifier.classify(sql),
             Message::Parse { query, .. } => {
-                // Statements take effect when bound; a temporary table
-                // matters at once (it may shadow a cached one).
-                if state::analyze(query)
-                    .pins
-                    .contains(&state::PinReason::TempTable)
-                {
+                // Statements take effect when bound; what changes who
+                // reads (a role, a temporary table that may shadow a cached
+                // one) turns the cache off at once.
+                let class = self.shared.classifier.classify(query);
+                if changes_what_reads_see(query, &class) {
                     self.cache_off = true;
                 }
                 return match extended_unit(f, rest) {
-                    Some(unit) => {
-                        let class = self.shared.classifier.classify(query);
-                        self.cache_read_unit(&cache, &class, unit).await
-                    }
+                    Some(unit) => self.cache_read_unit(&cache, &class, unit).await,
                     None => false,
                 };
             }
@@ -157,9 +165,7 @@ impl Session {
             _ => return false,
         };
         if let Message::Query(sql) = msg
-            && state::analyze(sql)
-                .pins
-                .contains(&state::PinReason::TempTable)
+            && changes_what_reads_see(sql, &class)
         {
             self.cache_off = true;
         }
@@ -168,18 +174,27 @@ impl Session {
             let rules = self.shared.rules.load_full();
             self.catalog_facts(&rules, &class, &mut facts).await;
         }
-        if let Some(tables) = policy::write_set(&class, facts.volatile_function) {
+        if let Some(mut tables) = policy::write_set(&class, facts.volatile_function) {
+            if tables.iter().all(|t| t != policy::ALL_TABLES)
+                && cache
+                    .facts
+                    .write_spreads(&self.shared, &self.database, &tables)
+                    .await
+            {
+                // Triggers, foreign keys' cascades, views, partitions,
+                // inheritance: other tables may change too.
+                tables = vec![policy::ALL_TABLES.to_string()];
+            }
             self.mark_writes(&cache, tables).await;
             return false;
         }
         match msg {
-            Message::Query(sql) => {
-                let key = policy::key(
-                    &self.user,
-                    &self.database,
-                    &self.settings,
-                    &[sql.as_bytes()],
-                );
+            Message::Query(_) => {
+                // The bytes as sent: text in another client encoding is not
+                // UTF-8, and two such texts must not share a key.
+                let raw = f.body();
+                let raw = &raw[..raw.iter().position(|&c| c == 0).unwrap_or(raw.len())];
+                let key = policy::key(&self.user, &self.database, &self.settings, &[raw]);
                 self.cache_read(&cache, &class, &facts, key, Reply::Simple)
                     .await
             }
@@ -260,6 +275,15 @@ impl Session {
             || facts.local_relation
             || facts.volatile_function
             || cache.policy.admits(class).is_err()
+            || !cache
+                .facts
+                .read_cacheable(
+                    &self.shared,
+                    &self.database,
+                    &class.tables,
+                    &class.functions,
+                )
+                .await
         {
             return false;
         }
@@ -394,6 +418,12 @@ impl Session {
         if self.cache_writes.tables.is_empty() {
             return;
         }
+        if self.tracker.awaited() > 0 || !self.to_backend.is_empty() {
+            // Pipelined work of the session is still on its way, and may
+            // hold marks of its own: they all end with the last of it.
+            self.cache_writes.spans = true;
+            return;
+        }
         let writes = std::mem::take(&mut self.cache_writes);
         self.end_writes(writes);
     }
@@ -405,7 +435,7 @@ impl Session {
         let db = self.database.clone();
         let tables: Vec<String> = writes.tables.into_iter().collect();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let committed = !writes.last_rollback || writes.committed;
+            let committed = !writes.last_rollback || writes.committed || writes.spans;
             rt.spawn(async move {
                 cache
                     .end_write(&db, &tables, writes.marked, committed)
@@ -415,10 +445,100 @@ impl Session {
     }
 }
 
+/// How long the marks of a session that left with work in flight stay:
+/// its server may still commit what it was sent after the connection
+/// closed.
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Drop for Session {
     /// A transaction the session left open ends with it (after `finish`
-    /// gave its server connection back, or closed it).
+    /// gave its server connection back, or closed it). Left with work in
+    /// flight, it counts as possibly committed, and its marks stay a while.
     fn drop(&mut self) {
-        self.cache_transaction_ended();
+        if self.cache_writes.tables.is_empty() {
+            return;
+        }
+        let mut writes = std::mem::take(&mut self.cache_writes);
+        if self.tracker.is_idle() {
+            return self.end_writes(writes);
+        }
+        writes.spans = true;
+        let Some(cache) = self.shared.query_cache.clone() else {
+            return;
+        };
+        let db = self.database.clone();
+        let tables: Vec<String> = writes.tables.into_iter().collect();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(IN_FLIGHT_GRACE).await;
+                cache.end_write(&db, &tables, writes.marked, true).await
+            });
+        }
+    }
+}
+
+/// Whether a statement changes what this session's reads see, so that a
+/// shared result may no longer be its answer: a role or session
+/// authorization, `set_config` (row-level security keyed by a setting,
+/// search_path), a temporary relation (it may shadow a table), or code
+/// run by `DO` / `CALL` that may do any of these.
+fn changes_what_reads_see(sql: &str, class: &crate::router::Class) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    let identity = [
+        "set role",
+        "set session role",
+        "set local role",
+        "reset role",
+        "session authorization",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    let set_config = class
+        .functions
+        .iter()
+        .any(|f| f.rsplit('.').next() == Some("set_config"));
+    let temp = state::analyze(sql)
+        .pins
+        .contains(&state::PinReason::TempTable)
+        || (class.writes_elsewhere && lower.contains("temp"));
+    let code = {
+        let t = lower.trim_start();
+        t.starts_with("do") || t.starts_with("call")
+    };
+    identity || set_config || temp || code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes_what_reads_see;
+
+    fn changes(sql: &str) -> bool {
+        let class = crate::router::classify::classify_uncached(sql);
+        changes_what_reads_see(sql, &class)
+    }
+
+    #[test]
+    fn roles_settings_functions_temporary_relations_and_code_turn_the_cache_off() {
+        for sql in [
+            "SET ROLE tenant_a",
+            "set session authorization bob",
+            "RESET ROLE",
+            "SELECT set_config('app.tenant', '7', false)",
+            "CREATE TEMP TABLE accounts (id int)",
+            "SELECT * INTO TEMP accounts FROM src",
+            "CREATE TABLE pg_temp.accounts (id int)",
+            "DO $$ BEGIN CREATE TEMP TABLE x (i int); END $$",
+            "CALL refresh_things()",
+        ] {
+            assert!(changes(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM accounts WHERE role = 'x'",
+            "SET search_path = app",
+            "UPDATE accounts SET v = 1",
+        ] {
+            // search_path is a tracked setting: part of the key, not a reason.
+            assert!(!changes(sql), "{sql}");
+        }
     }
 }
