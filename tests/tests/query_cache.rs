@@ -604,3 +604,65 @@ async fn views_cascades_roles_and_pipelined_writes_never_yield_a_stale_or_foreig
         "1313"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_memory_store_evicts_and_a_hit_says_so_when_asked() {
+    let cluster = PgCluster::start(PgClusterOpts::standbys(0)).unwrap();
+    setup_tables(&cluster).await;
+    let t = start(
+        &cluster,
+        "transaction",
+        &format!(
+            "{}\n[load_balancing]\nnotice_per_node_statement = true\n",
+            cache_section("memory", "memory_size = 65536\nmax_entry_size = 8192")
+        ),
+    )
+    .await;
+    let c = t.connect("app", "app", "app").await.unwrap();
+    // 20 results of about 4 KiB: more than 64 KiB in all.
+    for round in 0..3 {
+        for id in 1..=20 {
+            let r = rows(
+                &c,
+                &format!("SELECT id, repeat('x', 4000) FROM acc WHERE id = {id}"),
+            )
+            .await;
+            assert_eq!(
+                r[1][0].as_deref(),
+                Some(id.to_string().as_str()),
+                "round {round}"
+            );
+        }
+    }
+    let (_, metrics) = t.http_get("/metrics").unwrap();
+    let evicted: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("tidepool_query_cache_evictions_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(evicted > 0, "{metrics}");
+
+    // psql shows the NOTICE a hit carries.
+    let psql = common::pg_bindir().join("psql");
+    let q = "SELECT v FROM acc WHERE id = 15";
+    let out = Command::new(psql)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &t.port().to_string(),
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-X",
+        ])
+        .args(["-c", q, "-c", q])
+        .env("PGPASSWORD", "app")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("answered from the query cache"), "{stderr}");
+}

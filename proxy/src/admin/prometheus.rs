@@ -47,6 +47,7 @@ pub struct ProcessFigures {
     pub cache_invalidations: u64,
     pub cache_hit_bytes: u64,
     pub cache_store_errors: u64,
+    pub cache_evictions: u64,
 }
 
 /// Changes the failover manager made to the node table.
@@ -122,7 +123,9 @@ impl Figures {
             process.cache_not_stored = st.not_stored.load(Ordering::Relaxed);
             process.cache_invalidations = st.invalidations.load(Ordering::Relaxed);
             process.cache_hit_bytes = st.hit_bytes.load(Ordering::Relaxed);
-            process.cache_store_errors = q.usage().store_errors;
+            let usage = q.usage();
+            process.cache_store_errors = usage.store_errors;
+            process.cache_evictions = usage.evictions;
         }
         let c = &shared.cluster.stats;
         let cluster = ClusterFigures {
@@ -338,7 +341,12 @@ impl Figures {
             "Configuration reloads applied.",
             one(p.reloads),
         )?;
-        let cache: [(&str, &str, u64); 7] = [
+        let cache: [(&str, &str, u64); 8] = [
+            (
+                "query_cache_evictions",
+                "Results the memory store pushed out to make room.",
+                p.cache_evictions,
+            ),
             (
                 "query_cache_lookups",
                 "Cacheable SELECTs looked up in the query cache.",

@@ -1,7 +1,14 @@
 //! The memory store: results in a bounded LRU/TinyLFU cache (moka),
 //! generations and writes in flight in a map, all in this process.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use moka::sync::Cache;
 
@@ -9,6 +16,8 @@ use super::Entry;
 
 pub struct MemoryStore {
     entries: Cache<[u8; 32], Entry>,
+    /// Results pushed out to make room (not expired, not invalidated).
+    pub evictions: Arc<AtomicU64>,
     /// (database, table) → (generation, writes in flight).
     tables: Mutex<HashMap<(String, String), (u64, u32)>>,
     capacity: u64,
@@ -16,7 +25,14 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(capacity: u64, ttl: Duration) -> MemoryStore {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted = evictions.clone();
         let entries = Cache::builder()
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .max_capacity(capacity)
             .weigher(|_k: &[u8; 32], e: &Entry| {
                 u32::try_from(e.bytes.len() + 64 + 8 * e.stamp.len()).unwrap_or(u32::MAX)
@@ -25,6 +41,7 @@ impl MemoryStore {
             .build();
         MemoryStore {
             entries,
+            evictions,
             tables: Mutex::new(HashMap::new()),
             capacity,
         }

@@ -159,6 +159,8 @@ pub(crate) async fn connect_primary(
 /// Figures for `SHOW POOL_CACHE`.
 pub struct Usage {
     pub entries: Option<u64>,
+    /// Memory store: results pushed out to make room.
+    pub evictions: u64,
     pub used_bytes: Option<u64>,
     pub capacity: Option<u64>,
     pub store_errors: u64,
@@ -317,6 +319,7 @@ impl QueryCache {
                 let (entries, used, capacity) = m.usage();
                 Usage {
                     entries: Some(entries),
+                    evictions: m.evictions.load(Ordering::Relaxed),
                     used_bytes: Some(used),
                     capacity: Some(capacity),
                     store_errors: 0,
@@ -325,6 +328,7 @@ impl QueryCache {
             }
             Store::Memcached(m) => Usage {
                 entries: None,
+                evictions: 0,
                 used_bytes: None,
                 capacity: None,
                 store_errors: m.errors.load(Ordering::Relaxed),
