@@ -144,10 +144,11 @@ impl Session {
                 if changes_what_reads_see(query, &class) {
                     self.cache_off = true;
                 }
-                return match extended_unit(f, rest) {
-                    Some(unit) => self.cache_read_unit(&cache, &class, unit).await,
-                    None => false,
+                let Some(unit) = extended_unit(f, rest) else {
+                    return false;
                 };
+                let facts = self.read_facts(&class).await;
+                return self.cache_read_unit(&cache, &class, &facts, unit).await;
             }
             Message::Bind { statement } => match self.bound_class(statement) {
                 Some(c) => c,
@@ -169,11 +170,7 @@ impl Session {
         {
             self.cache_off = true;
         }
-        let mut facts = crate::router::Facts::default();
-        if !class.functions.is_empty() || (class.select && !class.tables.is_empty()) {
-            let rules = self.shared.rules.load_full();
-            self.catalog_facts(&rules, &class, &mut facts).await;
-        }
+        let facts = self.read_facts(&class).await;
         if let Some(mut tables) = policy::write_set(&class, facts.volatile_function) {
             if tables.iter().all(|t| t != policy::ALL_TABLES)
                 && cache
@@ -199,7 +196,7 @@ impl Session {
                     .await
             }
             Message::Bind { .. } => match extended_unit(f, rest) {
-                Some(unit) => self.cache_read_unit(&cache, &class, unit).await,
+                Some(unit) => self.cache_read_unit(&cache, &class, &facts, unit).await,
                 None => false,
             },
             _ => false,
@@ -212,8 +209,12 @@ impl Session {
         &mut self,
         cache: &Arc<QueryCache>,
         class: &crate::router::Class,
+        facts: &crate::router::Facts,
         unit: Unit<'_>,
     ) -> bool {
+        let Ok((_, bound, offset)) = messages::read_bind(unit.bind) else {
+            return false;
+        };
         // What the statement is: the Parse's query and parameter types,
         // or the named statement's content-derived name.
         let statement: Vec<u8> = match unit.parse {
@@ -222,24 +223,11 @@ impl Session {
                 let name_end = body.iter().position(|&c| c == 0).unwrap_or(0);
                 body[name_end + 1..].to_vec()
             }
-            None => {
-                let Ok((_, name, _)) = messages::read_bind(unit.bind) else {
-                    return false;
-                };
-                match self.statements.get(&name) {
-                    Some(s) => s.server_name.as_bytes().to_vec(),
-                    None => return false,
-                }
-            }
+            None => match self.statements.get(&bound) {
+                Some(s) => s.server_name.as_bytes().to_vec(),
+                None => return false,
+            },
         };
-        let Ok((_, _, offset)) = messages::read_bind(unit.bind) else {
-            return false;
-        };
-        let mut facts = crate::router::Facts::default();
-        if !class.functions.is_empty() || (class.select && !class.tables.is_empty()) {
-            let rules = self.shared.rules.load_full();
-            self.catalog_facts(&rules, class, &mut facts).await;
-        }
         let key = policy::key(
             &self.user,
             &self.database,
@@ -255,7 +243,18 @@ impl Session {
             parse: unit.parse.cloned(),
             skip: unit.len - 1,
         };
-        self.cache_read(cache, class, &facts, key, reply).await
+        self.cache_read(cache, class, facts, key, reply).await
+    }
+
+    /// What the router's catalog knows of a statement's functions and
+    /// relations (asked only when it names any).
+    async fn read_facts(&self, class: &crate::router::Class) -> crate::router::Facts {
+        let mut facts = crate::router::Facts::default();
+        if !class.functions.is_empty() || (class.select && !class.tables.is_empty()) {
+            let rules = self.shared.rules.load_full();
+            self.catalog_facts(&rules, class, &mut facts).await;
+        }
+        facts
     }
 
     /// A read at a unit's start: answered from the cache (true), or its
