@@ -80,6 +80,7 @@ impl Login {
 
 struct Aws {
     secrets: aws_sdk_secretsmanager::Client,
+    rds: aws_sdk_rds::Client,
     tokens: Result<TokenSource, String>,
 }
 
@@ -118,10 +119,17 @@ impl Credentials {
                 .await;
                 Aws {
                     secrets: aws_sdk_secretsmanager::Client::new(&config),
+                    rds: aws_sdk_rds::Client::new(&config),
                     tokens: TokenSource::from_sdk_config(&config).map_err(|e| e.to_string()),
                 }
             })
             .await
+    }
+
+    /// RDS, with the process's AWS settings (switchovers of a managed
+    /// cluster: `FailoverDBCluster`).
+    pub async fn rds(&self) -> tidepool_failover::Rds {
+        tidepool_failover::Rds::new(self.aws().await.rds.clone(), RetryPolicy::default())
     }
 
     /// The password to send for `login` as `user` to `host:port`.

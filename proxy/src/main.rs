@@ -263,7 +263,18 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         shutdown_rx.clone(),
         shared.control.sender(),
     ));
-    {
+    for c in shared.config.load().clusters.iter().cloned() {
+        // A managed cluster's instances and their lag come from its
+        // topology; the streaming-replication delay query is not used.
+        tokio::spawn(cluster::discovery::run(
+            shared.cluster.clone(),
+            c,
+            shared.health_settings.subscribe(),
+            shared.lags.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    if shared.config.load().clusters.is_empty() {
         let s = shared.clone();
         tokio::spawn(tidepool::router::lag::run(
             shared.cluster.clone(),

@@ -2,7 +2,8 @@
 //!
 //! A cluster is created by `scripts/dev-cluster` (so tests, developers and
 //! the demo share one way of building it) in a temporary directory on free
-//! ports, and removed on drop. See the script's `--help` for what is inside:
+//! ports (or the ports and loopback addresses [`PgClusterOpts`] asks for),
+//! and removed on drop. See the script's `--help` for what is inside:
 //! superuser `postgres`/`postgres`, `app`/`app` (SCRAM), `md5user`/`md5pass`
 //! (md5), `trustuser` (trust), `replicator`/`replicator`, database `app`.
 
@@ -15,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use crate::paths::scripts_dir;
-use crate::ports::free_port;
+use crate::ports::free_port_on;
 
 /// Exit code of `scripts/dev-cluster` when one of its ports is taken.
 const EXIT_PORT_IN_USE: i32 = 75;
@@ -34,6 +35,16 @@ pub struct PgClusterOpts {
     /// rules for TCP, with a throwaway CA made in the cluster's directory
     /// (see [`PgCluster::tls_dir`]).
     pub tls: bool,
+    /// The IPv4 loopback address (`127.0.0.0/8`) of each node, primary
+    /// first: one per node (`standbys + 1`), e.g. `127.0.0.2`, `127.0.0.3`.
+    /// Nodes on distinct addresses may share a port, as Aurora instances do.
+    /// Empty: every node on 127.0.0.1.
+    pub hosts: Vec<String>,
+    /// The port of each node, primary first: one per node. Empty: free ports
+    /// (free on the node's address), chosen again when one is taken before
+    /// the cluster starts. Given: exactly these, and a port that is taken is
+    /// an error.
+    pub ports: Vec<u16>,
 }
 
 impl Default for PgClusterOpts {
@@ -43,6 +54,8 @@ impl Default for PgClusterOpts {
             sync: false,
             fast: true,
             tls: false,
+            hosts: Vec::new(),
+            ports: Vec::new(),
         }
     }
 }
@@ -82,7 +95,8 @@ pub struct Node {
     pub name: String,
     /// Role when the cluster was started; [`PgCluster::role`] asks the node.
     pub role: Role,
-    /// Always 127.0.0.1.
+    /// The IPv4 loopback address the node listens on: 127.0.0.1 unless
+    /// [`PgClusterOpts::hosts`] said otherwise.
     pub host: String,
     pub port: u16,
     /// The node's directory: `data/`, its Unix socket, `postgresql.log`.
@@ -110,27 +124,52 @@ struct NodeStatus {
     running: bool,
 }
 
-/// A primary with streaming standbys on 127.0.0.1, stopped and removed on
-/// drop (also when the test panics). Methods taking `node` accept a node
-/// name (`"pg1"`) or a `&Node`.
+/// A primary with streaming standbys on loopback addresses (127.0.0.1 unless
+/// [`PgClusterOpts::hosts`] says otherwise), stopped and removed on drop
+/// (also when the test panics). Methods taking `node` accept a node name
+/// (`"pg1"`) or a `&Node`.
 pub struct PgCluster {
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
 }
 
 impl PgCluster {
-    /// Creates and starts a cluster on free ports; returns once every
-    /// standby streams from the primary.
+    /// Creates and starts a cluster on free ports (or on
+    /// [`PgClusterOpts::ports`]); returns once every standby streams from
+    /// the primary.
     pub fn start(opts: PgClusterOpts) -> Result<PgCluster> {
+        let count = opts.standbys + 1;
+        if !opts.hosts.is_empty() && opts.hosts.len() != count {
+            bail!(
+                "PgClusterOpts::hosts lists {} address(es) for {count} node(s)",
+                opts.hosts.len()
+            );
+        }
+        if !opts.ports.is_empty() && opts.ports.len() != count {
+            bail!(
+                "PgClusterOpts::ports lists {} port(s) for {count} node(s)",
+                opts.ports.len()
+            );
+        }
+        // Free ports may be taken before the servers bind them: then new
+        // ones are tried. Given ports are tried once.
+        let attempts = if opts.ports.is_empty() { 5 } else { 1 };
         let mut last_err = None;
-        for _ in 0..5 {
+        for _ in 0..attempts {
             let dir = tempfile::Builder::new()
                 .prefix("tidepool-pg-")
                 .tempdir_in("/tmp")
                 .context("creating the cluster directory")?;
-            let ports: Vec<String> = (0..=opts.standbys)
-                .map(|_| free_port().to_string())
-                .collect();
+            let ports: Vec<String> = if opts.ports.is_empty() {
+                (0..count)
+                    .map(|i| {
+                        let host = opts.hosts.get(i).map_or("127.0.0.1", String::as_str);
+                        free_port_on(host).to_string()
+                    })
+                    .collect()
+            } else {
+                opts.ports.iter().map(u16::to_string).collect()
+            };
             let mut args = vec![
                 "start".to_string(),
                 "--json".into(),
@@ -139,6 +178,10 @@ impl PgCluster {
                 "--standbys".into(),
                 opts.standbys.to_string(),
             ];
+            if !opts.hosts.is_empty() {
+                args.push("--hosts".into());
+                args.push(opts.hosts.join(","));
+            }
             if opts.sync {
                 args.push("--sync".into());
             }
@@ -170,6 +213,9 @@ impl PgCluster {
             if out.status.code() != Some(EXIT_PORT_IN_USE) {
                 return Err(err);
             }
+            if !opts.ports.is_empty() {
+                return Err(err.context("a port of PgClusterOpts::ports is taken"));
+            }
             last_err = Some(err);
         }
         Err(last_err
@@ -180,7 +226,9 @@ impl PgCluster {
     /// The directory of the cluster's certificates, when it was started with
     /// TLS: `ca.crt`/`ca.key` (the CA), `node.crt` (the nodes'),
     /// `tidepool.crt`/`tidepool.key` (for tidepool's client side); the
-    /// server certificates name `localhost` and `127.0.0.1`.
+    /// server certificates name `localhost` and `127.0.0.1` (so a node on
+    /// another address passes `verify-full` as `host=localhost
+    /// hostaddr=ADDRESS`, which is how its standbys reach it).
     pub fn tls_dir(&self) -> PathBuf {
         self.dir.path().join("tls")
     }

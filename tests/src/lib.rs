@@ -6,7 +6,8 @@
 //!   same script developers and the demo use), torn down on drop;
 //! - [`Tidepool`]: a `tidepool run -c FILE` process with its own config file
 //!   and log, killed on drop;
-//! - [`free_port`], [`wait_until`], [`wait_for`] and their async variants:
+//! - [`free_port`] (and [`free_port_on`] for other loopback addresses),
+//!   [`wait_until`], [`wait_for`] and their async variants:
 //!   tests wait by polling with a deadline, never by a bare sleep.
 //!
 //! Harness functions that start or stop processes block the calling thread;
@@ -25,6 +26,6 @@ pub mod wire;
 pub use cluster::{Node, PgCluster, PgClusterOpts, Role};
 pub use netns::{Forwarder, NetNs};
 pub use paths::{repo_root, scripts_dir, target_dir};
-pub use ports::free_port;
+pub use ports::{free_port, free_port_on, free_port_on_all};
 pub use tidepool::{Tidepool, TidepoolOpts, minimal_config};
 pub use wait::{wait_for, wait_for_async, wait_until, wait_until_async};

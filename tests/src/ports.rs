@@ -19,6 +19,19 @@ const PORT_COUNT: u16 = 12000;
 /// pid, under `$TMPDIR/tidepool-test-ports/`. Records of dead processes are
 /// reclaimed.
 pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// [`free_port`] on the IP address `ip` (such as `127.0.0.2`: Linux
+/// routes all of 127.0.0.0/8 to the loopback interface).
+pub fn free_port_on(ip: &str) -> u16 {
+    free_port_on_all(&[ip])
+}
+
+/// [`free_port`] on every IP address of `ips` at once: a port that each of
+/// them can bind, as for servers on distinct loopback addresses sharing one
+/// port (Aurora instances do).
+pub fn free_port_on_all(ips: &[&str]) -> u16 {
     let dir = std::env::temp_dir().join("tidepool-test-ports");
     let _ = std::fs::create_dir_all(&dir);
     for _ in 0..10_000 {
@@ -26,7 +39,12 @@ pub fn free_port() -> u16 {
         if !reserve(&dir, port) {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Held together, then closed together.
+        let bound: Result<Vec<TcpListener>, _> = ips
+            .iter()
+            .map(|ip| TcpListener::bind((*ip, port)))
+            .collect();
+        if bound.is_ok() {
             return port;
         }
     }
@@ -83,5 +101,18 @@ mod tests {
         for port in ports {
             TcpListener::bind(("127.0.0.1", port)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_port_free_on_several_addresses_binds_on_each() {
+        let ips = ["127.0.0.2", "127.0.0.3"];
+        let port = free_port_on_all(&ips);
+        let _held: Vec<TcpListener> = ips
+            .iter()
+            .map(|ip| TcpListener::bind((*ip, port)).unwrap())
+            .collect();
+        let other = free_port_on("127.0.0.2");
+        assert_ne!(other, port);
+        TcpListener::bind(("127.0.0.2", other)).unwrap();
     }
 }

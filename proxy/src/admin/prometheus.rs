@@ -63,6 +63,12 @@ pub struct ClusterFigures {
     pub failed_actions: u64,
     pub backend_faults: u64,
     pub backend_faults_confirmed: u64,
+    pub topology_reads: u64,
+    pub topology_errors: u64,
+    pub writer_losses: u64,
+    pub writer_changes: u64,
+    pub instances_joined: u64,
+    pub instances_left: u64,
 }
 
 /// One node of the node table, with its counters.
@@ -139,6 +145,12 @@ impl Figures {
             failed_actions: c.failed_actions.load(Ordering::Relaxed),
             backend_faults: c.backend_faults.load(Ordering::Relaxed),
             backend_faults_confirmed: c.backend_faults_confirmed.load(Ordering::Relaxed),
+            topology_reads: c.topology_reads.load(Ordering::Relaxed),
+            topology_errors: c.topology_errors.load(Ordering::Relaxed),
+            writer_losses: c.writer_losses.load(Ordering::Relaxed),
+            writer_changes: c.writer_changes.load(Ordering::Relaxed),
+            instances_joined: c.instances_joined.load(Ordering::Relaxed),
+            instances_left: c.instances_left.load(Ordering::Relaxed),
         };
         let snap = shared.cluster.snapshot();
         let primary = snap.primary().map(|n| n.id);
@@ -391,7 +403,7 @@ impl Figures {
 
     fn encode_cluster(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let c = &self.cluster;
-        let families: [(&str, &str, u64); 10] = [
+        let families: [(&str, &str, u64); 16] = [
             (
                 "failovers",
                 "Failovers started: a primary fenced and a standby promoted in its place.",
@@ -437,6 +449,36 @@ impl Figures {
                 "backend_faults_confirmed",
                 "Of those, the ones whose probe failed too (handled as a failed health check).",
                 c.backend_faults_confirmed,
+            ),
+            (
+                "topology_reads",
+                "Topology answers read from a managed cluster's instances ([[clusters]]).",
+                c.topology_reads,
+            ),
+            (
+                "topology_errors",
+                "Topology reads that failed (no connection, no answer in time, an error).",
+                c.topology_errors,
+            ),
+            (
+                "cluster_writer_losses",
+                "Times a managed cluster had no confirmed writer (it stopped answering or answered read-only).",
+                c.writer_losses,
+            ),
+            (
+                "cluster_writer_changes",
+                "Times an instance was confirmed as a managed cluster's writer while it was not the one taking writes.",
+                c.writer_changes,
+            ),
+            (
+                "cluster_instances_joined",
+                "Managed cluster instances added to the node table (found, or back in the topology).",
+                c.instances_joined,
+            ),
+            (
+                "cluster_instances_left",
+                "Managed cluster instances retired because the topology no longer lists them.",
+                c.instances_left,
             ),
         ];
         for (name, help, value) in families {

@@ -173,7 +173,16 @@ fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
                 s(n.role.as_str()),
                 s(c.selects.load(Ordering::Relaxed)),
                 s(Some(n.id) == read_node),
-                s(lags.get(&n.id).map(|l| l.bytes).unwrap_or(0)),
+                // A managed cluster's instances: seconds, from the
+                // topology (`replica_lag_in_msec`); otherwise WAL bytes.
+                if n.source.discovered() {
+                    s(format!(
+                        "{:.3}",
+                        lags.get(&n.id).map(|l| l.time.as_secs_f64()).unwrap_or(0.0)
+                    ))
+                } else {
+                    s(lags.get(&n.id).map(|l| l.bytes).unwrap_or(0))
+                },
                 s(lags.get(&n.id).map(|l| l.replication_state).unwrap_or("")),
                 s(lags
                     .get(&n.id)
@@ -188,6 +197,7 @@ fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
                     Some(false) => "off",
                     None => "",
                 }),
+                s(n.source.as_str()),
             ]
         })
         .collect();
@@ -209,6 +219,7 @@ fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
             "last_status_change",
             "sslmode",
             "ssl",
+            "discovered_by",
         ],
         rows,
     }

@@ -212,6 +212,7 @@ mod tests {
             role,
             last_status_change: SystemTime::UNIX_EPOCH + Duration::from_secs(id as u64),
             last_error: None,
+            source: crate::cluster::Source::Config,
         }
     }
 

@@ -708,6 +708,10 @@ impl Manager {
                     self.detach(id, "detached by the operator");
                 }
             }
+            Action::Promote { .. } if node.source.discovered() => {
+                self.check_promotable(&node)?;
+                return self.cluster_failover(&node).await;
+            }
             Action::Promote { switchover: false } => {
                 self.check_promotable(&node)?;
                 match snap.primary() {
@@ -753,6 +757,45 @@ impl Manager {
             "status": n.status.as_str(),
             "role": n.role.as_str(),
             "primary": snap.primary().map(|p| p.name.clone()),
+        }))
+    }
+
+    /// A managed cluster's writer moves only by AWS: `FailoverDBCluster`
+    /// to `node`, waiting until RDS reports it the writer. Writes follow
+    /// once the topology confirms it (`discovery`).
+    async fn cluster_failover(&mut self, node: &super::Node) -> Result<Value, ControlError> {
+        let cfg = self.config();
+        let Some(c) = cfg.clusters.first() else {
+            return Err(ControlError::Conflict(format!(
+                "{} is not an instance of a configured cluster",
+                node.name
+            )));
+        };
+        let Some(id) = c.cluster_identifier.as_deref() else {
+            return Err(ControlError::Conflict(format!(
+                "a switchover of cluster {} asks RDS (FailoverDBCluster): set clusters.cluster_identifier",
+                c.name
+            )));
+        };
+        let mut rds = self.cluster().credentials().rds().await;
+        rds.switchover_timeout = cfg.failover.switchover_timeout;
+        let report = rds.switchover_cluster(id, &node.name).await.map_err(|e| {
+            ControlError::Failed(super::executor::ActionError::Refused(format!(
+                "FailoverDBCluster {id} to {}: {e}",
+                node.name
+            )))
+        })?;
+        self.cluster()
+            .stats
+            .switchovers
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(json!({
+            "node": node.name,
+            "action": "switchover",
+            "cluster_identifier": id,
+            "requested": report.changed,
+            "writer_before": report.before.writer_id(),
+            "writer_after": report.after.writer_id(),
         }))
     }
 

@@ -24,13 +24,16 @@
 
 mod command;
 pub mod consensus;
+pub mod discovery;
 mod executor;
 pub mod failover;
 mod health;
+mod instances;
 mod manager;
 pub mod persist;
 mod recovery;
 mod switchover;
+pub mod topology;
 mod trigger;
 
 use std::{
@@ -113,6 +116,39 @@ pub struct Node {
     #[serde(with = "humantime_serde")]
     pub last_status_change: SystemTime,
     pub last_error: Option<String>,
+    /// How the node came to be in the table.
+    pub source: Source,
+}
+
+/// How a node came to be in the table: configured, or an instance of a
+/// `[[clusters]]` entry found by reading its topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Source {
+    #[serde(rename = "config")]
+    Config,
+    #[serde(rename = "aurora_replica_status()")]
+    AuroraTopology,
+    #[serde(rename = "rds_tools.show_topology()")]
+    MultiAzTopology,
+    #[serde(rename = "DescribeDBClusters")]
+    DescribeDbClusters,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::AuroraTopology => "aurora_replica_status()",
+            Source::MultiAzTopology => "rds_tools.show_topology()",
+            Source::DescribeDbClusters => "DescribeDBClusters",
+        }
+    }
+
+    /// An instance of a managed cluster: its role comes from the cluster's
+    /// topology, confirmed on its own connection (`cluster::discovery`).
+    pub fn discovered(self) -> bool {
+        self != Source::Config
+    }
 }
 
 /// An immutable view of every node.
@@ -267,6 +303,16 @@ pub struct ClusterCounters {
     /// the manager re-probed, and those the probe confirmed.
     pub backend_faults: AtomicU64,
     pub backend_faults_confirmed: AtomicU64,
+    /// `[[clusters]]`: topology answers read, and asks that failed.
+    pub topology_reads: AtomicU64,
+    pub topology_errors: AtomicU64,
+    /// Times the cluster had no confirmed writer (lost, or answering
+    /// read-only), and times another instance was confirmed writer.
+    pub writer_losses: AtomicU64,
+    pub writer_changes: AtomicU64,
+    /// Instances that joined the node table, and that left the topology.
+    pub instances_joined: AtomicU64,
+    pub instances_left: AtomicU64,
 }
 
 /// Owner of the node table.
@@ -318,6 +364,7 @@ fn fresh_nodes(backends: &[BackendConfig]) -> Vec<Node> {
             },
             last_status_change: now,
             last_error: None,
+            source: Source::Config,
         })
         .collect()
 }
@@ -436,6 +483,11 @@ impl Cluster {
         };
         let role = if n.flag == BackendFlag::AlwaysPrimary {
             Role::Primary
+        } else if n.source.discovered() && role == Role::Primary && n.role != Role::Primary {
+            // A cluster instance becomes the writer when the topology says
+            // so and its own connection agrees (`discovery`), never from a
+            // check alone; answering in recovery demotes it at once.
+            n.role
         } else {
             role
         };

@@ -270,6 +270,7 @@ mod tests {
             role: Role::Primary,
             last_status_change: SystemTime::now(),
             last_error: None,
+            source: crate::cluster::Source::Config,
         }
     }
 

@@ -6,6 +6,7 @@
 //! its key path (`backends[1].port`) so `tidepool check-config` can list them
 //! all at once.
 
+mod clusters;
 mod defaults;
 mod query_cache;
 mod routing;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::HbaRuleConfig;
 
+pub use clusters::{ClusterConfig, ClusterKind};
 pub use query_cache::{CacheStore, Invalidation, QueryCacheConfig};
 pub use routing::{LoadBalancingConfig, OnWrite};
 pub use tls::{
@@ -40,6 +42,9 @@ pub struct Config {
     pub query_cache: QueryCacheConfig,
     pub logging: LoggingConfig,
     pub backends: Vec<BackendConfig>,
+    /// `[[clusters]]`: a managed cluster whose instances tidepool finds
+    /// from its topology (instead of `[[backends]]`).
+    pub clusters: Vec<ClusterConfig>,
     pub users: Vec<UserConfig>,
     pub hba: Vec<HbaRuleConfig>,
     /// `[tls]`: TLS for clients.

@@ -37,6 +37,7 @@ const SECTIONS: &[&str] = &[
     "query_cache",
     "logging",
     "backends",
+    "clusters",
     "users",
     "hba",
     "tls",
@@ -182,6 +183,12 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
             &mut errors,
             &mut positions[0],
         ),
+        clusters: entries(
+            table.get("clusters"),
+            "clusters",
+            &mut errors,
+            &mut Vec::new(),
+        ),
         users: entries(table.get("users"), "users", &mut errors, &mut positions[1]),
         hba: entries(table.get("hba"), "hba", &mut errors, &mut positions[2]),
         tls: section(table.get("tls"), "tls", &mut errors),
@@ -203,6 +210,9 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
     let defaults = config.backend_defaults.clone();
     for b in &mut config.backends {
         b.apply_defaults(&defaults);
+    }
+    for c in &mut config.clusters {
+        c.apply_defaults(&defaults);
     }
     // Entries that failed to parse are missing from `config`: point the
     // semantic errors at the entries' places in the file.
@@ -333,11 +343,14 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut err = |path: String, msg: String| errors.push(ConfigError::new(path, msg));
 
-    if c.backends.is_empty() {
+    if c.backends.is_empty() && c.clusters.is_empty() {
         err(
             "backends".into(),
-            "at least one [[backends]] entry is required".into(),
+            "at least one [[backends]] (or a [[clusters]]) entry is required".into(),
         );
+    }
+    for e in super::clusters::errors(&c.clusters, &c.backends) {
+        err(e.path, e.message);
     }
     if c.users.is_empty() {
         err(
@@ -630,6 +643,19 @@ fn errors_of_tls(c: &Config, err: &mut impl FnMut(String, String)) {
         {
             err(
                 format!("backends[{i}].sslmode"),
+                "auth = \"rds_iam\" needs TLS (RDS refuses IAM logins in plaintext): use require or verify-full".into(),
+            );
+        }
+    }
+    for (i, cl) in c.clusters.iter().enumerate() {
+        let s = cl.endpoint_backend().tls(&c.backend_defaults);
+        if let Err(e) = crate::tls::BackendTls::load(&s) {
+            err(format!("clusters[{i}]"), e);
+        }
+        if s.auth == Some(BackendAuth::RdsIam) && s.sslmode.unwrap_or_default() == SslMode::Disable
+        {
+            err(
+                format!("clusters[{i}].sslmode"),
                 "auth = \"rds_iam\" needs TLS (RDS refuses IAM logins in plaintext): use require or verify-full".into(),
             );
         }

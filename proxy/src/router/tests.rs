@@ -18,6 +18,7 @@ fn node(id: usize, role: Role, weight: f64) -> Node {
         role,
         last_status_change: SystemTime::now(),
         last_error: None,
+        source: crate::cluster::Source::Config,
     }
 }
 

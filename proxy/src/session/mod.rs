@@ -564,7 +564,9 @@ impl Session {
                 }
                 return Ok(());
             }
-            if matches!(f.tag, b'Q' | b'P' | b'B') && self.on_standby() {
+            if matches!(f.tag, b'Q' | b'P' | b'B')
+                && (self.on_standby() || self.on_cluster_writer())
+            {
                 self.guard = Some(Box::new(StandbyGuard::new()));
             }
         }

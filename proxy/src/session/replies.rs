@@ -38,6 +38,13 @@ impl Session {
                     return;
                 }
                 Verdict::Rerun => {
+                    if let Some(l) = &self.lease {
+                        // A cluster writer that answers read-only is no
+                        // writer: the unit waits for the next one.
+                        self.shared
+                            .cluster
+                            .demote(lease_node(l), "a write was refused read-only (25006)");
+                    }
                     self.rerun = self.guard.take().map(|g| g.into_frames());
                     return;
                 }

@@ -33,6 +33,19 @@ impl Session {
             .is_some_and(|l| Some(lease_node(l)) != self.shared.cluster.primary_id())
     }
 
+    /// Whether the session's connection is to a managed cluster's writer,
+    /// which may answer read-only once AWS has moved the writer elsewhere:
+    /// its units are guarded like a standby's (see `refusal`).
+    pub(super) fn on_cluster_writer(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| {
+            self.shared
+                .cluster
+                .snapshot()
+                .node(lease_node(l))
+                .is_some_and(|n| n.source.discovered())
+        })
+    }
+
     /// Runs on the primary a unit a standby refused during recovery
     /// (25006): its messages go through the session again, routed to the
     /// primary; the client sees only the primary's replies.
