@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use failover_support::{Writer, acked, outage, wait};
-use tidepool_tests::{Forwarder, PgCluster, PgClusterOpts, Tidepool, free_port, free_port_on_all};
+use tidepool_tests::{
+    Forwarder, PgCluster, PgClusterOpts, Tidepool, TidepoolOpts, free_port, free_port_on_all,
+    moto::Moto,
+};
 
 const HOSTS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 const ENDPOINT: &str = "127.0.0.10";
@@ -51,7 +54,27 @@ impl Bed {
     /// `nodes` instances (primary first), the stand-in installed, each
     /// dictating `topology`; tidepool in front with `extra` lines.
     fn start(nodes: usize, sync: bool, topology: &Dictated, extra: &str) -> Result<Bed> {
-        let hosts: Vec<&str> = HOSTS[..nodes].to_vec();
+        Self::start_on(
+            &HOSTS[..nodes],
+            "127.0.0.?",
+            sync,
+            topology,
+            extra,
+            TidepoolOpts::default(),
+        )
+    }
+
+    /// Instances on `hosts` (primary first) named after `pattern`.
+    fn start_on(
+        hosts: &[&str],
+        pattern: &str,
+        sync: bool,
+        topology: &Dictated,
+        extra: &str,
+        opts: TidepoolOpts,
+    ) -> Result<Bed> {
+        let nodes = hosts.len();
+        let hosts: Vec<&str> = hosts.to_vec();
         let mut all = hosts.clone();
         all.push(ENDPOINT);
         let port = free_port_on_all(&all);
@@ -77,7 +100,7 @@ impl Bed {
         }
         let endpoint = Forwarder::start(
             format!("{ENDPOINT}:{port}").parse()?,
-            format!("{}:{port}", HOSTS[0]).parse()?,
+            format!("{}:{port}", hosts[0]).parse()?,
         )?;
         let toml = format!(
             r#"[server]
@@ -102,7 +125,7 @@ delay_threshold_by_time = "1s"
 name = "orders"
 endpoint = "{ENDPOINT}"
 port = {port}
-instance_host_pattern = "127.0.0.?"
+instance_host_pattern = "{pattern}"
 topology_period = "200ms"
 {extra}
 
@@ -117,7 +140,7 @@ password = "postgres"
             listen = free_port(),
             admin = free_port(),
         );
-        let tidepool = Tidepool::start(&toml)?;
+        let tidepool = Tidepool::start_with(&toml, opts)?;
         Ok(Bed {
             cluster,
             tidepool,
@@ -440,6 +463,225 @@ async fn a_writer_that_turns_read_only_never_answers_a_write_with_25006() -> Res
             on_new.contains(&s),
             "acknowledged write {s} not on the writer"
         );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_asks_rds_to_fail_over_to_the_named_instance() -> Result<()> {
+    // RDS instance identifiers begin with a letter: the reader is
+    // `localhost` (pattern "?" keeps it a host name that resolves here).
+    let moto = Moto::start(std::net::Ipv4Addr::LOCALHOST)?;
+    moto.python(
+        "rds = boto3.client('rds', **kw)\n\
+         rds.create_db_cluster(DBClusterIdentifier='orders', Engine='aurora-postgresql', \
+           MasterUsername='tidepool', MasterUserPassword='password-1')\n\
+         for i in ['orders-1', 'localhost']:\n\
+         \x20   rds.create_db_instance(DBInstanceIdentifier=i, DBClusterIdentifier='orders', \
+           Engine='aurora-postgresql', DBInstanceClass='db.r6g.large')\n\
+         print('ok')",
+    )?;
+    let mut opts = TidepoolOpts::default();
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        opts.env.push((k.into(), v.into()));
+    }
+    let topology = [("127.0.0.2", true, 0.0), ("localhost", false, 0.0)];
+    let bed = Bed::start_on(
+        &["127.0.0.2", "127.0.0.1"],
+        "?",
+        false,
+        &topology,
+        "kind = \"aurora\"\ncluster_identifier = \"orders\"",
+        opts,
+    )?;
+    wait(Duration::from_secs(20), "writer and reader", || {
+        let n = bed.nodes()?;
+        Ok(n.get("127.0.0.2").is_some_and(|n| n.1 == "primary")
+            && n.get("localhost")
+                .is_some_and(|n| n.0 == "up" && n.1 == "standby"))
+    })
+    .await?;
+    let ctl = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(std::process::Command::new(Tidepool::binary()?)
+            .arg("ctl")
+            .args([
+                "--url",
+                &bed.tidepool.admin_url(),
+                "--json",
+                "--timeout",
+                "60s",
+            ])
+            .args(args)
+            .output()?)
+    };
+    let out = ctl(&["promote", "localhost", "--switchover"])?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bed.tidepool.log_tail(20)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    assert_eq!(v["writer_before"], "orders-1", "{v}");
+    assert_eq!(v["writer_after"], "localhost", "{v}");
+    let writer = moto.python(
+        "rds = boto3.client('rds', **kw)\n\
+         c = rds.describe_db_clusters(DBClusterIdentifier='orders')['DBClusters'][0]\n\
+         print([m['DBInstanceIdentifier'] for m in c['DBClusterMembers'] if m['IsClusterWriter']][0])",
+    )?;
+    assert_eq!(writer, "localhost");
+    // tidepool promoted nothing itself: the database still names its writer.
+    let n = bed.nodes()?;
+    assert_eq!(n["127.0.0.2"].1, "primary", "{n:?}");
+    // The writer is not a reader to fail over to.
+    let out = ctl(&["promote", "127.0.0.2"])?;
+    assert!(!out.status.success());
+    Ok(())
+}
+
+/// An RDS Multi-AZ DB cluster's functions: `rds_tools.show_topology()` and
+/// the writer's resource id, read from `multiaz_topology.json`.
+const MULTI_AZ_STAND_IN: &str = r#"
+CREATE SCHEMA rds_tools;
+CREATE FUNCTION rds_tools.show_topology(text DEFAULT '')
+RETURNS TABLE (id text, endpoint text, port int) LANGUAGE sql SECURITY DEFINER AS $$
+  SELECT t.id, t.endpoint, t.port
+  FROM json_to_recordset(pg_read_file('multiaz_topology.json')::json -> 'instances')
+       AS t(id text, endpoint text, port int)
+$$;
+CREATE FUNCTION rds_tools.multi_az_db_cluster_source_dbi_resource_id()
+RETURNS TABLE (multi_az_db_cluster_source_dbi_resource_id text)
+LANGUAGE sql SECURITY DEFINER AS $$
+  SELECT pg_read_file('multiaz_topology.json')::json ->> 'writer'
+$$;
+"#;
+
+/// Makes `node` answer a Multi-AZ topology: `writer` (a resource id) and
+/// every instance as (resource id, address).
+fn dictate_multi_az(
+    cluster: &PgCluster,
+    node: &str,
+    port: u16,
+    writer: &str,
+    instances: &[(&str, &str)],
+) -> Result<()> {
+    let v = serde_json::json!({
+        "writer": writer,
+        "instances": instances
+            .iter()
+            .map(|(id, host)| serde_json::json!({"id": id, "endpoint": host, "port": port}))
+            .collect::<Vec<_>>(),
+    });
+    let dir = &cluster.node(node).data_dir;
+    let tmp = dir.join("multiaz_topology.json.new");
+    std::fs::write(&tmp, serde_json::to_vec(&v)?)?;
+    std::fs::rename(&tmp, dir.join("multiaz_topology.json"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_az_db_cluster_is_told_apart_and_its_writer_followed() -> Result<()> {
+    let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let mut all = hosts.to_vec();
+    all.push(ENDPOINT);
+    let port = free_port_on_all(&all);
+    let cluster = PgCluster::start(PgClusterOpts {
+        standbys: 2,
+        sync: true,
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        ports: vec![port; 3],
+        ..PgClusterOpts::default()
+    })?;
+    let primary = cluster.primary().name.clone();
+    cluster.psql(&primary, MULTI_AZ_STAND_IN)?;
+    cluster.psql_db(
+        &primary,
+        "app",
+        "CREATE TABLE ticks (seq bigint PRIMARY KEY, at timestamptz DEFAULT now()); \
+         ALTER TABLE ticks OWNER TO app",
+    )?;
+    cluster.wait_streaming()?;
+    let ids = [("db-a", hosts[0]), ("db-b", hosts[1]), ("db-c", hosts[2])];
+    let names: Vec<String> = cluster.nodes().iter().map(|n| n.name.clone()).collect();
+    for n in &names {
+        dictate_multi_az(&cluster, n, port, "db-a", &ids)?;
+    }
+    let _endpoint = Forwarder::start(
+        format!("{ENDPOINT}:{port}").parse()?,
+        format!("{}:{port}", hosts[0]).parse()?,
+    )?;
+    let toml = format!(
+        r#"[server]
+listen = "127.0.0.1:{listen}"
+admin_listen = "127.0.0.1:{admin}"
+[pool]
+primary_wait_timeout = "10s"
+[health_check]
+password = "postgres"
+[[clusters]]
+name = "billing"
+endpoint = "{ENDPOINT}"
+port = {port}
+topology_period = "200ms"
+[[users]]
+name = "app"
+password = "app"
+"#,
+        listen = free_port(),
+        admin = free_port(),
+    );
+    let tidepool = Tidepool::start(&toml)?;
+    let nodes = || -> Result<serde_json::Value> {
+        let (_, body) = tidepool.http_get("/v1/nodes")?;
+        Ok(serde_json::from_str(&body)?)
+    };
+    wait(Duration::from_secs(20), "three instances", || {
+        let v = nodes()?;
+        Ok(v["primary"] == "127.0.0.2"
+            && v["nodes"].as_array().is_some_and(|ns| {
+                ns.len() == 3
+                    && ns
+                        .iter()
+                        .all(|n| n["source"] == "rds_tools.show_topology()")
+            }))
+    })
+    .await?;
+    assert!(tidepool.log().contains("kind=\"multi_az_cluster\""));
+    let writer = Writer::start(
+        tidepool.conn_string("app", "app", "app"),
+        Duration::from_millis(100),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // RDS fails the writer over to db-b.
+    let (old, new) = (names[0].clone(), names[1].clone());
+    cluster.kill9(&old)?;
+    let at = Instant::now();
+    cluster.promote(&new)?;
+    cluster.psql(&new, "ALTER SYSTEM SET synchronous_standby_names = ''")?;
+    cluster.psql(&new, "SELECT pg_reload_conf()")?;
+    for n in &names[1..] {
+        dictate_multi_az(&cluster, n, port, "db-b", &ids)?;
+    }
+    wait(Duration::from_secs(20), "writes on db-b", || {
+        Ok(nodes()?["primary"] == "127.0.0.3")
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcomes = writer.stop().await;
+    let gap = outage(&outcomes, at).context("writes resumed")?;
+    eprintln!("multi-az stand-in: writes resumed after {gap:?}");
+    assert!(gap < Duration::from_secs(5), "outage {gap:?}");
+    let on_disk = cluster.psql_db(&new, "app", "SELECT seq FROM ticks")?;
+    let on_disk: Vec<i64> = on_disk.lines().filter_map(|l| l.parse().ok()).collect();
+    for s in acked(&outcomes) {
+        assert!(on_disk.contains(&s), "acknowledged write {s} lost");
     }
     Ok(())
 }

@@ -146,7 +146,13 @@ pub fn member(c: &ClusterConfig, kind: ClusterKind, row: &Row) -> Option<Member>
             }),
         }),
         ClusterKind::MultiAzCluster => {
-            let name = id.split('.').next().unwrap_or(id).to_string();
+            // The instance's name is the first label of its endpoint (as
+            // the AWS drivers name it); an address names itself.
+            let name = if id.parse::<std::net::IpAddr>().is_ok() {
+                id.to_string()
+            } else {
+                id.split('.').next().unwrap_or(id).to_string()
+            };
             Some(Member {
                 name,
                 host: id.to_string(),
@@ -247,6 +253,12 @@ mod tests {
         };
         let z = member(&c, ClusterKind::MultiAzCluster, &row).unwrap();
         assert_eq!((z.name.as_str(), z.port, z.writer), ("db-3", 5433, true));
+        let row = Row {
+            id: Some("10.0.1.7".into()),
+            ..Row::default()
+        };
+        let ip = member(&c, ClusterKind::MultiAzCluster, &row).unwrap();
+        assert_eq!((ip.name.as_str(), ip.port), ("10.0.1.7", 6432));
         assert!(member(&c, ClusterKind::Aurora, &Row::default()).is_none());
     }
 }
