@@ -268,6 +268,27 @@ async fn readers_that_join_and_leave_the_topology_take_and_lose_reads() -> Resul
     .await?;
     let n = bed.nodes()?;
     assert_eq!(n["2"].2, "aurora_replica_status()", "{n:?}");
+    // SHOW POOL_NODES: how each was found, and the topology's delay.
+    let (client, conn) = tokio_postgres::connect(
+        &bed.tidepool.conn_string("app", "app", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    let rows: Vec<tokio_postgres::SimpleQueryRow> = client
+        .simple_query("SHOW POOL_NODES")
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r.get("discovered_by"), Some("aurora_replica_status()"));
+        assert_eq!(r.get("replication_delay"), Some("0.000"));
+    }
     // writer_weight = 0: reads go to the reader only.
     bed.wait_reads_on(&["127.0.0.3"], "one reader").await?;
 
@@ -279,8 +300,22 @@ async fn readers_that_join_and_leave_the_topology_take_and_lose_reads() -> Resul
     // A lagging reader loses its reads (delay_threshold_by_time = 1s).
     bed.dictate_all(&[("2", true, 0.0), ("3", false, 5000.0), ("4", false, 10.0)])?;
     bed.wait_reads_on(&["127.0.0.4"], "reader 3 lags").await?;
-    let (_, show) = bed.tidepool.http_get("/v1/nodes")?;
-    assert!(show.contains("\"3\""), "{show}");
+    let delays: Vec<(String, String)> = client
+        .simple_query("SHOW POOL_NODES")
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                r.get("hostname").unwrap_or_default().to_string(),
+                r.get("replication_delay").unwrap_or_default().to_string(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        delays.contains(&("127.0.0.3".to_string(), "5.000".to_string())),
+        "{delays:?}"
+    );
 
     // A reader leaves the topology: it is down, reads go elsewhere.
     bed.dictate_all(&[("2", true, 0.0), ("3", false, 0.0)])?;

@@ -138,6 +138,16 @@ impl Cluster {
         });
     }
 
+    /// Whether node `id` is a managed cluster's instance (the per-unit
+    /// path: no snapshot is cloned).
+    pub fn is_instance(&self, id: usize) -> bool {
+        self.current
+            .load()
+            .nodes
+            .get(id)
+            .is_some_and(|n| n.source.discovered())
+    }
+
     /// Cluster instance `id` answered a write read-only (25006) or in
     /// recovery: it is no writer; writes wait for the topology to name
     /// the next one. Nothing for a configured node (its checks and the

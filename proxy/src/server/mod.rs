@@ -246,8 +246,9 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
                 tls: shared.cluster.tls(n.id),
                 login: crate::credentials::Login::for_user(
                     new.user(&p.key.user),
-                    &new.backends
-                        .get(n.id)
+                    &shared
+                        .cluster
+                        .backend(n.id)
                         .map(|b| b.tls(&new.backend_defaults))
                         .unwrap_or_default(),
                 ),

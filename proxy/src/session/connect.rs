@@ -262,9 +262,10 @@ fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (Poo
     let config = shared.config.load();
     let user = config.user(&key.user);
     let limits = crate::server::pool_limits(&config, &key.user);
-    let node = config
-        .backends
-        .get(key.node)
+    // The node's own settings: configured, or a cluster instance's.
+    let node = shared
+        .cluster
+        .backend(key.node)
         .map(|b| b.tls(&config.backend_defaults))
         .unwrap_or_default();
     let target = Target {

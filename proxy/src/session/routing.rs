@@ -37,13 +37,9 @@ impl Session {
     /// which may answer read-only once AWS has moved the writer elsewhere:
     /// its units are guarded like a standby's (see `refusal`).
     pub(super) fn on_cluster_writer(&self) -> bool {
-        self.lease.as_ref().is_some_and(|l| {
-            self.shared
-                .cluster
-                .snapshot()
-                .node(lease_node(l))
-                .is_some_and(|n| n.source.discovered())
-        })
+        self.lease
+            .as_ref()
+            .is_some_and(|l| self.shared.cluster.is_instance(lease_node(l)))
     }
 
     /// Runs on the primary a unit a standby refused during recovery
