@@ -7,12 +7,15 @@
 #   ca.crt, ca.key             the throwaway CA (its key stays with the caller)
 #   node.crt, node.key         the PostgreSQL nodes' certificate
 #   tidepool.crt, tidepool.key tidepool's (client-facing) certificate
-# Both server certificates name DNS:localhost and IP:127.0.0.1. Run as root,
+# Both server certificates name DNS:localhost and IP:127.0.0.1 (and
+# 127.0.0.2-10, see TP_TLS_SAN). Run as root,
 # node.key belongs to the server user ($TIDEPOOL_PG_USER), since PostgreSQL
 # wants its key owned by itself and mode 0600; the other keys belong to the
 # caller, mode 0600. Certificates are mode 0644.
 TP_TLS_FILES="ca.crt ca.key node.crt node.key tidepool.crt tidepool.key"
-TP_TLS_SAN="DNS:localhost,IP:127.0.0.1"
+# 127.0.0.2-127.0.0.10 too: test clusters whose nodes listen on their own
+# loopback address (Aurora stand-ins) are reached there with verify-full.
+TP_TLS_SAN="DNS:localhost,IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,IP:127.0.0.4,IP:127.0.0.5,IP:127.0.0.6,IP:127.0.0.7,IP:127.0.0.8,IP:127.0.0.9,IP:127.0.0.10"
 TP_TLS_DAYS=365
 
 # True when DIR holds a complete set that can still be used for a day:

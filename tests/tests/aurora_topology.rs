@@ -57,18 +57,19 @@ impl Bed {
         Self::start_on(
             &HOSTS[..nodes],
             "127.0.0.?",
-            sync,
+            (sync, false),
             topology,
             extra,
             TidepoolOpts::default(),
         )
     }
 
-    /// Instances on `hosts` (primary first) named after `pattern`.
+    /// Instances on `hosts` (primary first) named after `pattern`; the
+    /// cluster (synchronous, TLS only) as `sync_tls` says.
     fn start_on(
         hosts: &[&str],
         pattern: &str,
-        sync: bool,
+        (sync, tls): (bool, bool),
         topology: &Dictated,
         extra: &str,
         opts: TidepoolOpts,
@@ -81,10 +82,19 @@ impl Bed {
         let cluster = PgCluster::start(PgClusterOpts {
             standbys: nodes - 1,
             sync,
+            tls,
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             ports: vec![port; nodes],
             ..PgClusterOpts::default()
         })?;
+        let extra = if tls {
+            format!(
+                "{extra}\nsslmode = \"verify-full\"\nsslrootcert = \"{}\"",
+                cluster.tls_dir().join("ca.crt").display()
+            )
+        } else {
+            extra.to_string()
+        };
         let primary = cluster.primary().name.clone();
         cluster.psql(&primary, STAND_IN)?;
         cluster.psql_db(
@@ -530,7 +540,7 @@ async fn a_planned_switchover_asks_rds_to_fail_over_to_the_named_instance() -> R
     let bed = Bed::start_on(
         &["127.0.0.2", "127.0.0.1"],
         "?",
-        false,
+        (false, false),
         &topology,
         "kind = \"aurora\"\ncluster_identifier = \"orders\"",
         opts,
@@ -717,6 +727,48 @@ password = "app"
     let on_disk: Vec<i64> = on_disk.lines().filter_map(|l| l.parse().ok()).collect();
     for s in acked(&outcomes) {
         assert!(on_disk.contains(&s), "acknowledged write {s} lost");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_found_and_served_over_verified_tls() -> Result<()> {
+    // The instances take TLS only (as RDS with rds.force_ssl);
+    // tidepool verifies each instance's certificate against its address.
+    let bed = Bed::start_on(
+        &HOSTS[..2],
+        "127.0.0.?",
+        (false, true),
+        &[("2", true, 0.0), ("3", false, 0.0)],
+        "",
+        TidepoolOpts::default(),
+    )?;
+    wait(Duration::from_secs(20), "writer and reader", || {
+        let n = bed.nodes()?;
+        Ok(n.get("2").is_some_and(|n| n.1 == "primary")
+            && n.get("3").is_some_and(|n| n.0 == "up" && n.1 == "standby"))
+    })
+    .await?;
+    let (client, conn) = tokio_postgres::connect(
+        &bed.tidepool.conn_string("app", "app", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    client
+        .execute("INSERT INTO ticks (seq) VALUES (1)", &[])
+        .await?;
+    bed.wait_reads_on(&["127.0.0.3"], "reads on the reader").await?;
+    for n in bed.cluster.nodes() {
+        let out = bed.cluster.psql(
+            &n.name,
+            "SELECT count(*) FILTER (WHERE NOT s.ssl) || '/' || count(*) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name LIKE 'tidepool%' OR a.usename = 'app'",
+        )?;
+        let (plain, all) = out.split_once('/').context("count")?;
+        assert_eq!(plain, "0", "plaintext connections from tidepool on {}", n.name);
+        assert_ne!(all, "0", "tidepool connected to {}", n.name);
     }
     Ok(())
 }
