@@ -758,7 +758,8 @@ async fn instances_are_found_and_served_over_verified_tls() -> Result<()> {
     client
         .execute("INSERT INTO ticks (seq) VALUES (1)", &[])
         .await?;
-    bed.wait_reads_on(&["127.0.0.3"], "reads on the reader").await?;
+    bed.wait_reads_on(&["127.0.0.3"], "reads on the reader")
+        .await?;
     for n in bed.cluster.nodes() {
         let out = bed.cluster.psql(
             &n.name,
@@ -767,8 +768,94 @@ async fn instances_are_found_and_served_over_verified_tls() -> Result<()> {
              WHERE a.application_name LIKE 'tidepool%' OR a.usename = 'app'",
         )?;
         let (plain, all) = out.split_once('/').context("count")?;
-        assert_eq!(plain, "0", "plaintext connections from tidepool on {}", n.name);
+        assert_eq!(
+            plain, "0",
+            "plaintext connections from tidepool on {}",
+            n.name
+        );
         assert_ne!(all, "0", "tidepool connected to {}", n.name);
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rds_names_the_instances_when_the_database_cannot_be_asked() -> Result<()> {
+    // Nothing answers at the cluster endpoint: DescribeDBClusters (moto)
+    // names the members, which join the table to be asked in turn. The
+    // member is `localhost` so that its name resolves without DNS.
+    let moto = Moto::start(std::net::Ipv4Addr::LOCALHOST)?;
+    moto.python(
+        "rds = boto3.client('rds', **kw)\n\
+         rds.create_db_cluster(DBClusterIdentifier='orders', Engine='aurora-postgresql', \
+           MasterUsername='tidepool', MasterUserPassword='password-1')\n\
+         for i in ['localhost']:\n\
+         \x20   rds.create_db_instance(DBInstanceIdentifier=i, DBClusterIdentifier='orders', \
+           Engine='aurora-postgresql', DBInstanceClass='db.r6g.large')\n\
+         print('ok')",
+    )?;
+    let mut opts = TidepoolOpts {
+        wait_ready: false,
+        ..TidepoolOpts::default()
+    };
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        opts.env.push((k.into(), v.into()));
+    }
+    let toml = format!(
+        r#"[server]
+listen = "127.0.0.1:{listen}"
+admin_listen = "127.0.0.1:{admin}"
+[health_check]
+password = "postgres"
+connect_timeout = "500ms"
+[[clusters]]
+name = "orders"
+kind = "aurora"
+endpoint = "{ENDPOINT}"
+port = {port}
+instance_host_pattern = "?"
+cluster_identifier = "orders"
+[[users]]
+name = "app"
+password = "app"
+"#,
+        listen = free_port(),
+        admin = free_port(),
+        port = free_port_on_all(&[ENDPOINT, "127.0.0.1"]),
+    );
+    let tidepool = Tidepool::start_with(&toml, opts)?;
+    wait(
+        Duration::from_secs(30),
+        "members from DescribeDBClusters",
+        || {
+            let (_, body) = tidepool.http_get("/v1/nodes")?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let mut found: Vec<(String, String, String)> = v["nodes"]
+                .as_array()
+                .context("nodes")?
+                .iter()
+                .map(|n| {
+                    (
+                        n["name"].as_str().unwrap_or_default().to_string(),
+                        n["host"].as_str().unwrap_or_default().to_string(),
+                        n["source"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            found.sort();
+            Ok(found
+                == [(
+                    "localhost".to_string(),
+                    "localhost".to_string(),
+                    "DescribeDBClusters".to_string(),
+                )])
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -54,7 +54,14 @@ struct Watcher {
     writerless_since: Option<Instant>,
     /// The writer's last ask failed: ask everyone next round.
     writer_silent: bool,
+    /// When RDS was last asked for the members (`DescribeDBClusters`), and
+    /// whether this node may ask at all.
+    rds_asked: Option<Instant>,
+    rds_allowed: bool,
 }
+
+/// How often RDS is asked at most while no instance answers.
+const RDS_EVERY: Duration = Duration::from_secs(10);
 
 /// Watches cluster `c` until shutdown.
 pub async fn run(
@@ -82,6 +89,8 @@ pub async fn run(
         lags,
         writerless_since: None,
         writer_silent: false,
+        rds_asked: None,
+        rds_allowed: true,
     };
     let mut changed = w.cluster.subscribe();
     loop {
@@ -250,10 +259,75 @@ impl Watcher {
                                 self.join(m, source);
                             }
                         }
+                        if views.is_empty() {
+                            self.ask_rds().await;
+                        }
                     }
                 }
                 false
             }
+        }
+    }
+
+    /// No instance and not the cluster endpoint answered: RDS lists the
+    /// cluster's members (`DescribeDBClusters`, with `cluster_identifier`
+    /// and the permission), so that tidepool asks each at its own endpoint.
+    /// The database's topology stays the authority: members it does not
+    /// list leave again once it answers.
+    async fn ask_rds(&mut self) {
+        let Some(id) = self.c.cluster_identifier.clone() else {
+            return;
+        };
+        if !self.rds_allowed || self.rds_asked.is_some_and(|t| t.elapsed() < RDS_EVERY) {
+            return;
+        }
+        self.rds_asked = Some(Instant::now());
+        let rds = self.cluster.credentials().rds().await;
+        let topology = match tokio::time::timeout(Duration::from_secs(10), rds.topology(&id)).await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                if text.contains("AccessDenied") || text.contains("not authorized") {
+                    self.rds_allowed = false;
+                    tracing::warn!(cluster = %self.c.name, error = %text, "DescribeDBClusters is not allowed: instances are found from the database only");
+                } else {
+                    tracing::warn!(cluster = %self.c.name, error = %text, "DescribeDBClusters failed");
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(cluster = %self.c.name, "DescribeDBClusters did not answer within 10 s");
+                return;
+            }
+        };
+        for m in topology.writer.iter().chain(&topology.readers) {
+            let Some(endpoint) = &m.endpoint else {
+                continue;
+            };
+            if self
+                .cluster
+                .snapshot()
+                .nodes
+                .iter()
+                .any(|n| n.name == m.instance_id && n.status != Status::Down)
+            {
+                continue;
+            }
+            let member = Member {
+                name: m.instance_id.clone(),
+                host: self
+                    .c
+                    .instance_host(&m.instance_id)
+                    .unwrap_or_else(|| endpoint.address.clone()),
+                port: endpoint
+                    .port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(self.c.port),
+                writer: false,
+                lag: None,
+            };
+            self.join(&member, Source::DescribeDbClusters);
         }
     }
 

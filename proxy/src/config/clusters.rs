@@ -55,9 +55,9 @@ pub struct ClusterConfig {
     /// whose topology names instances only by identifier.
     #[serde(default)]
     pub instance_host_pattern: Option<String>,
-    /// The DB cluster identifier: `DescribeDBClusters` (when the node may
-    /// call it) adds instances the database does not list yet, and
-    /// `ctl switchover` asks RDS to fail over to a named instance.
+    /// The DB cluster identifier: when no instance answers,
+    /// `DescribeDBClusters` (if the node may call it) names the members;
+    /// `ctl promote INSTANCE --switchover` asks RDS to fail over to it.
     #[serde(default)]
     pub cluster_identifier: Option<String>,
     /// Read weight of each reader instance.
