@@ -190,9 +190,15 @@ def backend_params(postgres_ec2, postgres_rds, aurora):
         "rds": {"WriterEndpoint": postgres_rds["WriterEndpoint"],
                 "ReaderEndpoints": postgres_rds["ReaderEndpoints"],
                 "DbInstanceIdentifier": postgres_rds["DbInstanceIdentifier"]},
-        "aurora": {"WriterEndpoint": aurora["Endpoint"], "ReaderEndpoints": aurora["ReaderEndpoint"],
-                   "DbClusterIdentifier": aurora["DBClusterIdentifier"]},
+        # No ReaderEndpoints: tidepool reads the cluster's topology.
+        "aurora": {"WriterEndpoint": aurora["Endpoint"], "DbClusterIdentifier": aurora["DBClusterIdentifier"]},
     }
+
+
+# One Aurora case names its instances' endpoints; the other lets the renderer
+# derive them from the cluster endpoint.
+INSTANCE_HOST_PATTERN = "?.tp-aurora.db.example.internal"
+GIVEN_PATTERN = {("route_table", "lambda", "aurora"): INSTANCE_HOST_PATTERN}
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +247,8 @@ def cluster(aws, network, secrets, artifacts, backend_params, iam_db_resource_id
             if mode == "route_table":
                 params["RouteTableIds"] = network["PrivateRouteTableIds"]
             params.update(login_params(case, secrets, iam_db_resource_ids))
+            if case in GIVEN_PATTERN:
+                params["InstanceHostPattern"] = GIVEN_PATTERN[case]
             outputs, resources = create_stack(aws, "tp-" + "-".join(case).replace("_", "-"),
                                               "tidepool-cluster.yaml", **params)
             _clusters[case] = (params, outputs, resources)
@@ -533,12 +541,26 @@ def test_cluster_user_data_renders_the_config_of_its_stack(case, aws, cluster, o
         ("tp-a", ips["tp-a"] + ":9000"), ("tp-c", ips["tp-c"] + ":9000")]
     assert [u["name"] for u in cfg["users"]] == ["app"]
 
-    backends = [(b["host"], b["flag"]) for b in cfg["backends"]]
-    if kind == "ec2":
-        assert backends == [(h, "allow_to_failover") for h in backend_params["ec2"]["BackendHosts"].split(",")]
+    if kind == "aurora":
+        # One cluster whose instances tidepool finds: the cluster endpoint, the
+        # instances' endpoints (given, or derived from the cluster endpoint's
+        # <cluster>.cluster-<suffix>.<region>...), the identifier to fail over.
+        assert "backends" not in cfg
+        (c,) = cfg["clusters"]
+        endpoint = backend_params["aurora"]["WriterEndpoint"]
+        derived = "?." + endpoint.split(".cluster-", 1)[1]
+        assert (c["kind"], c["endpoint"], c["port"]) == ("aurora", endpoint, 5432)
+        assert c["instance_host_pattern"] == GIVEN_PATTERN.get(case, derived)
+        assert c["cluster_identifier"] == backend_params["aurora"]["DbClusterIdentifier"]
+        assert (c["writer_weight"], c["reader_weight"]) == (1.0, 1.0)
     else:
-        assert backends == [(backend_params[kind]["WriterEndpoint"], "always_primary"),
-                            (backend_params[kind]["ReaderEndpoints"], "disallow_to_failover")]
+        assert "clusters" not in cfg
+        backends = [(b["host"], b["flag"]) for b in cfg["backends"]]
+        if kind == "ec2":
+            assert backends == [(h, "allow_to_failover") for h in backend_params["ec2"]["BackendHosts"].split(",")]
+        else:
+            assert backends == [(backend_params[kind]["WriterEndpoint"], "always_primary"),
+                                (backend_params[kind]["ReaderEndpoints"], "disallow_to_failover")]
 
     esc = cfg["escalation"]
     assert (esc["via"], esc["mode"]) == (via, mode)

@@ -24,8 +24,9 @@ BACKENDS = {
     "rds": {"TIDEPOOL_WRITER_ENDPOINT": "tp-primary.abc123.eu-west-1.rds.amazonaws.com",
             "TIDEPOOL_READER_ENDPOINTS": "tp-replica.abc123.eu-west-1.rds.amazonaws.com",
             "TIDEPOOL_STANDBY_WEIGHT": "2"},
-    "aurora": {"TIDEPOOL_WRITER_ENDPOINT": "tp.cluster-abc123.eu-west-1.rds.amazonaws.com",
-               "TIDEPOOL_READER_ENDPOINTS": "tp.cluster-ro-abc123.eu-west-1.rds.amazonaws.com"},
+    # Readers come from the cluster's topology; the instances' endpoints from
+    # the cluster endpoint's name.
+    "aurora": {"TIDEPOOL_WRITER_ENDPOINT": "tp.cluster-abc123.eu-west-1.rds.amazonaws.com"},
 }
 ADDRESSES = {
     "eip": {"TIDEPOOL_EIP_ALLOCATION_ID": "eipalloc-0123456789abcdef0"},
@@ -96,16 +97,26 @@ def test_renders_mode_and_backend_kind(mode, kind, via, rendered, etc):
                                            "sslrootcert": str(etc / "backend-ca.pem")}
     assert all("password_secret" not in u for u in cfg["users"])
 
-    backends = cfg["backends"]
-    if kind == "ec2":
-        assert [b["host"] for b in backends] == BACKENDS["ec2"]["TIDEPOOL_BACKEND_HOSTS"].split(",")
-        assert {b["flag"] for b in backends} == {"allow_to_failover"}
+    if kind == "aurora":
+        # tidepool finds the instances from the topology: a cluster, no backends.
+        assert "backends" not in cfg
+        assert cfg["clusters"] == [{
+            "name": "aurora", "kind": "aurora",
+            "endpoint": "tp.cluster-abc123.eu-west-1.rds.amazonaws.com", "port": 5432,
+            "instance_host_pattern": "?.abc123.eu-west-1.rds.amazonaws.com",
+            "reader_weight": 1.0, "writer_weight": 1.0}]
     else:
-        writer, reader = backends
-        assert (writer["host"], writer["flag"]) == (BACKENDS[kind]["TIDEPOOL_WRITER_ENDPOINT"], "always_primary")
-        assert (reader["host"], reader["flag"]) == (BACKENDS[kind]["TIDEPOOL_READER_ENDPOINTS"], "disallow_to_failover")
-        assert reader["weight"] == float(BACKENDS[kind].get("TIDEPOOL_STANDBY_WEIGHT", 1))
-    assert all(b["port"] == 5432 for b in backends)
+        assert "clusters" not in cfg
+        backends = cfg["backends"]
+        if kind == "ec2":
+            assert [b["host"] for b in backends] == BACKENDS["ec2"]["TIDEPOOL_BACKEND_HOSTS"].split(",")
+            assert {b["flag"] for b in backends} == {"allow_to_failover"}
+        else:
+            writer, reader = backends
+            assert (writer["host"], writer["flag"]) == (BACKENDS[kind]["TIDEPOOL_WRITER_ENDPOINT"], "always_primary")
+            assert (reader["host"], reader["flag"]) == (BACKENDS[kind]["TIDEPOOL_READER_ENDPOINTS"], "disallow_to_failover")
+            assert reader["weight"] == float(BACKENDS[kind].get("TIDEPOOL_STANDBY_WEIGHT", 1))
+        assert all(b["port"] == 5432 for b in backends)
 
     wd = cfg["watchdog"]
     assert (wd["node_name"], wd["listen"], wd["heartbeat_listen"]) == ("tp-b", "0.0.0.0:9000", "0.0.0.0:9694")
@@ -204,6 +215,101 @@ def test_tidepool_check_config_accepts_rendered(mode, kind, via, rendered):
         pytest.skip("SKIPPED check-config (TIDEPOOL_BIN unset)")
     run = subprocess.run([tidepool, "check-config", "-c", str(rendered[(mode, kind, via)])],
                          capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+# ------------------------------------------------------------ Aurora cluster
+def aurora_env(**env):
+    full = combo_env("eip", "aurora", "in_process")
+    full.update({"TIDEPOOL_" + k: v for k, v in env.items()})
+    return full
+
+
+def rendered_cluster(env, etc):
+    run = render(env, etc)
+    assert run.returncode == 0, run.stderr
+    cfg = tomllib.loads(run.stdout)
+    assert "backends" not in cfg
+    (cluster,) = cfg["clusters"]
+    return cluster
+
+
+@pytest.mark.parametrize("endpoint,pattern", [
+    ("tp.cluster-abc123.eu-west-1.rds.amazonaws.com", "?.abc123.eu-west-1.rds.amazonaws.com"),
+    ("orders-db.cluster-c9akciq32xyz.us-gov-west-1.rds.amazonaws.com",
+     "?.c9akciq32xyz.us-gov-west-1.rds.amazonaws.com"),
+    ("tp.cluster-abc123.cn-north-1.rds.amazonaws.com.cn", "?.abc123.cn-north-1.rds.amazonaws.com.cn"),
+])
+def test_aurora_instance_host_pattern_is_derived_from_the_cluster_endpoint(endpoint, pattern, etc):
+    cluster = rendered_cluster(aurora_env(WRITER_ENDPOINT=endpoint), etc)
+    assert (cluster["endpoint"], cluster["instance_host_pattern"]) == (endpoint, pattern)
+
+
+def test_aurora_instance_host_pattern_given_wins(etc):
+    """A DNS name of your own in front of the cluster endpoint: the pattern
+    cannot be derived from it, so it is given."""
+    cluster = rendered_cluster(aurora_env(WRITER_ENDPOINT="orders-db.example.internal",
+                                          INSTANCE_HOST_PATTERN="?.abc123.eu-west-1.rds.amazonaws.com"), etc)
+    assert (cluster["endpoint"], cluster["instance_host_pattern"]) == (
+        "orders-db.example.internal", "?.abc123.eu-west-1.rds.amazonaws.com")
+    # Also beside a cluster endpoint it could be derived from.
+    cluster = rendered_cluster(aurora_env(INSTANCE_HOST_PATTERN="?.other.eu-west-1.rds.amazonaws.com"), etc)
+    assert cluster["instance_host_pattern"] == "?.other.eu-west-1.rds.amazonaws.com"
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"WRITER_ENDPOINT": "orders-db.example.internal"},
+     "cannot be derived from it: set TIDEPOOL_INSTANCE_HOST_PATTERN"),
+    ({"WRITER_ENDPOINT": "tp-writer.abc123.eu-west-1.rds.amazonaws.com"},
+     "is not an Aurora cluster endpoint"),
+    ({"WRITER_ENDPOINT": "tp.cluster-ro-abc123.eu-west-1.rds.amazonaws.com"},
+     "a reader or custom endpoint; give the cluster (writer) endpoint"),
+    ({"INSTANCE_HOST_PATTERN": "abc123.eu-west-1.rds.amazonaws.com"}, "needs exactly one ?"),
+    ({"INSTANCE_HOST_PATTERN": "?.?.eu-west-1.rds.amazonaws.com"}, "needs exactly one ?"),
+    ({"READER_ENDPOINTS": "tp.cluster-ro-abc123.eu-west-1.rds.amazonaws.com"},
+     "Aurora readers are found from the cluster's topology; leave ReaderEndpoints empty"),
+])
+def test_aurora_refuses_what_would_not_find_its_instances(env, message, etc):
+    run = render(aurora_env(**env), etc)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert run.stdout == ""
+
+
+def test_aurora_cluster_identifier_and_weights_come_from_the_stack(etc):
+    cluster = rendered_cluster(aurora_env(DB_CLUSTER_IDENTIFIER="tp-aurora", PRIMARY_WEIGHT="0",
+                                          STANDBY_WEIGHT="2.5", BACKEND_PORT="6543"), etc)
+    assert cluster == {
+        "name": "aurora", "kind": "aurora",
+        "endpoint": "tp.cluster-abc123.eu-west-1.rds.amazonaws.com", "port": 6543,
+        "instance_host_pattern": "?.abc123.eu-west-1.rds.amazonaws.com",
+        "cluster_identifier": "tp-aurora", "reader_weight": 2.5, "writer_weight": 0.0}
+    # Empty (the stack's default) is no identifier.
+    assert "cluster_identifier" not in rendered_cluster(aurora_env(DB_CLUSTER_IDENTIFIER=""), etc)
+
+
+@pytest.mark.parametrize("kind", ["ec2", "rds"])
+def test_aurora_settings_leave_other_backend_kinds_alone(kind, etc):
+    env = combo_env("eip", kind, "in_process")
+    env.update({"TIDEPOOL_INSTANCE_HOST_PATTERN": "?.abc123.eu-west-1.rds.amazonaws.com",
+                "TIDEPOOL_DB_CLUSTER_IDENTIFIER": "tp-aurora"})
+    run = render(env, etc)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == render(combo_env("eip", kind, "in_process"), etc).stdout
+
+
+def test_tidepool_check_config_accepts_an_aurora_cluster_with_every_setting(tmp_path, etc):
+    tidepool = os.environ.get("TIDEPOOL_BIN")
+    if not tidepool:
+        pytest.skip("SKIPPED check-config (TIDEPOOL_BIN unset)")
+    path = tmp_path / "aurora.toml"
+    env = iam_env(tmp_path)  # logging in with IAM tokens, over verified TLS
+    env.update({"TIDEPOOL_WRITER_ENDPOINT": "orders-db.example.internal",
+                "TIDEPOOL_INSTANCE_HOST_PATTERN": "?.abc123.eu-west-1.rds.amazonaws.com",
+                "TIDEPOOL_DB_CLUSTER_IDENTIFIER": "tp-aurora", "TIDEPOOL_PRIMARY_WEIGHT": "0",
+                "TIDEPOOL_STANDBY_WEIGHT": "2"})
+    run = render(env, etc, out=path)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([tidepool, "check-config", "-c", str(path)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
 

@@ -303,6 +303,23 @@ def test_ca_bundle_comes_over_https_from_rds_or_from_the_artifact_bucket():
     assert not any(re.fullmatch(key, v) for v in ("a'; reboot; '", "tidepool/*"))  # the key is in an IAM ARN too
 
 
+def test_aurora_takes_no_reader_endpoints_and_a_host_name_pattern_for_its_instances():
+    """Aurora readers come from the cluster's topology: the stack refuses
+    ReaderEndpoints before anything is made. InstanceHostPattern lands in the
+    user data's render.env: a host name with one ?, nothing else."""
+    template = policy_rules.load_template(CLUSTER)
+    rule = template["Rules"]["NoReadersForAurora"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "BackendKind"}, "aurora"]}
+    assert [a["Assert"] for a in rule["Assertions"]] == [
+        {"Fn::EachMemberEquals": [{"Ref": "ReaderEndpoints"}, ""]}]
+    pattern = template["Parameters"]["InstanceHostPattern"]["AllowedPattern"]
+    assert all(re.fullmatch(pattern, v) for v in ("", "?.abc123.eu-west-1.rds.amazonaws.com",
+                                                  "?.abc123.cn-north-1.rds.amazonaws.com.cn"))
+    assert not any(re.fullmatch(pattern, v) for v in (
+        "abc123.eu-west-1.rds.amazonaws.com", "?.?.rds.amazonaws.com",
+        "?.x\nTIDEPOOL_ENV\nreboot", "?.x'$(id)", "?.x y"))
+
+
 def test_query_cache_is_memcached_reachable_from_the_nodes_only():
     template = policy_rules.load_template(CLUSTER)
     res = template["Resources"]
