@@ -34,50 +34,119 @@ pub struct Vars {
     pub old_port: Option<u16>,
 }
 
-/// `template` with Pgpool-II's placeholders replaced: `%d %h %p %D` (failed
-/// node), `%m %H %r %R` (new main node), `%M` (old main), `%P %N %S` (old
-/// primary), `%%`. Unknown placeholders are kept as they are.
-pub fn expand(template: &str, v: &Vars) -> String {
+/// A hook command ready to run: the script for `sh -c`, whose
+/// placeholders became references to environment variables, the
+/// variables, and the command with the values written in (for logs).
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub script: String,
+    pub env: Vec<(&'static str, String)>,
+    pub shown: String,
+}
+
+/// Each placeholder's letter, its environment variable, and its value.
+fn placeholders(v: &Vars) -> [(char, &'static str, String); 12] {
     fn o<T: ToString>(x: &Option<T>) -> String {
         x.as_ref().map(ToString::to_string).unwrap_or_default()
     }
-    let mut out = String::with_capacity(template.len());
+    [
+        ('d', "TIDEPOOL_NODE_ID", o(&v.node_id)),
+        ('h', "TIDEPOOL_NODE_HOST", o(&v.node_host)),
+        ('p', "TIDEPOOL_NODE_PORT", o(&v.node_port)),
+        ('D', "TIDEPOOL_NODE_DIR", o(&v.node_dir)),
+        ('m', "TIDEPOOL_NEW_ID", o(&v.new_id)),
+        ('H', "TIDEPOOL_NEW_HOST", o(&v.new_host)),
+        ('r', "TIDEPOOL_NEW_PORT", o(&v.new_port)),
+        ('R', "TIDEPOOL_NEW_DIR", o(&v.new_dir)),
+        ('M', "TIDEPOOL_OLD_MAIN_ID", o(&v.old_main_id)),
+        ('P', "TIDEPOOL_OLD_ID", o(&v.old_id)),
+        ('N', "TIDEPOOL_OLD_HOST", o(&v.old_host)),
+        ('S', "TIDEPOOL_OLD_PORT", o(&v.old_port)),
+    ]
+}
+
+/// `template` with Pgpool-II's placeholders: `%d %h %p %D` (failed node),
+/// `%m %H %r %R` (new main node), `%M` (old main), `%P %N %S` (old
+/// primary), `%%`; unknown ones are kept as they are. A value never
+/// becomes shell text: each placeholder is replaced by a reference to its
+/// environment variable, quoted for where it stands (unquoted, inside
+/// double quotes, inside single quotes), so a host name such as
+/// `x; touch /tmp/pwned` is one argument, never a command. The variables
+/// are set for every hook, so scripts may read them directly.
+pub fn expand(template: &str, v: &Vars) -> Hook {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Quote {
+        No,
+        Single,
+        Double,
+    }
+    let values = placeholders(v);
+    let mut script = String::with_capacity(template.len());
+    let mut shown = String::with_capacity(template.len());
+    let mut quote = Quote::No;
     let mut chars = template.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
-            out.push(c);
+            script.push(c);
+            shown.push(c);
+            match (quote, c) {
+                (Quote::No | Quote::Double, '\\') => {
+                    if let Some(next) = chars.next() {
+                        script.push(next);
+                        shown.push(next);
+                    }
+                }
+                (Quote::No, '\'') => quote = Quote::Single,
+                (Quote::No, '"') => quote = Quote::Double,
+                (Quote::Single, '\'') | (Quote::Double, '"') => quote = Quote::No,
+                _ => {}
+            }
             continue;
         }
         let Some(k) = chars.next() else {
-            out.push('%');
+            script.push('%');
+            shown.push('%');
             break;
         };
-        let s = match k {
-            'd' => o(&v.node_id),
-            'h' => o(&v.node_host),
-            'p' => o(&v.node_port),
-            'D' => o(&v.node_dir),
-            'm' => o(&v.new_id),
-            'H' => o(&v.new_host),
-            'r' => o(&v.new_port),
-            'R' => o(&v.new_dir),
-            'M' => o(&v.old_main_id),
-            'P' => o(&v.old_id),
-            'N' => o(&v.old_host),
-            'S' => o(&v.old_port),
-            '%' => "%".into(),
-            other => format!("%{other}"),
-        };
-        out.push_str(&s);
+        match values.iter().find(|(letter, _, _)| *letter == k) {
+            Some((_, var, value)) => {
+                script.push_str(&match quote {
+                    Quote::No => format!("\"${{{var}}}\""),
+                    Quote::Double => format!("${{{var}}}"),
+                    Quote::Single => format!("'\"${{{var}}}\"'"),
+                });
+                shown.push_str(value);
+            }
+            None if k == '%' => {
+                script.push('%');
+                shown.push('%');
+            }
+            None => {
+                script.push('%');
+                script.push(k);
+                shown.push('%');
+                shown.push(k);
+            }
+        }
     }
-    out
+    Hook {
+        script,
+        env: values
+            .into_iter()
+            .map(|(_, var, value)| (var, value))
+            .collect(),
+        shown,
+    }
 }
 
-/// Runs `command` with `sh -c`, bounded by `timeout`; fails on a non-zero exit.
-pub async fn shell(command: &str, timeout: Duration) -> Result<String, ActionError> {
+/// Runs `hook` with `sh -c`, bounded by `timeout`; fails on a non-zero exit.
+pub async fn shell(hook: &Hook, timeout: Duration) -> Result<String, ActionError> {
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(command);
-    run(cmd, command, timeout).await
+    cmd.arg("-c").arg(&hook.script);
+    for (k, v) in &hook.env {
+        cmd.env(k, v);
+    }
+    run(cmd, &hook.shown, timeout).await
 }
 
 async fn run(mut cmd: Command, shown: &str, timeout: Duration) -> Result<String, ActionError> {
@@ -333,27 +402,74 @@ mod tests {
             old_host: Some("10.0.0.1".into()),
             old_port: Some(5432),
         };
+        let hook = expand(
+            "f %d %h %p %D -> %m %H %r [%R] old %M %P %N %S 100%% %x %",
+            &v,
+        );
         assert_eq!(
-            expand(
-                "f %d %h %p %D -> %m %H %r [%R] old %M %P %N %S 100%% %x %",
-                &v
-            ),
+            hook.shown,
             "f 0 10.0.0.1 5432 /data/0 -> 1 10.0.0.2 5433 [] old 0 0 10.0.0.1 5432 100% %x %"
         );
+        assert!(
+            hook.script
+                .starts_with("f \"${TIDEPOOL_NODE_ID}\" \"${TIDEPOOL_NODE_HOST}\"")
+        );
+        assert!(hook.env.contains(&("TIDEPOOL_NEW_DIR", String::new())));
+    }
+
+    #[tokio::test]
+    async fn a_host_name_in_a_placeholder_is_one_argument_never_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let pwned = dir.path().join("pwned");
+        let evil = format!(
+            "x; touch {p}; echo $(touch {p}) `touch {p}` ' \" \\",
+            p = pwned.display()
+        );
+        let v = Vars {
+            node_host: Some(evil.clone()),
+            new_host: Some("10.0.0.2".into()),
+            ..Vars::default()
+        };
+        // Unquoted, in double quotes, in single quotes, glued to text.
+        for template in [
+            "printf '%s|' %h %H",
+            "printf '%s|' \"%h\" \"%H\"",
+            "printf '%s|' '%h' '%H'",
+            "printf '%s|' host=%h: \"at %H\"",
+        ] {
+            let out = shell(&expand(template, &v), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(!pwned.exists(), "{template} ran the host name");
+            let args: Vec<&str> = out.trim_end_matches('|').split('|').collect();
+            assert_eq!(args.len(), 2, "{template}: {out:?}");
+            assert!(args[0].contains(&evil), "{template}: {out:?}");
+            assert!(args[1].ends_with("10.0.0.2"), "{template}: {out:?}");
+        }
+        // Scripts may read the values from the environment.
+        let out = shell(
+            &expand("printf %s \"$TIDEPOOL_NODE_HOST\"", &v),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, evil);
+        assert!(!pwned.exists());
     }
 
     #[tokio::test]
     async fn failing_commands_report_their_status_and_stderr() {
-        let e = shell("echo oops >&2; exit 3", Duration::from_secs(5))
+        let sh = |c: &str| expand(c, &Vars::default());
+        let e = shell(&sh("echo oops >&2; exit 3"), Duration::from_secs(5))
             .await
             .unwrap_err()
             .to_string();
         assert!(e.contains("oops") && e.contains('3'), "{e}");
         assert_eq!(
-            shell("echo hi", Duration::from_secs(5)).await.unwrap(),
+            shell(&sh("echo hi"), Duration::from_secs(5)).await.unwrap(),
             "hi\n"
         );
-        let e = shell("sleep 5", Duration::from_millis(100))
+        let e = shell(&sh("sleep 5"), Duration::from_millis(100))
             .await
             .unwrap_err();
         assert!(e.to_string().contains("timed out"), "{e}");
