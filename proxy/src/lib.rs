@@ -15,5 +15,6 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod supervise;
 pub mod tls;
 pub mod watchdog;

@@ -254,36 +254,67 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Shared::new(cfg, Some(path), shutdown_rx.clone());
 
-    // The manager restores the persisted state (fenced nodes stay down)
+    // Background services run supervised: one that panics or returns is
+    // logged, counted and started again (tidepool::supervise). The
+    // manager restores the persisted state (fenced nodes stay down)
     // before the first health check can bring a node up.
-    tokio::spawn(cluster::run_manager(shared.clone()));
-    tokio::spawn(cluster::run_checks(
-        shared.cluster.clone(),
-        shared.health_settings.subscribe(),
-        shutdown_rx.clone(),
-        shared.control.sender(),
-    ));
-    for c in shared.config.load().clusters.iter().cloned() {
+    use tidepool::supervise::supervise;
+    let watch = || (shared.services.clone(), shutdown_rx.clone());
+    {
+        let s = shared.clone();
+        let (services, stop) = watch();
+        supervise("failover manager", services, stop, move || {
+            cluster::run_manager(s.clone())
+        });
+    }
+    {
+        let (s, shutdown) = (shared.clone(), shutdown_rx.clone());
+        let (services, stop) = watch();
+        supervise("health checks", services, stop, move || {
+            cluster::run_checks(
+                s.cluster.clone(),
+                s.health_settings.subscribe(),
+                shutdown.clone(),
+                s.control.sender(),
+            )
+        });
+    }
+    for c in shared.config.load().clusters.iter() {
+        let c = c.clone();
         // A managed cluster's instances and their lag come from its
         // topology; the streaming-replication delay query is not used.
-        tokio::spawn(cluster::discovery::run(
-            shared.cluster.clone(),
-            c,
-            shared.health_settings.subscribe(),
-            shared.lags.clone(),
-            shutdown_rx.clone(),
-        ));
+        let (s, shutdown) = (shared.clone(), shutdown_rx.clone());
+        let (services, stop) = watch();
+        supervise("topology watcher", services, stop, move || {
+            cluster::discovery::run(
+                s.cluster.clone(),
+                c.clone(),
+                s.health_settings.subscribe(),
+                s.lags.clone(),
+                shutdown.clone(),
+            )
+        });
     }
     if shared.config.load().clusters.is_empty() {
-        let s = shared.clone();
-        tokio::spawn(tidepool::router::lag::run(
-            shared.cluster.clone(),
-            move || s.config.load_full(),
-            shared.lags.clone(),
-            shutdown_rx.clone(),
-        ));
+        let (s, shutdown) = (shared.clone(), shutdown_rx.clone());
+        let (services, stop) = watch();
+        supervise("replication lag sampler", services, stop, move || {
+            let config = s.clone();
+            tidepool::router::lag::run(
+                s.cluster.clone(),
+                move || config.config.load_full(),
+                s.lags.clone(),
+                shutdown.clone(),
+            )
+        });
     }
-    tokio::spawn(reap_idle(shared.clone()));
+    {
+        let s = shared.clone();
+        let (services, stop) = watch();
+        supervise("idle connection reaper", services, stop, move || {
+            reap_idle(s.clone())
+        });
+    }
     if let Some(cache) = shared.query_cache.clone()
         && cache.invalidation == tidepool::config::Invalidation::Logical
     {

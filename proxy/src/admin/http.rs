@@ -348,8 +348,17 @@ async fn healthz() -> &'static str {
 /// Ready means writes have somewhere to go: a primary is known.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let snap = shared.cluster.snapshot();
+    // Supervised services that stopped unexpectedly, and why.
+    let services: serde_json::Map<String, serde_json::Value> = shared
+        .services
+        .states()
+        .into_iter()
+        .filter(|(_, s)| s.restarts > 0)
+        .map(|(name, s)| (name.to_string(), json!(s)))
+        .collect();
     if let Some(p) = snap.primary() {
-        return Json(json!({ "ready": true, "primary": p.name })).into_response();
+        return Json(json!({ "ready": true, "primary": p.name, "service_restarts": services }))
+            .into_response();
     }
     let nodes: Vec<String> = snap
         .nodes
@@ -377,7 +386,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     };
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "ready": false, "reason": reason })),
+        Json(json!({ "ready": false, "reason": reason, "service_restarts": services })),
     )
         .into_response()
 }

@@ -69,6 +69,8 @@ pub struct ClusterFigures {
     pub writer_changes: u64,
     pub instances_joined: u64,
     pub instances_left: u64,
+    /// Restarts of each supervised service, by name.
+    pub service_restarts: Vec<(String, u64)>,
 }
 
 /// One node of the node table, with its counters.
@@ -151,6 +153,12 @@ impl Figures {
             writer_changes: c.writer_changes.load(Ordering::Relaxed),
             instances_joined: c.instances_joined.load(Ordering::Relaxed),
             instances_left: c.instances_left.load(Ordering::Relaxed),
+            service_restarts: shared
+                .services
+                .states()
+                .into_iter()
+                .map(|(name, s)| (name.to_string(), s.restarts))
+                .collect(),
         };
         let snap = shared.cluster.snapshot();
         let primary = snap.primary().map(|n| n.id);
@@ -484,7 +492,14 @@ impl Figures {
         for (name, help, value) in families {
             counters(enc, name, help, one(value))?;
         }
-        Ok(())
+        counters(
+            enc,
+            "service_restarts",
+            "Times a background service (failover manager, health checks, ...) stopped unexpectedly and was started again.",
+            c.service_restarts
+                .iter()
+                .map(|(name, n)| (vec![("service", name.clone())], *n)),
+        )
     }
 
     fn encode_pools(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {

@@ -17,7 +17,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -251,10 +251,7 @@ impl Manager {
                 let Some(n) = snap.nodes.iter().find(|n| n.name == v.backend) else {
                     continue;
                 };
-                let held = self
-                    .cluster()
-                    .counters(n.id)
-                    .is_some_and(|c| c.held.load(Ordering::Relaxed));
+                let held = n.held;
                 if n.status == Status::Down || held {
                     continue;
                 }

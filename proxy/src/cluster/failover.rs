@@ -213,6 +213,7 @@ mod tests {
             last_status_change: SystemTime::UNIX_EPOCH + Duration::from_secs(id as u64),
             last_error: None,
             source: crate::cluster::Source::Config,
+            held: false,
         }
     }
 

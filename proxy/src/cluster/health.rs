@@ -87,9 +87,7 @@ impl Check {
     }
 
     fn held(&self) -> bool {
-        self.cluster
-            .counters(self.id)
-            .is_some_and(|c| c.held.load(std::sync::atomic::Ordering::Relaxed))
+        self.cluster.held(self.id)
     }
 
     async fn run(self) {

@@ -78,6 +78,7 @@ impl Cluster {
                 last_status_change: SystemTime::now(),
                 last_error: None,
                 source,
+                held: false,
             })
         });
         id

@@ -5,7 +5,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -89,7 +89,9 @@ pub enum ControlError {
 /// manager.
 pub struct Control {
     tx: mpsc::UnboundedSender<Request>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
+    /// The manager's queue: it outlives a manager that stops, so the one
+    /// started in its place (`supervise`) takes up the requests waiting.
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>,
 }
 
 impl Default for Control {
@@ -97,7 +99,7 @@ impl Default for Control {
         let (tx, rx) = mpsc::unbounded_channel();
         Control {
             tx,
-            rx: Mutex::new(Some(rx)),
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
         }
     }
 }
@@ -107,8 +109,8 @@ impl Control {
         self.tx.clone()
     }
 
-    fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<Request>> {
-        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn receiver(&self) -> Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>> {
+        self.rx.clone()
     }
 
     /// Asks the manager to carry out `action` on `node` and waits for it.
@@ -161,7 +163,7 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
             }
         }
     }
-    let rx = shared.control.take_receiver();
+    let rx = shared.control.receiver();
     let mut m = Manager {
         shared,
         state_path,
@@ -171,7 +173,7 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
         persist_error: None,
     };
     async move {
-        let Some(mut rx) = rx else {
+        let Ok(mut rx) = rx.try_lock_owned() else {
             tracing::error!("failover manager started twice");
             return;
         };
@@ -364,10 +366,7 @@ impl Manager {
         let snap = self.cluster().snapshot();
         // The report may have waited behind a long action: a node that
         // answers again, or is held back on purpose, has not failed.
-        let held = self
-            .cluster()
-            .counters(node)
-            .is_some_and(|c| c.held.load(Ordering::Relaxed));
+        let held = self.cluster().held(node);
         if held || snap.node(node).is_some_and(|n| n.reachable) {
             tracing::info!(node = %self.target(node).name, "failure report outdated; ignored");
             return;

@@ -34,6 +34,7 @@ pub mod persist;
 mod recovery;
 mod switchover;
 pub mod topology;
+pub mod transition;
 mod trigger;
 
 use std::{
@@ -118,6 +119,9 @@ pub struct Node {
     pub last_error: Option<String>,
     /// How the node came to be in the table.
     pub source: Source,
+    /// Held back from routing (switchover, recovery): checks do not bring
+    /// it up.
+    pub held: bool,
 }
 
 /// How a node came to be in the table: configured, or an instance of a
@@ -208,9 +212,6 @@ pub struct NodeCounters {
     pub detaches: AtomicU64,
     /// Why the node is detached, while it is.
     pub detach_reason: Mutex<Option<String>>,
-    /// Held back from routing (switchover, recovery): checks do not
-    /// bring it up.
-    pub held: AtomicBool,
     /// A session's report of a broken connection waits in the manager's
     /// queue: further reports add nothing.
     pub fault_reported: AtomicBool,
@@ -365,6 +366,7 @@ fn fresh_nodes(backends: &[BackendConfig]) -> Vec<Node> {
             last_status_change: now,
             last_error: None,
             source: Source::Config,
+            held: false,
         })
         .collect()
 }
@@ -469,50 +471,32 @@ impl Cluster {
         let _ = self.changed.send(generation);
     }
 
+    /// Applies `event` to node `id` inside the snapshot's atomic swap (the
+    /// transition is pure: `transition.rs`); true when the node changed.
+    fn apply(&self, id: usize, event: transition::Event) -> bool {
+        let cur = self.snapshot();
+        let Some(n) = cur.node(id) else { return false };
+        let now = SystemTime::now();
+        if !transition::changed(n, &transition::transition(n, &event, now)) {
+            return false;
+        }
+        self.update(|s| {
+            if let Some(n) = s.nodes.get_mut(id) {
+                *n = transition::transition(n, &event, now);
+            }
+        });
+        if let Some(a) = self.snapshot().node(id)
+            && (a.status, a.role) != (n.status, n.role)
+        {
+            tracing::info!(node = %n.name, role = a.role.as_str(), status = a.status.as_str(), from_status = n.status.as_str(), "node state changed");
+        }
+        true
+    }
+
     /// Records the outcome of one health check of `node`: reachability and
     /// role. A detached node stays down; a failing or held node waits.
     pub fn record_check(&self, node: usize, outcome: Result<Role, String>) {
-        let held = self
-            .counters(node)
-            .is_some_and(|c| c.held.load(Ordering::Relaxed));
-        let cur = self.snapshot();
-        let Some(n) = cur.node(node) else { return };
-        let (reachable, role, error) = match &outcome {
-            Ok(r) => (true, *r, None),
-            Err(e) => (false, n.role, Some(e.clone())),
-        };
-        let role = if n.flag == BackendFlag::AlwaysPrimary {
-            Role::Primary
-        } else if n.source.discovered() && role == Role::Primary && n.role != Role::Primary {
-            // A cluster instance becomes the writer when the topology says
-            // so and its own connection agrees (`discovery`), never from a
-            // check alone; answering in recovery demotes it at once.
-            n.role
-        } else {
-            role
-        };
-        let status = match (n.status, reachable) {
-            (Status::Down, _) => Status::Down,
-            (_, true) if !held => Status::Up,
-            _ => Status::Waiting,
-        };
-        if n.reachable == reachable && n.role == role && n.status == status && n.last_error == error
-        {
-            return;
-        }
-        if n.role != role || n.status != status {
-            tracing::info!(node = %n.name, role = role.as_str(), status = status.as_str(), "node state changed");
-        }
-        self.update(|s| {
-            let n = &mut s.nodes[node];
-            if n.status != status || n.role != role {
-                n.last_status_change = SystemTime::now();
-            }
-            n.reachable = reachable;
-            n.role = role;
-            n.status = status;
-            n.last_error = error.clone();
-        });
+        self.apply(node, transition::Event::Checked(outcome));
     }
 
     /// Detaches `node` (status down, never routed to) for `reason`.
@@ -521,37 +505,25 @@ impl Cluster {
         c.set_detach_reason(Some(reason.to_string()));
         c.detaches.fetch_add(1, Ordering::Relaxed);
         self.stats.detaches.fetch_add(1, Ordering::Relaxed);
-        self.set_status(node, Status::Down);
+        self.apply(node, transition::Event::Detach);
     }
 
     /// Attaches `node` again: it is routed to once its checks answer.
     pub fn attach(&self, node: usize) {
         let Some(c) = self.counters(node) else { return };
         c.set_detach_reason(None);
-        c.held.store(false, Ordering::Relaxed);
         self.stats.attaches.fetch_add(1, Ordering::Relaxed);
-        let reachable = self.snapshot().node(node).is_some_and(|n| n.reachable);
-        self.set_status(
-            node,
-            if reachable {
-                Status::Up
-            } else {
-                Status::Waiting
-            },
-        );
+        self.apply(node, transition::Event::Attach);
     }
 
     /// Holds `node` back from routing (`true`) or releases it.
     pub fn hold(&self, node: usize, held: bool) {
-        let Some(c) = self.counters(node) else { return };
-        c.held.store(held, Ordering::Relaxed);
-        let cur = self.snapshot();
-        let Some(n) = cur.node(node) else { return };
-        match (held, n.status) {
-            (true, Status::Up) => self.set_status(node, Status::Waiting),
-            (false, Status::Waiting) if n.reachable => self.set_status(node, Status::Up),
-            _ => {}
-        }
+        self.apply(node, transition::Event::Hold(held));
+    }
+
+    /// Whether `node` is held back from routing.
+    pub fn held(&self, node: usize) -> bool {
+        self.current.load().nodes.get(node).is_some_and(|n| n.held)
     }
 
     /// Sets the role tidepool knows `node` to have now (after promoting it).
@@ -561,21 +533,6 @@ impl Cluster {
                 && n.role != role
             {
                 n.role = role;
-                n.last_status_change = SystemTime::now();
-            }
-        });
-    }
-
-    fn set_status(&self, node: usize, status: Status) {
-        let cur = self.snapshot();
-        let Some(n) = cur.node(node) else { return };
-        if n.status == status {
-            return;
-        }
-        tracing::info!(node = %n.name, from = n.status.as_str(), to = status.as_str(), "node status changed");
-        self.update(|s| {
-            if let Some(n) = s.nodes.get_mut(node) {
-                n.status = status;
                 n.last_status_change = SystemTime::now();
             }
         });

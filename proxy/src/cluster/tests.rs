@@ -98,3 +98,78 @@ fn nodes_are_found_by_name_or_index() {
     assert_eq!(s.find("0").unwrap().name, "a");
     assert!(s.find("c").is_none());
 }
+
+#[test]
+fn a_detach_racing_health_checks_is_never_lost() {
+    // Health-check results and an operator's detach on two threads, the
+    // detach landing at every point of the checks' read-and-publish: the
+    // node ends detached every time.
+    let rounds = 3_000;
+    for round in 0..rounds {
+        let c = Cluster::new(&[backend("pg0", BackendFlag::AllowToFailover)]);
+        c.record_check(0, Ok(Role::Standby));
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let checks = {
+            let (c, start) = (c.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for i in 0..20 {
+                    // Alternate so that every check changes the node.
+                    let outcome = if i % 2 == 0 {
+                        Err("timeout".to_string())
+                    } else {
+                        Ok(Role::Standby)
+                    };
+                    c.record_check(0, outcome);
+                }
+            })
+        };
+        start.wait();
+        for _ in 0..(round % 7) {
+            std::hint::spin_loop();
+        }
+        c.detach(0, "detached by the operator");
+        checks.join().unwrap();
+        let s = c.snapshot();
+        assert_eq!(
+            s.nodes[0].status,
+            Status::Down,
+            "round {round}: the detach was lost"
+        );
+    }
+}
+
+#[test]
+fn a_held_node_is_not_brought_up_by_a_racing_check() {
+    for round in 0..2_000 {
+        let c = Cluster::new(&[backend("pg0", BackendFlag::AllowToFailover)]);
+        c.record_check(0, Ok(Role::Standby));
+        let checks = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                // Alternate so that every check changes the node; the
+                // last one answers.
+                for i in 0..10 {
+                    let outcome = if i % 2 == 0 {
+                        Err("timeout".to_string())
+                    } else {
+                        Ok(Role::Standby)
+                    };
+                    c.record_check(0, outcome);
+                }
+            })
+        };
+        for _ in 0..(round % 5) {
+            std::hint::spin_loop();
+        }
+        c.hold(0, true);
+        checks.join().unwrap();
+        assert_eq!(
+            c.snapshot().nodes[0].status,
+            Status::Waiting,
+            "round {round}"
+        );
+        c.hold(0, false);
+        assert_eq!(c.snapshot().nodes[0].status, Status::Up);
+    }
+}

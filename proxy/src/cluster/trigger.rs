@@ -81,7 +81,7 @@ pub(super) fn send_fault(
     let Some(c) = cluster.counters(node) else {
         return;
     };
-    if c.held.load(Ordering::Relaxed) || c.fault_reported.swap(true, Ordering::AcqRel) {
+    if cluster.held(node) || c.fault_reported.swap(true, Ordering::AcqRel) {
         return;
     }
     let name = cluster.snapshot().node(node).map(|n| n.name.clone());
@@ -115,10 +115,7 @@ pub(super) async fn confirm(m: &Manager, node: usize, fault: Fault) -> Option<St
 async fn probe_after_fault(m: &Manager, node: usize, error: String) -> Option<String> {
     let snap = m.cluster().snapshot();
     let n = snap.node(node)?;
-    let held = m
-        .cluster()
-        .counters(node)
-        .is_some_and(|c| c.held.load(Ordering::Relaxed));
+    let held = n.held;
     if n.status == Status::Down || held {
         return None;
     }
@@ -271,6 +268,7 @@ mod tests {
             last_status_change: SystemTime::now(),
             last_error: None,
             source: crate::cluster::Source::Config,
+            held: false,
         }
     }
 

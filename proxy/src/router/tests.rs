@@ -19,6 +19,7 @@ fn node(id: usize, role: Role, weight: f64) -> Node {
         last_status_change: SystemTime::now(),
         last_error: None,
         source: crate::cluster::Source::Config,
+        held: false,
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Shared {
     pub consensus: Option<Arc<crate::cluster::consensus::Consensus>>,
     /// The query cache, when `[query_cache]` is enabled (fixed at start).
     pub query_cache: Option<Arc<crate::cache::QueryCache>>,
+    /// The supervised background services' restarts.
+    pub services: Arc<crate::supervise::Services>,
 }
 
 impl Shared {
@@ -106,6 +108,7 @@ impl Shared {
             watchdog: std::sync::OnceLock::new(),
             consensus,
             query_cache: crate::cache::QueryCache::new(&config.query_cache),
+            services: Arc::default(),
             config_path,
             config: ArcSwap::from_pointee(config),
         })
