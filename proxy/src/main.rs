@@ -242,7 +242,32 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// Fail points named in `FAILPOINTS` (`name=action;…`, the `fail` crate's
+/// syntax), for tests that make a service fail where it would. Debug
+/// builds only: a release binary ignores the variable.
+fn fail_points_from_env() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Ok(spec) = std::env::var("FAILPOINTS") else {
+        return;
+    };
+    for entry in spec.split(';').filter(|e| !e.trim().is_empty()) {
+        match entry.split_once('=') {
+            Some((name, actions)) => {
+                if let Err(e) = fail::cfg(name.trim(), actions.trim()) {
+                    tracing::error!(fail_point = name, error = %e, "FAILPOINTS entry ignored");
+                } else {
+                    tracing::warn!(fail_point = name, actions, "fail point set (FAILPOINTS)");
+                }
+            }
+            None => tracing::error!(entry, "FAILPOINTS entry ignored: expected name=actions"),
+        }
+    }
+}
+
 async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
+    fail_points_from_env();
     let listen = cfg.server.listen;
     let listener = TcpListener::bind(listen)
         .await

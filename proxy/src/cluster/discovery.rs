@@ -170,8 +170,8 @@ impl Watcher {
         }
         let snap = self.cluster.snapshot();
         let targets: Vec<Target> = match &writer {
-            Some((id, name)) if !self.writer_silent => {
-                let n = snap.node(*id).expect("the writer is in the snapshot");
+            Some((id, name)) if !self.writer_silent && snap.node(*id).is_some() => {
+                let n = &snap.nodes[*id];
                 vec![Target {
                     name: Some(name.clone()),
                     host: n.host.clone(),

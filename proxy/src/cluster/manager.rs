@@ -236,11 +236,22 @@ impl Manager {
 
     pub(super) fn target(&self, id: usize) -> Target {
         let snap = self.cluster().snapshot();
-        let n = snap.node(id).expect("node ids come from the snapshot");
+        // A node a reload removed meanwhile: its SQL and commands fail to
+        // connect (and say so) instead of taking the manager down.
+        let (name, host, port) = snap
+            .node(id)
+            .map(|n| (n.name.clone(), n.host.clone(), n.port))
+            .unwrap_or_else(|| {
+                (
+                    format!("node {id} (no longer configured)"),
+                    String::new(),
+                    0,
+                )
+            });
         Target {
-            name: n.name.clone(),
-            host: n.host.clone(),
-            port: n.port,
+            name,
+            host,
+            port,
             tls: self.cluster().tls(id),
             cluster: self.cluster().clone(),
             id,
@@ -327,6 +338,8 @@ impl Manager {
     }
 
     async fn handle(&mut self, req: Request) {
+        // Tests make the manager fail here (debug builds, FAILPOINTS).
+        fail::fail_point!("failover-manager-request");
         match req {
             Request::NodeFailed { node, error } => self.on_failure(node, error).await,
             Request::BackendFault { node, fault } => {
@@ -749,7 +762,10 @@ impl Manager {
             }
         }
         let snap = self.cluster().snapshot();
-        let n = snap.node(id).expect("node ids are stable within a request");
+        let Some(n) = snap.node(id) else {
+            // A reload removed the node while the request ran.
+            return Err(ControlError::NoSuchNode(node.name));
+        };
         Ok(json!({
             "node": n.name,
             "action": action.as_str(),

@@ -28,7 +28,9 @@ const OWN_FILES: &[&str] = &[
 
 pub(super) async fn run(m: &mut Manager, id: usize) -> Result<(), ControlError> {
     let snap = m.cluster().snapshot();
-    let node = snap.node(id).expect("checked by the caller");
+    let Some(node) = snap.node(id) else {
+        return Err(ControlError::NoSuchNode(id.to_string()));
+    };
     if node.status != Status::Down {
         return Err(ControlError::Conflict(format!(
             "{} is attached: only a detached node is recovered (detach it first)",
