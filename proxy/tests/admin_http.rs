@@ -565,7 +565,10 @@ async fn a_loopback_api_without_a_token_can_be_closed_to_everyone() {
     // setting ever be in force without a token.
     let mut config = (*admin.shared.config.load_full()).clone();
     config.server.admin_allow_unauthenticated_loopback = false;
-    admin.shared.config.store(Arc::new(config));
+    admin
+        .shared
+        .config
+        .store(Arc::new(tidepool::server::Runtime::new(config)));
     assert_eq!(admin.get("/healthz").await.0, StatusCode::OK);
     let (status, body) = admin.get("/v1/nodes").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

@@ -20,7 +20,7 @@ use super::{
     persist,
 };
 use crate::{
-    config::{BackendFlag, Config, HealthCheckConfig},
+    config::{BackendFlag, HealthCheckConfig},
     server::Shared,
 };
 
@@ -218,7 +218,7 @@ impl Manager {
         &self.shared.cluster
     }
 
-    pub(super) fn config(&self) -> Arc<Config> {
+    pub(super) fn config(&self) -> Arc<crate::server::Runtime> {
         self.shared.config.load_full()
     }
 

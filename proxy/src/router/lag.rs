@@ -126,16 +126,17 @@ async fn connect(
 }
 
 /// Measures every standby's delay until shutdown.
-pub async fn run(
+pub async fn run<C: std::ops::Deref<Target: AsRef<Config>>>(
     cluster: Arc<Cluster>,
-    config: impl Fn() -> Arc<Config>,
+    config: impl Fn() -> C,
     lags: Arc<Lags>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut clients: BTreeMap<(String, u16), tokio_postgres::Client> = BTreeMap::new();
     let mut positions = PrimaryPositions::default();
     loop {
-        let cfg = config();
+        let held = config();
+        let cfg: &Config = (*held).as_ref();
         let period = cfg.load_balancing.sr_check_period;
         let snapshot = cluster.snapshot();
         let mut next = BTreeMap::new();
@@ -146,7 +147,7 @@ pub async fn run(
                 &mut clients,
                 &key,
                 (&cluster, primary.id),
-                &cfg,
+                cfg,
                 "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, 0::float8",
             )
             .await
@@ -160,7 +161,7 @@ pub async fn run(
                     continue;
                 }
             };
-            let walsenders = replication(&clients, &key, &cfg).await;
+            let walsenders = replication(&clients, &key, cfg).await;
             for n in snapshot
                 .nodes
                 .iter()
@@ -178,7 +179,7 @@ pub async fn run(
                            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
                            ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8";
                 if let Some((replayed, secs)) =
-                    sample(&mut clients, &key, (&cluster, n.id), &cfg, sql).await
+                    sample(&mut clients, &key, (&cluster, n.id), cfg, sql).await
                 {
                     next.insert(
                         n.id,

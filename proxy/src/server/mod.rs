@@ -3,11 +3,11 @@
 //! client.
 
 mod cancel;
+pub mod runtime;
 pub mod startup;
 pub mod throttle;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
@@ -18,10 +18,10 @@ use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 pub use cancel::{CancelRegistry, CancelSlot, Registration};
+pub use runtime::{Runtime, UserSecret};
 
 use crate::{
     admin::metrics::Metrics,
-    auth::{Hba, ScramVerifier, Secret},
     cluster::Cluster,
     config::{Config, ConfigError, HealthCheckConfig},
     pool::{PoolLimits, Pools},
@@ -29,18 +29,13 @@ use crate::{
 
 /// What every task shares. Owned by `server`; handed to the admin surface.
 pub struct Shared {
-    pub config: ArcSwap<Config>,
+    /// The configuration and what was compiled from it (hba, routing
+    /// rules, secrets, certificate map), swapped as one value on reload.
+    pub config: ArcSwap<Runtime>,
     pub config_path: Option<PathBuf>,
-    pub hba: ArcSwap<Hba>,
     /// What tidepool serves to clients over TLS (`None`: no TLS).
     pub tls: arc_swap::ArcSwapOption<crate::tls::ServeTls>,
-    /// `[[cert_map]]`, for the `cert` method.
-    pub cert_map: ArcSwap<crate::auth::CertMap>,
-    /// Each configured user's secret, with its SCRAM verifier derived once.
-    pub secrets: ArcSwap<HashMap<String, Arc<UserSecret>>>,
     pub cluster: Arc<Cluster>,
-    /// Compiled `[load_balancing]` rules.
-    pub rules: ArcSwap<crate::router::Rules>,
     pub classifier: crate::router::Classifier,
     pub catalog: crate::router::catalog::Catalog,
     /// Standbys' replication delay, measured by `router::lag`.
@@ -75,7 +70,6 @@ impl Shared {
         config_path: Option<PathBuf>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Shared> {
-        let hba = Hba::from_config(&config.hba).unwrap_or_else(|_| Hba::new(vec![]));
         let cluster = Cluster::new(&config.backends);
         let (health_settings, _) = watch::channel(config.health_check.clone());
         let consensus = config.watchdog.as_ref().map(|wd| {
@@ -87,12 +81,8 @@ impl Shared {
             ))
         });
         Arc::new(Shared {
-            hba: ArcSwap::from_pointee(hba),
             tls: arc_swap::ArcSwapOption::new(serve_tls(&config)),
-            cert_map: ArcSwap::from_pointee(crate::auth::CertMap::new(&config.cert_map)),
-            secrets: ArcSwap::from_pointee(user_secrets(&config)),
             cluster,
-            rules: ArcSwap::from_pointee(crate::router::Rules::new(&config.load_balancing)),
             classifier: crate::router::Classifier::default(),
             catalog: crate::router::catalog::Catalog::default(),
             lags: Arc::new(ArcSwap::from_pointee(Default::default())),
@@ -110,7 +100,7 @@ impl Shared {
             query_cache: crate::cache::QueryCache::new(&config.query_cache),
             services: Arc::default(),
             config_path,
-            config: ArcSwap::from_pointee(config),
+            config: ArcSwap::from_pointee(Runtime::new(config)),
         })
     }
 }
@@ -126,26 +116,6 @@ fn serve_tls(config: &Config) -> Option<Arc<crate::tls::ServeTls>> {
             None
         }
     }
-}
-
-/// A user's stored secret and the SCRAM verifier that serves it.
-pub struct UserSecret {
-    pub secret: Secret,
-    /// Derived once per load: PBKDF2 costs milliseconds, too much to repeat
-    /// for every login. `None` when the secret cannot serve SCRAM.
-    pub scram: Option<ScramVerifier>,
-}
-
-fn user_secrets(config: &Config) -> HashMap<String, Arc<UserSecret>> {
-    config
-        .users
-        .iter()
-        .map(|u| {
-            let secret = Secret::parse(&u.password);
-            let scram = secret.scram_verifier().ok();
-            (u.name.clone(), Arc::new(UserSecret { secret, scram }))
-        })
-        .collect()
 }
 
 /// Pool limits for `user` under `config`.
@@ -184,11 +154,14 @@ pub fn reload(shared: &Shared) -> Result<ReloadOutcome, Vec<ConfigError>> {
         )]);
     };
     let new = Config::load(path)?;
-    Ok(apply(shared, new))
+    apply(shared, new)
 }
 
-fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
+/// Applies `new`: compiled first (an error changes nothing), then swapped
+/// in as one value, then the node table, TLS and pools follow it.
+fn apply(shared: &Shared, new: Config) -> Result<ReloadOutcome, Vec<ConfigError>> {
     let old = shared.config.load_full();
+    let new = Arc::new(Runtime::compile(new, Some(&old))?);
     let mut needs_restart = Vec::new();
     if old.server.listen != new.server.listen {
         needs_restart.push("server.listen".to_string());
@@ -211,6 +184,7 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
         // New sessions use the new mode; running ones keep theirs.
         needs_restart.push("pool.mode (running sessions keep the old mode)".to_string());
     }
+    shared.config.store(new.clone());
     let backends_changed = old.backends != new.backends;
     if backends_changed {
         shared.cluster.reconfigure(&new.backends);
@@ -221,20 +195,6 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
     // Clients connected keep the TLS session they have; new ones get the
     // certificate as it is on disk now (load checked it already).
     shared.tls.store(serve_tls(&new));
-    shared
-        .cert_map
-        .store(Arc::new(crate::auth::CertMap::new(&new.cert_map)));
-    if let Ok(hba) = Hba::from_config(&new.hba) {
-        shared.hba.store(Arc::new(hba));
-    }
-    if old.load_balancing != new.load_balancing {
-        shared
-            .rules
-            .store(Arc::new(crate::router::Rules::new(&new.load_balancing)));
-    }
-    if old.users != new.users {
-        shared.secrets.store(Arc::new(user_secrets(&new)));
-    }
     shared
         .health_settings
         .send_replace(new.health_check.clone());
@@ -260,13 +220,12 @@ fn apply(shared: &Shared, new: Config) -> ReloadOutcome {
         }
         pools_updated += 1;
     });
-    shared.config.store(Arc::new(new));
     shared.metrics.reloads.fetch_add(1, Ordering::Relaxed);
-    ReloadOutcome {
+    Ok(ReloadOutcome {
         pools_updated,
         backends_changed,
         needs_restart,
-    }
+    })
 }
 
 /// Accepts clients until shutdown, then waits (bounded) for them to finish.
@@ -307,4 +266,66 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 /// Address a listener for `addr` binds, for logs.
 pub fn describe(addr: SocketAddr) -> String {
     addr.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    use super::*;
+
+    fn config(load_balancing: bool, pool_size: usize) -> Config {
+        Config::load_str(&format!(
+            "[pool]\nmax_size = {pool_size}\n[load_balancing]\nenabled = {load_balancing}\n\
+             [[backends]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\n\
+             [[users]]\nname = \"app\"\npassword = \"app\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reload_of_rules_and_pool_sizes_is_seen_whole_or_not_at_all() {
+        let (_tx, shutdown) = watch::channel(false);
+        let shared = Shared::new(config(true, 5), None, shutdown);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (shared, stop, reads) = (shared.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let rt = shared.config.load();
+                    let seen = (rt.rules.cfg.enabled, rt.pool.max_size);
+                    assert!(
+                        seen == (true, 5) || seen == (false, 7),
+                        "half a reload: routing enabled = {}, pool size {}",
+                        seen.0,
+                        seen.1
+                    );
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        for i in 0..2_000 {
+            let next = if i % 2 == 0 {
+                config(false, 7)
+            } else {
+                config(true, 5)
+            };
+            apply(&shared, next).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        assert!(reads.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn hba_rules_that_do_not_compile_change_nothing() {
+        let (_tx, shutdown) = watch::channel(false);
+        let shared = Shared::new(config(true, 5), None, shutdown);
+        let mut bad = config(false, 7);
+        bad.hba = vec![toml::from_str("type = \"host\"\ndatabase = \"all\"\nuser = \"all\"\naddress = \"not an address\"\nmethod = \"trust\"").unwrap()];
+        assert!(apply(&shared, bad).is_err());
+        let rt = shared.config.load();
+        assert_eq!((rt.rules.cfg.enabled, rt.pool.max_size), (true, 5));
+    }
 }

@@ -532,7 +532,7 @@ impl ClientConn<'_> {
                 "connection requires a valid client certificate",
             ));
         };
-        if need == ClientCert::VerifyFull && !shared.cert_map.load().allows(&cn, user) {
+        if need == ClientCert::VerifyFull && !shared.config.load().cert_map.allows(&cn, user) {
             return Err(refuse(
                 sqlstate::INVALID_AUTHORIZATION,
                 format!(
@@ -562,7 +562,9 @@ async fn authenticate(
     database: &str,
 ) -> Result<(), Refusal> {
     c.check_encrypted(shared)?;
-    let hba = shared.hba.load();
+    // One configuration for the whole login: rules, secrets and all.
+    let rt = shared.config.load_full();
+    let hba = &rt.hba;
     let host = peer.ip();
     let tls = c.stream.is_tls();
     let encryption = if tls {
@@ -586,7 +588,7 @@ async fn authenticate(
         ));
     }
     c.check_tls(shared, user, clientcert)?;
-    let secrets = shared.secrets.load();
+    let secrets = &rt.secrets;
     let Some(user_secret) = secrets.get(user) else {
         if matches!(method, Method::Trust | Method::Cert) {
             return Err(refuse(

@@ -251,8 +251,8 @@ impl Session {
     async fn read_facts(&self, class: &crate::router::Class) -> crate::router::Facts {
         let mut facts = crate::router::Facts::default();
         if !class.functions.is_empty() || (class.select && !class.tables.is_empty()) {
-            let rules = self.shared.rules.load_full();
-            self.catalog_facts(&rules, class, &mut facts).await;
+            let rt = self.shared.config.load_full();
+            self.catalog_facts(&rt.rules, class, &mut facts).await;
         }
         facts
     }
@@ -290,7 +290,14 @@ impl Session {
         match cache.lookup(&self.database, &key, &tables).await {
             Lookup::Hit(bytes) => {
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                if self.shared.rules.load().cfg.notice_per_node_statement {
+                if self
+                    .shared
+                    .config
+                    .load()
+                    .rules
+                    .cfg
+                    .notice_per_node_statement
+                {
                     messages::notice(
                         &mut self.to_client,
                         "tidepool: answered from the query cache",

@@ -51,7 +51,14 @@ impl Session {
             .standby_refusals
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(parent: &self.span, "a standby refused the unit during recovery; running it on the primary");
-        if self.shared.rules.load().cfg.notice_per_node_statement {
+        if self
+            .shared
+            .config
+            .load()
+            .rules
+            .cfg
+            .notice_per_node_statement
+        {
             messages::notice(
                 &mut self.to_client,
                 "tidepool: a standby refused this during recovery (25006); the primary runs it",
@@ -90,7 +97,7 @@ impl Session {
     /// Records writes for the read-your-writes rules.
     pub(super) fn note_writes(&mut self, msg: &Message) {
         let Some(sql) = msg.sql() else { return };
-        if !self.shared.rules.load().cfg.enabled {
+        if !self.shared.config.load().rules.cfg.enabled {
             return;
         }
         let class = self.shared.classifier.classify(sql);
@@ -196,11 +203,13 @@ impl Session {
             let primary = self.primary().await?;
             return self.acquire_on(primary).await;
         }
-        if !self.shared.rules.load().cfg.enabled {
+        // One configuration for the whole unit (a reload swaps it whole).
+        let rt = self.shared.config.load_full();
+        if !rt.rules.cfg.enabled {
             // Everything goes to the primary: no need to read the SQL.
             return self.acquire().await;
         }
-        let rules = self.shared.rules.load_full();
+        let rules = &rt.rules;
         let (class, incomplete) = self.unit_class(f, msg, rest);
         let sql = match msg {
             Message::Query(q) => q.as_ref(),
@@ -211,13 +220,13 @@ impl Session {
             pinned: !self.pins.is_empty(),
             ..router::Facts::default()
         };
-        let mut reason = router::primary_reason(&rules, &class, &facts, &self.routing);
+        let mut reason = router::primary_reason(rules, &class, &facts, &self.routing);
         if reason.is_none() && !sql.is_empty() && rules.forced_primary(sql) {
             reason = Some("matches a primary_routing_pattern");
         }
         if reason.is_none() {
-            self.catalog_facts(&rules, &class, &mut facts).await;
-            reason = router::primary_reason(&rules, &class, &facts, &self.routing);
+            self.catalog_facts(rules, &class, &mut facts).await;
+            reason = router::primary_reason(rules, &class, &facts, &self.routing);
         }
         let snapshot = self.shared.cluster.snapshot();
         if reason.is_some() {
@@ -244,7 +253,7 @@ impl Session {
                 let chosen = {
                     let mut rng = rand::rng();
                     router::choose_read(
-                        &rules,
+                        rules,
                         &snapshot,
                         &lags,
                         &client,
