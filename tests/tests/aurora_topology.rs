@@ -588,6 +588,15 @@ async fn a_planned_switchover_asks_rds_to_fail_over_to_the_named_instance() -> R
     // The writer is not a reader to fail over to.
     let out = ctl(&["promote", "127.0.0.2"])?;
     assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("only an attached, answering standby"),
+        "{said}"
+    );
     Ok(())
 }
 
@@ -857,5 +866,60 @@ password = "app"
         },
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_read_only_setting_leaves_the_writer_alone() -> Result<()> {
+    let bed = Bed::start(2, false, &[("2", true, 0.0), ("3", false, 0.0)], "")?;
+    wait(Duration::from_secs(20), "writer and reader", || {
+        let n = bed.nodes()?;
+        Ok(n.get("2").is_some_and(|n| n.1 == "primary")
+            && n.get("3").is_some_and(|n| n.0 == "up" && n.1 == "standby"))
+    })
+    .await?;
+    // A client whose sessions are read-only gets the server's 25006 (after
+    // the watcher found the writer still writing), and other clients keep
+    // writing to the same writer.
+    let (ro, conn) = tokio_postgres::connect(
+        &bed.tidepool.conn_string("app", "app", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    ro.batch_execute("SET default_transaction_read_only = on")
+        .await?;
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        ro.execute("INSERT INTO ticks (seq) VALUES (1)", &[]),
+    )
+    .await
+    .context("the refused write came back")?
+    .unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("25006"),
+        "{e}"
+    );
+    let n = bed.nodes()?;
+    assert_eq!(n["2"].1, "primary", "the writer stays: {n:?}");
+    let (rw, conn) = tokio_postgres::connect(
+        &bed.tidepool.conn_string("app", "app", "app"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    rw.execute("INSERT INTO ticks (seq) VALUES (2)", &[])
+        .await?;
+
+    // An operator's detach of a reader holds across topology rounds; the
+    // writer cannot be detached (AWS runs its failover).
+    let (code, body) = bed.tidepool.http_post("/v1/nodes/3/detach")?;
+    assert_eq!(code, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bed.nodes()?["3"].0, "down", "the topology undid the detach");
+    let (code, body) = bed.tidepool.http_post("/v1/nodes/2/detach")?;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("managed cluster"), "{body}");
     Ok(())
 }

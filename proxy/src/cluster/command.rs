@@ -74,21 +74,35 @@ fn placeholders(v: &Vars) -> [(char, &'static str, String); 12] {
 /// `x; touch /tmp/pwned` is one argument, never a command. The variables
 /// are set for every hook, so scripts may read them directly.
 pub fn expand(template: &str, v: &Vars) -> Hook {
+    /// Where a character stands for `sh`.
     #[derive(Clone, Copy, PartialEq)]
     enum Quote {
         No,
         Single,
         Double,
     }
+    /// A nesting level: the script, a `$( … )` or a `` ` … ` ``, each
+    /// with its own quoting.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Level {
+        Top,
+        Paren,
+        Backtick,
+    }
     let values = placeholders(v);
     let mut script = String::with_capacity(template.len());
     let mut shown = String::with_capacity(template.len());
-    let mut quote = Quote::No;
-    let mut chars = template.chars();
+    let mut levels = vec![(Level::Top, Quote::No)];
+    let mut prev = ' ';
+    let mut chars = template.chars().peekable();
     while let Some(c) = chars.next() {
+        let (level, quote) = *levels.last().expect("the top level stays");
         if c != '%' {
             script.push(c);
             shown.push(c);
+            let set = |q: Quote, levels: &mut Vec<(Level, Quote)>| {
+                levels.last_mut().expect("the top level stays").1 = q;
+            };
             match (quote, c) {
                 (Quote::No | Quote::Double, '\\') => {
                     if let Some(next) = chars.next() {
@@ -96,13 +110,40 @@ pub fn expand(template: &str, v: &Vars) -> Hook {
                         shown.push(next);
                     }
                 }
-                (Quote::No, '\'') => quote = Quote::Single,
-                (Quote::No, '"') => quote = Quote::Double,
-                (Quote::Single, '\'') | (Quote::Double, '"') => quote = Quote::No,
+                (Quote::No | Quote::Double, '$') if chars.peek() == Some(&'(') => {
+                    let open = chars.next().expect("peeked");
+                    script.push(open);
+                    shown.push(open);
+                    levels.push((Level::Paren, Quote::No));
+                }
+                (Quote::No, ')') if level == Level::Paren => {
+                    levels.pop();
+                }
+                (Quote::No, '`') if level == Level::Backtick => {
+                    levels.pop();
+                }
+                (Quote::No | Quote::Double, '`') => levels.push((Level::Backtick, Quote::No)),
+                (Quote::No, '#')
+                    if prev.is_whitespace() || matches!(prev, ';' | '&' | '|' | '(') =>
+                {
+                    // A comment: the rest of the line is nobody's text.
+                    for rest in chars.by_ref() {
+                        script.push(rest);
+                        shown.push(rest);
+                        if rest == '\n' {
+                            break;
+                        }
+                    }
+                }
+                (Quote::No, '\'') => set(Quote::Single, &mut levels),
+                (Quote::No, '"') => set(Quote::Double, &mut levels),
+                (Quote::Single, '\'') | (Quote::Double, '"') => set(Quote::No, &mut levels),
                 _ => {}
             }
+            prev = c;
             continue;
         }
+        prev = c;
         let Some(k) = chars.next() else {
             script.push('%');
             shown.push('%');
@@ -430,12 +471,16 @@ mod tests {
             new_host: Some("10.0.0.2".into()),
             ..Vars::default()
         };
-        // Unquoted, in double quotes, in single quotes, glued to text.
+        // Unquoted, in double quotes, in single quotes, glued to text,
+        // inside command substitutions, after a comment.
         for template in [
             "printf '%s|' %h %H",
             "printf '%s|' \"%h\" \"%H\"",
             "printf '%s|' '%h' '%H'",
             "printf '%s|' host=%h: \"at %H\"",
+            "printf '%s|' \"$(printf %s \"%h\")\" \"$(echo '%H')\"",
+            "printf '%s|' \"$(printf %s '%h')\" `printf %s %H`",
+            "# don't forget: %h\nprintf '%s|' %h %H",
         ] {
             let out = shell(&expand(template, &v), Duration::from_secs(5))
                 .await

@@ -58,6 +58,9 @@ struct Watcher {
     /// whether this node may ask at all.
     rds_asked: Option<Instant>,
     rds_allowed: bool,
+    /// Each target's last error, so that a new one is logged as a warning
+    /// and its repetitions (every poll of a dead instance) quietly.
+    last_errors: HashMap<Option<String>, String>,
 }
 
 /// How often RDS is asked at most while no instance answers.
@@ -91,6 +94,7 @@ pub async fn run(
         writer_silent: false,
         rds_asked: None,
         rds_allowed: true,
+        last_errors: HashMap::new(),
     };
     let mut changed = w.cluster.subscribe();
     loop {
@@ -110,6 +114,7 @@ pub async fn run(
             tokio::select! {
                 _ = &mut sleep => break,
                 _ = shutdown.changed() => return,
+                _ = w.cluster.writer_check_asked() => break,
                 r = changed.changed() => {
                     if r.is_err() { return; }
                     // A writer lost (check failed, answered read-only):
@@ -202,6 +207,7 @@ impl Watcher {
         };
         let asked_at = Instant::now();
         let views = self.ask(targets, hc, deadline).await;
+        cluster.writer_checked();
         stats
             .topology_reads
             .fetch_add(views.len() as u64, Ordering::Relaxed);
@@ -241,23 +247,17 @@ impl Watcher {
                         let v = v.clone();
                         self.writer_silent = false;
                         self.settle(&v, asked_at);
-                        // The next round finds the writer crowned.
-                        return true;
+                        // The next round finds the writer crowned (once its
+                        // health check has it up; until then, the poll).
+                        return self.writer().is_some();
                     }
                     None => {
-                        // Instances the views name that the table lacks
-                        // (the new writer, first of all) are asked next.
+                        // Instances the views name that the table lacks, or
+                        // that had left (the new writer, first of all), are
+                        // asked next.
                         let source = self.source();
                         for m in views.iter().flat_map(|v| &v.members) {
-                            if self
-                                .cluster
-                                .snapshot()
-                                .nodes
-                                .iter()
-                                .all(|n| n.name != m.name)
-                            {
-                                self.join(m, source);
-                            }
+                            self.join(m, source);
                         }
                         if views.is_empty() {
                             self.ask_rds().await;
@@ -392,20 +392,13 @@ impl Watcher {
     }
 
     fn join(&self, m: &Member, source: Source) {
-        let known = self
-            .cluster
-            .snapshot()
-            .nodes
-            .iter()
-            .any(|n| n.name == m.name && n.status != Status::Down && n.host == m.host);
-        if !known {
+        let b = self.c.instance(&m.name, &m.host, m.port);
+        if self.cluster.join(b, source).1 {
             self.cluster
                 .stats
                 .instances_joined
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let b = self.c.instance(&m.name, &m.host, m.port);
-        self.cluster.join(b, source);
     }
 
     /// Asks every target at once; the views of those that answered within
@@ -445,6 +438,7 @@ impl Watcher {
             }
             match r {
                 Ok((kind, view)) => {
+                    self.last_errors.remove(&name);
                     if self.kind.is_none() {
                         tracing::info!(cluster = %self.c.name, kind = kind.as_str(), "cluster kind detected");
                         self.kind = Some(kind);
@@ -456,7 +450,13 @@ impl Watcher {
                         .stats
                         .topology_errors
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(cluster = %self.c.name, instance = name.as_deref().unwrap_or("(cluster endpoint)"), error = %e, "topology not read");
+                    let instance = name.as_deref().unwrap_or("(cluster endpoint)");
+                    if self.last_errors.get(&name) == Some(&e) {
+                        tracing::debug!(cluster = %self.c.name, instance, error = %e, "topology not read");
+                    } else {
+                        tracing::warn!(cluster = %self.c.name, instance, error = %e, "topology not read");
+                        self.last_errors.insert(name.clone(), e);
+                    }
                 }
             }
         }
@@ -522,6 +522,13 @@ impl Ask {
                 }
             }
         };
+        if kind == ClusterKind::Aurora && self.c.instance_host_pattern.is_none() {
+            return Err(format!(
+                "{}:{} is Aurora, whose topology names instances only by identifier: \
+                 set clusters.instance_host_pattern",
+                t.host, t.port
+            ));
+        }
         let rows = client
             .query(topology::query(kind), &[])
             .await

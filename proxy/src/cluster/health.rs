@@ -54,9 +54,22 @@ pub async fn run_checks(
                     if r.is_err() { return; }
                     if addrs(&cluster.snapshot()) != names { break; }
                 }
+                // A node's check never ends by itself: one that did
+                // panicked. Every check starts again (its node's state
+                // would freeze otherwise).
+                Some(done) = tasks.join_next() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        tracing::error!(error = %e, "a node's health check panicked; starting the checks again");
+                        break;
+                    }
+                }
             }
         }
-        tasks.abort_all();
+        // Aborted and joined: none is left for the next round to mistake
+        // for a stopped check.
+        tasks.shutdown().await;
     }
 }
 

@@ -16,8 +16,9 @@ pub const LEFT_TOPOLOGY: &str = "not in the cluster's topology";
 
 impl Cluster {
     /// Puts instance `b` (found by `source`) in the table, or brings back
-    /// the one of that name that left; returns its id.
-    pub fn join(&self, b: BackendConfig, source: Source) -> usize {
+    /// the one of that name that left; returns its id and whether it
+    /// joined (new, back, or at a new address).
+    pub fn join(&self, b: BackendConfig, source: Source) -> (usize, bool) {
         let snap = self.snapshot();
         if let Some(n) = snap.nodes.iter().find(|n| n.name == b.name) {
             let id = n.id;
@@ -30,7 +31,11 @@ impl Cluster {
                 self.tls.store(Arc::new(super::compile_tls(&backends)));
                 self.backends.store(Arc::new(backends));
             }
-            let back = n.status == Status::Down;
+            // Back in the topology after it left; an operator's detach
+            // stays.
+            let back = n.status == Status::Down
+                && self.counters(id).and_then(|c| c.detach_reason()).as_deref()
+                    == Some(LEFT_TOPOLOGY);
             if back || moved {
                 tracing::info!(node = %b.name, host = %b.host, port = b.port, "cluster instance back in the topology");
                 if let Some(c) = self.counters(id) {
@@ -47,7 +52,7 @@ impl Cluster {
                     n.last_status_change = SystemTime::now();
                 });
             }
-            return id;
+            return (id, back || moved);
         }
         tracing::info!(node = %b.name, host = %b.host, port = b.port, discovered_by = source.as_str(), "cluster instance joins the node table");
         let mut backends = Vec::clone(&self.backends.load());
@@ -81,7 +86,7 @@ impl Cluster {
                 held: false,
             })
         });
-        id
+        (id, true)
     }
 
     /// Instance `id` is no longer in the topology: down, never routed to.
@@ -137,6 +142,36 @@ impl Cluster {
                 n.weight = weight;
             }
         });
+    }
+
+    /// A session's report that the writer answered a write read-only
+    /// (25006): the topology watcher asks it at once, and demotes it if it
+    /// answers read-only itself (a client's own read-only setting does not
+    /// count). Resolves once the watcher has asked it twice since (or
+    /// after two seconds), so that the unit runs again on whatever writer
+    /// the watcher confirms.
+    pub async fn check_writer(&self) {
+        let mut rounds = self.writer_checks.subscribe();
+        rounds.borrow_and_update();
+        self.check_writer.notify_one();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            for _ in 0..2 {
+                if rounds.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The watcher: a session asks for the writer to be checked now.
+    pub(super) async fn writer_check_asked(&self) {
+        self.check_writer.notified().await
+    }
+
+    /// The watcher: a round that asked the writer (or every instance) ended.
+    pub(super) fn writer_checked(&self) {
+        self.writer_checks.send_modify(|n| *n += 1);
     }
 
     /// Whether node `id` is a managed cluster's instance (the per-unit

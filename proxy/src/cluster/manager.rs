@@ -163,6 +163,14 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
             }
         }
     }
+    // A manager that stopped mid-request may have left a node's request
+    // marked as queued: this one takes requests for every node again.
+    for n in &shared.cluster.snapshot().nodes {
+        if let Some(c) = shared.cluster.counters(n.id) {
+            c.fault_reported.store(false, Ordering::Relaxed);
+            c.failback_requested.store(false, Ordering::Relaxed);
+        }
+    }
     let rx = shared.control.receiver();
     let mut m = Manager {
         shared,
@@ -707,6 +715,13 @@ impl Manager {
                 self.persist();
             }
             Action::Detach => {
+                if node.source.discovered() && snap.primary().map(|p| p.id) == Some(id) {
+                    return Err(ControlError::Conflict(format!(
+                        "{} is the writer of a managed cluster: AWS runs its failover \
+                         (tidepool ctl promote READER --switchover asks RDS to move it)",
+                        node.name
+                    )));
+                }
                 if node.flag == BackendFlag::AlwaysPrimary {
                     return Err(ControlError::Conflict(format!(
                         "{} is always_primary: it cannot be detached",

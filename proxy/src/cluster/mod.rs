@@ -327,6 +327,11 @@ pub struct Cluster {
     /// Where backend passwords come from (secrets, IAM tokens).
     credentials: Arc<Credentials>,
     pub stats: ClusterCounters,
+    /// A session asks the topology watcher to check a managed cluster's
+    /// writer now (it answered a write read-only) ...
+    check_writer: tokio::sync::Notify,
+    /// ... and the watcher counts the rounds it asked it (`instances.rs`).
+    writer_checks: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -385,6 +390,8 @@ impl Cluster {
             tls: ArcSwap::from_pointee(compile_tls(backends)),
             credentials: Arc::default(),
             stats: ClusterCounters::default(),
+            check_writer: tokio::sync::Notify::new(),
+            writer_checks: watch::channel(0).0,
         })
     }
 

@@ -161,8 +161,18 @@ pub fn reload(shared: &Shared) -> Result<ReloadOutcome, Vec<ConfigError>> {
 /// in as one value, then the node table, TLS and pools follow it.
 fn apply(shared: &Shared, new: Config) -> Result<ReloadOutcome, Vec<ConfigError>> {
     let old = shared.config.load_full();
+    if old.clusters.is_empty() != new.clusters.is_empty() {
+        return Err(vec![ConfigError::new(
+            "clusters",
+            "switching between [[backends]] and [[clusters]] needs a restart",
+        )]);
+    }
     let new = Arc::new(Runtime::compile(new, Some(&old))?);
     let mut needs_restart = Vec::new();
+    if old.clusters != new.clusters {
+        // The topology watcher reads its cluster's settings at start.
+        needs_restart.push("clusters".to_string());
+    }
     if old.server.listen != new.server.listen {
         needs_restart.push("server.listen".to_string());
     }

@@ -112,6 +112,12 @@ pub struct Session {
     guard: Option<Box<StandbyGuard>>,
     /// A unit a standby refused, to run again on the primary.
     rerun: Option<Vec<Frame>>,
+    /// The refusal came from a managed cluster's writer: the topology
+    /// watcher checks it before the unit runs again.
+    check_writer: bool,
+    /// A refused unit is running again: its replies are the client's,
+    /// whatever they are (no second guard).
+    rerunning: bool,
     /// The next unit goes to the primary whatever the rules say.
     force_primary: bool,
     /// Answering a batch of named Parse messages and its Sync without a
@@ -173,6 +179,8 @@ impl Session {
             effects: Vec::new(),
             guard: None,
             rerun: None,
+            check_writer: false,
+            rerunning: false,
             force_primary: false,
             deferring: false,
             write_open: false,
@@ -565,6 +573,7 @@ impl Session {
                 return Ok(());
             }
             if matches!(f.tag, b'Q' | b'P' | b'B')
+                && !self.rerunning
                 && (self.on_standby() || self.on_cluster_writer())
             {
                 self.guard = Some(Box::new(StandbyGuard::new()));

@@ -38,13 +38,13 @@ impl Session {
                     return;
                 }
                 Verdict::Rerun => {
-                    if let Some(l) = &self.lease {
-                        // A cluster writer that answers read-only is no
-                        // writer: the unit waits for the next one.
-                        self.shared
-                            .cluster
-                            .demote(lease_node(l), "a write was refused read-only (25006)");
-                    }
+                    // A managed cluster's writer that answers read-only may
+                    // be one no longer: the watcher checks it before the
+                    // unit runs again.
+                    self.check_writer = self
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| self.shared.cluster.is_instance(lease_node(l)));
                     self.rerun = self.guard.take().map(|g| g.into_frames());
                     return;
                 }

@@ -72,7 +72,11 @@ impl Session {
                 self.statements.remove(&name);
             }
         }
+        if std::mem::take(&mut self.check_writer) {
+            self.shared.cluster.check_writer().await;
+        }
         self.force_primary = true;
+        self.rerunning = true;
         let mut r = Ok(());
         for (i, f) in unit.iter().enumerate() {
             r = self.on_client_frame(f.clone(), &unit[i + 1..]).await;
@@ -81,6 +85,7 @@ impl Session {
             }
         }
         self.force_primary = false;
+        self.rerunning = false;
         r
     }
 
