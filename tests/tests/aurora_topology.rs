@@ -246,6 +246,46 @@ password = "postgres"
     }
 }
 
+/// An Aurora cluster `orders` in moto with `instances`, and tidepool's
+/// environment pointing its AWS SDK there.
+fn moto_cluster(moto: &Moto, instances: &[&str], mut opts: TidepoolOpts) -> Result<TidepoolOpts> {
+    let ids: Vec<String> = instances.iter().map(|i| format!("'{i}'")).collect();
+    moto.python(&format!(
+        "rds = boto3.client('rds', **kw)\n\
+         rds.create_db_cluster(DBClusterIdentifier='orders', Engine='aurora-postgresql', \
+           MasterUsername='tidepool', MasterUserPassword='password-1')\n\
+         for i in [{}]:\n\
+         \x20   rds.create_db_instance(DBInstanceIdentifier=i, DBClusterIdentifier='orders', \
+           Engine='aurora-postgresql', DBInstanceClass='db.r6g.large')\n\
+         print('ok')",
+        ids.join(", ")
+    ))?;
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        opts.env.push((k.into(), v.into()));
+    }
+    Ok(opts)
+}
+
+impl Bed {
+    /// Waits until `writer` takes writes and `reader` is an answering
+    /// reader.
+    async fn wait_writer_and_reader(&self, writer: &str, reader: &str) -> Result<()> {
+        wait(Duration::from_secs(20), "writer and reader", || {
+            let n = self.nodes()?;
+            Ok(n.get(writer).is_some_and(|n| n.1 == "primary")
+                && n.get(reader)
+                    .is_some_and(|n| n.0 == "up" && n.1 == "standby"))
+        })
+        .await
+    }
+}
+
 /// Makes instance `node` answer `topology` (written whole, then renamed).
 fn dictate(cluster: &PgCluster, node: &str, topology: &Dictated) -> Result<()> {
     let rows: Vec<serde_json::Value> = topology
@@ -517,25 +557,7 @@ async fn a_planned_switchover_asks_rds_to_fail_over_to_the_named_instance() -> R
     // RDS instance identifiers begin with a letter: the reader is
     // `localhost` (pattern "?" keeps it a host name that resolves here).
     let moto = Moto::start(std::net::Ipv4Addr::LOCALHOST)?;
-    moto.python(
-        "rds = boto3.client('rds', **kw)\n\
-         rds.create_db_cluster(DBClusterIdentifier='orders', Engine='aurora-postgresql', \
-           MasterUsername='tidepool', MasterUserPassword='password-1')\n\
-         for i in ['orders-1', 'localhost']:\n\
-         \x20   rds.create_db_instance(DBInstanceIdentifier=i, DBClusterIdentifier='orders', \
-           Engine='aurora-postgresql', DBInstanceClass='db.r6g.large')\n\
-         print('ok')",
-    )?;
-    let mut opts = TidepoolOpts::default();
-    for (k, v) in [
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        opts.env.push((k.into(), v.into()));
-    }
+    let opts = moto_cluster(&moto, &["orders-1", "localhost"], TidepoolOpts::default())?;
     let topology = [("127.0.0.2", true, 0.0), ("localhost", false, 0.0)];
     let bed = Bed::start_on(
         &["127.0.0.2", "127.0.0.1"],
@@ -545,13 +567,7 @@ async fn a_planned_switchover_asks_rds_to_fail_over_to_the_named_instance() -> R
         "kind = \"aurora\"\ncluster_identifier = \"orders\"",
         opts,
     )?;
-    wait(Duration::from_secs(20), "writer and reader", || {
-        let n = bed.nodes()?;
-        Ok(n.get("127.0.0.2").is_some_and(|n| n.1 == "primary")
-            && n.get("localhost")
-                .is_some_and(|n| n.0 == "up" && n.1 == "standby"))
-    })
-    .await?;
+    bed.wait_writer_and_reader("127.0.0.2", "localhost").await?;
     let ctl = |args: &[&str]| -> Result<std::process::Output> {
         Ok(std::process::Command::new(Tidepool::binary()?)
             .arg("ctl")
@@ -752,12 +768,7 @@ async fn instances_are_found_and_served_over_verified_tls() -> Result<()> {
         "",
         TidepoolOpts::default(),
     )?;
-    wait(Duration::from_secs(20), "writer and reader", || {
-        let n = bed.nodes()?;
-        Ok(n.get("2").is_some_and(|n| n.1 == "primary")
-            && n.get("3").is_some_and(|n| n.0 == "up" && n.1 == "standby"))
-    })
-    .await?;
+    bed.wait_writer_and_reader("2", "3").await?;
     let (client, conn) = tokio_postgres::connect(
         &bed.tidepool.conn_string("app", "app", "app"),
         tokio_postgres::NoTls,
@@ -793,28 +804,14 @@ async fn rds_names_the_instances_when_the_database_cannot_be_asked() -> Result<(
     // names the members, which join the table to be asked in turn. The
     // member is `localhost` so that its name resolves without DNS.
     let moto = Moto::start(std::net::Ipv4Addr::LOCALHOST)?;
-    moto.python(
-        "rds = boto3.client('rds', **kw)\n\
-         rds.create_db_cluster(DBClusterIdentifier='orders', Engine='aurora-postgresql', \
-           MasterUsername='tidepool', MasterUserPassword='password-1')\n\
-         for i in ['localhost']:\n\
-         \x20   rds.create_db_instance(DBInstanceIdentifier=i, DBClusterIdentifier='orders', \
-           Engine='aurora-postgresql', DBInstanceClass='db.r6g.large')\n\
-         print('ok')",
+    let opts = moto_cluster(
+        &moto,
+        &["localhost"],
+        TidepoolOpts {
+            wait_ready: false,
+            ..TidepoolOpts::default()
+        },
     )?;
-    let mut opts = TidepoolOpts {
-        wait_ready: false,
-        ..TidepoolOpts::default()
-    };
-    for (k, v) in [
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        opts.env.push((k.into(), v.into()));
-    }
     let toml = format!(
         r#"[server]
 listen = "127.0.0.1:{listen}"
@@ -872,12 +869,7 @@ password = "app"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_own_read_only_setting_leaves_the_writer_alone() -> Result<()> {
     let bed = Bed::start(2, false, &[("2", true, 0.0), ("3", false, 0.0)], "")?;
-    wait(Duration::from_secs(20), "writer and reader", || {
-        let n = bed.nodes()?;
-        Ok(n.get("2").is_some_and(|n| n.1 == "primary")
-            && n.get("3").is_some_and(|n| n.0 == "up" && n.1 == "standby"))
-    })
-    .await?;
+    bed.wait_writer_and_reader("2", "3").await?;
     // A client whose sessions are read-only gets the server's 25006 (after
     // the watcher found the writer still writing), and other clients keep
     // writing to the same writer.
