@@ -118,6 +118,9 @@ pub struct ServerConn {
     pub stale: HashSet<String>,
     pub created: Instant,
     pub last_used: Instant,
+    /// The worker thread whose runtime the socket is registered with
+    /// (`server::workers`); the pool keeps it idle there.
+    pub worker: usize,
 }
 
 impl ServerConn {
@@ -126,6 +129,49 @@ impl ServerConn {
     pub fn forget_statements(&mut self) {
         self.prepared.clear();
         self.stale.clear();
+    }
+
+    /// The connection, its socket registered with the runtime of `worker`
+    /// (the current thread's): a worker that takes a connection another
+    /// worker opened moves it, so its readiness no longer wakes this
+    /// worker from the other's thread. A TLS connection stays where it is
+    /// (its session cannot be taken apart and put back).
+    pub fn rehome(self, worker: usize) -> std::io::Result<ServerConn> {
+        if self.worker == worker || self.stream.is_tls() {
+            return Ok(self);
+        }
+        let ServerConn {
+            stream,
+            buf,
+            node,
+            addr,
+            pid,
+            secret,
+            cancel,
+            reported,
+            settings,
+            prepared,
+            stale,
+            created,
+            last_used,
+            worker: _,
+        } = self;
+        Ok(ServerConn {
+            stream: stream.rehome()?,
+            buf,
+            node,
+            addr,
+            pid,
+            secret,
+            cancel,
+            reported,
+            settings,
+            prepared,
+            stale,
+            created,
+            last_used,
+            worker,
+        })
     }
 
     /// Connects and logs in, within `p.timeout` as a whole.
@@ -173,6 +219,7 @@ impl ServerConn {
             stale: HashSet::new(),
             created: Instant::now(),
             last_used: Instant::now(),
+            worker: crate::server::workers::current().unwrap_or(0),
         };
         let mut startup: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];
         for (k, v) in p.options {

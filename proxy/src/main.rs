@@ -1,5 +1,11 @@
 //! The `tidepool` command: `run`, `check-config`, `ctl`, `import-pgpool`.
 
+/// Small, short-lived allocations on every worker (frames, buffers,
+/// statement names): an allocator with per-thread heaps and no lock on
+/// the common path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     os::unix::fs::OpenOptionsExt, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
 };
@@ -10,7 +16,7 @@ use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
 
 use tidepool::{
     admin, cluster,
-    config::{Config, ConfigError, LogFormat},
+    config::{Config, ConfigError, LogFormat, Scheduler},
     ctl,
     server::{self, Shared},
 };
@@ -85,8 +91,15 @@ fn main() -> ExitCode {
                 tracing::warn!("{w}");
             }
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if cfg.server.worker_threads > 0 {
-                builder.worker_threads(cfg.server.worker_threads);
+            match cfg.server.scheduler {
+                // Clients are served on worker threads of their own
+                // (server::workers); this runtime is the control plane's.
+                Scheduler::PerCore => {
+                    builder.worker_threads(1);
+                }
+                Scheduler::WorkStealing => {
+                    builder.worker_threads(worker_count(&cfg));
+                }
             }
             let runtime = builder.enable_all().build().expect("tokio runtime");
             // The server runs as a task, on the workers: a future given to
@@ -353,14 +366,34 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     tokio::spawn(handle_signals(shared.clone(), shutdown_tx));
     tokio::spawn(admin::http::serve(admin_listener, shared.clone()));
 
-    tracing::info!(%listen, %admin_listen, "tidepool serving");
-    server::serve(listener, shared).await;
+    let (scheduler, threads) = {
+        let cfg = shared.config.load();
+        (cfg.server.scheduler, worker_count(&cfg))
+    };
+    tracing::info!(%listen, %admin_listen, ?scheduler, threads, "tidepool serving");
+    match scheduler {
+        Scheduler::PerCore => {
+            let listener = listener
+                .into_std()
+                .context("cannot hand the client listener to the workers")?;
+            server::workers::serve(listener, shared, threads).await?;
+        }
+        Scheduler::WorkStealing => server::serve(listener, shared).await,
+    }
     if let Some(task) = watchdog {
         // A leader hands over before it goes; the task bounds the wait.
         let _ = task.await;
     }
     tracing::info!("tidepool stopped");
     Ok(())
+}
+
+/// Threads that serve clients: `server.worker_threads`, or one per CPU.
+fn worker_count(cfg: &Config) -> usize {
+    match cfg.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }
 
 /// Starts the watchdog when `[watchdog]` is configured. Its health signal

@@ -4,6 +4,10 @@
 //! that finds none idle and none to open waits in a bounded queue; a
 //! returned connection is handed straight to the first waiter. Pools never
 //! choose a node: the router does, from a snapshot of the node table.
+//!
+//! Idle connections are kept by the worker thread that opened them
+//! (`server::workers`): a checkout takes one of its own worker's, opens a
+//! new one when the pool has room, and only then borrows another worker's.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -66,11 +70,75 @@ enum Handoff {
 }
 
 struct Inner {
-    idle: VecDeque<ServerConn>,
+    /// Idle connections by the worker that opened them.
+    idle: Vec<VecDeque<ServerConn>>,
+    /// Idle connections on every worker.
+    idle_count: usize,
     /// Connections that exist: idle, lent out, or being opened.
     total: usize,
     waiters: VecDeque<oneshot::Sender<Handoff>>,
     limits: PoolLimits,
+}
+
+impl Inner {
+    fn new(limits: PoolLimits) -> Inner {
+        Inner {
+            idle: (0..crate::server::workers::count())
+                .map(|_| VecDeque::new())
+                .collect(),
+            idle_count: 0,
+            total: 0,
+            waiters: VecDeque::new(),
+            limits,
+        }
+    }
+
+    /// The most recently used idle connection of `worker`, or with
+    /// `borrow`, of any worker.
+    fn pop_idle(&mut self, worker: usize, borrow: bool) -> Option<ServerConn> {
+        let own = worker.min(self.idle.len() - 1);
+        let c = match self.idle[own].pop_back() {
+            Some(c) => Some(c),
+            None if borrow => self.idle.iter_mut().find_map(|q| q.pop_back()),
+            None => None,
+        };
+        if c.is_some() {
+            self.idle_count -= 1;
+        }
+        c
+    }
+
+    fn push_idle(&mut self, c: ServerConn) {
+        let home = c.worker.min(self.idle.len() - 1);
+        self.idle[home].push_back(c);
+        self.idle_count += 1;
+    }
+
+    /// Keeps the idle connections `keep` says to; returns how many went.
+    fn retain_idle(&mut self, mut keep: impl FnMut(&ServerConn) -> bool) -> usize {
+        let before = self.idle_count;
+        for q in &mut self.idle {
+            q.retain(&mut keep);
+        }
+        self.idle_count = self.idle.iter().map(VecDeque::len).sum();
+        before - self.idle_count
+    }
+
+    /// Closes the longest-idle connection of any worker.
+    fn close_oldest_idle(&mut self) -> bool {
+        let oldest = self
+            .idle
+            .iter_mut()
+            .filter(|q| !q.is_empty())
+            .min_by_key(|q| q.front().map(|c| c.last_used));
+        match oldest.and_then(|q| q.pop_front()) {
+            Some(_) => {
+                self.idle_count -= 1;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Counters shown by `SHOW POOL_POOLS` and `/metrics`.
@@ -185,12 +253,7 @@ impl Pool {
     pub fn new(key: PoolKey, limits: PoolLimits, target: Target) -> Arc<Pool> {
         Arc::new(Pool {
             key,
-            inner: Mutex::new(Inner {
-                idle: VecDeque::new(),
-                total: 0,
-                waiters: VecDeque::new(),
-                limits,
-            }),
+            inner: Mutex::new(Inner::new(limits)),
             target: Mutex::new(target),
             server_parameters: Mutex::new(None),
             counters: PoolCounters::default(),
@@ -212,7 +275,7 @@ impl Pool {
     /// for a new connection.
     pub fn would_wait(&self) -> bool {
         let inner = self.lock();
-        inner.idle.is_empty() && inner.total >= inner.limits.max_size
+        inner.idle_count == 0 && inner.total >= inner.limits.max_size
     }
 
     /// Lends a connection: an idle one, a new one, or the next one returned.
@@ -223,23 +286,32 @@ impl Pool {
     ) -> Result<Lease, PoolError> {
         self.counters.checkouts.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
+        // Off the workers (control plane, work_stealing) connections stay
+        // where they are and are kept on the first worker's list.
+        let on_worker = crate::server::workers::current();
+        let worker = on_worker.unwrap_or(0);
         let wait = {
             let mut inner = self.lock();
             let limits = inner.limits.clone();
-            let mut found = None;
-            while let Some(c) = inner.idle.pop_back() {
-                // A connection that died while idle (server restart,
-                // pg_terminate_backend, a failover) is dropped here, not
-                // handed to a client to fail on.
-                if expired(&c, &limits, now) || !c.is_alive() {
-                    inner.total -= 1;
-                    continue;
+            // This worker's own idle connections first; another worker's
+            // only when the pool has no room for a new one.
+            for borrow in [false, true] {
+                if borrow && inner.total < limits.max_size {
+                    break;
                 }
-                found = Some(c);
-                break;
-            }
-            if let Some(c) = found {
-                return Ok(self.lease(c));
+                while let Some(c) = inner.pop_idle(worker, borrow) {
+                    // A connection that died while idle (server restart,
+                    // pg_terminate_backend, a failover) is dropped here,
+                    // not handed to a client to fail on.
+                    if expired(&c, &limits, now) || !c.is_alive() {
+                        inner.total -= 1;
+                        continue;
+                    }
+                    match rehome(c, on_worker) {
+                        Ok(c) => return Ok(self.lease(c)),
+                        Err(_) => inner.total -= 1,
+                    }
+                }
             }
             if inner.total < limits.max_size {
                 inner.total += 1;
@@ -274,7 +346,13 @@ impl Pool {
                 .wait_us
                 .fetch_add(now.elapsed().as_micros() as u64, Ordering::Relaxed);
             match handoff {
-                Some(Handoff::Conn(c)) => return Ok(self.lease(*c)),
+                Some(Handoff::Conn(c)) => match rehome(*c, on_worker) {
+                    Ok(c) => return Ok(self.lease(c)),
+                    Err(e) => {
+                        self.discard_one();
+                        return Err(PoolError::Backend(e.into()));
+                    }
+                },
                 Some(Handoff::Slot) => {}
                 None => {
                     self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -364,7 +442,7 @@ impl Pool {
         }
         if inner.waiters.is_empty() {
             // The common case: no allocation for the hand-over.
-            inner.idle.push_back(c);
+            inner.push_idle(c);
             return;
         }
         let mut c = Box::new(c);
@@ -375,7 +453,7 @@ impl Pool {
                 Err(Handoff::Slot) => unreachable!("sent a connection"),
             }
         }
-        inner.idle.push_back(*c);
+        inner.push_idle(*c);
     }
 
     /// Forgets one connection (closed or never opened) and lets a waiter
@@ -406,8 +484,7 @@ impl Pool {
                 inner.total += 1;
             }
         }
-        while inner.total > inner.limits.max_size && !inner.idle.is_empty() {
-            inner.idle.pop_front();
+        while inner.total > inner.limits.max_size && inner.close_oldest_idle() {
             inner.total -= 1;
         }
     }
@@ -428,10 +505,8 @@ impl Pool {
     pub fn reap(&self) -> usize {
         let mut inner = self.lock();
         let limits = inner.limits.clone();
-        let before = inner.idle.len();
         let now = Instant::now();
-        inner.idle.retain(|c| !expired(c, &limits, now));
-        let closed = before - inner.idle.len();
+        let closed = inner.retain_idle(|c| !expired(c, &limits, now));
         inner.total -= closed;
         closed
     }
@@ -439,8 +514,7 @@ impl Pool {
     /// Closes every idle connection (node detached, settings changed).
     pub fn drain_idle(&self) {
         let mut inner = self.lock();
-        let n = inner.idle.len();
-        inner.idle.clear();
+        let n = inner.retain_idle(|_| false);
         inner.total -= n;
     }
 
@@ -452,7 +526,7 @@ impl Pool {
             user: self.key.user.clone(),
             database: self.key.database.clone(),
             total: inner.total,
-            idle: inner.idle.len(),
+            idle: inner.idle_count,
             waiting: inner.waiters.iter().filter(|w| !w.is_closed()).count(),
             max_size: inner.limits.max_size,
             checkouts: c.checkouts.load(Ordering::Relaxed),
@@ -462,6 +536,14 @@ impl Pool {
             queue_full: c.queue_full.load(Ordering::Relaxed),
             wait_us: c.wait_us.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// `c` moved to the worker running this checkout, if it runs on one.
+fn rehome(c: ServerConn, worker: Option<usize>) -> std::io::Result<ServerConn> {
+    match worker {
+        Some(w) => c.rehome(w),
+        None => Ok(c),
     }
 }
 

@@ -181,8 +181,9 @@ def cmd_mem(args):
 
 
 # --- idle clients --------------------------------------------------------------
-async def open_one(host, port, user, db, password, timeout):
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+async def open_one(host, port, user, db, password, timeout, source=None):
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), timeout)
     try:
         writer.write(pgwire.startup_message(user, db))
         hs = pgwire.Handshake(user, password)
@@ -208,20 +209,23 @@ async def idle_clients(args):
     sem = asyncio.Semaphore(args.concurrency)
     deadline = time.monotonic() + args.open_timeout
 
-    async def one():
+    async def one(i):
+        # More clients than one source address has ports for (about
+        # 28,000 to one server port) come from 127.0.0.2, .3, ...
+        source = "127.0.0.%d" % (1 + i % args.sources) if args.sources > 1 else None
         async with sem:
             left = deadline - time.monotonic()
             if left <= 0:
                 errors["gave up: --open-timeout reached"] = errors.get("gave up: --open-timeout reached", 0) + 1
                 return
             try:
-                conns.append(await open_one(args.host, args.port, args.user, args.db, args.password, min(left, args.conn_timeout)))
+                conns.append(await open_one(args.host, args.port, args.user, args.db, args.password, min(left, args.conn_timeout), source))
             except Exception as e:  # noqa: BLE001 - every failure is counted
                 key = (type(e).__name__ + ": " + str(e))[:120]
                 errors[key] = errors.get(key, 0) + 1
 
     started = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(args.count)))
+    await asyncio.gather(*(one(i) for i in range(args.count)))
     result = {
         "requested": args.count,
         "opened": len(conns),
@@ -247,6 +251,8 @@ def cmd_idle_clients(args):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = args.count + 100
     if soft < want:
+        if hard < want and os.geteuid() == 0:
+            hard = want
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     asyncio.run(idle_clients(args))
 
@@ -352,6 +358,7 @@ def main():
     s.add_argument("--concurrency", type=int, default=64)
     s.add_argument("--conn-timeout", type=float, default=10.0)
     s.add_argument("--open-timeout", type=float, default=120.0, help="deadline for opening them all")
+    s.add_argument("--sources", type=int, default=1, help="loopback source addresses to spread them over (127.0.0.1..N)")
     s.add_argument("--hold", type=float, default=300.0, help="most seconds to hold them")
     s.set_defaults(fn=cmd_idle_clients)
 

@@ -44,11 +44,12 @@ TARGET_NAMES = {
     "tidepool-tx": "tidepool (transaction)",
     "tidepool-session": "tidepool (session)",
     "tidepool-tx-lb": "tidepool (transaction, read LB)",
+    "tidepool-tx-lbp": "tidepool (transaction, read LB, reads weighted to the primary)",
     "tidepool-tx-cache": "tidepool (transaction, query cache)",
     "pgpool-cache": "Pgpool-II (query cache)",
 }
 TARGET_ORDER = list(TARGET_NAMES)
-TIDEPOOLS = ["tidepool-tx", "tidepool-session", "tidepool-tx-lb", "tidepool-tx-cache"]
+TIDEPOOLS = ["tidepool-tx", "tidepool-session", "tidepool-tx-lb", "tidepool-tx-lbp", "tidepool-tx-cache"]
 PEERS = ["direct", "pgbouncer", "pgpool", "pgpool-cache"]
 # scripts/bench --tls: TLS on both sides, reported in their own table.
 TLS_TARGET_NAMES = {
@@ -211,10 +212,36 @@ def main():
 
     sel = [w for w in ("select-simple", "select-extended", "select-prepared") if any(k[0] == w for k in cells)]
     big = [c for c in clients if c >= 16]
-    short = {"select-simple": "simple", "select-extended": "extended", "select-prepared": "prepared"}
+    short = {"select-simple": "simple", "select-extended": "extended", "select-prepared": "prepared",
+             "tpcb": "TPC-B", "select-connect-trust": "-C trust"}
+    # Against PgBouncer: the select-only workloads, TPC-B and -C with trust.
+    vs_bouncer = sel + [w for w in ("tpcb", "select-connect-trust") if any(k[0] == w for k in cells)]
     goal_row(
-        "select-only tps ≥ PgBouncer's at 16+ clients",
-        [("%s/%d:" % (short[w], c), ratio(tps(w, c, "tidepool-tx"), tps(w, c, "pgbouncer"))) for w in sel for c in big],
+        "tps ≥ PgBouncer's at 16+ clients (select-only, TPC-B, `-C` trust)",
+        [("%s/%d:" % (short[w], c), ratio(tps(w, c, "tidepool-tx"), tps(w, c, "pgbouncer"))) for w in vs_bouncer for c in big],
+        1.0,
+    )
+
+    def p99(w, c, t):
+        s = summary.get((w, c, t))
+        return s["p99"] if s else None
+
+    goal_row(
+        "p99 latency ≤ PgBouncer's at 16+ clients (PgBouncer's p99 ÷ tidepool's)",
+        [("%s/%d:" % (short[w], c), ratio(p99(w, c, "pgbouncer"), p99(w, c, "tidepool-tx"))) for w in vs_bouncer for c in big],
+        1.0,
+    )
+    eff_rows = []
+    if args.efficiency and os.path.exists(args.efficiency):
+        with open(args.efficiency) as f:
+            eff_rows = [json.loads(l) for l in f if l.strip()]
+
+    def cpu(w, t):
+        return next((e["cpu_us_per_txn"] for e in eff_rows if e["workload"] == w and e["target"] == t), None)
+
+    goal_row(
+        "CPU per select-only transaction ≤ PgBouncer's (PgBouncer's µs ÷ tidepool's, perf stat)",
+        [("%s:" % short[w], ratio(cpu(w, "pgbouncer"), cpu(w, "tidepool-tx"))) for w in ("select-simple", "select-extended")],
         1.0,
     )
     goal_row(
@@ -279,6 +306,11 @@ def main():
     if lb:
         p("| select-only with read load balancing (routing on) ÷ routing off | %s | (reported) |"
           % ", ".join("%s %s" % (l, fratio(r)) for l, r in lb))
+    goal_row(
+        "read load balancing on, every read weighted to the primary ÷ off ≥ 0.97 (classification and choice only)",
+        [("%s/%d:" % (short[w], c), ratio(tps(w, c, "tidepool-tx-lbp"), tps(w, c, "tidepool-tx"))) for w in sel for c in clients],
+        0.97,
+    )
     tp_mem = next((m for m in memory if m["target"] == "tidepool"), None)
     if tp_mem:
         rss = mib(tp_mem["after"]["rss_kb"])
@@ -287,6 +319,12 @@ def main():
         if opened < 10000:
             verdict += " (only %d clients in this run)" % opened
         p("| 10,000 idle clients under 100 MB RSS | %s MiB with %s clients | %s |" % (fnum(rss, 1), fnum(opened), verdict))
+        per = (tp_mem["after"]["rss_kb"] - tp_mem["before"]["rss_kb"]) / opened if opened else None
+        if per is not None:
+            verdict = "met" if per <= 2.0 and opened >= 10000 else "**not met**"
+            if opened < 10000:
+                verdict += " (only %d clients in this run)" % opened
+            p("| idle clients: at most 2 KiB of RSS each (10,000) | %s KiB per client | %s |" % (fnum(per, 2), verdict))
     else:
         p("| 10,000 idle clients under 100 MB RSS | not measured in this run | – |")
     tp_median = None
@@ -347,11 +385,15 @@ def main():
     p("    SCRAM through `pool_hba.conf` and `pool_passwd`; no `failover_command` here; started")
     p("    with `-D`.")
     p("  - *tidepool (transaction)*: `pool.mode = \"transaction\"`, `max_size = 20` (PgBouncer's pool")
-    p("    size), the three nodes as backends; default logging; %s; %s." % (
+    p("    size), the three nodes as backends; default logging; %s; %s;" % (
         meta.get("hc_note", "?"), meta.get("failover_note", "?")))
+    p("    `[server]` %s (every tidepool target)." % meta.get("tp_server", "?"))
     p("  - *tidepool (session)*: `pool.mode = \"session\"`, `max_size = %s` (a server connection per" % meta.get("session_pool", "?"))
     p("    client, like session pooling anywhere).")
     p("  - *tidepool (transaction, read LB)*: %s." % meta.get("lb_note", "?"))
+    p("  - *tidepool (transaction, read LB, reads weighted to the primary)*: the same with the")
+    p("    standbys at `weight = 0`: every read is classified and a node chosen, and the choice is")
+    p("    always the primary — what routing costs by itself.")
     p("- **Runs**: `pgbench -n -T <duration> -c <clients> -j min(clients, 2)`, interleaved: each")
     p("  round runs every (workload, clients) cell once per target, in an order rotated between")
     p("  cells and rounds, so slow drifts of the machine's load fall on every target alike.")
@@ -482,7 +524,7 @@ def main():
             opened = cl["opened"]
             per = (m["after"]["rss_kb"] - m["before"]["rss_kb"]) / opened if opened else None
             p("| %s | %s | %s | %s | %s | %s MiB | %s MiB | %s MiB | %s |" % (
-                {"tidepool": "**tidepool**", "pgbouncer": "PgBouncer", "pgpool": "Pgpool-II"}.get(m["target"], m["target"]),
+                {"tidepool": "**tidepool**", "tidepool-large": "**tidepool**", "pgbouncer": "PgBouncer", "pgpool": "Pgpool-II"}.get(m["target"], m["target"]),
                 m["note"], fnum(cl["requested"]), fnum(opened), m["after"]["procs"],
                 fnum(mib(m["before"]["rss_kb"]), 1), fnum(mib(m["after"]["rss_kb"]), 1), fnum(mib(m["after"]["pss_kb"]), 1),
                 "–" if per is None else "%s KiB" % fnum(per, 1)))

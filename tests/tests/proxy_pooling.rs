@@ -5,7 +5,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use tidepool_tests::{Tidepool, wait_until_async};
+use tidepool_tests::{PgCluster, PgClusterOpts, Tidepool, wait_until_async};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_clients_finish_their_transactions_over_twenty_connections() {
@@ -297,4 +297,70 @@ async fn sighup_reload_changes_pool_size_without_dropping_clients() {
     let pools = bed.show("POOL_POOLS").await.unwrap();
     assert_eq!(pools[0]["max_size"], "7");
     let _: &Tidepool = &bed.tidepool;
+}
+
+/// Clients spread over four worker threads share a pool of two server
+/// connections: a worker with none idle borrows another's, every
+/// transaction commits, and the pool never grows past its size — under
+/// both schedulers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_four_workers_share_a_pool_of_two() {
+    for scheduler in ["per_core", "work_stealing"] {
+        let cluster = PgCluster::start(PgClusterOpts::standbys(0)).unwrap();
+        let cfg = common::config(
+            &cluster,
+            "transaction",
+            "max_size = 2\ncheckout_timeout = \"60s\"",
+            "",
+        )
+        .replace(
+            "[server]\n",
+            &format!("[server]\nworker_threads = 4\nscheduler = \"{scheduler}\"\n"),
+        );
+        let bed = common::Bed {
+            tidepool: Tidepool::start(&cfg).unwrap(),
+            cluster,
+        };
+        bed.wait_ready().await.unwrap();
+        let setup = bed.app().await.unwrap();
+        setup
+            .batch_execute("CREATE TABLE shared2 (client int, n int)")
+            .await
+            .unwrap();
+        let port = bed.tidepool.port();
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let conn = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
+                    let (c, conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+                    tokio::spawn(conn);
+                    for n in 0..20 {
+                        c.batch_execute(&format!(
+                            "BEGIN; INSERT INTO shared2 VALUES ({i}, {n}); SELECT pg_sleep(0.0005); COMMIT"
+                        ))
+                        .await?;
+                    }
+                    Ok::<_, tokio_postgres::Error>(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await
+                .unwrap()
+                .expect("every client's transactions commit");
+        }
+        let n: i64 = setup
+            .query_one("SELECT count(*) FROM shared2", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 800, "{scheduler}");
+        let pools = bed.show("POOL_POOLS").await.unwrap();
+        let app = pools.iter().find(|p| p["username"] == "app").unwrap();
+        let conns: usize = app["connections"].parse().unwrap();
+        assert!(
+            conns <= 2,
+            "{scheduler}: {conns} server connections for a pool of 2"
+        );
+    }
 }

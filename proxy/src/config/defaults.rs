@@ -32,6 +32,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             state_dir: None,
             worker_threads: 0,
+            scheduler: Default::default(),
         }
     }
 }

@@ -96,6 +96,22 @@ pub struct ServerConfig {
     pub state_dir: Option<String>,
     /// Threads that run client sessions (0 = one per CPU). Read at start.
     pub worker_threads: usize,
+    /// How client sessions are spread over those threads. Read at start.
+    pub scheduler: Scheduler,
+}
+
+/// How client sessions run on the worker threads (`server.scheduler`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    /// One single-threaded runtime per worker: a client, its server
+    /// connections and its timers stay on the worker that accepted it, so
+    /// a transaction wakes no other thread (server::workers).
+    #[default]
+    PerCore,
+    /// One runtime whose workers steal each other's tasks: evens out a few
+    /// long, busy sessions at the cost of cross-thread wake-ups.
+    WorkStealing,
 }
 
 /// Pooling modes, as in PgBouncer and Pgpool-II.

@@ -6,6 +6,7 @@ mod cancel;
 pub mod runtime;
 pub mod startup;
 pub mod throttle;
+pub mod workers;
 
 use std::{
     net::SocketAddr,
@@ -181,6 +182,9 @@ fn apply(shared: &Shared, new: Config) -> Result<ReloadOutcome, Vec<ConfigError>
     }
     if old.server.worker_threads != new.server.worker_threads {
         needs_restart.push("server.worker_threads".to_string());
+    }
+    if old.server.scheduler != new.server.scheduler {
+        needs_restart.push("server.scheduler".to_string());
     }
     if old.query_cache != new.query_cache {
         // The cache and its store are made at start.

@@ -115,7 +115,11 @@ pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
     let mut buf = BytesMut::with_capacity(512);
     let timeout = shared.config.load().server.startup_timeout;
 
-    let started = tokio::time::timeout(timeout, read_startup(tcp, &mut buf, &shared)).await;
+    // Startup and login are boxed: their futures (TLS handshake, SCRAM)
+    // are large and done with once the client is in, and an idle client's
+    // task should hold only what its session needs.
+    let started =
+        tokio::time::timeout(timeout, Box::pin(read_startup(tcp, &mut buf, &shared))).await;
     let (mut client, tls, startup) = match started {
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => return, // cancel request, or the client left
@@ -228,7 +232,7 @@ pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
         Some((session, registration, client, buf, session_slot))
     };
     let Some((mut session, registration, client, buf, _session_slot)) =
-        login.instrument(span.clone()).await
+        Box::pin(login.instrument(span.clone())).await
     else {
         return;
     };
@@ -754,5 +758,32 @@ mod tests {
         assert!(s.contains(&("work_mem".into(), "4MB".into())));
         assert!(s.contains(&("statement_timeout".into(), "5s".into())));
         assert!(!s.iter().any(|(k, _)| k == "user"));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// What a client's task holds between its messages: the session and
+    /// the loop waiting for the client. Startup, login and each message's
+    /// work are boxed while they run, so thousands of idle clients do not
+    /// each keep room for a TLS handshake or a transaction's I/O.
+    #[tokio::test]
+    async fn an_idle_clients_task_is_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        let cfg = crate::config::Config::load_str(
+            "[[backends]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\n\
+             [[users]]\nname = \"app\"\npassword = \"app\"\n",
+        )
+        .unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let shared = Shared::new(cfg, None, rx);
+        let task = handle(s, peer, shared);
+        let size = std::mem::size_of_val(&task);
+        // Unboxed, startup and a message's work made it ~16 KiB (debug).
+        assert!(size <= 4096, "a client's task is {size} bytes");
     }
 }

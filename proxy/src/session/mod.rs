@@ -250,12 +250,16 @@ impl Session {
             }
         };
         tokio::pin!(shutdown_wait);
+        if client_buf.is_empty() {
+            // The startup packet's room: an idle client holds no buffer.
+            client_buf = BytesMut::new();
+        }
         let mut backend_frames = Vec::new();
         // Messages of a unit that waits for the one before it to finish.
         let mut held: Vec<Frame> = Vec::new();
         let result = loop {
             if let Some(unit) = self.rerun.take()
-                && let Err(e) = self.rerun_on_primary(unit).await
+                && let Err(e) = Box::pin(self.rerun_on_primary(unit)).await
             {
                 break Err(e);
             }
@@ -291,8 +295,10 @@ impl Session {
                         // primary, settings): a client that goes away
                         // meanwhile is not served after it left, and its
                         // place in the queue goes to those still there.
-                        let work = self.on_client_frame(head[i].clone(), rest);
-                        tokio::pin!(work);
+                        // Boxed, as is every rarely live step below: the
+                        // session's future stays small while its client is
+                        // idle (thousands of idle clients cost little).
+                        let mut work = Box::pin(self.on_client_frame(head[i].clone(), rest));
                         let mut watch = true;
                         loop {
                             tokio::select! {
@@ -402,7 +408,7 @@ impl Session {
             );
             let _ = client.write_all(&self.to_client).await;
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
         result
     }
 

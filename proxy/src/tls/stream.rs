@@ -33,6 +33,15 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
+    /// A plain TCP stream registered with the current runtime's reactor
+    /// instead of the one it was made on; a TLS stream as it is.
+    pub fn rehome(self) -> io::Result<Stream> {
+        match self {
+            Stream::Plain(s) => Ok(Stream::Plain(TcpStream::from_std(s.into_std()?)?)),
+            tls => Ok(tls),
+        }
+    }
+
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
