@@ -363,7 +363,10 @@ impl Pool {
         // We hold a slot: open a new connection. The slot is given back
         // if opening fails, or if the caller gives up meanwhile.
         let slot = Slot(Some(self.clone()));
-        let r = self.open(options).await;
+        // Boxed: opening a connection (TLS, SCRAM) takes a large future,
+        // and a checkout is part of every session's message handling,
+        // whose future would otherwise be that large on every message.
+        let r = Box::pin(self.open(options)).await;
         slot.keep();
         match r {
             Ok(c) => Ok(self.lease(c)),

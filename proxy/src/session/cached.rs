@@ -148,7 +148,9 @@ impl Session {
                     return false;
                 };
                 let facts = self.read_facts(&class).await;
-                return self.cache_read_unit(&cache, &class, &facts, unit).await;
+                // The stores' futures are boxed: large, and not on the way
+                // of sessions that find nothing to cache.
+                return Box::pin(self.cache_read_unit(&cache, &class, &facts, unit)).await;
             }
             Message::Bind { statement } => match self.bound_class(statement) {
                 Some(c) => c,
@@ -173,16 +175,18 @@ impl Session {
         let facts = self.read_facts(&class).await;
         if let Some(mut tables) = policy::write_set(&class, facts.volatile_function) {
             if tables.iter().all(|t| t != policy::ALL_TABLES)
-                && cache
-                    .facts
-                    .write_spreads(&self.shared, &self.database, &tables)
-                    .await
+                && Box::pin(
+                    cache
+                        .facts
+                        .write_spreads(&self.shared, &self.database, &tables),
+                )
+                .await
             {
                 // Triggers, foreign keys' cascades, views, partitions,
                 // inheritance: other tables may change too.
                 tables = vec![policy::ALL_TABLES.to_string()];
             }
-            self.mark_writes(&cache, tables).await;
+            Box::pin(self.mark_writes(&cache, tables)).await;
             return false;
         }
         match msg {
@@ -192,11 +196,10 @@ impl Session {
                 let raw = f.body();
                 let raw = &raw[..raw.iter().position(|&c| c == 0).unwrap_or(raw.len())];
                 let key = policy::key(&self.user, &self.database, &self.settings, &[raw]);
-                self.cache_read(&cache, &class, &facts, key, Reply::Simple)
-                    .await
+                Box::pin(self.cache_read(&cache, &class, &facts, key, Reply::Simple)).await
             }
             Message::Bind { .. } => match extended_unit(f, rest) {
-                Some(unit) => self.cache_read_unit(&cache, &class, &facts, unit).await,
+                Some(unit) => Box::pin(self.cache_read_unit(&cache, &class, &facts, unit)).await,
                 None => false,
             },
             _ => false,

@@ -295,10 +295,13 @@ impl Session {
                         // primary, settings): a client that goes away
                         // meanwhile is not served after it left, and its
                         // place in the queue goes to those still there.
-                        // Boxed, as is every rarely live step below: the
-                        // session's future stays small while its client is
-                        // idle (thousands of idle clients cost little).
-                        let mut work = Box::pin(self.on_client_frame(head[i].clone(), rest));
+                        // Not boxed (a copy of the future on every message);
+                        // what it may await that is large and rare (opening
+                        // a connection, the catalog, the cache's stores) is
+                        // boxed where it is awaited, so an idle client's
+                        // task stays small.
+                        let work = self.on_client_frame(head[i].clone(), rest);
+                        tokio::pin!(work);
                         let mut watch = true;
                         loop {
                             tokio::select! {

@@ -339,13 +339,17 @@ impl Session {
             if let Some(p) = router::write_node(&self.shared.cluster.snapshot()) {
                 let (host, port) = (p.host.clone(), p.port);
                 let tls = self.shared.cluster.tls(p.id);
-                let password = self
-                    .shared
-                    .cluster
-                    .check_password(p.id, &host, port, &cfg.health_check)
-                    .await
-                    .ok()
-                    .flatten();
+                // Boxed, as is learning: rare, and large futures (AWS
+                // credentials, a connection of its own).
+                let password = Box::pin(self.shared.cluster.check_password(
+                    p.id,
+                    &host,
+                    port,
+                    &cfg.health_check,
+                ))
+                .await
+                .ok()
+                .flatten();
                 let fs = if f_known.is_none() {
                     unknown_functions.clone()
                 } else {
@@ -356,17 +360,16 @@ impl Session {
                 } else {
                     vec![]
                 };
-                catalog
-                    .learn(
-                        &host,
-                        port,
-                        (&tls, password.as_deref()),
-                        db,
-                        &cfg.health_check,
-                        &fs,
-                        &rs,
-                    )
-                    .await;
+                Box::pin(catalog.learn(
+                    &host,
+                    port,
+                    (&tls, password.as_deref()),
+                    db,
+                    &cfg.health_check,
+                    &fs,
+                    &rs,
+                ))
+                .await;
             }
         }
         facts.volatile_function = catalog
