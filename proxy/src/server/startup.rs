@@ -143,7 +143,9 @@ pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
     } = startup;
     let user = param(&params, "user").unwrap_or_default();
     let database = param(&params, "database").unwrap_or_else(|| user.clone());
-    let span = tracing::info_span!("session", %peer, user = %user, database = %database, tls = client.is_tls());
+    let tls_on = client.is_tls();
+    let span =
+        tracing::info_span!("session", %peer, user = %user, database = %database, tls = tls_on);
     let login = async move {
         let mut out = BytesMut::new();
         if minor_asked > 0 || !pq_options.is_empty() {
@@ -236,12 +238,13 @@ pub(super) async fn handle(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Sha
     else {
         return;
     };
-    // The session loop runs outside the span: entering it on every poll
-    // costs more than the rest of a short transaction's bookkeeping. The
-    // session's own log lines name it as their parent.
-    session.span = span.clone();
+    // The session's log lines name its span as their parent, made when
+    // one is logged (`Session::span`): no span is kept while it runs.
+    drop(span);
+    session.peer = Some((peer, tls_on));
     session.client_pid = registration.pid;
     let result = session.run(client, buf).await;
+    let span = session.span();
     let _entered = span.enter();
     match result {
         Ok(()) | Err(SessionEnd::Terminated | SessionEnd::ClientGone) => {

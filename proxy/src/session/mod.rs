@@ -143,9 +143,9 @@ pub struct Session {
     to_backend: BytesMut,
     /// This session's pool on each node, by node id (see `pool_on`).
     pools: Vec<Option<Arc<crate::pool::Pool>>>,
-    /// The client's span (peer, user, database): the parent of the
-    /// session's log lines. It is not entered around the session loop.
-    pub span: tracing::Span,
+    /// Where the client connects from and whether over TLS: with the
+    /// user and database, the fields of the session's span (`span`).
+    pub peer: Option<(std::net::SocketAddr, bool)>,
 }
 
 impl Session {
@@ -194,7 +194,7 @@ impl Session {
             to_client: BytesMut::new(),
             to_backend: BytesMut::new(),
             pools: Vec::new(),
-            span: tracing::Span::none(),
+            peer: None,
         }
     }
 
@@ -234,6 +234,25 @@ impl Session {
     }
 
     /// Serves the client until it leaves.
+    /// The client's span (peer, user, database, TLS): the parent of the
+    /// session's log lines, made when one is logged. A span kept for the
+    /// session's life would cost every idle client a registry entry with
+    /// its formatted fields (about 1 KiB each); it is not entered around
+    /// the session loop either (entering it on every poll costs more than
+    /// the rest of a short transaction's bookkeeping).
+    pub fn span(&self) -> tracing::Span {
+        match self.peer {
+            Some((peer, tls)) => tracing::info_span!(
+                "session",
+                %peer,
+                user = %self.user,
+                database = %self.database,
+                tls
+            ),
+            None => tracing::Span::none(),
+        }
+    }
+
     pub async fn run(
         &mut self,
         mut client: Stream,
@@ -549,7 +568,7 @@ impl Session {
     }
 
     async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
-        tracing::trace!(parent: &self.span, tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
+        tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
         if self.cache_skip > 0 {
             // The rest of a unit answered from the query cache.
             self.cache_skip -= 1;
@@ -828,7 +847,7 @@ impl Session {
         for p in &e.pins {
             if self.pins.insert(*p) {
                 self.shared.metrics.pinned.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(parent: &self.span,
+                tracing::debug!(parent: &self.span(),
                     reason = p.as_str(),
                     "session pinned to its backend connection"
                 );

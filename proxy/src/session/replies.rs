@@ -16,7 +16,7 @@ use crate::{
 
 impl Session {
     pub(super) fn on_backend_frame(&mut self, f: Frame) {
-        tracing::trace!(parent: &self.span, tag = %(f.tag as char), pending = ?self.tracker.pending(), "backend message");
+        tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "backend message");
         let mut effects = std::mem::take(&mut self.effects);
         let forward = self.tracker.backend(&f, &mut effects);
         for e in effects.drain(..) {

@@ -50,7 +50,7 @@ impl Session {
             .metrics
             .standby_refusals
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(parent: &self.span, "a standby refused the unit during recovery; running it on the primary");
+        tracing::debug!(parent: &self.span(), "a standby refused the unit during recovery; running it on the primary");
         if self
             .shared
             .config
@@ -275,7 +275,7 @@ impl Session {
                 }
             }
         };
-        tracing::debug!(parent: &self.span,
+        tracing::debug!(parent: &self.span(),
             node = decision.node,
             reason = decision.reason,
             "unit routed"
