@@ -233,6 +233,47 @@ async fn cancelled_pg_sleep_returns_at_once_and_the_session_goes_on() {
     assert_eq!(v, 42);
 }
 
+/// A cancel request that comes while the client's statement waits for a
+/// server connection (here: behind another client's open transaction in a
+/// pool of one) is not dropped: the statement is cancelled once it runs,
+/// as it would be on a direct connection, where the server was already
+/// running it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_while_the_statement_waits_for_a_connection_cancels_it() {
+    let bed = common::bed(0, "transaction", "max_size = 1", "")
+        .await
+        .unwrap();
+    let holder = bed.app().await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let c = bed.app().await.unwrap();
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let sleeper = tokio::spawn(async move {
+        let r = c.simple_query("SELECT pg_sleep(30)").await.map(|_| ());
+        (r, c)
+    });
+    // The statement is queued for the pool's one connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!sleeper.is_finished());
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (r, c) = tokio::time::timeout(Duration::from_secs(20), sleeper)
+        .await
+        .expect("the cancelled statement ended")
+        .unwrap();
+    let err = r.expect_err("pg_sleep(30) was cancelled");
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The cancel was spent on that statement: the next one runs.
+    let v: i32 = c.query_one("SELECT 42", &[]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_notifications_and_parameter_status_reach_the_client() {
     let bed = common::bed(0, "session", "", "").await.unwrap();

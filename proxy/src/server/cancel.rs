@@ -18,23 +18,78 @@ use crate::backend::CancelTarget;
 /// The backend a client is using right now, for cancellation.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    target: Mutex<Option<Arc<CancelTarget>>>,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    target: Option<Arc<CancelTarget>>,
+    /// The session waits for a server connection for work the client sent.
+    waiting: bool,
+    /// A cancel request came meanwhile.
+    requested: bool,
 }
 
 impl CancelSlot {
-    pub fn set(&self, target: Arc<CancelTarget>) {
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session has work of the client's in hand and no server
+    /// connection for it yet (routing it, waiting for one): a cancel
+    /// request meanwhile is kept, not dropped — on a direct connection the
+    /// server would already be running that work. Forgets a request kept
+    /// for earlier work.
+    pub fn begin_wait(&self) {
+        *self.lock() = SlotState {
+            waiting: true,
+            ..SlotState::default()
+        };
+    }
+
+    /// As `begin_wait`, keeping a request already made while waiting
+    /// (routing a unit, then checking out its connection).
+    pub fn wait(&self) {
+        let mut s = self.lock();
+        let requested = s.waiting && s.requested;
+        *s = SlotState {
+            waiting: true,
+            requested,
+            target: None,
+        };
+    }
+
+    /// The backend serving the client now. True when a cancel request came
+    /// while the session waited for it: the caller forwards it once the
+    /// work is sent.
+    pub fn set(&self, target: Arc<CancelTarget>) -> bool {
+        let mut s = self.lock();
+        let requested = s.waiting && s.requested;
+        *s = SlotState {
+            target: Some(target),
+            ..SlotState::default()
+        };
+        requested
     }
 
     pub fn clear(&self) {
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.lock() = SlotState::default();
     }
 
     pub fn get(&self) -> Option<Arc<CancelTarget>> {
-        self.target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.lock().target.clone()
+    }
+
+    /// A cancel request for this client: the backend to forward it to, or
+    /// none — kept for the work in hand when the session is waiting for a
+    /// connection (`set` reports it), ignored when the client runs nothing,
+    /// as PostgreSQL ignores it.
+    pub fn cancel(&self) -> Option<Arc<CancelTarget>> {
+        let mut s = self.lock();
+        if s.target.is_none() && s.waiting {
+            s.requested = true;
+        }
+        s.target.clone()
     }
 }
 
@@ -104,7 +159,7 @@ impl CancelRegistry {
         if !bool::from(expected.to_be_bytes().ct_eq(secret)) {
             return None;
         }
-        slot.upgrade()?.get()
+        slot.upgrade()?.cancel()
     }
 
     /// The key of the client whose session holds backend process `pid` of
@@ -169,5 +224,46 @@ mod tests {
         drop(r);
         assert!(reg.lookup(pid, &[0; 4]).is_none());
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_cancel_while_the_session_waits_for_a_connection_is_kept_for_its_work() {
+        let target = Arc::new(CancelTarget {
+            addr: "127.0.0.1:5432".parse().unwrap(),
+            pid: 77,
+            secret: Bytes::from_static(b"abcd"),
+            tls: None,
+        });
+        let slot = CancelSlot::default();
+        // Nothing running: ignored, and not kept for later work.
+        assert!(slot.cancel().is_none());
+        slot.begin_wait();
+        assert!(!slot.set(target.clone()), "no cancel came while waiting");
+        slot.clear();
+        // Work in hand (routed, then checked out), no connection yet: kept
+        // through both, and reported when one comes.
+        slot.begin_wait();
+        assert!(slot.cancel().is_none());
+        slot.wait();
+        assert!(
+            slot.set(target.clone()),
+            "the cancel is forwarded after the work"
+        );
+        assert!(slot.cancel().is_some(), "attached: forwarded at once");
+        // Reported once.
+        assert!(!slot.set(target.clone()));
+        // Given up waiting (an error): the next work starts clean.
+        slot.begin_wait();
+        assert!(slot.cancel().is_none());
+        slot.clear();
+        slot.begin_wait();
+        slot.wait();
+        assert!(!slot.set(target.clone()));
+        // A request kept for work that got no connection is not carried
+        // to the next work.
+        slot.begin_wait();
+        assert!(slot.cancel().is_none());
+        slot.begin_wait();
+        assert!(!slot.set(target));
     }
 }

@@ -105,20 +105,22 @@ impl Session {
             return Ok(());
         }
         if let Some(current) = self.lease.take() {
-            self.cancel.clear();
             if self.mode == PoolMode::Session {
                 self.parked.push(current);
             } else {
                 current.release();
             }
         }
+        // A cancel request from here until a connection is attached is
+        // kept and forwarded once the work is sent (`flush_backend`).
+        self.cancel.wait();
         if let Some(i) = self.parked.iter().position(|l| lease_node(l) == node) {
             let mut lease = self.parked.swap_remove(i);
             let conn = lease.conn();
             conn.apply_settings(&self.settings)
                 .await
                 .map_err(|e| (sqlstate::CONNECTION_FAILURE, e.to_string()))?;
-            self.cancel.set(conn.cancel.clone());
+            self.cancel_after_send |= self.cancel.set(conn.cancel.clone());
             self.lease = Some(lease);
             return Ok(());
         }
@@ -147,7 +149,7 @@ impl Session {
                 other => (sqlstate::CONNECTION_FAILURE, other.to_string()),
             });
         }
-        self.cancel.set(conn.cancel.clone());
+        self.cancel_after_send |= self.cancel.set(conn.cancel.clone());
         self.lease = Some(lease);
         Ok(())
     }

@@ -139,6 +139,9 @@ pub struct Session {
     /// connection.
     pub client_pid: i32,
     cancel: Arc<CancelSlot>,
+    /// The client asked to cancel while its work waited for a connection:
+    /// the request goes to the server once that work is written.
+    cancel_after_send: bool,
     to_client: BytesMut,
     to_backend: BytesMut,
     /// This session's pool on each node, by node id (see `pool_on`).
@@ -190,6 +193,7 @@ impl Session {
             cache_skip: 0,
             client_pid: 0,
             cancel,
+            cancel_after_send: false,
             // Grown on demand: thousands of idle clients must cost little.
             to_client: BytesMut::new(),
             to_backend: BytesMut::new(),
@@ -502,6 +506,10 @@ impl Session {
     /// writes wait, as they would on a direct connection. Memory per
     /// session stays bounded whatever a client pipelines.
     async fn flush_backend(&mut self, client: &mut Stream) -> Result<(), SessionEnd> {
+        // A cancel that came while the work waited for a connection: the
+        // work is written below, then the cancel follows it, as it would
+        // have reached the server running it on a direct connection.
+        let cancel_after = std::mem::take(&mut self.cancel_after_send);
         if self.to_backend.is_empty() {
             return Ok(());
         }
@@ -557,6 +565,16 @@ impl Session {
             self.report_fault(node, e);
         }
         r.map_err(|e| SessionEnd::Backend(e.to_string()))?;
+        // Sent before the connection can go back to its pool (the replies
+        // are read after), and only while the work is still running: a late
+        // cancel must not reach another client's work.
+        if cancel_after
+            && self.tracker.awaited() > 0
+            && let Some(target) = self.cancel.get()
+            && let Err(e) = crate::backend::send_cancel(&target).await
+        {
+            tracing::warn!(addr = %target.addr, error = %e, "could not forward a cancel request");
+        }
         if read_any {
             self.after_backend_batch();
         }
@@ -588,6 +606,7 @@ impl Session {
         {
             self.guard = None;
             if let Err((code, text)) = self.route_unit(&f, &msg, rest).await {
+                self.cancel.clear();
                 self.shared
                     .metrics
                     .client_errors

@@ -204,6 +204,11 @@ impl Session {
         msg: &Message<'_>,
         rest: &[Frame],
     ) -> Result<(), (&'static str, String)> {
+        if self.lease.is_none() {
+            // The client's work is in hand from here: a cancel request
+            // while it is routed and waits for a connection is kept for it.
+            self.cancel.begin_wait();
+        }
         if std::mem::take(&mut self.force_primary) {
             let primary = self.primary().await?;
             return self.acquire_on(primary).await;
