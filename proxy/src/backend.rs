@@ -136,42 +136,12 @@ impl ServerConn {
     /// worker opened moves it, so its readiness no longer wakes this
     /// worker from the other's thread. A TLS connection stays where it is
     /// (its session cannot be taken apart and put back).
-    pub fn rehome(self, worker: usize) -> std::io::Result<ServerConn> {
-        if self.worker == worker || self.stream.is_tls() {
-            return Ok(self);
+    pub fn rehome(&mut self, worker: usize) -> std::io::Result<()> {
+        if self.worker != worker && !self.stream.is_tls() {
+            self.stream.rehome()?;
+            self.worker = worker;
         }
-        let ServerConn {
-            stream,
-            buf,
-            node,
-            addr,
-            pid,
-            secret,
-            cancel,
-            reported,
-            settings,
-            prepared,
-            stale,
-            created,
-            last_used,
-            worker: _,
-        } = self;
-        Ok(ServerConn {
-            stream: stream.rehome()?,
-            buf,
-            node,
-            addr,
-            pid,
-            secret,
-            cancel,
-            reported,
-            settings,
-            prepared,
-            stale,
-            created,
-            last_used,
-            worker,
-        })
+        Ok(())
     }
 
     /// Connects and logs in, within `p.timeout` as a whole.

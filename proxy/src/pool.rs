@@ -543,11 +543,11 @@ impl Pool {
 }
 
 /// `c` moved to the worker running this checkout, if it runs on one.
-fn rehome(c: ServerConn, worker: Option<usize>) -> std::io::Result<ServerConn> {
-    match worker {
-        Some(w) => c.rehome(w),
-        None => Ok(c),
+fn rehome(mut c: ServerConn, worker: Option<usize>) -> std::io::Result<ServerConn> {
+    if let Some(w) = worker {
+        c.rehome(w)?;
     }
+    Ok(c)
 }
 
 /// Whether `c` has outlived the pool's limits at `now` (one clock read per

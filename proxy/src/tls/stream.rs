@@ -33,13 +33,16 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
-    /// A plain TCP stream registered with the current runtime's reactor
-    /// instead of the one it was made on; a TLS stream as it is.
-    pub fn rehome(self) -> io::Result<Stream> {
-        match self {
-            Stream::Plain(s) => Ok(Stream::Plain(TcpStream::from_std(s.into_std()?)?)),
-            tls => Ok(tls),
+    /// Registers a plain TCP stream with the current runtime's reactor
+    /// instead of the one it was made on: the socket is duplicated, the
+    /// copy registered here, and the original (and its registration)
+    /// dropped. A TLS stream stays as it is.
+    pub fn rehome(&mut self) -> io::Result<()> {
+        if let Stream::Plain(s) = self {
+            let fd = std::os::fd::AsFd::as_fd(&*s).try_clone_to_owned()?;
+            *s = TcpStream::from_std(std::net::TcpStream::from(fd))?;
         }
+        Ok(())
     }
 
     pub fn tcp(&self) -> &TcpStream {
