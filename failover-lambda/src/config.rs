@@ -13,8 +13,6 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::retry::RetryPolicy;
-
 pub const ENV_MODE: &str = "TIDEPOOL_MODE";
 pub const ENV_EIP_ALLOCATION_ID: &str = "TIDEPOOL_EIP_ALLOCATION_ID";
 pub const ENV_HOSTED_ZONE_ID: &str = "TIDEPOOL_HOSTED_ZONE_ID";
@@ -348,6 +346,49 @@ pub fn normalize_record_name(name: &str) -> String {
         name
     } else {
         format!("{name}.")
+    }
+}
+
+/// How long one call may take and how hard to retry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Upper bound for a single attempt (request + response).
+    pub call_timeout: Duration,
+    /// Attempts including the first.
+    pub max_attempts: u32,
+    /// First backoff ceiling; doubles per attempt up to `max_delay`.
+    pub base_delay: Duration,
+    /// Largest backoff ceiling.
+    pub max_delay: Duration,
+    /// No new attempt starts after this much time since the first one.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Sized so a whole move (a handful of calls) fits well inside a
+    /// 60-second Lambda timeout even when every call is throttled twice.
+    fn default() -> Self {
+        RetryPolicy {
+            call_timeout: Duration::from_secs(5),
+            max_attempts: 6,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(4),
+            deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before attempt `attempt + 1`: a uniform draw between half
+    /// of and the whole of an exponentially growing ceiling, so that proxies
+    /// throttled together do not retry together, yet each waits a while.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.max_delay);
+        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(ceiling_ms / 2..=ceiling_ms.max(1)))
     }
 }
 

@@ -13,8 +13,8 @@ use crate::clients::region_of;
 use crate::config::{EipConfig, MoveOptions};
 use crate::error::{Error, ResourceKind, Result, Subject};
 use crate::lookup;
+use crate::mode::{Intent, Mode};
 use crate::model::{AddressState, Change, Holder, Operation, Placement, Target, non_empty};
-use crate::mover::{Intent, Mode};
 use crate::retry::Caller;
 
 /// Moves an Elastic IP between instances or network interfaces.

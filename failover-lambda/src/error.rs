@@ -134,11 +134,6 @@ impl Error {
     pub fn aws_message(&self) -> Option<&str> {
         self.reply().map(|r| r.message.as_str())
     }
-
-    /// True when the error is about a resource that does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound { .. })
-    }
 }
 
 impl Error {

@@ -30,6 +30,7 @@ pub mod event;
 pub mod handler;
 pub mod imds;
 mod lookup;
+mod mode;
 pub mod model;
 pub mod mover;
 pub mod rds;

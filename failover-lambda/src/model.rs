@@ -43,11 +43,6 @@ impl Target {
         self
     }
 
-    pub fn with_node(mut self, node: impl Into<String>) -> Self {
-        self.node = Some(node.into());
-        self
-    }
-
     /// Whether `holder` is attached to this target. An ENI, when given, is
     /// the sharper identity (an instance may have several interfaces).
     pub fn is_attached_to(&self, holder: &Holder) -> bool {

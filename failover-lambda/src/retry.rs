@@ -12,13 +12,14 @@
 //! (see [`crate::clients`]) so that one policy, this one, decides.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+pub use crate::config::RetryPolicy;
 use crate::error::{AwsReply, Error, ResourceKind, Subject};
 
 /// AWS error codes that mean "slow down and try again".
@@ -64,49 +65,6 @@ const CREDENTIAL_CODES: &[&str] = &[
     "InvalidAccessKeyId",
     "OptInRequired",
 ];
-
-/// How long one call may take and how hard to retry it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Upper bound for a single attempt (request + response).
-    pub call_timeout: Duration,
-    /// Attempts including the first.
-    pub max_attempts: u32,
-    /// First backoff ceiling; doubles per attempt up to `max_delay`.
-    pub base_delay: Duration,
-    /// Largest backoff ceiling.
-    pub max_delay: Duration,
-    /// No new attempt starts after this much time since the first one.
-    pub deadline: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// Sized so a whole move (a handful of calls) fits well inside a
-    /// 60-second Lambda timeout even when every call is throttled twice.
-    fn default() -> Self {
-        RetryPolicy {
-            call_timeout: Duration::from_secs(5),
-            max_attempts: 6,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(4),
-            deadline: Duration::from_secs(20),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The backoff before attempt `attempt + 1`: a uniform draw between half
-    /// of and the whole of an exponentially growing ceiling, so that proxies
-    /// throttled together do not retry together, yet each waits a while.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max_delay);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(fastrand::u64(ceiling_ms / 2..=ceiling_ms.max(1)))
-    }
-}
 
 /// Whether an SDK failure is worth another attempt.
 #[derive(Debug)]
@@ -276,6 +234,8 @@ impl Caller {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -334,7 +294,7 @@ mod tests {
         ) else {
             panic!("not-found must not be retried")
         };
-        assert!(e.is_not_found(), "{e:?}");
+        assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
         assert!(e.to_string().contains(arn), "{e}");
     }
 

@@ -23,8 +23,8 @@ use crate::clients::region_of;
 use crate::config::{MoveOptions, Route53Config, normalize_record_name};
 use crate::error::{Error, ResourceKind, Result, Subject};
 use crate::lookup;
+use crate::mode::{Intent, Mode};
 use crate::model::{AddressState, Change, Holder, Operation, Placement, Target};
-use crate::mover::{Intent, Mode};
 use crate::retry::Caller;
 
 /// Moves the service name between nodes by rewriting its A record.

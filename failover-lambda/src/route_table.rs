@@ -21,8 +21,8 @@ use crate::clients::region_of;
 use crate::config::{MoveOptions, RouteTableConfig};
 use crate::error::{Error, ResourceKind, Result, Subject};
 use crate::lookup;
+use crate::mode::{Intent, Mode};
 use crate::model::{AddressState, Change, Holder, Operation, Placement, Target, non_empty};
-use crate::mover::{Intent, Mode};
 use crate::retry::Caller;
 
 /// Points the VIP route of several route tables at one target.

@@ -189,7 +189,7 @@ impl ServerConn {
             stale: HashSet::new(),
             created: Instant::now(),
             last_used: Instant::now(),
-            worker: crate::server::workers::current().unwrap_or(0),
+            worker: crate::worker::current().unwrap_or(0),
         };
         let mut startup: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];
         for (k, v) in p.options {

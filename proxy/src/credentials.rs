@@ -54,7 +54,7 @@ impl Login {
             Some(u) if u.password_secret.is_some() => {
                 Login::Secret(u.password_secret.clone().expect("checked"))
             }
-            Some(u) => Login::Password(u.password_for_backend().map(str::to_string)),
+            Some(u) => Login::Password(password_for_backend(u).map(str::to_string)),
             None => Login::Password(None),
         }
     }
@@ -214,6 +214,18 @@ impl Credentials {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
         self.secrets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The password tidepool sends to backends for `user`: `backend_password`,
+/// or the client password when it is plaintext (not a verifier or hash).
+pub fn password_for_backend(user: &crate::config::UserConfig) -> Option<&str> {
+    if let Some(p) = &user.backend_password {
+        return Some(p);
+    }
+    match crate::auth::Secret::parse(&user.password) {
+        crate::auth::Secret::Plain(_) => Some(user.password.as_str()),
+        _ => None,
     }
 }
 

@@ -6,19 +6,17 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::{
-    os::unix::fs::OpenOptionsExt, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
-};
+use std::{os::unix::fs::OpenOptionsExt, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
 
 use tidepool::{
-    admin, cluster,
+    admin,
+    app::{self, Shared},
     config::{Config, ConfigError, LogFormat, Scheduler},
-    ctl,
-    server::{self, Shared},
+    ctl, server,
 };
 
 #[derive(Parser)]
@@ -79,7 +77,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => run_ctl(args),
         Command::ImportPgpool(args) => import_pgpool(&args),
         Command::Run { config } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match Config::load_with(&config, &tidepool::app::runtime::checks) {
                 Ok(c) => c,
                 Err(errors) => {
                     print_errors(&config, &errors);
@@ -211,7 +209,7 @@ fn run_ctl(args: ctl::CtlArgs) -> ExitCode {
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
+    match Config::load_with(path, &tidepool::app::runtime::checks) {
         Ok(c) => {
             println!(
                 "{}: OK ({} backends, {} users, pool mode {:?})",
@@ -292,77 +290,8 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Shared::new(cfg, Some(path), shutdown_rx.clone());
 
-    // Background services run supervised: one that panics or returns is
-    // logged, counted and started again (tidepool::supervise). The
-    // manager restores the persisted state (fenced nodes stay down)
-    // before the first health check can bring a node up.
-    use tidepool::supervise::supervise;
-    let watch = || (shared.services.clone(), shutdown_rx.clone());
-    {
-        let s = shared.clone();
-        let (services, stop) = watch();
-        supervise("failover manager", services, stop, move || {
-            cluster::run_manager(s.clone())
-        });
-    }
-    {
-        let (s, shutdown) = (shared.clone(), shutdown_rx.clone());
-        let (services, stop) = watch();
-        supervise("health checks", services, stop, move || {
-            cluster::run_checks(
-                s.cluster.clone(),
-                s.health_settings.subscribe(),
-                shutdown.clone(),
-                s.control.sender(),
-            )
-        });
-    }
-    for c in shared.config.load().clusters.iter() {
-        let c = c.clone();
-        // A managed cluster's instances and their lag come from its
-        // topology; the streaming-replication delay query is not used.
-        let (s, shutdown) = (shared.clone(), shutdown_rx.clone());
-        let (services, stop) = watch();
-        supervise("topology watcher", services, stop, move || {
-            cluster::discovery::run(
-                s.cluster.clone(),
-                c.clone(),
-                s.health_settings.subscribe(),
-                s.lags.clone(),
-                shutdown.clone(),
-            )
-        });
-    }
-    if shared.config.load().clusters.is_empty() {
-        let (s, shutdown) = (shared.clone(), shutdown_rx.clone());
-        let (services, stop) = watch();
-        supervise("replication lag sampler", services, stop, move || {
-            let config = s.clone();
-            tidepool::router::lag::run(
-                s.cluster.clone(),
-                move || config.config.load_full(),
-                s.lags.clone(),
-                shutdown.clone(),
-            )
-        });
-    }
-    {
-        let s = shared.clone();
-        let (services, stop) = watch();
-        supervise("idle connection reaper", services, stop, move || {
-            reap_idle(s.clone())
-        });
-    }
-    if let Some(cache) = shared.query_cache.clone()
-        && cache.invalidation == tidepool::config::Invalidation::Logical
-    {
-        tokio::spawn(tidepool::cache::logical::run(
-            shared.clone(),
-            cache,
-            shutdown_rx.clone(),
-        ));
-    }
-    let watchdog = start_watchdog(&shared, shutdown_rx.clone()).await?;
+    let services = app::services::start(&shared).await?;
+    let grace = shared.config.load().server.shutdown_timeout;
     tokio::spawn(handle_signals(shared.clone(), shutdown_tx));
     tokio::spawn(admin::http::serve(admin_listener, shared.clone()));
 
@@ -380,10 +309,8 @@ async fn run(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         }
         Scheduler::WorkStealing => server::serve(listener, shared).await,
     }
-    if let Some(task) = watchdog {
-        // A leader hands over before it goes; the task bounds the wait.
-        let _ = task.await;
-    }
+    // A watchdog leader hands over before it goes; its task bounds that.
+    services.shutdown(grace).await;
     tracing::info!("tidepool stopped");
     Ok(())
 }
@@ -396,31 +323,6 @@ fn worker_count(cfg: &Config) -> usize {
     }
 }
 
-/// Starts the watchdog when `[watchdog]` is configured. Its health signal
-/// is "this node sees a primary".
-async fn start_watchdog(
-    shared: &Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let cfg = shared.config.load_full();
-    let Some(wd) = &cfg.watchdog else {
-        return Ok(None);
-    };
-    let s = shared.clone();
-    let healthy = Box::new(move || s.cluster.snapshot().primary().is_some());
-    let (handle, task) = tidepool::watchdog::start(
-        wd,
-        cfg.escalation.as_ref(),
-        healthy,
-        shared.consensus.clone(),
-        shutdown,
-    )
-    .await
-    .context("cannot start the watchdog")?;
-    let _ = shared.watchdog.set(handle);
-    Ok(Some(task))
-}
-
 /// SIGINT/SIGTERM shut down gracefully; SIGHUP reloads the configuration.
 async fn handle_signals(shared: Arc<Shared>, shutdown: watch::Sender<bool>) {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -430,7 +332,7 @@ async fn handle_signals(shared: Arc<Shared>, shutdown: watch::Sender<bool>) {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match server::reload(&shared) {
+            _ = hup.recv() => match app::reload(&shared) {
                 Ok(outcome) => tracing::info!(?outcome, "configuration reloaded"),
                 Err(errors) => {
                     for e in errors {
@@ -442,15 +344,4 @@ async fn handle_signals(shared: Arc<Shared>, shutdown: watch::Sender<bool>) {
     }
     tracing::info!("shutdown requested");
     let _ = shutdown.send(true);
-}
-
-/// Closes idle backend connections past their idle timeout or lifetime.
-async fn reap_idle(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        shared.pools.for_each(|p| {
-            p.reap();
-        });
-    }
 }

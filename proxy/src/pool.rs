@@ -43,7 +43,7 @@ pub struct PoolLimits {
 
 /// Where a pool connects, and with which password.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Endpoint {
     pub host: String,
     pub port: u16,
     /// How to log in: a password, a secret, or an RDS IAM token.
@@ -70,8 +70,10 @@ enum Handoff {
 }
 
 struct Inner {
-    /// Idle connections by the worker that opened them.
-    idle: Vec<VecDeque<ServerConn>>,
+    /// Idle connections by the worker that opened them. Boxed, here and in
+    /// a lease: a checkout or a check-in moves a pointer, and a session
+    /// without a connection keeps no room for one.
+    idle: Vec<VecDeque<Box<ServerConn>>>,
     /// Idle connections on every worker.
     idle_count: usize,
     /// Connections that exist: idle, lent out, or being opened.
@@ -83,7 +85,7 @@ struct Inner {
 impl Inner {
     fn new(limits: PoolLimits) -> Inner {
         Inner {
-            idle: (0..crate::server::workers::count())
+            idle: (0..crate::worker::count())
                 .map(|_| VecDeque::new())
                 .collect(),
             idle_count: 0,
@@ -95,7 +97,7 @@ impl Inner {
 
     /// The most recently used idle connection of `worker`, or with
     /// `borrow`, of any worker.
-    fn pop_idle(&mut self, worker: usize, borrow: bool) -> Option<ServerConn> {
+    fn pop_idle(&mut self, worker: usize, borrow: bool) -> Option<Box<ServerConn>> {
         let own = worker.min(self.idle.len() - 1);
         let c = match self.idle[own].pop_back() {
             Some(c) => Some(c),
@@ -108,7 +110,7 @@ impl Inner {
         c
     }
 
-    fn push_idle(&mut self, c: ServerConn) {
+    fn push_idle(&mut self, c: Box<ServerConn>) {
         let home = c.worker.min(self.idle.len() - 1);
         self.idle[home].push_back(c);
         self.idle_count += 1;
@@ -118,7 +120,7 @@ impl Inner {
     fn retain_idle(&mut self, mut keep: impl FnMut(&ServerConn) -> bool) -> usize {
         let before = self.idle_count;
         for q in &mut self.idle {
-            q.retain(&mut keep);
+            q.retain(|c| keep(c));
         }
         self.idle_count = self.idle.iter().map(VecDeque::len).sum();
         before - self.idle_count
@@ -159,7 +161,7 @@ pub struct Pool {
     /// What the server reported (ParameterStatus) when a connection of this
     /// pool last logged in.
     server_parameters: Mutex<Option<BTreeMap<String, String>>>,
-    target: Mutex<Target>,
+    target: Mutex<Endpoint>,
     pub counters: PoolCounters,
 }
 
@@ -184,13 +186,13 @@ pub struct PoolStats {
 /// A connection lent to a client. Dropping it without [`Lease::release`]
 /// closes the connection (the client vanished or the connection broke).
 pub struct Lease {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
 }
 
 impl Lease {
     pub fn conn(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().expect("lease holds a connection")
+        self.conn.as_deref_mut().expect("lease holds a connection")
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -225,7 +227,7 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         self.rx.close();
         match self.rx.try_recv() {
-            Ok(Handoff::Conn(c)) => self.pool.check_in(*c, Instant::now()),
+            Ok(Handoff::Conn(c)) => self.pool.check_in(c, Instant::now()),
             Ok(Handoff::Slot) => self.pool.discard_one(),
             Err(_) => {}
         }
@@ -250,7 +252,7 @@ impl Drop for Slot {
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, limits: PoolLimits, target: Target) -> Arc<Pool> {
+    pub fn new(key: PoolKey, limits: PoolLimits, target: Endpoint) -> Arc<Pool> {
         Arc::new(Pool {
             key,
             inner: Mutex::new(Inner::new(limits)),
@@ -288,7 +290,7 @@ impl Pool {
         let now = Instant::now();
         // Off the workers (control plane, work_stealing) connections stay
         // where they are and are kept on the first worker's list.
-        let on_worker = crate::server::workers::current();
+        let on_worker = crate::worker::current();
         let worker = on_worker.unwrap_or(0);
         let wait = {
             let mut inner = self.lock();
@@ -346,7 +348,7 @@ impl Pool {
                 .wait_us
                 .fetch_add(now.elapsed().as_micros() as u64, Ordering::Relaxed);
             match handoff {
-                Some(Handoff::Conn(c)) => match rehome(*c, on_worker) {
+                Some(Handoff::Conn(c)) => match rehome(c, on_worker) {
                     Ok(c) => return Ok(self.lease(c)),
                     Err(e) => {
                         self.discard_one();
@@ -369,7 +371,7 @@ impl Pool {
         let r = Box::pin(self.open(options)).await;
         slot.keep();
         match r {
-            Ok(c) => Ok(self.lease(c)),
+            Ok(c) => Ok(self.lease(Box::new(c))),
             Err(e) => {
                 self.discard_one();
                 Err(e.into())
@@ -429,14 +431,14 @@ impl Pool {
         r
     }
 
-    fn lease(self: &Arc<Self>, c: ServerConn) -> Lease {
+    fn lease(self: &Arc<Self>, c: Box<ServerConn>) -> Lease {
         Lease {
             conn: Some(c),
             pool: self.clone(),
         }
     }
 
-    fn check_in(&self, c: ServerConn, now: Instant) {
+    fn check_in(&self, c: Box<ServerConn>, now: Instant) {
         let mut inner = self.lock();
         if expired(&c, &inner.limits, now) || inner.total > inner.limits.max_size {
             drop(inner);
@@ -448,7 +450,7 @@ impl Pool {
             inner.push_idle(c);
             return;
         }
-        let mut c = Box::new(c);
+        let mut c = c;
         while let Some(w) = inner.waiters.pop_front() {
             match w.send(Handoff::Conn(c)) {
                 Ok(()) => return,
@@ -456,7 +458,7 @@ impl Pool {
                 Err(Handoff::Slot) => unreachable!("sent a connection"),
             }
         }
-        inner.push_idle(*c);
+        inner.push_idle(c);
     }
 
     /// Forgets one connection (closed or never opened) and lets a waiter
@@ -500,7 +502,7 @@ impl Pool {
             .clone()
     }
 
-    pub fn set_target(&self, target: Target) {
+    pub fn set_target(&self, target: Endpoint) {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
     }
 
@@ -543,7 +545,7 @@ impl Pool {
 }
 
 /// `c` moved to the worker running this checkout, if it runs on one.
-fn rehome(mut c: ServerConn, worker: Option<usize>) -> std::io::Result<ServerConn> {
+fn rehome(mut c: Box<ServerConn>, worker: Option<usize>) -> std::io::Result<Box<ServerConn>> {
     if let Some(w) = worker {
         c.rehome(w)?;
     }
@@ -583,7 +585,7 @@ impl Pools {
     pub fn get_or_create(
         &self,
         key: &PoolKey,
-        make: impl FnOnce() -> (PoolLimits, Target),
+        make: impl FnOnce() -> (PoolLimits, Endpoint),
     ) -> Arc<Pool> {
         let mut pools = self.lock();
         if let Some(p) = pools.get(key) {

@@ -15,10 +15,10 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tidepool::{
     admin,
+    app::{self, Shared},
     cluster::Role,
     config::Config,
     pool::PoolKey,
-    server::{self, Shared},
 };
 use tokio::{net::TcpListener, sync::watch};
 
@@ -270,8 +270,8 @@ async fn metrics_cover_clients_pools_and_nodes_in_prometheus_text() {
     let config = admin.shared.config.load_full();
     admin.shared.pools.get_or_create(&key, || {
         (
-            server::pool_limits(&config, "app"),
-            tidepool::pool::Target {
+            app::pool_limits(&config, "app"),
+            tidepool::pool::Endpoint {
                 host: "127.0.0.1".into(),
                 port: 2,
                 login: tidepool::credentials::Login::Password(None),
@@ -568,7 +568,7 @@ async fn a_loopback_api_without_a_token_can_be_closed_to_everyone() {
     admin
         .shared
         .config
-        .store(Arc::new(tidepool::server::Runtime::new(config)));
+        .store(Arc::new(tidepool::app::Runtime::new(config)));
     assert_eq!(admin.get("/healthz").await.0, StatusCode::OK);
     let (status, body) = admin.get("/v1/nodes").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

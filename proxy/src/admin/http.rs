@@ -2,7 +2,7 @@
 //! Prometheus metrics, the node table, and control requests.
 //!
 //! Handlers only read snapshots and counters, or ask the owner of a piece
-//! of state to change it (`server::reload` for the configuration, the
+//! of state to change it (`app::reload` for the configuration, the
 //! cluster's failover manager for attach, detach, promote and recover).
 //! The watchdog's view and planned switchover come from the watchdog task
 //! (404 when `[watchdog]` is not configured). Cache invalidation asks the
@@ -13,18 +13,17 @@
 //! another site is refused (403), and so, on a loopback socket, is a
 //! request for a host name that is not loopback (421: DNS rebinding); the
 //! body must arrive within [`REQUEST_READ_TIMEOUT`]; then the bearer token,
-//! and a deadline for every handler but the node actions. The decisions
-//! about Origin, Host and a missing token are pure functions in `guard`.
+//! and a deadline for every handler but the node actions. The checks are
+//! in `checks`, their decisions pure functions in `guard`.
 //! Connections are served by hyper itself, for its header read timeout.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    body::Body,
     extract::{Path, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::{self, Next},
+    http::{StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -34,8 +33,6 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
@@ -43,9 +40,12 @@ use tokio::{
 };
 
 use crate::{
-    admin::{guard, prometheus},
-    cluster::{Action, ControlError, Node, Role, Snapshot},
-    server::{self, Shared},
+    admin::{
+        checks::{Checks, limit_handler_time, read_body_in_time, refuse_foreign, require_token},
+        prometheus,
+    },
+    app::{self, Shared},
+    cluster::{Action, ControlError, Node, Snapshot},
 };
 
 /// Time a client has to send a request's line and headers, and then again
@@ -54,9 +54,6 @@ pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most time a handler may take, the node actions excepted (see [`router`]).
 pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Largest request body: the API's bodies are a few bytes of JSON.
-const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Serves the admin API on `listener` until `shared.shutdown` turns true,
 /// then lets each connection finish the request under way (bounded by
@@ -181,16 +178,6 @@ pub fn router(shared: Arc<Shared>, bound: SocketAddr) -> Router {
         .with_state(shared)
 }
 
-/// What the checks in front of the handlers read.
-#[derive(Clone)]
-struct Checks {
-    shared: Arc<Shared>,
-    /// The address the API's socket is bound to. The checks follow the
-    /// socket, not `server.admin_listen`: a reload can change the setting,
-    /// but moving the socket takes a restart.
-    bound: SocketAddr,
-}
-
 /// An error answer: a status and a JSON body whose `error` says what went
 /// wrong and what to do.
 #[derive(Debug)]
@@ -200,7 +187,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             body: json!({ "error": message.into() }),
@@ -217,128 +204,6 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
     }
-}
-
-/// Rejects requests without the configured bearer token. The token is read
-/// per request so that a reload (or a rotated token file) takes effect at
-/// once; when it cannot be read, every request is refused. Without a token,
-/// only a loopback socket answers, and only while
-/// `server.admin_allow_unauthenticated_loopback` allows it.
-async fn require_token(State(checks): State<Checks>, request: Request, next: Next) -> Response {
-    let config = checks.shared.config.load_full();
-    let expected = match config.admin_token() {
-        Ok(None) => match guard::tokenless_refusal(&config.server, checks.bound) {
-            None => return next.run(request).await,
-            Some(reason) => {
-                tracing::error!("refusing admin requests: {reason}");
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
-            }
-        },
-        Ok(Some(token)) => token,
-        Err(e) => {
-            tracing::error!(error = %e, "no usable admin token; refusing admin requests");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("no usable admin token ({e}); fix it and reload"),
-            )
-            .into_response();
-        }
-    };
-    if token_matches(request.headers(), &expected) {
-        return next.run(request).await;
-    }
-    let mut response = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong admin token: send `Authorization: Bearer <server.admin_token>`",
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-/// Refuses what a web browser may send for a page the operator happens to
-/// have open: requests for another site (403), and, on a loopback socket,
-/// requests for a host name that is not loopback (421: a page that points
-/// its own name at 127.0.0.1, DNS rebinding). curl, probes and `tidepool
-/// ctl` send no `Origin` and name the address they connect to, so they
-/// pass.
-async fn refuse_foreign(State(checks): State<Checks>, request: Request, next: Next) -> Response {
-    match guard::foreign_refusal(checks.bound, &request) {
-        Some((status, reason)) => {
-            tracing::warn!("admin request refused: {reason}");
-            ApiError::new(status, reason).into_response()
-        }
-        None => next.run(request).await,
-    }
-}
-
-/// Reads the whole body before anything else runs, within
-/// [`REQUEST_READ_TIMEOUT`] and [`MAX_BODY_BYTES`]. A client that stalls
-/// mid-body is answered 408 and its connection closed (hyper stops reading
-/// a body nobody waits for), instead of holding a handler, some of which
-/// have no deadline of their own.
-async fn read_body_in_time(request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let reading = axum::body::to_bytes(body, MAX_BODY_BYTES);
-    let bytes = match tokio::time::timeout(REQUEST_READ_TIMEOUT, reading).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "cannot read the request body ({e}); bodies are JSON of at most \
-                     {MAX_BODY_BYTES} bytes"
-                ),
-            )
-            .into_response();
-        }
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within {REQUEST_READ_TIMEOUT:?}"),
-            )
-            .into_response();
-        }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
-}
-
-/// Gives a handler [`HANDLER_TIMEOUT`] to answer; past it, the handler is
-/// dropped and the client told so (a reload under way still finishes on
-/// its own thread).
-async fn limit_handler_time(request: Request, next: Next) -> Response {
-    let what = format!("{} {}", request.method(), request.uri().path());
-    match tokio::time::timeout(HANDLER_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(request = %what, "admin request abandoned after {HANDLER_TIMEOUT:?}");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{what} did not finish within {HANDLER_TIMEOUT:?}; tidepool's log may say why"
-                ),
-            )
-            .into_response()
-        }
-    }
-}
-
-/// Compares digests in constant time, so that neither the content nor the
-/// length of the token leaks through response timing.
-fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let given = Sha256::digest(given.trim().as_bytes());
-    let expected = Sha256::digest(expected.as_bytes());
-    given.ct_eq(&expected).into()
 }
 
 async fn healthz() -> &'static str {
@@ -404,13 +269,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// (what PostgreSQL reported).
 fn node_json(shared: &Shared, snap: &Snapshot, n: &Node) -> Value {
     let primary = snap.primary().map(|p| p.id);
-    let role = if Some(n.id) == primary {
-        Role::Primary
-    } else if n.role == Role::Primary {
-        Role::Unknown
-    } else {
-        n.role
-    };
+    let role = Snapshot::effective_role(n.id, n.role, primary);
     let c = shared.cluster.counters(n.id).unwrap_or_default();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let mut v = serde_json::to_value(n).unwrap_or_else(|_| json!({}));
@@ -423,7 +282,8 @@ fn node_json(shared: &Shared, snap: &Snapshot, n: &Node) -> Value {
     v["health_check_failures"] = json!(load(&c.health_check_failures));
     v["health_check_retries"] = json!(load(&c.health_check_retries));
     v["detaches"] = json!(load(&c.detaches));
-    v["detach_reason"] = json!(c.detach_reason());
+    v["detach_reason"] = json!(n.detached.as_ref().map(|d| &d.message));
+    v["detach_cause"] = json!(n.detached.as_ref().map(|d| d.cause.as_str()));
     v["sslmode"] = json!(shared.cluster.tls(n.id).mode.as_str());
     v["ssl"] = json!(c.ssl());
     let system = c.system();
@@ -477,7 +337,7 @@ async fn pools(State(shared): State<Arc<Shared>>) -> Json<Value> {
 async fn reload(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
     let task = tokio::task::spawn_blocking({
         let shared = shared.clone();
-        move || server::reload(&shared)
+        move || app::reload(&shared)
     });
     let outcome = task.await.map_err(|e| {
         ApiError::new(
@@ -680,24 +540,4 @@ async fn not_found(request: Request) -> ApiError {
             request.uri().path()
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bearer(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-        h
-    }
-
-    #[test]
-    fn only_the_exact_bearer_token_matches() {
-        assert!(token_matches(&bearer("Bearer s3cret"), "s3cret"));
-        assert!(!token_matches(&bearer("Bearer s3cre"), "s3cret"));
-        assert!(!token_matches(&bearer("Bearer s3cret!"), "s3cret"));
-        assert!(!token_matches(&bearer("Basic s3cret"), "s3cret"));
-        assert!(!token_matches(&HeaderMap::new(), "s3cret"));
-    }
 }

@@ -3,8 +3,9 @@
 //! Admin code reads snapshots and counters; it changes node state only by
 //! asking `cluster`.
 
+mod checks;
+mod families;
 mod guard;
 pub mod http;
-pub mod metrics;
 pub mod prometheus;
 pub mod show;

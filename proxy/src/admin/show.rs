@@ -5,7 +5,7 @@ use std::{sync::atomic::Ordering, time::UNIX_EPOCH};
 
 use bytes::BytesMut;
 
-use crate::{cluster::Role, protocol::messages, server::Shared};
+use crate::{app::Shared, protocol::messages};
 
 /// A result set of text columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,13 +143,7 @@ fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
         .iter()
         .map(|n| {
             let c = shared.cluster.counters(n.id).unwrap_or_default();
-            let role = if Some(n.id) == primary {
-                Role::Primary
-            } else if n.role == Role::Primary {
-                Role::Unknown
-            } else {
-                n.role
-            };
+            let role = crate::cluster::Snapshot::effective_role(n.id, n.role, primary);
             let changed = n
                 .last_status_change
                 .duration_since(UNIX_EPOCH)
@@ -320,7 +314,7 @@ fn health_check_stats(shared: &Shared) -> Table {
                 time(c.last_health_check_ms.load(Ordering::Relaxed)),
                 time(c.last_health_check_ok_ms.load(Ordering::Relaxed)),
                 time(c.last_health_check_failed_ms.load(Ordering::Relaxed)),
-                c.detach_reason(),
+                n.detached.as_ref().map(|d| d.message.clone()),
             ]
         })
         .collect();

@@ -28,41 +28,10 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 use super::error::AuthError;
 use super::secret::Secret;
-
-/// One `[[hba]]` table as written in the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HbaRuleConfig {
-    #[serde(rename = "type")]
-    pub conn_type: String,
-    pub database: OneOrMany,
-    pub user: OneOrMany,
-    pub address: OneOrMany,
-    pub method: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clientcert: Option<String>,
-}
-
-/// A single string or a list of them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged, expecting = "a string or a list of strings")]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn items(&self) -> &[String] {
-        match self {
-            OneOrMany::One(item) => std::slice::from_ref(item),
-            OneOrMany::Many(items) => items,
-        }
-    }
-}
+pub use crate::config::{HbaRuleConfig, OneOrMany};
 
 /// Which connections a rule covers by transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,7 @@
 use std::net::IpAddr;
 
+use serde::Deserialize;
+
 use super::*;
 use crate::auth::secret::{ScramVerifier, md5_hash};
 

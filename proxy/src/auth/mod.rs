@@ -30,6 +30,7 @@ mod hba;
 mod md5;
 mod scram;
 mod secret;
+pub mod throttle;
 
 pub use self::md5::{md5_challenge_response, md5_salt, verify_md5_response};
 pub use certmap::CertMap;

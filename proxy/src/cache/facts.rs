@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::server::Shared;
+use super::Primary;
 
 /// How long an answer is believed (a table later made partitioned, or
 /// given a trigger, is seen after this).
@@ -50,27 +50,27 @@ impl Facts {
     /// Whether a read of `tables` calling `functions` may be cached.
     pub async fn read_cacheable(
         &self,
-        shared: &Shared,
+        primary: Primary<'_>,
         db: &str,
         tables: &[String],
         functions: &[String],
     ) -> bool {
-        let (rels, funcs) = self.known(shared, db, tables, functions).await;
+        let (rels, funcs) = self.known(primary, db, tables, functions).await;
         rels.iter().all(|r| r.is_some_and(|r| r.cacheable))
             && funcs.iter().all(|f| f.unwrap_or(false))
     }
 
     /// Whether a write to `tables` (their last parts) may change rows of
     /// other tables.
-    pub async fn write_spreads(&self, shared: &Shared, db: &str, tables: &[String]) -> bool {
-        let (rels, _) = self.known(shared, db, tables, &[]).await;
+    pub async fn write_spreads(&self, primary: Primary<'_>, db: &str, tables: &[String]) -> bool {
+        let (rels, _) = self.known(primary, db, tables, &[]).await;
         rels.iter().any(|r| r.is_none_or(|r| r.writes_spread))
     }
 
     /// What is known of each name, asking the primary about the rest.
     async fn known(
         &self,
-        shared: &Shared,
+        primary: Primary<'_>,
         db: &str,
         tables: &[String],
         functions: &[String],
@@ -92,18 +92,18 @@ impl Facts {
                 .filter(|(_, f)| f.is_none())
                 .map(|(f, _)| f.clone())
                 .collect();
-            self.learn(shared, db, &missing_t, &missing_f).await;
+            self.learn(primary, db, &missing_t, &missing_f).await;
             rels = lookup(&self.relations, db, &tables);
             funcs = lookup(&self.functions, db, &functions);
         }
         (rels, funcs)
     }
 
-    async fn learn(&self, shared: &Shared, db: &str, tables: &[String], functions: &[String]) {
-        let Some(client) = self.client(shared, db).await else {
+    async fn learn(&self, primary: Primary<'_>, db: &str, tables: &[String], functions: &[String]) {
+        let Some(client) = self.client(primary, db).await else {
             return;
         };
-        let timeout = shared.config.load().health_check.timeout;
+        let timeout = primary.config.current().health_check.timeout;
         let now = Instant::now();
         if !tables.is_empty() {
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tables];
@@ -170,7 +170,7 @@ impl Facts {
         }
     }
 
-    async fn client(&self, shared: &Shared, db: &str) -> Option<Arc<tokio_postgres::Client>> {
+    async fn client(&self, primary: Primary<'_>, db: &str) -> Option<Arc<tokio_postgres::Client>> {
         if let Some(c) = self
             .clients
             .lock()
@@ -180,7 +180,7 @@ impl Facts {
         {
             return Some(c.clone());
         }
-        let (client, _, _) = super::connect_primary(shared, db, "tidepool query cache facts")
+        let (client, _, _) = super::connect_primary(primary, db, "tidepool query cache facts")
             .await
             .ok()?;
         let client = Arc::new(client);

@@ -20,8 +20,9 @@ use std::{
 
 use tokio::sync::watch;
 
+use super::Primary;
 use super::{QueryCache, policy};
-use crate::server::Shared;
+use crate::{cluster::Cluster, config::Source};
 
 /// How often each slot is read: the bound on staleness after a write
 /// made outside tidepool, with the decoding itself.
@@ -31,7 +32,12 @@ const POLL: Duration = Duration::from_millis(100);
 const BATCH: i32 = 10_000;
 
 /// Starts a follower for every database the cache sees, until shutdown.
-pub async fn run(shared: Arc<Shared>, cache: Arc<QueryCache>, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    cluster: Arc<Cluster>,
+    config: Arc<dyn Source>,
+    cache: Arc<QueryCache>,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut following: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -41,7 +47,13 @@ pub async fn run(shared: Arc<Shared>, cache: Arc<QueryCache>, shutdown: watch::R
         tick.tick().await;
         for db in cache.databases() {
             if following.insert(db.clone()) {
-                tokio::spawn(follow(shared.clone(), cache.clone(), db, shutdown.clone()));
+                tokio::spawn(follow(
+                    cluster.clone(),
+                    config.clone(),
+                    cache.clone(),
+                    db,
+                    shutdown.clone(),
+                ));
             }
         }
     }
@@ -66,7 +78,8 @@ pub fn changed_table(line: &str) -> Option<String> {
 }
 
 async fn follow(
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
+    config: Arc<dyn Source>,
     cache: Arc<QueryCache>,
     db: String,
     shutdown: watch::Receiver<bool>,
@@ -76,7 +89,11 @@ async fn follow(
         if *shutdown.borrow() {
             return;
         }
-        match follow_once(&shared, &cache, &db, &shutdown).await {
+        let primary = Primary {
+            cluster: &cluster,
+            config: &*config,
+        };
+        match follow_once(primary, &cache, &db, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 if !warned {
@@ -97,13 +114,13 @@ async fn follow(
 /// One slot on the current primary, read until it fails or the primary
 /// changes (Err), or shutdown (Ok).
 async fn follow_once(
-    shared: &Shared,
+    primary: Primary<'_>,
     cache: &QueryCache,
     db: &str,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let (client, conn, id) = super::connect_primary(shared, db, "tidepool query cache").await?;
-    let host = shared
+    let (client, conn, id) = super::connect_primary(primary, db, "tidepool query cache").await?;
+    let host = primary
         .cluster
         .snapshot()
         .node(id)
@@ -131,7 +148,7 @@ async fn follow_once(
             if *shutdown.borrow() {
                 return Ok(());
             }
-            if crate::router::write_node(&shared.cluster.snapshot()).map(|n| n.id) != Some(id) {
+            if crate::router::write_node(&primary.cluster.snapshot()).map(|n| n.id) != Some(id) {
                 return Err("the primary changed".to_string());
             }
             loop {

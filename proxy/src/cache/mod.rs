@@ -118,41 +118,44 @@ pub struct QueryCache {
 /// Stores to memcached in flight at most.
 const STORES_IN_FLIGHT: usize = 256;
 
+/// How the cache reaches the primary: the node table (which node it is,
+/// its TLS and credentials) and the configuration in force (the
+/// `[health_check]` user it connects as).
+#[derive(Clone, Copy)]
+pub struct Primary<'a> {
+    pub cluster: &'a crate::cluster::Cluster,
+    pub config: &'a dyn crate::config::Source,
+}
+
 /// A connection to the current primary's `db` as the `[health_check]`
 /// user, its driver task, and the primary's node id.
 pub(crate) async fn connect_primary(
-    shared: &crate::server::Shared,
+    primary: Primary<'_>,
     db: &str,
     application: &str,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>, usize), String> {
-    let snapshot = shared.cluster.snapshot();
-    let primary = crate::router::write_node(&snapshot).ok_or("no primary")?;
-    let (id, host, port) = (primary.id, primary.host.clone(), primary.port);
-    let hc = shared.config.load().health_check.clone();
-    let password = shared
+) -> Result<(tokio_postgres::Client, crate::tls::OwnDriver, usize), String> {
+    let snapshot = primary.cluster.snapshot();
+    let node = crate::router::write_node(&snapshot).ok_or("no primary")?;
+    let (id, host, port) = (node.id, node.host.clone(), node.port);
+    let hc = primary.config.current().health_check.clone();
+    let password = primary
         .cluster
         .check_password(id, &host, port, &hc)
         .await
         .map_err(|e| format!("password: {e}"))?;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&host)
-        .port(port)
-        .user(&hc.user)
-        .dbname(db)
-        .application_name(application)
-        .connect_timeout(hc.timeout);
-    if let Some(p) = &password {
-        pg.password(p);
-    }
-    let tls = shared.cluster.tls(id);
-    let connector = tls.pg(&mut pg);
-    let (client, conn) = tokio::time::timeout(hc.timeout, pg.connect(connector))
-        .await
-        .map_err(|_| "connecting timed out".to_string())?
-        .map_err(|e| format!("connecting: {e}"))?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (client, driver) = primary
+        .cluster
+        .tls(id)
+        .connect_own(crate::tls::OwnConnection {
+            host: &host,
+            port,
+            user: &hc.user,
+            password: password.as_deref(),
+            database: db,
+            application,
+            timeout: hc.connect_timeout,
+        })
+        .await?;
     Ok((client, driver, id))
 }
 

@@ -23,7 +23,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cluster, Status, manager::Manager};
+use super::{Cluster, DetachCause, Detached, Status, manager::Manager};
 
 /// Marks, in a detach reason, a node detached because the leader's table
 /// says so (and attached again when the table stops saying so).
@@ -158,14 +158,18 @@ impl Consensus {
     pub fn own_table(&self) -> Table {
         let snap = self.cluster.snapshot();
         Table {
-            detached: self.cluster.detached().into_iter().collect(),
+            detached: self
+                .cluster
+                .detached()
+                .into_iter()
+                .map(|(name, why)| (name, why.message))
+                .collect(),
             primary: snap.primary().map(|p| p.name.clone()),
         }
     }
 
-    /// A view received from `from`.
-    pub fn received(&self, from: &str, view: BackendView) {
-        let now = Instant::now();
+    /// A view received from `from` at `now`.
+    pub fn received(&self, from: &str, view: BackendView, now: Instant) {
         let mut g = self.lock();
         g.peers
             .insert(from.to_string(), (view.failing.into_iter().collect(), now));
@@ -175,16 +179,15 @@ impl Consensus {
     }
 
     /// Who sees each failing backend (this node's view included), for
-    /// backends someone sees failing.
-    pub fn votes(&self) -> Vec<Votes> {
-        let now = Instant::now();
+    /// backends someone sees failing, counting views fresh at `now`.
+    pub fn votes(&self, now: Instant) -> Vec<Votes> {
         let g = self.lock();
         let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for b in &g.local_failing {
             by.entry(b.clone()).or_default().push(self.me.clone());
         }
         for (peer, (failing, at)) in &g.peers {
-            if now.duration_since(*at) > self.fresh {
+            if now.saturating_duration_since(*at) > self.fresh {
                 continue;
             }
             for b in failing {
@@ -218,15 +221,14 @@ impl Consensus {
     }
 
     /// The leader's table, when it is fresh and from the leader this node
-    /// follows now.
-    pub fn leader_table(&self) -> Option<LeaderTable> {
+    /// follows, fresh at `now`.
+    pub fn leader_table(&self, now: Instant) -> Option<LeaderTable> {
         let g = self.lock();
         let (from, table, at) = g.table.as_ref()?;
-        (g.leader.as_deref() == Some(from.as_str()) && at.elapsed() <= self.fresh).then(|| {
-            LeaderTable {
-                leader: from.clone(),
-                table: table.clone(),
-            }
+        let fresh = now.saturating_duration_since(*at) <= self.fresh;
+        (g.leader.as_deref() == Some(from.as_str()) && fresh).then(|| LeaderTable {
+            leader: from.clone(),
+            table: table.clone(),
         })
     }
 }
@@ -240,7 +242,8 @@ impl Manager {
             return;
         };
         c.prune();
-        let votes = c.votes();
+        let now = Instant::now();
+        let votes = c.votes(now);
         c.forget_others(&votes);
         if c.leading() {
             for v in votes {
@@ -272,11 +275,13 @@ impl Manager {
                 tracing::warn!(node = %n.name, %error, "a quorum sees the backend failing");
                 self.act_on_failure(n.id, error).await;
             }
-        } else if let Some(leader) = c.leader_table() {
+        } else if let Some(leader) = c.leader_table(now) {
             let snap = self.cluster().snapshot();
             for m in mirror(&snap, &self.cluster().detached(), &leader) {
                 match m {
-                    Mirror::Detach { node, reason } => self.detach(node, &reason),
+                    Mirror::Detach { node, reason } => {
+                        self.detach(node, Detached::new(DetachCause::Leader, reason))
+                    }
                     Mirror::Attach { node } => {
                         tracing::info!(node = %self.target(node).name, leader = %leader.leader, "attaching node: the watchdog leader did");
                         self.cluster().attach(node);
@@ -300,7 +305,7 @@ pub enum Mirror {
 /// and it no longer does. Nodes detached here by the operator stay.
 pub fn mirror(
     snap: &super::Snapshot,
-    detached_here: &HashMap<String, String>,
+    detached_here: &HashMap<String, Detached>,
     leader: &LeaderTable,
 ) -> Vec<Mirror> {
     let mut out = Vec::new();
@@ -313,7 +318,7 @@ pub fn mirror(
                 node: n.id,
                 reason: format!("{reason} ({BY_LEADER} {})", leader.leader),
             }),
-            (None, Some(reason)) if reason.contains(BY_LEADER) => {
+            (None, Some(why)) if why.cause == DetachCause::Leader => {
                 out.push(Mirror::Attach { node: n.id })
             }
             _ => {}
@@ -342,31 +347,29 @@ mod tests {
 
     #[test]
     fn a_backend_counts_the_nodes_that_see_it_failing_while_their_views_are_fresh() {
+        let t0 = Instant::now();
         let c = Consensus::new("a", 2, Duration::from_secs(60), cluster(&["pg0", "pg1"]));
         c.note_failing("pg1");
-        assert_eq!(c.votes()[0].seen_failing_by, vec!["a"]);
+        assert_eq!(c.votes(t0)[0].seen_failing_by, vec!["a"]);
         c.received(
             "b",
             BackendView {
                 failing: vec!["pg1".into()],
                 table: None,
             },
+            t0,
         );
-        c.received("c", BackendView::default());
-        let v = c.votes();
+        c.received("c", BackendView::default(), t0);
+        let v = c.votes(t0 + Duration::from_secs(60));
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].seen_failing_by, vec!["a", "b"]);
-
-        let stale = Consensus::new("a", 2, Duration::ZERO, cluster(&["pg0", "pg1"]));
-        stale.received(
-            "b",
-            BackendView {
-                failing: vec!["pg1".into()],
-                table: None,
-            },
+        // One election timeout later, b's view no longer votes.
+        let v = c.votes(t0 + Duration::from_secs(61));
+        assert_eq!(
+            v[0].seen_failing_by,
+            vec!["a"],
+            "a stale view does not vote"
         );
-        std::thread::sleep(Duration::from_millis(2));
-        assert!(stale.votes().is_empty(), "a stale view does not vote");
     }
 
     #[test]
@@ -376,24 +379,34 @@ mod tests {
             detached: [("pg0".to_string(), "down".to_string())].into(),
             primary: None,
         };
+        let t0 = Instant::now();
         c.received(
             "b",
             BackendView {
                 failing: vec![],
                 table: Some(table.clone()),
             },
+            t0,
         );
-        assert!(c.leader_table().is_none(), "b is not the leader followed");
+        assert!(c.leader_table(t0).is_none(), "b is not the leader followed");
         c.set_leadership(false, Some("b"));
-        assert_eq!(c.leader_table().unwrap().table, table);
+        assert_eq!(c.leader_table(t0).unwrap().table, table);
+        let late = t0 + Duration::from_secs(61);
+        assert!(
+            c.leader_table(late).is_none(),
+            "a stale table is not mirrored"
+        );
         c.set_leadership(false, Some("c"));
-        assert!(c.leader_table().is_none());
+        assert!(c.leader_table(t0).is_none());
     }
 
     #[test]
     fn mirroring_detaches_what_the_leader_detached_and_keeps_the_operators_own() {
         let cl = cluster(&["pg0", "pg1", "pg2"]);
-        cl.detach(2, "detached by the operator");
+        cl.detach(
+            2,
+            Detached::new(DetachCause::Operator, "detached by the operator"),
+        );
         let here = cl.detached();
         let leader = LeaderTable {
             leader: "b".into(),
@@ -411,7 +424,7 @@ mod tests {
         assert_eq!(*node, 1);
         assert!(reason.contains(BY_LEADER) && reason.contains("health check failed"));
 
-        cl.detach(1, reason);
+        cl.detach(1, Detached::new(DetachCause::Leader, reason.clone()));
         let leader_again = LeaderTable {
             leader: "b".into(),
             table: Table::default(),

@@ -23,19 +23,18 @@ use std::{
 use tokio::{sync::watch, task::JoinSet};
 
 use super::{
-    Cluster, Source, Status,
+    Cluster, Lag, Lags, Source, Status,
     topology::{self, Member, Row, View},
 };
 use crate::{
     config::{ClusterConfig, ClusterKind, HealthCheckConfig},
     credentials::Login,
-    router::lag::{Lag, Lags},
     tls::BackendTls,
 };
 
 /// An instance to ask (`name: None`: the cluster endpoint).
 #[derive(Debug, Clone)]
-struct Target {
+struct Asked {
     name: Option<String>,
     host: String,
     port: u16,
@@ -174,10 +173,10 @@ impl Watcher {
             _ => {}
         }
         let snap = self.cluster.snapshot();
-        let targets: Vec<Target> = match &writer {
+        let targets: Vec<Asked> = match &writer {
             Some((id, name)) if !self.writer_silent && snap.node(*id).is_some() => {
                 let n = &snap.nodes[*id];
-                vec![Target {
+                vec![Asked {
                     name: Some(name.clone()),
                     host: n.host.clone(),
                     port: n.port,
@@ -187,12 +186,12 @@ impl Watcher {
                 .nodes
                 .iter()
                 .filter(|n| n.source.discovered() && n.status != Status::Down)
-                .map(|n| Target {
+                .map(|n| Asked {
                     name: Some(n.name.clone()),
                     host: n.host.clone(),
                     port: n.port,
                 })
-                .chain(std::iter::once(Target {
+                .chain(std::iter::once(Asked {
                     name: None,
                     host: self.c.endpoint.clone(),
                     port: self.c.port,
@@ -405,7 +404,7 @@ impl Watcher {
     /// `deadline`.
     async fn ask(
         &mut self,
-        targets: Vec<Target>,
+        targets: Vec<Asked>,
         hc: &HealthCheckConfig,
         deadline: Duration,
     ) -> Vec<View> {
@@ -477,7 +476,7 @@ struct Ask {
 impl Ask {
     async fn run(
         self,
-        t: Target,
+        t: Asked,
         client: Option<tokio_postgres::Client>,
     ) -> (
         Option<tokio_postgres::Client>,
@@ -500,7 +499,7 @@ impl Ask {
     async fn read(
         &self,
         client: &tokio_postgres::Client,
-        t: &Target,
+        t: &Asked,
     ) -> Result<(ClusterKind, View), String> {
         let kind = match self.kind {
             Some(k) => k,
@@ -566,29 +565,23 @@ impl Ask {
         ))
     }
 
-    async fn connect(&self, t: &Target) -> Result<tokio_postgres::Client, String> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&t.host)
-            .port(t.port)
-            .user(&self.hc.user)
-            .dbname(&self.hc.database)
-            .application_name("tidepool topology")
-            .connect_timeout(self.hc.connect_timeout.max(Duration::from_millis(100)));
-        if let Some(p) = self
+    async fn connect(&self, t: &Asked) -> Result<tokio_postgres::Client, String> {
+        let password = self
             .credentials
             .password(&self.login, &t.host, t.port, &self.hc.user)
-            .await?
-        {
-            cfg.password(p);
-        }
-        let connector = self.tls.pg(&mut cfg);
-        let (client, conn) = cfg
-            .connect(connector)
-            .await
-            .map_err(|e| crate::tls::with_causes(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+            .await?;
+        let (client, _driver) = self
+            .tls
+            .connect_own(crate::tls::OwnConnection {
+                host: &t.host,
+                port: t.port,
+                user: &self.hc.user,
+                password: password.as_deref(),
+                database: &self.hc.database,
+                application: "tidepool topology",
+                timeout: self.hc.connect_timeout,
+            })
+            .await?;
         Ok(client)
     }
 }

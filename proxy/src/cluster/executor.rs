@@ -32,7 +32,7 @@ pub enum ActionError {
 
 /// Where a node is and how to log in to it.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct NodeAddress {
     pub name: String,
     pub host: String,
     pub port: u16,
@@ -44,52 +44,35 @@ pub struct Target {
 
 /// An open connection to one node.
 pub struct NodeConn {
-    pub target: Target,
+    pub target: NodeAddress,
     client: tokio_postgres::Client,
     timeout: Duration,
 }
 
 /// Connects to `t` as the health-check user.
-pub async fn connect(t: &Target, hc: &HealthCheckConfig) -> Result<NodeConn, ActionError> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&t.host)
-        .port(t.port)
-        .user(&hc.user)
-        .dbname(&hc.database)
-        .application_name("tidepool failover")
-        .connect_timeout(hc.connect_timeout.max(Duration::from_millis(100)));
+pub async fn connect(t: &NodeAddress, hc: &HealthCheckConfig) -> Result<NodeConn, ActionError> {
+    let failed = |reason: String| ActionError::Connect {
+        node: t.name.clone(),
+        reason,
+    };
     let password = t
         .cluster
         .check_password(t.id, &t.host, t.port, hc)
         .await
-        .map_err(|reason| ActionError::Connect {
-            node: t.name.clone(),
-            reason,
-        })?;
-    if let Some(p) = password {
-        cfg.password(p);
-    }
-    let connector = t.tls.pg(&mut cfg);
-    let connecting = tokio::time::timeout(hc.connect_timeout, cfg.connect(connector));
-    let (client, conn) = connecting
+        .map_err(failed)?;
+    let (client, _driver) = t
+        .tls
+        .connect_own(crate::tls::OwnConnection {
+            host: &t.host,
+            port: t.port,
+            user: &hc.user,
+            password: password.as_deref(),
+            database: &hc.database,
+            application: "tidepool failover",
+            timeout: hc.connect_timeout,
+        })
         .await
-        .map_err(|_| ActionError::Connect {
-            node: t.name.clone(),
-            reason: format!("timed out after {:?}", hc.connect_timeout),
-        })?
-        .map_err(|e| {
-            let e = crate::tls::with_causes(&e);
-            ActionError::Connect {
-                node: t.name.clone(),
-                reason: match t.tls.explain_refusal(&e) {
-                    Some(hint) => format!("{e} ({hint})"),
-                    None => e,
-                },
-            }
-        })?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+        .map_err(failed)?;
     Ok(NodeConn {
         target: t.clone(),
         client,
@@ -348,10 +331,7 @@ pub struct Receiver {
     pub sender_port: u16,
 }
 
-/// A SQL string literal.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+pub use crate::backend::quote_literal;
 
 /// A libpq connection string value, quoted.
 fn conninfo_value(s: &str) -> String {

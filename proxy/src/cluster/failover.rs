@@ -214,6 +214,7 @@ mod tests {
             last_error: None,
             source: crate::cluster::Source::Config,
             held: false,
+            detached: None,
         }
     }
 

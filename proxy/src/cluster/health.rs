@@ -7,14 +7,11 @@
 //! A detached standby that answers again is offered to the manager for
 //! `auto_failback`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::{Cluster, Role, Status, manager::Request, trigger::Fault};
+use super::{Cluster, Role, Status, control::Request, trigger::Fault};
 use crate::config::HealthCheckConfig;
 
 /// Probes every node until `shutdown` fires, one task per node; restarts
@@ -87,7 +84,7 @@ struct Kept {
     client: tokio_postgres::Client,
     /// Fires when the connection ends, with the SQLSTATE and message of the
     /// error the server ended it with, if any (57P01: the server shuts down).
-    closed: oneshot::Receiver<Option<(String, String)>>,
+    closed: crate::tls::OwnDriver,
 }
 
 impl Check {
@@ -271,33 +268,17 @@ async fn connect(
     tls: &crate::tls::BackendTls,
     hc: &HealthCheckConfig,
 ) -> Result<Kept, String> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host)
-        .port(port)
-        .user(&hc.user)
-        .dbname(&hc.database)
-        .application_name("tidepool health check")
-        .connect_timeout(hc.connect_timeout.max(Duration::from_millis(100)));
-    let password = cluster.check_password(id, host, port, hc).await;
-    if let Some(p) = password? {
-        cfg.password(p);
-    }
-    let connector = tls.pg(&mut cfg);
-    let (client, conn) = cfg.connect(connector).await.map_err(|e| {
-        let e = crate::tls::with_causes(&e);
-        let mode = tls.mode.as_str();
-        match tls.explain_refusal(&e) {
-            Some(hint) => format!("connect (sslmode \"{mode}\"): {e} ({hint})"),
-            None => format!("connect (sslmode \"{mode}\"): {e}"),
-        }
-    })?;
-    let (tx, closed) = oneshot::channel();
-    tokio::spawn(async move {
-        let code = conn.await.err().and_then(|e| {
-            e.as_db_error()
-                .map(|d| (d.code().code().to_string(), d.message().to_string()))
-        });
-        let _ = tx.send(code);
-    });
+    let password = cluster.check_password(id, host, port, hc).await?;
+    let (client, closed) = tls
+        .connect_own(crate::tls::OwnConnection {
+            host,
+            port,
+            user: &hc.user,
+            password: password.as_deref(),
+            database: &hc.database,
+            application: "tidepool health check",
+            timeout: hc.connect_timeout,
+        })
+        .await?;
     Ok(Kept { client, closed })
 }

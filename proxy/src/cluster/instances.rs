@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use super::{Cluster, Node, Role, Source, Status};
+use super::{Cluster, DetachCause, Detached, Node, Role, Source, Status};
 use crate::config::BackendConfig;
 use crate::tls::BackendTls;
 
@@ -34,15 +34,12 @@ impl Cluster {
             // Back in the topology after it left; an operator's detach
             // stays.
             let back = n.status == Status::Down
-                && self.counters(id).and_then(|c| c.detach_reason()).as_deref()
-                    == Some(LEFT_TOPOLOGY);
+                && n.detached.as_ref().map(|d| d.cause) == Some(DetachCause::LeftTopology);
             if back || moved {
                 tracing::info!(node = %b.name, host = %b.host, port = b.port, "cluster instance back in the topology");
-                if let Some(c) = self.counters(id) {
-                    c.set_detach_reason(None);
-                }
                 self.update(|s| {
                     let n = &mut s.nodes[id];
+                    n.detached = None;
                     n.host = b.host.clone();
                     n.port = b.port;
                     n.status = Status::Waiting;
@@ -84,6 +81,7 @@ impl Cluster {
                 last_error: None,
                 source,
                 held: false,
+                detached: None,
             })
         });
         (id, true)
@@ -91,17 +89,16 @@ impl Cluster {
 
     /// Instance `id` is no longer in the topology: down, never routed to.
     pub fn leave(&self, id: usize) {
-        let Some(c) = self.counters(id) else { return };
         let snap = self.snapshot();
         let Some(n) = snap.node(id) else { return };
         if n.status == Status::Down {
             return;
         }
         tracing::info!(node = %n.name, "cluster instance left the topology");
-        c.set_detach_reason(Some(LEFT_TOPOLOGY.to_string()));
         self.update(|s| {
             let n = &mut s.nodes[id];
             n.status = Status::Down;
+            n.detached = Some(Detached::new(DetachCause::LeftTopology, LEFT_TOPOLOGY));
             n.role = Role::Unknown;
             n.last_status_change = SystemTime::now();
         });

@@ -9,128 +9,44 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
-
 use super::{
-    Cluster, Role, Status,
+    Cluster, DetachCause, Detached, Role, Status,
     command::{self, PgTools, Vars},
-    executor::{self, ActionError, NodeConn, Target},
+    control::{Control, ControlError, Request},
+    executor::{self, ActionError, NodeAddress, NodeConn},
     failover::{self, OnFailure, Position},
     persist,
 };
 use crate::{
-    config::{BackendFlag, HealthCheckConfig},
-    server::Shared,
+    config::{self, HealthCheckConfig},
+    pool::Pools,
 };
 
 /// How often a watchdog member looks at the backend views.
 const CONSENSUS_TICK: Duration = Duration::from_millis(100);
 
-/// An operator's request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Attach,
-    Detach,
-    Promote { switchover: bool },
-    Recover,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Attach => "attach",
-            Action::Detach => "detach",
-            Action::Promote { switchover: false } => "promote",
-            Action::Promote { switchover: true } => "switchover",
-            Action::Recover => "recover",
-        }
-    }
-}
-
-/// What the manager's queue carries.
-#[derive(Debug)]
-pub enum Request {
-    /// A node failed its health check and every retry.
-    NodeFailed { node: usize, error: String },
-    /// A backend connection to `node` (a session's, or the health check's
-    /// kept one) broke, or the server said it shuts down: probe the node
-    /// once; if the probe fails, the node is handled as `NodeFailed`.
-    BackendFault {
-        node: usize,
-        fault: super::trigger::Fault,
-    },
-    /// A detached node answers as a standby again: re-attach it if
-    /// `auto_failback` allows.
-    Failback { node: usize },
-    /// An operator's request, answered on `reply`.
-    Action {
-        node: String,
-        action: Action,
-        reply: oneshot::Sender<Result<Value, ControlError>>,
-    },
-}
-
-/// Why an operator's request was not carried out.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("no node {0:?}: give a node's name or index (see GET /v1/nodes)")]
-    NoSuchNode(String),
-    /// The request does not fit the node's state.
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Failed(#[from] ActionError),
-    #[error("the failover manager is not running")]
-    NotRunning,
-}
-
-/// The handle through which the admin API and health checks reach the
-/// manager.
-pub struct Control {
-    tx: mpsc::UnboundedSender<Request>,
-    /// The manager's queue: it outlives a manager that stops, so the one
-    /// started in its place (`supervise`) takes up the requests waiting.
-    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        Control {
-            tx,
-            rx: Arc::new(tokio::sync::Mutex::new(rx)),
-        }
-    }
-}
-
-impl Control {
-    pub fn sender(&self) -> mpsc::UnboundedSender<Request> {
-        self.tx.clone()
-    }
-
-    fn receiver(&self) -> Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>> {
-        self.rx.clone()
-    }
-
-    /// Asks the manager to carry out `action` on `node` and waits for it.
-    pub async fn request(&self, node: &str, action: Action) -> Result<Value, ControlError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Request::Action {
-                node: node.to_string(),
-                action,
-                reply,
-            })
-            .map_err(|_| ControlError::NotRunning)?;
-        answer.await.map_err(|_| ControlError::NotRunning)?
-    }
+/// What the manager works with, and nothing else.
+#[derive(Clone)]
+pub struct ManagerHandles {
+    pub cluster: Arc<Cluster>,
+    /// The configuration in force, read again at each decision.
+    pub config: Arc<dyn config::Source>,
+    /// The configuration file, beside which the state file lives unless
+    /// `server.state_dir` says otherwise.
+    pub config_path: Option<PathBuf>,
+    /// The pools, whose idle connections to a node going away it closes.
+    pub pools: Arc<Pools>,
+    /// Its queue.
+    pub control: Control,
+    /// In a watchdog cluster, the members' views of the backends.
+    pub consensus: Option<Arc<super::consensus::Consensus>>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Restores the persisted state into the node table (at once, before any
 /// health check can bring a fenced node up) and returns the manager's task.
-pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()> + Send {
-    let cfg = shared.config.load_full();
+pub fn run_manager(shared: ManagerHandles) -> impl std::future::Future<Output = ()> + Send {
+    let cfg = shared.config.current();
     let state_path = persist::path(
         cfg.server.state_dir.as_deref(),
         shared.config_path.as_deref(),
@@ -140,10 +56,10 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
     match persist::load(&state_path) {
         Ok(state) => {
             let snap = shared.cluster.snapshot();
-            for (name, reason) in &state.detached {
-                if let Some(n) = snap.nodes.iter().find(|n| &n.name == name) {
-                    tracing::info!(node = %name, %reason, state = %state_path.display(), "node stays detached (persisted state)");
-                    shared.cluster.detach(n.id, reason);
+            for (name, why) in state.detached_nodes() {
+                if let Some(n) = snap.nodes.iter().find(|n| n.name == name) {
+                    tracing::info!(node = %name, reason = %why.message, cause = why.cause.as_str(), state = %state_path.display(), "node stays detached (persisted state)");
+                    shared.cluster.detach(n.id, why);
                 }
             }
             last_primary = state.primary;
@@ -159,7 +75,9 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
             tracing::error!(state = %state_path.display(), "{reason}");
             let snap = shared.cluster.snapshot();
             for n in &snap.nodes {
-                shared.cluster.detach(n.id, &reason);
+                shared
+                    .cluster
+                    .detach(n.id, Detached::new(DetachCause::Unverified, &reason));
             }
         }
     }
@@ -210,7 +128,7 @@ pub fn run_manager(shared: Arc<Shared>) -> impl std::future::Future<Output = ()>
 
 /// The manager's state between requests.
 pub(super) struct Manager {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: ManagerHandles,
     state_path: PathBuf,
     last_primary: Option<String>,
     /// The database system each detached node was fenced on, by name.
@@ -226,8 +144,8 @@ impl Manager {
         &self.shared.cluster
     }
 
-    pub(super) fn config(&self) -> Arc<crate::server::Runtime> {
-        self.shared.config.load_full()
+    pub(super) fn config(&self) -> config::Current {
+        self.shared.config.current()
     }
 
     pub(super) fn hc(&self) -> HealthCheckConfig {
@@ -242,7 +160,7 @@ impl Manager {
         )
     }
 
-    pub(super) fn target(&self, id: usize) -> Target {
+    pub(super) fn target(&self, id: usize) -> NodeAddress {
         let snap = self.cluster().snapshot();
         // A node a reload removed meanwhile: its SQL and commands fail to
         // connect (and say so) instead of taking the manager down.
@@ -256,7 +174,7 @@ impl Manager {
                     0,
                 )
             });
-        Target {
+        NodeAddress {
             name,
             host,
             port,
@@ -276,7 +194,7 @@ impl Manager {
         if let Some(p) = self.cluster().snapshot().primary() {
             self.last_primary = Some(p.name.clone());
         }
-        let detached: std::collections::BTreeMap<String, String> =
+        let detached: std::collections::BTreeMap<String, Detached> =
             self.cluster().detached().into_iter().collect();
         // A fence keeps the system it was taken on; a new one takes the
         // system the node was last seen running.
@@ -295,7 +213,8 @@ impl Manager {
             })
             .collect();
         let state = persist::State {
-            detached,
+            causes: detached.iter().map(|(n, d)| (n.clone(), d.cause)).collect(),
+            detached: detached.into_iter().map(|(n, d)| (n, d.message)).collect(),
             primary: self.last_primary.clone(),
             systems: self.fences.clone(),
         };
@@ -309,9 +228,9 @@ impl Manager {
     }
 
     /// Detaches `id` and closes its idle pooled connections.
-    pub(super) fn detach(&mut self, id: usize, reason: &str) {
-        tracing::warn!(node = %self.target(id).name, %reason, "detaching node");
-        self.cluster().detach(id, reason);
+    pub(super) fn detach(&mut self, id: usize, why: Detached) {
+        tracing::warn!(node = %self.target(id).name, reason = %why.message, cause = why.cause.as_str(), "detaching node");
+        self.cluster().detach(id, why);
         self.drain(id);
         self.persist();
     }
@@ -414,12 +333,19 @@ impl Manager {
                 tracing::warn!(node = %self.target(node).name, %error, "node unreachable; its flag forbids detaching it, so checks go on");
             }
             OnFailure::Detach | OnFailure::DetachPrimary => {
-                self.detach(node, &format!("{}: {error}", failover::HEALTH_CHECK_FAILED));
+                self.detach(
+                    node,
+                    Detached::new(
+                        DetachCause::HealthCheck,
+                        format!("{}: {error}", failover::HEALTH_CHECK_FAILED),
+                    ),
+                );
             }
             OnFailure::Failover => {
                 let reason =
                     format!("primary failed its health checks ({error}); fenced by failover");
-                if let Err(e) = self.failover(node, &reason, None).await {
+                let why = Detached::new(DetachCause::Fenced, reason);
+                if let Err(e) = self.failover(node, why, None).await {
                     self.cluster()
                         .stats
                         .failed_actions
@@ -435,7 +361,7 @@ impl Manager {
     pub(super) async fn failover(
         &mut self,
         old: usize,
-        reason: &str,
+        why: Detached,
         to: Option<usize>,
     ) -> Result<usize, ControlError> {
         let started = std::time::Instant::now();
@@ -444,7 +370,7 @@ impl Manager {
             .failovers
             .fetch_add(1, Ordering::Relaxed);
         // Fence first, so that a crash of tidepool mid-way keeps it fenced.
-        self.detach(old, reason);
+        self.detach(old, why);
         let snap = self.cluster().snapshot();
         // Connect to every other node at once: the connections serve the
         // WAL positions, the promotion and the repointing.
@@ -523,7 +449,7 @@ impl Manager {
 
     /// Promotes `id` (built-in `pg_promote()` or `failover_command`),
     /// through `conn` when one is open.
-    async fn promote(
+    pub(super) async fn promote(
         &self,
         id: usize,
         old: usize,
@@ -573,7 +499,9 @@ impl Manager {
     pub(super) async fn follow_all(&mut self, new: usize, old: usize) {
         let snap = self.cluster().snapshot();
         let followers = failover::followers(&snap, new, old);
-        let results = futures_join(followers.iter().map(|&f| self.follow(f, new, old))).await;
+        let results =
+            futures_util::future::join_all(followers.iter().map(|&f| self.follow(f, new, old)))
+                .await;
         for (f, r) in followers.into_iter().zip(results) {
             match r {
                 Ok(()) => {
@@ -659,7 +587,10 @@ impl Manager {
                 .fetch_add(1, Ordering::Relaxed);
             self.detach(
                 id,
-                &format!("false primary: on timeline {tli:?}, another primary is on {newest:?}"),
+                Detached::new(
+                    DetachCause::Fenced,
+                    format!("false primary: on timeline {tli:?}, another primary is on {newest:?}"),
+                ),
             );
         }
         self.seen_primaries = failover::primaries(&self.cluster().snapshot());
@@ -700,170 +631,4 @@ impl Manager {
             self.persist();
         }
     }
-
-    async fn action(&mut self, key: &str, action: Action) -> Result<Value, ControlError> {
-        let snap = self.cluster().snapshot();
-        let node = snap
-            .find(key)
-            .ok_or_else(|| ControlError::NoSuchNode(key.to_string()))?
-            .clone();
-        let id = node.id;
-        tracing::info!(node = %node.name, action = action.as_str(), "operator request");
-        match action {
-            Action::Attach => {
-                self.cluster().attach(id);
-                self.persist();
-            }
-            Action::Detach => {
-                if node.source.discovered() && snap.primary().map(|p| p.id) == Some(id) {
-                    return Err(ControlError::Conflict(format!(
-                        "{} is the writer of a managed cluster: AWS runs its failover \
-                         (tidepool ctl promote READER --switchover asks RDS to move it)",
-                        node.name
-                    )));
-                }
-                if node.flag == BackendFlag::AlwaysPrimary {
-                    return Err(ControlError::Conflict(format!(
-                        "{} is always_primary: it cannot be detached",
-                        node.name
-                    )));
-                }
-                if snap.primary().map(|p| p.id) == Some(id) && self.config().failover.auto_failover
-                {
-                    self.failover(id, "detached by the operator", None).await?;
-                } else {
-                    self.detach(id, "detached by the operator");
-                }
-            }
-            Action::Promote { .. } if node.source.discovered() => {
-                self.check_promotable(&node)?;
-                return self.cluster_failover(&node).await;
-            }
-            Action::Promote { switchover: false } => {
-                self.check_promotable(&node)?;
-                match snap.primary() {
-                    Some(p) if p.id == id => {
-                        return Err(ControlError::Conflict(format!(
-                            "{} is already the primary",
-                            node.name
-                        )));
-                    }
-                    Some(p) => {
-                        let reason = format!("demoted: the operator promoted {}", node.name);
-                        self.failover(p.id, &reason, Some(id)).await?;
-                    }
-                    None => {
-                        self.promote(id, id, None).await?;
-                        self.cluster().set_role(id, Role::Primary);
-                        self.persist();
-                        self.follow_all(id, id).await;
-                    }
-                }
-            }
-            Action::Promote { switchover: true } => {
-                self.check_promotable(&node)?;
-                super::switchover::run(self, id).await?;
-                self.cluster()
-                    .stats
-                    .switchovers
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Action::Recover => {
-                super::recovery::run(self, id).await?;
-                self.cluster()
-                    .stats
-                    .recoveries
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let snap = self.cluster().snapshot();
-        let Some(n) = snap.node(id) else {
-            // A reload removed the node while the request ran.
-            return Err(ControlError::NoSuchNode(node.name));
-        };
-        Ok(json!({
-            "node": n.name,
-            "action": action.as_str(),
-            "status": n.status.as_str(),
-            "role": n.role.as_str(),
-            "primary": snap.primary().map(|p| p.name.clone()),
-        }))
-    }
-
-    /// A managed cluster's writer moves only by AWS: `FailoverDBCluster`
-    /// to `node`, waiting until RDS reports it the writer. Writes follow
-    /// once the topology confirms it (`discovery`).
-    async fn cluster_failover(&mut self, node: &super::Node) -> Result<Value, ControlError> {
-        let cfg = self.config();
-        let Some(c) = cfg.clusters.first() else {
-            return Err(ControlError::Conflict(format!(
-                "{} is not an instance of a configured cluster",
-                node.name
-            )));
-        };
-        let Some(id) = c.cluster_identifier.as_deref() else {
-            return Err(ControlError::Conflict(format!(
-                "a switchover of cluster {} asks RDS (FailoverDBCluster): set clusters.cluster_identifier",
-                c.name
-            )));
-        };
-        let mut rds = self.cluster().credentials().rds().await;
-        rds.switchover_timeout = cfg.failover.switchover_timeout;
-        let report = rds.switchover_cluster(id, &node.name).await.map_err(|e| {
-            ControlError::Failed(super::executor::ActionError::Refused(format!(
-                "FailoverDBCluster {id} to {}: {e}",
-                node.name
-            )))
-        })?;
-        self.cluster()
-            .stats
-            .switchovers
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(json!({
-            "node": node.name,
-            "action": "switchover",
-            "cluster_identifier": id,
-            "requested": report.changed,
-            "writer_before": report.before.writer_id(),
-            "writer_after": report.after.writer_id(),
-        }))
-    }
-
-    fn check_promotable(&self, node: &super::Node) -> Result<(), ControlError> {
-        if node.status != Status::Up || node.role != Role::Standby {
-            return Err(ControlError::Conflict(format!(
-                "{} is {} {}: only an attached, answering standby can be promoted",
-                node.name,
-                node.status.as_str(),
-                node.role.as_str()
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Awaits every future, concurrently, keeping their order.
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futs.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
 }

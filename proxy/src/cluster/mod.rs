@@ -24,12 +24,15 @@
 
 mod command;
 pub mod consensus;
+mod control;
 pub mod discovery;
 mod executor;
 pub mod failover;
 mod health;
 mod instances;
+mod lag;
 mod manager;
+mod operator;
 pub mod persist;
 mod recovery;
 mod switchover;
@@ -55,8 +58,10 @@ use crate::config::{BackendConfig, BackendFlag};
 use crate::credentials::{Credentials, Login};
 use crate::tls::BackendTls;
 
+pub use control::{Action, Control, ControlError, Request};
 pub use health::run_checks;
-pub use manager::{Action, Control, ControlError, Request, run_manager};
+pub use lag::{Lag, Lags};
+pub use manager::{ManagerHandles, run_manager};
 pub use trigger::{Fault, report_fault};
 
 /// What the node is, as PostgreSQL reports it.
@@ -122,6 +127,60 @@ pub struct Node {
     /// Held back from routing (switchover, recovery): checks do not bring
     /// it up.
     pub held: bool,
+    /// Why the node is detached, while it is (status down).
+    pub detached: Option<Detached>,
+}
+
+/// Why a node is detached, and so what may attach it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetachCause {
+    /// Its health checks failed: `auto_failback` attaches it again once it
+    /// answers as a standby streaming from the primary.
+    HealthCheck,
+    /// An operator detached it: only an operator attaches it.
+    Operator,
+    /// The old primary of a failover or switchover, or a second primary:
+    /// fenced until an operator or online recovery brings it back.
+    Fenced,
+    /// A managed cluster's instance that left its topology: attached again
+    /// when it is back.
+    LeftTopology,
+    /// The watchdog leader's table says so: attached again when it stops
+    /// saying so.
+    Leader,
+    /// The state file could not be read, so whether the node was fenced is
+    /// not known: only an operator attaches it.
+    Unverified,
+}
+
+impl DetachCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetachCause::HealthCheck => "health_check",
+            DetachCause::Operator => "operator",
+            DetachCause::Fenced => "fenced",
+            DetachCause::LeftTopology => "left_topology",
+            DetachCause::Leader => "leader",
+            DetachCause::Unverified => "unverified",
+        }
+    }
+}
+
+/// A detached node's cause and the message shown for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detached {
+    pub cause: DetachCause,
+    pub message: String,
+}
+
+impl Detached {
+    pub fn new(cause: DetachCause, message: impl Into<String>) -> Detached {
+        Detached {
+            cause,
+            message: message.into(),
+        }
+    }
 }
 
 /// How a node came to be in the table: configured, or an instance of a
@@ -184,6 +243,21 @@ impl Snapshot {
         self.nodes.get(id)
     }
 
+    /// The role tidepool acts on for node `id` (Pgpool's `role`, beside
+    /// `pg_role`: what PostgreSQL reported): a node that reports itself
+    /// primary but is not the one writes go to (two primaries after a
+    /// split) is unknown. `primary` is [`Snapshot::primary`]'s id, passed
+    /// in so a view of every node finds it once.
+    pub fn effective_role(id: usize, reported: Role, primary: Option<usize>) -> Role {
+        if Some(id) == primary {
+            Role::Primary
+        } else if reported == Role::Primary {
+            Role::Unknown
+        } else {
+            reported
+        }
+    }
+
     /// The node called `key`, or with index `key`.
     pub fn find(&self, key: &str) -> Option<&Node> {
         self.nodes
@@ -210,8 +284,6 @@ pub struct NodeCounters {
     pub last_health_check_failed_ms: AtomicU64,
     /// Times the node was detached (by tidepool or an operator).
     pub detaches: AtomicU64,
-    /// Why the node is detached, while it is.
-    pub detach_reason: Mutex<Option<String>>,
     /// A session's report of a broken connection waits in the manager's
     /// queue: further reports add nothing.
     pub fault_reported: AtomicBool,
@@ -248,17 +320,6 @@ impl NodeCounters {
 
     pub fn set_system(&self, system: persist::SystemId) {
         *self.system.lock().unwrap_or_else(|e| e.into_inner()) = Some(system);
-    }
-
-    pub fn detach_reason(&self) -> Option<String> {
-        self.detach_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set_detach_reason(&self, reason: Option<String>) {
-        *self.detach_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
 
     /// Records one health check that took `took`.
@@ -372,6 +433,7 @@ fn fresh_nodes(backends: &[BackendConfig]) -> Vec<Node> {
             last_error: None,
             source: Source::Config,
             held: false,
+            detached: None,
         })
         .collect()
 }
@@ -506,19 +568,19 @@ impl Cluster {
         self.apply(node, transition::Event::Checked(outcome));
     }
 
-    /// Detaches `node` (status down, never routed to) for `reason`.
-    pub fn detach(&self, node: usize, reason: &str) {
+    /// Detaches `node` (status down, never routed to) for `why`.
+    pub fn detach(&self, node: usize, why: Detached) {
         let Some(c) = self.counters(node) else { return };
-        c.set_detach_reason(Some(reason.to_string()));
         c.detaches.fetch_add(1, Ordering::Relaxed);
         self.stats.detaches.fetch_add(1, Ordering::Relaxed);
-        self.apply(node, transition::Event::Detach);
+        self.apply(node, transition::Event::Detach(why));
     }
 
     /// Attaches `node` again: it is routed to once its checks answer.
     pub fn attach(&self, node: usize) {
-        let Some(c) = self.counters(node) else { return };
-        c.set_detach_reason(None);
+        if self.counters(node).is_none() {
+            return;
+        }
         self.stats.attaches.fetch_add(1, Ordering::Relaxed);
         self.apply(node, transition::Event::Attach);
     }
@@ -545,18 +607,18 @@ impl Cluster {
         });
     }
 
-    /// Detached nodes and their reasons, by name.
-    pub fn detached(&self) -> HashMap<String, String> {
+    /// Detached nodes and why, by name.
+    pub fn detached(&self) -> HashMap<String, Detached> {
         let snap = self.snapshot();
         snap.nodes
             .iter()
             .filter(|n| n.status == Status::Down)
             .map(|n| {
-                let reason = self
-                    .counters(n.id)
-                    .and_then(|c| c.detach_reason())
-                    .unwrap_or_default();
-                (n.name.clone(), reason)
+                let why = n
+                    .detached
+                    .clone()
+                    .unwrap_or_else(|| Detached::new(DetachCause::Operator, ""));
+                (n.name.clone(), why)
             })
             .collect()
     }

@@ -10,6 +10,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::{DetachCause, Detached};
+
 /// File name of the state file inside `server.state_dir`.
 pub const FILE_NAME: &str = "tidepool-state.json";
 
@@ -19,6 +21,11 @@ pub struct State {
     /// Detached nodes by name, with the reason.
     #[serde(default)]
     pub detached: BTreeMap<String, String>,
+    /// Why each detached node is, by name: what may attach it again. A
+    /// file written before causes were kept has none; the reason's words
+    /// tell then (`legacy_cause`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub causes: BTreeMap<String, DetachCause>,
     /// The node tidepool last knew as the primary.
     #[serde(default)]
     pub primary: Option<String>,
@@ -27,6 +34,38 @@ pub struct State {
     /// scratch, and the fence does not apply to it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub systems: BTreeMap<String, SystemId>,
+}
+
+impl State {
+    /// The detached nodes, each with its cause and reason.
+    pub fn detached_nodes(&self) -> impl Iterator<Item = (&str, Detached)> {
+        self.detached.iter().map(|(name, reason)| {
+            let cause = self
+                .causes
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| legacy_cause(reason));
+            (name.as_str(), Detached::new(cause, reason.clone()))
+        })
+    }
+}
+
+/// The cause of a detach recorded before causes were kept, from the words
+/// tidepool wrote then; anything else stays fenced (only an operator
+/// attaches it).
+fn legacy_cause(reason: &str) -> DetachCause {
+    // A mirrored detach quotes the leader's reason: look for that first.
+    if reason.contains(super::consensus::BY_LEADER) {
+        DetachCause::Leader
+    } else if reason.starts_with(super::failover::HEALTH_CHECK_FAILED) {
+        DetachCause::HealthCheck
+    } else if reason == super::instances::LEFT_TOPOLOGY {
+        DetachCause::LeftTopology
+    } else if reason == super::operator::BY_OPERATOR {
+        DetachCause::Operator
+    } else {
+        DetachCause::Fenced
+    }
 }
 
 /// Which database system a node runs (`pg_control_system()`): every node
@@ -148,6 +187,47 @@ mod tests {
         assert!(
             matches!(load(&p), Err(PersistError::Parse { .. })),
             "an empty file is damage"
+        );
+    }
+
+    #[test]
+    fn a_detach_keeps_its_cause_across_a_restart_and_old_files_read_by_their_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(FILE_NAME);
+        let mut s = State::default();
+        s.detached
+            .insert("pg0".into(), "health check failed: refused".into());
+        s.causes.insert("pg0".into(), DetachCause::Operator);
+        save(&p, &s).unwrap();
+        let read = load(&p).unwrap();
+        // The kept cause wins over what the words would say.
+        assert_eq!(
+            read.detached_nodes().collect::<Vec<_>>(),
+            [(
+                "pg0",
+                Detached::new(DetachCause::Operator, "health check failed: refused")
+            )]
+        );
+        // Written before causes were kept: the reason's words tell.
+        std::fs::write(
+            &p,
+            r#"{"detached":{"a":"health check failed: refused","b":"detached by the operator","c":"primary failed its health checks (x); fenced by failover","d":"not in the cluster's topology","e":"health check failed (as decided by watchdog leader b)"}}"#,
+        )
+        .unwrap();
+        let causes: Vec<_> = load(&p)
+            .unwrap()
+            .detached_nodes()
+            .map(|(n, d)| (n.to_string(), d.cause))
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                ("a".to_string(), DetachCause::HealthCheck),
+                ("b".to_string(), DetachCause::Operator),
+                ("c".to_string(), DetachCause::Fenced),
+                ("d".to_string(), DetachCause::LeftTopology),
+                ("e".to_string(), DetachCause::Leader),
+            ]
         );
     }
 

@@ -12,8 +12,9 @@ use std::{
 use super::{
     Role, Status,
     command::{self, write_owned},
+    control::ControlError,
     executor::ActionError,
-    manager::{ControlError, Manager},
+    manager::Manager,
     switchover::{local_dir, start_as_standby},
 };
 

@@ -9,11 +9,12 @@ use std::{
 };
 
 use super::{
-    Role,
+    DetachCause, Detached, Role,
     command::{self, write_owned},
+    control::ControlError,
     executor::{ActionError, slot_for},
     failover::Lsn,
-    manager::{ControlError, Manager},
+    manager::Manager,
 };
 
 /// The data directory of node `id`, when it is configured and on this machine.
@@ -215,7 +216,10 @@ pub(super) async fn run(m: &mut Manager, new: usize) -> Result<(), ControlError>
                 m.cluster().hold(old, false);
                 m.detach(
                     old,
-                    &format!("switchover: could not start as a standby: {e}"),
+                    Detached::new(
+                        DetachCause::Fenced,
+                        format!("switchover: could not start as a standby: {e}"),
+                    ),
                 );
             }
         }

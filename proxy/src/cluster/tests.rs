@@ -65,12 +65,19 @@ fn unchanged_checks_publish_no_new_snapshot() {
 fn a_detached_node_stays_down_while_it_answers_until_attached() {
     let c = Cluster::new(&[backend("a", BackendFlag::AllowToFailover)]);
     c.record_check(0, Ok(Role::Primary));
-    c.detach(0, "fenced");
+    c.detach(0, Detached::new(DetachCause::Fenced, "fenced"));
     c.record_check(0, Ok(Role::Primary));
     let s = c.snapshot();
     assert_eq!(s.nodes[0].status, Status::Down);
     assert!(s.primary().is_none());
-    assert_eq!(c.detached().get("a").map(String::as_str), Some("fenced"));
+    assert_eq!(
+        c.detached().get("a"),
+        Some(&Detached::new(DetachCause::Fenced, "fenced"))
+    );
+    assert_eq!(
+        c.snapshot().nodes[0].detached.as_ref().map(|d| d.cause),
+        Some(DetachCause::Fenced)
+    );
     c.attach(0);
     assert_eq!(c.snapshot().primary().unwrap().name, "a");
     assert!(c.detached().is_empty());
@@ -128,12 +135,18 @@ fn a_detach_racing_health_checks_is_never_lost() {
         for _ in 0..(round % 7) {
             std::hint::spin_loop();
         }
-        c.detach(0, "detached by the operator");
+        c.detach(
+            0,
+            Detached::new(DetachCause::Operator, "detached by the operator"),
+        );
         checks.join().unwrap();
         let s = c.snapshot();
         assert_eq!(
-            s.nodes[0].status,
-            Status::Down,
+            (
+                s.nodes[0].status,
+                s.nodes[0].detached.as_ref().map(|d| d.cause)
+            ),
+            (Status::Down, Some(DetachCause::Operator)),
             "round {round}: the detach was lost"
         );
     }

@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use super::{Node, Role, Status};
+use super::{Detached, Node, Role, Status};
 use crate::config::BackendFlag;
 
 /// What happened to a node.
@@ -15,8 +15,8 @@ pub enum Event {
     /// A health check's outcome: the role the node answered, or why it
     /// did not.
     Checked(Result<Role, String>),
-    /// Detached (by tidepool or an operator): never routed to.
-    Detach,
+    /// Detached (by tidepool or an operator), and why: never routed to.
+    Detach(Detached),
     /// Attached again: routed to once it answers.
     Attach,
     /// Held back from routing (switchover, recovery), or released.
@@ -57,9 +57,13 @@ pub fn transition(n: &Node, event: &Event, now: SystemTime) -> Node {
                 next.status = Status::Waiting;
             }
         }
-        Event::Detach => next.status = Status::Down,
+        Event::Detach(why) => {
+            next.status = Status::Down;
+            next.detached = Some(why.clone());
+        }
         Event::Attach => {
             next.held = false;
+            next.detached = None;
             next.status = if n.reachable {
                 Status::Up
             } else {
@@ -88,6 +92,7 @@ pub fn changed(a: &Node, b: &Node) -> bool {
         || a.reachable != b.reachable
         || a.held != b.held
         || a.last_error != b.last_error
+        || a.detached != b.detached
 }
 
 #[cfg(test)]
@@ -112,7 +117,15 @@ mod tests {
             last_error: None,
             source: Source::Config,
             held,
+            detached: None,
         }
+    }
+
+    fn operator() -> Detached {
+        Detached::new(
+            super::super::DetachCause::Operator,
+            "detached by the operator",
+        )
     }
 
     /// (status, role, reachable, held)
@@ -157,7 +170,7 @@ mod tests {
             ),
             (
                 (Up, Standby, true, false),
-                Event::Detach,
+                Event::Detach(operator()),
                 (Down, Standby, true, false),
             ),
             (
@@ -215,5 +228,21 @@ mod tests {
         n.role = Role::Primary;
         let m = transition(&n, &Event::Checked(Ok(Role::Standby)), SystemTime::now());
         assert_eq!(m.role, Role::Standby, "answering in recovery demotes it");
+    }
+
+    #[test]
+    fn a_detach_carries_its_cause_until_an_attach() {
+        let n = node(Status::Up, Role::Standby, true, false);
+        let m = transition(&n, &Event::Detach(operator()), SystemTime::now());
+        assert_eq!(m.detached, Some(operator()));
+        // A check's result does not clear it.
+        let m = transition(&m, &Event::Checked(Ok(Role::Standby)), SystemTime::now());
+        assert_eq!(
+            (m.status, m.detached.clone()),
+            (Status::Down, Some(operator()))
+        );
+        assert!(changed(&n, &m));
+        let m = transition(&m, &Event::Attach, SystemTime::now());
+        assert_eq!(m.detached, None);
     }
 }

@@ -20,15 +20,9 @@ use std::{fmt, sync::atomic::Ordering, time::SystemTime};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{
-    Node, Status, executor,
-    failover::HEALTH_CHECK_FAILED,
-    manager::{Manager, Request},
-    unix_ms,
+    DetachCause, Detached, Node, Status, control::Request, executor, manager::Manager, unix_ms,
 };
-use crate::{
-    config::{BackendFlag, FailoverConfig},
-    server::Shared,
-};
+use crate::config::{BackendFlag, FailoverConfig};
 
 /// What went wrong with a backend connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +54,17 @@ pub(super) fn worth_probing(cfg: &FailoverConfig, node: &Node, fault: &Fault) ->
 
 /// Reports `fault` on `node` to the manager, which probes the node. Called
 /// by sessions; cheap when the node is already reported or detached.
-pub fn report_fault(shared: &Shared, node: usize, fault: Fault) {
-    let cfg = shared.config.load();
-    let snap = shared.cluster.snapshot();
+pub fn report_fault(
+    cluster: &super::Cluster,
+    control: &super::Control,
+    failover: &FailoverConfig,
+    node: usize,
+    fault: Fault,
+) {
+    let snap = cluster.snapshot();
     let Some(n) = snap.node(node) else { return };
-    if worth_probing(&cfg.failover, n, &fault) {
-        send_fault(&shared.cluster, node, fault, &shared.control.sender());
+    if worth_probing(failover, n, &fault) {
+        send_fault(cluster, node, fault, &control.sender());
     }
 }
 
@@ -147,12 +146,12 @@ async fn probe_after_fault(m: &Manager, node: usize, error: String) -> Option<St
     }
 }
 
-/// Whether a node detached for `reason` may come back by itself: only a
-/// node detached after failing its health checks (or a confirmed session
-/// report), never one the operator detached, a fenced old primary or a
-/// false primary.
-pub(super) fn failback_eligible(reason: Option<&str>) -> bool {
-    reason.is_some_and(|r| r.starts_with(HEALTH_CHECK_FAILED))
+/// Whether a node detached as `detached` says may come back by itself:
+/// only a node detached after failing its health checks (or a confirmed
+/// session report), never one the operator detached, a fenced old primary
+/// or a false primary.
+pub(super) fn failback_eligible(detached: Option<&Detached>) -> bool {
+    detached.is_some_and(|d| d.cause == DetachCause::HealthCheck)
 }
 
 /// Asks the manager to consider re-attaching `node`, a detached node that
@@ -166,8 +165,12 @@ pub(super) fn request_failback(
     let Some(c) = cluster.counters(node) else {
         return;
     };
-    if !failback_eligible(c.detach_reason().as_deref())
-        || c.failback_requested.swap(true, Ordering::AcqRel)
+    if !failback_eligible(
+        cluster
+            .snapshot()
+            .node(node)
+            .and_then(|n| n.detached.as_ref()),
+    ) || c.failback_requested.swap(true, Ordering::AcqRel)
     {
         return;
     }
@@ -200,7 +203,7 @@ async fn try_failback(m: &mut Manager, node: usize) -> Result<(), String> {
     let snap = m.cluster().snapshot();
     let n = snap.node(node).ok_or("no such node")?.clone();
     let counters = m.cluster().counters(node).ok_or("no such node")?;
-    if n.status != Status::Down || !failback_eligible(counters.detach_reason().as_deref()) {
+    if n.status != Status::Down || !failback_eligible(n.detached.as_ref()) {
         return Ok(());
     }
     let now = unix_ms(SystemTime::now());
@@ -269,6 +272,7 @@ mod tests {
             last_error: None,
             source: crate::cluster::Source::Config,
             held: false,
+            detached: None,
         }
     }
 
@@ -315,14 +319,17 @@ mod tests {
 
     #[test]
     fn only_nodes_that_failed_their_checks_fail_back() {
-        assert!(failback_eligible(Some(&format!(
-            "{HEALTH_CHECK_FAILED}: connect: refused"
-        ))));
-        assert!(!failback_eligible(Some("detached by the operator")));
-        assert!(!failback_eligible(Some(
-            "primary failed its health checks (x); fenced by failover"
-        )));
-        assert!(!failback_eligible(Some("false primary: on timeline 1")));
+        let why = |cause| Detached::new(cause, "");
+        assert!(failback_eligible(Some(&why(DetachCause::HealthCheck))));
+        for cause in [
+            DetachCause::Operator,
+            DetachCause::Fenced,
+            DetachCause::LeftTopology,
+            DetachCause::Leader,
+            DetachCause::Unverified,
+        ] {
+            assert!(!failback_eligible(Some(&why(cause))), "{cause:?}");
+        }
         assert!(!failback_eligible(None));
     }
 

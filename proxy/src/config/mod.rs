@@ -8,8 +8,10 @@
 
 mod clusters;
 mod defaults;
+mod hba;
 mod query_cache;
 mod routing;
+mod source;
 mod tls;
 pub mod validate;
 mod watchdog;
@@ -18,11 +20,11 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::HbaRuleConfig;
-
 pub use clusters::{ClusterConfig, ClusterKind};
+pub use hba::{HbaRuleConfig, OneOrMany};
 pub use query_cache::{CacheStore, Invalidation, QueryCacheConfig};
 pub use routing::{LoadBalancingConfig, OnWrite};
+pub use source::{Current, Source};
 pub use tls::{
     BackendAuth, BackendTlsConfig, CertMapConfig, ClientMode, SslMode, TlsConfig, TlsVersion,
 };
@@ -374,20 +376,38 @@ pub struct UserConfig {
 }
 
 impl Config {
-    /// Reads and validates a file.
+    /// Reads and validates a file: its syntax, keys and values. What it
+    /// compiles to (hba rules, routing patterns, certificates, secrets) is
+    /// checked by `app::Runtime::load`, which a server uses.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        Self::load_with(path, &|_| Vec::new())
+    }
+
+    /// [`Config::load`] with `more` checks, all errors reported together.
+    pub fn load_with(
+        path: &Path,
+        more: &dyn Fn(&Config) -> Vec<ConfigError>,
+    ) -> Result<Config, Vec<ConfigError>> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             vec![ConfigError::new(
                 "",
                 format!("cannot read {}: {e}", path.display()),
             )]
         })?;
-        Self::load_str(&text)
+        Self::load_str_with(&text, more)
     }
 
     /// Parses and validates TOML text, collecting every error.
     pub fn load_str(text: &str) -> Result<Config, Vec<ConfigError>> {
-        validate::parse_and_validate(text)
+        Self::load_str_with(text, &|_| Vec::new())
+    }
+
+    /// [`Config::load_str`] with `more` checks, all errors reported together.
+    pub fn load_str_with(
+        text: &str,
+        more: &dyn Fn(&Config) -> Vec<ConfigError>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        validate::parse_and_validate(text, more)
     }
 
     /// The backend password for `user`, if tidepool can log in as them.
@@ -423,19 +443,6 @@ impl Config {
                 }
             }
             None => Ok(None),
-        }
-    }
-}
-
-impl UserConfig {
-    /// The password tidepool sends to backends for this user.
-    pub fn password_for_backend(&self) -> Option<&str> {
-        if let Some(p) = &self.backend_password {
-            return Some(p);
-        }
-        match crate::auth::Secret::parse(&self.password) {
-            crate::auth::Secret::Plain(_) => Some(self.password.as_str()),
-            _ => None,
         }
     }
 }

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use serde::de::DeserializeOwned;
 
 use super::{Config, PoolMode};
-use crate::auth::Secret;
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,7 +144,12 @@ fn error_at(prefix: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> Co
     ConfigError::new(path, msg.to_string())
 }
 
-pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>> {
+/// Parses `text` and checks it, with `more` checks of what a configuration
+/// compiles to (they live with the compiler: `app::runtime::checks`).
+pub(super) fn parse_and_validate(
+    text: &str,
+    more: &dyn Fn(&Config) -> Vec<ConfigError>,
+) -> Result<Config, Vec<ConfigError>> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let at = e
             .span()
@@ -225,7 +229,7 @@ pub(super) fn parse_and_validate(text: &str) -> Result<Config, Vec<ConfigError>>
             .is_some_and(|a| !a.is_empty())
     };
     let (backends_declared, users_declared) = (declared("backends"), declared("users"));
-    for mut e in semantic_errors(&config) {
+    for mut e in semantic_errors(&config).into_iter().chain(more(&config)) {
         if (e.path == "backends" && backends_declared) || (e.path == "users" && users_declared) {
             continue;
         }
@@ -394,7 +398,6 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
             );
         }
     }
-    errors_of_tls(c, &mut err);
     if c.pool.max_size == 0 {
         err("pool.max_size".into(), "must be at least 1".into());
     }
@@ -530,15 +533,12 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
                 format!("duplicate user {:?}", u.name),
             );
         }
-        let secret = Secret::parse(&u.password);
-        let other_source =
-            u.password_secret.is_some() || u.auth == Some(super::BackendAuth::RdsIam);
-        if !matches!(secret, Secret::Plain(_)) && u.backend_password.is_none() && !other_source {
+        if let Some(arn) = &u.password_secret
+            && arn.trim().is_empty()
+        {
             err(
-                format!("users[{i}].backend_password"),
-                "password is a verifier, so tidepool cannot log in to the backends \
-                 for this user: set backend_password (or password_secret, or auth = \"rds_iam\")"
-                    .into(),
+                format!("users[{i}].password_secret"),
+                "must not be empty".into(),
             );
         }
         if u.pool_max_size == Some(0) {
@@ -547,12 +547,6 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
                 "must be at least 1".into(),
             );
         }
-    }
-    for (path, message) in crate::router::validate(&c.load_balancing) {
-        err(path, message);
-    }
-    for issue in crate::auth::Hba::validate(&c.hba) {
-        err(issue.key, issue.message);
     }
     errors.extend(super::watchdog::validate(
         c.watchdog.as_ref(),
@@ -563,113 +557,6 @@ pub fn semantic_errors(c: &Config) -> Vec<ConfigError> {
         c.watchdog.is_some(),
     ));
     errors
-}
-
-/// `[tls]`, the backends' TLS settings and the rules that depend on TLS:
-/// every file is read here, so a missing or unusable one is reported with
-/// its key at check-config and reload, not at the first connection.
-fn errors_of_tls(c: &Config, err: &mut impl FnMut(String, String)) {
-    use super::{BackendAuth, ClientMode, SslMode};
-    let serving = match crate::tls::ServeTls::load(&c.tls) {
-        Ok(s) => s.is_some(),
-        Err(e) => {
-            err("tls".into(), e);
-            false
-        }
-    };
-    let t = &c.tls;
-    if t.client_mode != ClientMode::Disable && t.cert_file.is_none() && t.ca_file.is_some() {
-        err(
-            "tls.cert_file".into(),
-            "tls.ca_file is set but no certificate is: set cert_file and key_file".into(),
-        );
-    }
-    if t.client_mode.requires_tls() && t.cert_file.is_none() {
-        err(
-            "tls.client_mode".into(),
-            format!(
-                "client_mode \"{}\" needs cert_file and key_file",
-                t.client_mode.as_str()
-            ),
-        );
-    }
-    if t.client_mode.requires_cert() && t.ca_file.is_none() {
-        err(
-            "tls.ca_file".into(),
-            format!(
-                "client_mode \"{}\" verifies client certificates: set ca_file to the CA that signs them",
-                t.client_mode.as_str()
-            ),
-        );
-    }
-    for (i, rule) in c.hba.iter().enumerate() {
-        let tls_only =
-            rule.conn_type == "hostssl" || rule.method == "cert" || rule.clientcert.is_some();
-        if tls_only && !serving {
-            err(
-                format!("hba[{i}]"),
-                "this rule applies to TLS connections only, and tidepool serves no TLS: configure [tls] cert_file and key_file".into(),
-            );
-        }
-        if (rule.method == "cert" || rule.clientcert.is_some()) && c.tls.ca_file.is_none() {
-            err(
-                format!("hba[{i}]"),
-                "client certificates are verified against tls.ca_file: set it".into(),
-            );
-        }
-        if rule.conn_type == "hostnossl" && c.tls.client_mode.requires_tls() {
-            err(
-                format!("hba[{i}].type"),
-                "hostnossl can never match: tls.client_mode refuses plaintext clients".into(),
-            );
-        }
-    }
-    for (i, m) in c.cert_map.iter().enumerate() {
-        if let Some(re) = m.cn.strip_prefix('/')
-            && let Err(e) = regex::Regex::new(re)
-        {
-            err(
-                format!("cert_map[{i}].cn"),
-                format!("invalid regular expression: {e}"),
-            );
-        }
-    }
-    for (i, b) in c.backends.iter().enumerate() {
-        let s = b.tls(&c.backend_defaults);
-        if let Err(e) = crate::tls::BackendTls::load(&s) {
-            err(format!("backends[{i}]"), e);
-        }
-        if s.auth == Some(BackendAuth::RdsIam) && s.sslmode.unwrap_or_default() == SslMode::Disable
-        {
-            err(
-                format!("backends[{i}].sslmode"),
-                "auth = \"rds_iam\" needs TLS (RDS refuses IAM logins in plaintext): use require or verify-full".into(),
-            );
-        }
-    }
-    for (i, cl) in c.clusters.iter().enumerate() {
-        let s = cl.endpoint_backend().tls(&c.backend_defaults);
-        if let Err(e) = crate::tls::BackendTls::load(&s) {
-            err(format!("clusters[{i}]"), e);
-        }
-        if s.auth == Some(BackendAuth::RdsIam) && s.sslmode.unwrap_or_default() == SslMode::Disable
-        {
-            err(
-                format!("clusters[{i}].sslmode"),
-                "auth = \"rds_iam\" needs TLS (RDS refuses IAM logins in plaintext): use require or verify-full".into(),
-            );
-        }
-    }
-    for (i, u) in c.users.iter().enumerate() {
-        if let Some(arn) = &u.password_secret
-            && arn.trim().is_empty()
-        {
-            err(
-                format!("users[{i}].password_secret"),
-                "must not be empty".into(),
-            );
-        }
-    }
 }
 
 #[cfg(test)]
@@ -894,13 +781,6 @@ weight = -2.0
         );
         let with_token = off.replace("[server]\n", "[server]\nadmin_token = \"s3cret\"\n");
         assert!(Config::load_str(&with_token).is_ok());
-    }
-
-    #[test]
-    fn verifier_without_backend_password_is_refused() {
-        let text = MINIMAL.replace("\"secret\"", "\"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"");
-        let errs = Config::load_str(&text).unwrap_err();
-        assert_eq!(errs[0].path, "users[0].backend_password");
     }
 
     #[test]

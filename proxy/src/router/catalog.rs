@@ -185,24 +185,18 @@ impl Catalog {
         {
             return Some(c.clone());
         }
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(host)
-            .port(port)
-            .user(&hc.user)
-            .dbname(db)
-            .application_name("tidepool catalog")
-            .connect_timeout(hc.timeout);
-        if let Some(p) = password {
-            pg.password(p);
-        }
-        let connector = tls.pg(&mut pg);
-        let (c, conn) = tokio::time::timeout(hc.timeout, pg.connect(connector))
+        let (c, _driver) = tls
+            .connect_own(crate::tls::OwnConnection {
+                host,
+                port,
+                user: &hc.user,
+                password,
+                database: db,
+                application: "tidepool catalog",
+                timeout: hc.connect_timeout,
+            })
             .await
-            .ok()?
             .ok()?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let c = Arc::new(c);
         self.clients
             .lock()

@@ -49,6 +49,9 @@ pub struct Class {
 /// Parses statements, remembering the results.
 pub struct Classifier {
     cache: Mutex<LruCache<u128, Arc<Class>>>,
+    /// The shape digest's key, random per process: which statements share
+    /// a digest cannot be worked out from outside.
+    keys: (u64, u64),
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
@@ -67,7 +70,18 @@ impl Classifier {
             )),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            keys: rand::random(),
         }
+    }
+
+    /// A 128-bit digest of the statement's shape, computed without
+    /// building the shape: one keyed SipHash-1-3 pass.
+    pub fn shape_key(&self, sql: &str) -> u128 {
+        use siphasher::sip128::{Hasher128, SipHasher13};
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        shape_into(sql, |part| h.write(part));
+        h.finish128().as_u128()
     }
 
     /// The class of `sql`, from the cache when its shape was seen before.
@@ -83,7 +97,7 @@ impl Classifier {
                 ..Class::default()
             });
         }
-        let key = shape_key(sql);
+        let key = self.shape_key(sql);
         if let Some(c) = self
             .cache
             .lock()
@@ -112,20 +126,6 @@ pub fn shape(sql: &str) -> String {
     let mut out = Vec::with_capacity(sql.len());
     shape_into(sql, |part| out.extend_from_slice(part));
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A 128-bit digest of the statement's shape (two SipHash runs with
-/// different starting states), computed without building the shape.
-pub fn shape_key(sql: &str) -> u128 {
-    use std::hash::Hasher;
-    let mut a = std::hash::DefaultHasher::new();
-    let mut b = std::hash::DefaultHasher::new();
-    b.write_u64(0x7469_6465_706f_6f6c);
-    shape_into(sql, |part| {
-        a.write(part);
-        b.write(part);
-    });
-    ((a.finish() as u128) << 64) | b.finish() as u128
 }
 
 /// Feeds the shape of `sql` to `sink`, piece by piece.
@@ -544,6 +544,7 @@ mod tests {
 
     #[test]
     fn shapes_ignore_literals_only() {
+        let c = Classifier::default();
         assert_eq!(
             shape("SELECT abalance FROM pgbench_accounts WHERE aid = 4711"),
             shape("SELECT abalance FROM pgbench_accounts WHERE aid = 12")
@@ -555,18 +556,21 @@ mod tests {
         assert_ne!(shape("SELECT * FROM t1"), shape("SELECT * FROM t2"));
         // Quoted identifiers are names, whatever digits they hold.
         assert_ne!(
-            shape_key(r#"UPDATE "2023_sales" SET x = 1"#),
-            shape_key(r#"UPDATE "2024_sales" SET x = 1"#)
+            c.shape_key(r#"UPDATE "2023_sales" SET x = 1"#),
+            c.shape_key(r#"UPDATE "2024_sales" SET x = 1"#)
         );
         assert_eq!(
             shape(r#"SELECT "a""1" FROM t WHERE x = 5"#),
             r#"SELECT "a""1" FROM t WHERE x = ?"#
         );
         assert_eq!(
-            shape_key("SELECT abalance FROM pgbench_accounts WHERE aid = 4711"),
-            shape_key("SELECT abalance FROM pgbench_accounts WHERE aid = 12")
+            c.shape_key("SELECT abalance FROM pgbench_accounts WHERE aid = 4711"),
+            c.shape_key("SELECT abalance FROM pgbench_accounts WHERE aid = 12")
         );
-        assert_ne!(shape_key("SELECT * FROM t1"), shape_key("SELECT * FROM t2"));
+        assert_ne!(
+            c.shape_key("SELECT * FROM t1"),
+            c.shape_key("SELECT * FROM t2")
+        );
         assert_eq!(shape("SELECT 'é', x2 FROM t"), "SELECT ?, x2 FROM t");
         assert_eq!(shape("SELECT 'unterminated"), "SELECT ?");
     }
@@ -582,5 +586,15 @@ mod tests {
         let big = format!("SELECT '{}'", "x".repeat(MAX_CLASSIFIED));
         assert!(k.classify(&big).write.is_some());
         assert_eq!(k.cache.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_shape_digest_is_keyed_per_classifier() {
+        // The same shape digests alike under one key and differently
+        // under another (two processes do not share digests).
+        let (a, b) = (Classifier::default(), Classifier::default());
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 1";
+        assert_eq!(a.shape_key(sql), a.shape_key(sql));
+        assert_ne!(a.shape_key(sql), b.shape_key(sql));
     }
 }

@@ -17,30 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+pub use crate::cluster::{Lag, Lags};
 use crate::{
     cluster::{Cluster, Role, Status},
-    config::{Config, LoadBalancingConfig},
+    config::Config,
 };
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct Lag {
-    pub bytes: u64,
-    #[serde(with = "humantime_serde")]
-    pub time: Duration,
-    /// The standby has replayed every transaction the primary committed
-    /// before this instant (None: not known for any kept instant).
-    #[serde(skip)]
-    pub covers_since: Option<Instant>,
-    /// What the primary's pg_stat_replication says of the standby (its
-    /// walsender whose application_name is the node's name): `state`
-    /// (streaming, catchup, …) and `sync_state` (async, sync, quorum,
-    /// potential); empty when no walsender names it.
-    pub replication_state: &'static str,
-    pub replication_sync_state: &'static str,
-}
 
 /// pg_stat_replication's `state` and `sync_state` values, as tidepool
 /// shows them (anything else shows as empty).
@@ -85,17 +68,6 @@ impl PrimaryPositions {
     }
 }
 
-impl Lag {
-    /// Over `delay_threshold` or `delay_threshold_by_time`.
-    pub fn too_far(&self, cfg: &LoadBalancingConfig) -> bool {
-        (cfg.delay_threshold > 0 && self.bytes > cfg.delay_threshold)
-            || (!cfg.delay_threshold_by_time.is_zero() && self.time > cfg.delay_threshold_by_time)
-    }
-}
-
-/// The latest measurements, per node id.
-pub type Lags = ArcSwap<BTreeMap<usize, Lag>>;
-
 async fn connect(
     host: &str,
     port: u16,
@@ -104,25 +76,18 @@ async fn connect(
     cfg: &Config,
 ) -> Option<tokio_postgres::Client> {
     let hc = &cfg.health_check;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(host)
-        .port(port)
-        .user(&hc.user)
-        .dbname(&hc.database)
-        .application_name("tidepool sr check")
-        .connect_timeout(hc.timeout);
-    if let Some(p) = password {
-        pg.password(p);
-    }
-    let connector = tls.pg(&mut pg);
-    let (client, conn) = tokio::time::timeout(hc.timeout, pg.connect(connector))
-        .await
-        .ok()?
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Some(client)
+    tls.connect_own(crate::tls::OwnConnection {
+        host,
+        port,
+        user: &hc.user,
+        password: password.as_deref(),
+        database: &hc.database,
+        application: "tidepool sr check",
+        timeout: hc.connect_timeout,
+    })
+    .await
+    .ok()
+    .map(|(client, _driver)| client)
 }
 
 /// Measures every standby's delay until shutdown.

@@ -20,6 +20,7 @@ fn node(id: usize, role: Role, weight: f64) -> Node {
         last_error: None,
         source: crate::cluster::Source::Config,
         held: false,
+        detached: None,
     }
 }
 

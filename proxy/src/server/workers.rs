@@ -10,36 +10,12 @@
 //! ([`crate::pool::Pool::checkout`]). The control plane (failover manager,
 //! health checks, watchdog, admin API) runs on a runtime of its own.
 
-use std::{
-    cell::Cell,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::Shared;
-
-/// Workers serving clients; 1 until [`serve`] starts more.
-static COUNT: AtomicUsize = AtomicUsize::new(1);
-
-thread_local! {
-    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// How many workers serve clients.
-pub fn count() -> usize {
-    COUNT.load(Ordering::Relaxed)
-}
-
-/// The worker this thread is; `None` off the workers (the control plane,
-/// the `work_stealing` scheduler, tests).
-pub fn current() -> Option<usize> {
-    CURRENT.with(|c| c.get())
-}
+use crate::app::Shared;
 
 /// Serves `listener` on `threads` workers until shutdown; returns when
 /// every worker has finished with its clients (`server::serve`).
@@ -49,7 +25,7 @@ pub async fn serve(
     threads: usize,
 ) -> anyhow::Result<()> {
     let threads = threads.max(1);
-    COUNT.store(threads, Ordering::Relaxed);
+    crate::worker::set_count(threads);
     listener
         .set_nonblocking(true)
         .context("cannot make the client listener non-blocking")?;
@@ -67,7 +43,7 @@ pub async fn serve(
         std::thread::Builder::new()
             .name(format!("tidepool-worker-{i}"))
             .spawn(move || {
-                CURRENT.with(|c| c.set(Some(i)));
+                crate::worker::enter(i);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -105,15 +81,5 @@ struct Finished(Arc<watch::Sender<usize>>);
 impl Drop for Finished {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n += 1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_thread_off_the_workers_is_no_worker() {
-        assert_eq!(std::thread::spawn(current).join().unwrap(), None);
     }
 }

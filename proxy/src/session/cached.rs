@@ -175,11 +175,11 @@ impl Session {
         let facts = self.read_facts(&class).await;
         if let Some(mut tables) = policy::write_set(&class, facts.volatile_function) {
             if tables.iter().all(|t| t != policy::ALL_TABLES)
-                && Box::pin(
-                    cache
-                        .facts
-                        .write_spreads(&self.shared, &self.database, &tables),
-                )
+                && Box::pin(cache.facts.write_spreads(
+                    self.shared.cache_primary(),
+                    &self.database,
+                    &tables,
+                ))
                 .await
             {
                 // Triggers, foreign keys' cascades, views, partitions,
@@ -280,7 +280,7 @@ impl Session {
             || !cache
                 .facts
                 .read_cacheable(
-                    &self.shared,
+                    self.shared.cache_primary(),
                     &self.database,
                     &class.tables,
                     &class.functions,
@@ -321,12 +321,12 @@ impl Session {
                 true
             }
             Lookup::Miss(Some(stamp)) => {
-                self.capture = Some(Capture {
+                self.capture = Some(Box::new(Capture {
                     key,
                     stamp,
                     bytes: BytesMut::new(),
                     extended: matches!(reply, Reply::Extended { .. }),
-                });
+                }));
                 false
             }
             Lookup::Miss(None) => false,

@@ -9,14 +9,14 @@ use std::{
 
 use super::{Session, lease_node, state};
 use crate::{
+    app::Shared,
     backend::BackendError,
     config::PoolMode,
-    pool::{PoolError, PoolKey, PoolLimits, Target},
+    pool::{Endpoint, PoolError, PoolKey, PoolLimits},
     protocol::{
         messages::{self, Severity},
         sqlstate,
     },
-    server::Shared,
 };
 
 impl Session {
@@ -159,7 +159,7 @@ impl Session {
     /// `failover_on_backend_shutdown`): it probes the node at once.
     pub(super) fn report_fault(&self, node: usize, e: &BackendError) {
         if let Some(fault) = fault_of(e) {
-            crate::cluster::report_fault(&self.shared, node, fault);
+            self.shared.report_fault(node, fault);
         }
     }
 
@@ -260,17 +260,17 @@ fn code_of(code: &str) -> &'static str {
 }
 
 /// Limits and target of a new pool, from the current configuration.
-fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (PoolLimits, Target) {
+fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (PoolLimits, Endpoint) {
     let config = shared.config.load();
     let user = config.user(&key.user);
-    let limits = crate::server::pool_limits(&config, &key.user);
+    let limits = crate::app::pool_limits(&config, &key.user);
     // The node's own settings: configured, or a cluster instance's.
     let node = shared
         .cluster
         .backend(key.node)
         .map(|b| b.tls(&config.backend_defaults))
         .unwrap_or_default();
-    let target = Target {
+    let target = Endpoint {
         host: host.to_string(),
         port,
         tls: shared.cluster.tls(key.node),

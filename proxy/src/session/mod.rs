@@ -9,6 +9,7 @@
 
 mod cached;
 mod connect;
+mod dispatch;
 mod expect;
 mod login;
 mod message;
@@ -30,7 +31,9 @@ use std::{
 use bytes::{Buf, BytesMut};
 
 use crate::{
+    app::Shared,
     backend::{BackendError, quote_literal},
+    cancel::CancelSlot,
     config::PoolMode,
     pool::Lease,
     protocol::{
@@ -39,7 +42,6 @@ use crate::{
         sqlstate,
     },
     router,
-    server::{CancelSlot, Shared},
     tls::{Step, Stream},
 };
 use expect::Expect;
@@ -85,11 +87,10 @@ pub struct Session {
     pub database: String,
     mode: PoolMode,
     /// Settings the client asked for at login (name → SQL value text).
-    startup_settings: BTreeMap<String, String>,
-    /// The same, as the client wrote them.
-    startup_params: Vec<(String, String)>,
-    /// Settings in force for this client now.
-    settings: BTreeMap<String, String>,
+    startup_settings: Arc<BTreeMap<String, String>>,
+    /// Settings in force for this client now: the startup settings
+    /// themselves (shared, not copied) until the client changes one.
+    settings: Arc<BTreeMap<String, String>>,
     lease: Option<Lease>,
     /// Session mode: connections to other nodes this session used, kept
     /// with their session state for its next statement there.
@@ -126,7 +127,7 @@ pub struct Session {
     /// Query cache: a result being read to keep, the tables the open
     /// transaction writes, and whether this session may use the cache at
     /// all (not after it made a temporary table, which may shadow one).
-    capture: Option<cached::Capture>,
+    capture: Option<Box<cached::Capture>>,
     cache_writes: cached::Writes,
     cache_off: bool,
     /// Messages of a unit answered from the cache still to pass over.
@@ -160,10 +161,12 @@ impl Session {
         cancel: Arc<CancelSlot>,
     ) -> Session {
         let mode = shared.config.load().pool.mode;
-        let startup_settings: BTreeMap<String, String> = startup_params
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), quote_literal(v)))
-            .collect();
+        let startup_settings: Arc<BTreeMap<String, String>> = Arc::new(
+            startup_params
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), quote_literal(v)))
+                .collect(),
+        );
         Session {
             shared,
             user,
@@ -171,7 +174,6 @@ impl Session {
             mode,
             settings: startup_settings.clone(),
             startup_settings,
-            startup_params: startup_params.to_vec(),
             lease: None,
             parked: Vec::new(),
             routing: router::SessionRouting::default(),
@@ -204,8 +206,12 @@ impl Session {
 
     /// Takes a backend connection for login: proves the database and user
     /// work and collects the ParameterStatus values to report.
+    /// `startup_params` are the client's, as it wrote them.
     /// On failure: the SQLSTATE (the server's, when it refused) and message.
-    pub async fn login(&mut self) -> Result<BTreeMap<String, String>, (&'static str, String)> {
+    pub async fn login(
+        &mut self,
+        startup_params: &[(String, String)],
+    ) -> Result<BTreeMap<String, String>, (&'static str, String)> {
         // Settings whose reported form tidepool knows are answered from the
         // pool (see `login`); others (an `options` -c setting, an unknown
         // encoding) are tried on a connection at login, so that a bad one
@@ -217,7 +223,7 @@ impl Session {
             let pool = self.write_pool()?;
             if let Some(reported) = pool
                 .server_parameters()
-                .and_then(|server| login::fast_reported(&server, &self.startup_params))
+                .and_then(|server| login::fast_reported(&server, startup_params))
             {
                 return Ok(reported);
             }
@@ -318,13 +324,13 @@ impl Session {
                         // primary, settings): a client that goes away
                         // meanwhile is not served after it left, and its
                         // place in the queue goes to those still there.
-                        // Not boxed (a copy of the future on every message);
-                        // what it may await that is large and rare (opening
-                        // a connection, the catalog, the cache's stores) is
-                        // boxed where it is awaited, so an idle client's
-                        // task stays small.
-                        let work = self.on_client_frame(head[i].clone(), rest);
-                        tokio::pin!(work);
+                        // Boxed: its room (about 2 KiB) is taken while a
+                        // message is handled, not kept by every idle
+                        // client's task; what it may await that is large
+                        // and rare (opening a connection, the catalog, the
+                        // cache's stores) is boxed where it is awaited, so
+                        // the copy into the box stays small.
+                        let mut work = Box::pin(self.on_client_frame(head[i].clone(), rest));
                         let mut watch = true;
                         loop {
                             tokio::select! {
@@ -567,11 +573,12 @@ impl Session {
         r.map_err(|e| SessionEnd::Backend(e.to_string()))?;
         // Sent before the connection can go back to its pool (the replies
         // are read after), and only while the work is still running: a late
-        // cancel must not reach another client's work.
+        // cancel must not reach another client's work. Boxed: a new
+        // connection (TLS, perhaps) is large and rare.
         if cancel_after
             && self.tracker.awaited() > 0
             && let Some(target) = self.cancel.get()
-            && let Err(e) = crate::backend::send_cancel(&target).await
+            && let Err(e) = Box::pin(crate::backend::send_cancel(&target)).await
         {
             tracing::warn!(addr = %target.addr, error = %e, "could not forward a cancel request");
         }
@@ -583,268 +590,6 @@ impl Session {
 
     fn push(&mut self, e: Expect) {
         self.tracker.expect(e, &mut self.to_client);
-    }
-
-    async fn on_client_frame(&mut self, f: Frame, rest: &[Frame]) -> Result<(), SessionEnd> {
-        tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
-        if self.cache_skip > 0 {
-            // The rest of a unit answered from the query cache.
-            self.cache_skip -= 1;
-            return Ok(());
-        }
-        let msg = message::decode(&f).map_err(SessionEnd::Protocol)?;
-        if self.shared.query_cache.is_some() && self.cache_turn(&f, &msg, rest).await {
-            return Ok(());
-        }
-        self.note_writes(&msg);
-        if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
-            return self.defer_prepare(&f);
-        }
-        if matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
-            && self.at_boundary()
-            && !self.is_admin_command(&msg)
-        {
-            self.guard = None;
-            if let Err((code, text)) = self.route_unit(&f, &msg, rest).await {
-                self.cancel.clear();
-                self.shared
-                    .metrics
-                    .client_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                self.error(Severity::Error, code, &text, None);
-                if matches!(f.tag, b'Q' | b'F') {
-                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
-                } else {
-                    self.tracker.fail_batch();
-                }
-                return Ok(());
-            }
-            if matches!(f.tag, b'Q' | b'P' | b'B')
-                && !self.rerunning
-                && (self.on_standby() || self.on_cluster_writer())
-            {
-                self.guard = Some(Box::new(StandbyGuard::new()));
-            }
-        }
-        if let Some(g) = self.guard.as_mut() {
-            g.client(&f);
-        }
-        self.tracker.client(f.tag);
-        match msg {
-            Message::Terminate => return Err(SessionEnd::Terminated),
-            Message::Query(sql) => {
-                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                if let Some(table) = crate::admin::show::answer_in_session(
-                    &sql,
-                    &self.shared,
-                    self.routing.read_node,
-                ) {
-                    table.encode(&mut self.to_client);
-                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
-                    return Ok(());
-                }
-                if let Some(name) = state::deallocates(&sql)
-                    && !self.tracker.skipping()
-                    && self.tracker.tx_status() != b'E'
-                    && self.tracker.awaited() == 0
-                    && self.statements.remove(&name).is_some()
-                {
-                    // A statement the client prepared with a Parse: the
-                    // server knows it by tidepool's name, shared with other
-                    // clients' same statement; the client's name is gone.
-                    messages::command_complete(&mut self.to_client, "DEALLOCATE");
-                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
-                    // A connection the unit's routing took goes back.
-                    self.after_backend_batch();
-                    return Ok(());
-                }
-                if !self.ensure_backend(true).await {
-                    return Ok(());
-                }
-                self.count_statement(&sql);
-                let effects = state::analyze(&sql);
-                self.note_pins(&effects);
-                self.free_database(&effects).await;
-                match self.sql_execute(&sql, false) {
-                    Some(text) => messages::query(&mut self.to_backend, &text),
-                    None => self.to_backend.extend_from_slice(&f.bytes),
-                }
-                self.tracker.simple_sent(effects.settings);
-            }
-            Message::Parse { name, query } => {
-                if !self.ensure_backend(false).await {
-                    return Ok(());
-                }
-                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                self.count_statement(&query);
-                let effects = state::analyze(&query);
-                self.note_pins(&effects);
-                self.free_database(&effects).await;
-                let (f, query) = match self.sql_execute(&query, true) {
-                    Some(text) => {
-                        let b = messages::replace_parse_query(&f, &text)
-                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                        (messages::frame_of(&b), text)
-                    }
-                    None => (f, query),
-                };
-                let open = match name.is_empty() || self.tracker.skipping() {
-                    true => None,
-                    false => self.statements.get(&name).cloned(),
-                };
-                if let Some(existing) = open {
-                    // PostgreSQL refuses a second Parse of a name that is
-                    // not closed, and skips the batch to Sync: the server
-                    // does the same when it gets the statement twice.
-                    self.ensure_prepared(&existing);
-                    self.to_backend.extend_from_slice(&existing.parse);
-                    self.push(Expect::Duplicate(Box::new(expect::Duplicate {
-                        server_name: existing.server_name.clone(),
-                        client_name: name,
-                    })));
-                } else if !name.is_empty() && !self.tracker.skipping() {
-                    let stmt = Arc::new(
-                        Statement::from_parse(&f, self.shared.classifier.classify(&query))
-                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
-                    );
-                    self.statements.insert(name, stmt.clone());
-                    // The client's own Parse reaches the server even when
-                    // the connection has the statement: the text may mean
-                    // something else now (a table dropped and made again
-                    // with other types), as it would on a direct
-                    // connection. Parses tidepool injects reuse it.
-                    let conn = self.lease.as_mut().expect("attached").conn();
-                    if conn.prepared.remove(&stmt.server_name) {
-                        conn.stale.insert(stmt.server_name.clone());
-                    }
-                    conn.prepared.insert(stmt.server_name.clone());
-                    self.close_if_stale(&stmt.server_name);
-                    self.to_backend.extend_from_slice(&stmt.parse);
-                    self.push(Expect::Parse {
-                        hidden: false,
-                        server_name: Some(stmt.server_name.clone()),
-                    });
-                } else {
-                    if name.is_empty() && !self.tracker.skipping() {
-                        // Kept as is (a reference count): classified only if
-                        // a later round trip binds it.
-                        let here = self.conn_identity();
-                        self.unnamed = Some((f.clone(), here));
-                    }
-                    self.to_backend.extend_from_slice(&f.bytes);
-                    self.push(Expect::Parse {
-                        hidden: false,
-                        server_name: None,
-                    });
-                }
-            }
-            Message::Bind {
-                statement: stmt_name,
-            } => {
-                if !self.ensure_backend(false).await {
-                    return Ok(());
-                }
-                match self.mapped(&stmt_name) {
-                    Some(stmt) => {
-                        self.ensure_prepared(&stmt);
-                        let b = messages::rename_bind(&f, &stmt.server_name)
-                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                        self.to_backend.extend_from_slice(&b);
-                        self.push(Expect::Bind {
-                            statement: Some(stmt.server_name.clone()),
-                        });
-                    }
-                    None => {
-                        if stmt_name.is_empty() {
-                            self.ensure_unnamed();
-                        }
-                        self.to_backend.extend_from_slice(&f.bytes);
-                        self.push(Expect::Bind { statement: None });
-                    }
-                }
-            }
-            Message::Describe { kind, name } | Message::Close { kind, name } => {
-                if !self.ensure_backend(false).await {
-                    return Ok(());
-                }
-                let stmt = if kind == b'S' {
-                    self.mapped(&name)
-                } else {
-                    None
-                };
-                match (f.tag, stmt) {
-                    (b'D', Some(stmt)) => {
-                        self.ensure_prepared(&stmt);
-                        self.to_backend.extend_from_slice(&messages::target_message(
-                            b'D',
-                            b'S',
-                            &stmt.server_name,
-                        ));
-                        self.push(Expect::Describe {
-                            statement: Some(stmt.server_name.clone()),
-                        });
-                    }
-                    (b'C', Some(_)) => {
-                        // The server-side statement stays for other clients;
-                        // only this client's name goes.
-                        if !self.tracker.skipping() {
-                            self.statements.remove(&name);
-                        }
-                        self.push(Expect::Synthetic(b'3'));
-                    }
-                    (tag, None) => {
-                        if tag == b'D' && kind == b'S' && name.is_empty() {
-                            self.ensure_unnamed();
-                        }
-                        self.to_backend.extend_from_slice(&f.bytes);
-                        self.push(if tag == b'D' {
-                            Expect::Describe { statement: None }
-                        } else {
-                            Expect::Close { stale: None }
-                        });
-                    }
-                    _ => unreachable!("tag is D or C"),
-                }
-            }
-            Message::Execute => {
-                if !self.ensure_backend(false).await {
-                    return Ok(());
-                }
-                self.to_backend.extend_from_slice(&f.bytes);
-                self.push(Expect::Execute);
-            }
-            Message::Sync => {
-                if self.lease.is_none() && self.tracker.skipping() {
-                    // Nothing reached a backend since the error: answer here.
-                    self.tracker.sync_answered();
-                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
-                    return Ok(());
-                }
-                if !self.ensure_backend(false).await {
-                    return Ok(());
-                }
-                self.to_backend.extend_from_slice(&f.bytes);
-                self.tracker.sync_sent();
-            }
-            Message::Flush => {
-                if self.lease.is_some() {
-                    self.to_backend.extend_from_slice(&f.bytes);
-                }
-            }
-            Message::FunctionCall => {
-                if !self.ensure_backend(true).await {
-                    return Ok(());
-                }
-                self.to_backend.extend_from_slice(&f.bytes);
-                self.tracker.simple_sent(vec![]);
-            }
-            Message::CopyData | Message::CopyDone | Message::CopyFail => {
-                if self.lease.is_some() {
-                    self.to_backend.extend_from_slice(&f.bytes);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Session mode: the process id of the server connection the session

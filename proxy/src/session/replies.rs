@@ -2,6 +2,8 @@
 //! to the client's stream, the server connection and the session's
 //! settings.
 
+use std::sync::Arc;
+
 use super::{
     Session, TRACKED_REPORTED, lease_node,
     refusal::Verdict,
@@ -98,7 +100,7 @@ impl Session {
             Effect::ServerShutdown(message) => {
                 if let Some(l) = &self.lease {
                     let fault = crate::cluster::Fault::Shutdown(message);
-                    crate::cluster::report_fault(&self.shared, lease_node(l), fault);
+                    self.shared.report_fault(lease_node(l), fault);
                 }
             }
             Effect::PreparedGone(n) => {
@@ -161,7 +163,9 @@ impl Session {
         let key = k.to_ascii_lowercase();
         if TRACKED_REPORTED.contains(&key.as_str()) {
             let value = quote_literal(&v);
-            self.settings.insert(key.clone(), value.clone());
+            if self.settings.get(&key) != Some(&value) {
+                Arc::make_mut(&mut self.settings).insert(key.clone(), value.clone());
+            }
             if let Some(l) = self.lease.as_mut() {
                 l.conn().settings.insert(key, value);
             }
@@ -172,7 +176,11 @@ impl Session {
     }
 
     pub(super) fn confirm_setting(&mut self, change: &SettingChange) {
-        state::apply_change(&mut self.settings, &self.startup_settings, change);
+        state::apply_change(
+            Arc::make_mut(&mut self.settings),
+            &self.startup_settings,
+            change,
+        );
         self.routing.serializable_default = self
             .settings
             .get("default_transaction_isolation")

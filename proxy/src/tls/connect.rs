@@ -205,6 +205,68 @@ impl BackendTls {
     }
 }
 
+/// One of tidepool's own connections to a node — health checks, the lag
+/// sampler, the catalog, failover SQL, topology, the query cache: where,
+/// as whom, and how long connecting may take. One builder for all, so
+/// every such connection logs in, negotiates TLS and times out alike.
+pub struct OwnConnection<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: Option<&'a str>,
+    pub database: &'a str,
+    /// `application_name`, so an operator can tell tidepool's sessions apart.
+    pub application: &'a str,
+    /// For connecting, TLS and login included (at least 100 ms).
+    pub timeout: std::time::Duration,
+}
+
+/// The driver task of an [`OwnConnection`]: it ends with the connection,
+/// giving the SQLSTATE and message of the error the server ended it with,
+/// if any (57P01: the server shuts down).
+pub type OwnDriver = tokio::task::JoinHandle<Option<(String, String)>>;
+
+impl BackendTls {
+    /// Opens `c` with these TLS settings and spawns its driver. The error
+    /// names the sslmode, and what to change when the server refused
+    /// plaintext.
+    pub async fn connect_own(
+        &self,
+        c: OwnConnection<'_>,
+    ) -> Result<(tokio_postgres::Client, OwnDriver), String> {
+        let timeout = c.timeout.max(std::time::Duration::from_millis(100));
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(c.host)
+            .port(c.port)
+            .user(c.user)
+            .dbname(c.database)
+            .application_name(c.application)
+            .connect_timeout(timeout);
+        if let Some(p) = c.password {
+            cfg.password(p);
+        }
+        let connector = self.pg(&mut cfg);
+        let mode = self.mode.as_str();
+        let (client, conn) = tokio::time::timeout(timeout, cfg.connect(connector))
+            .await
+            .map_err(|_| format!("connect (sslmode \"{mode}\"): timed out after {timeout:?}"))?
+            .map_err(|e| {
+                let e = super::with_causes(&e);
+                match self.explain_refusal(&e) {
+                    Some(hint) => format!("connect (sslmode \"{mode}\"): {e} ({hint})"),
+                    None => format!("connect (sslmode \"{mode}\"): {e}"),
+                }
+            })?;
+        let driver = tokio::spawn(async move {
+            conn.await.err().and_then(|e| {
+                e.as_db_error()
+                    .map(|d| (d.code().code().to_string(), d.message().to_string()))
+            })
+        });
+        Ok((client, driver))
+    }
+}
+
 /// The name TLS verifies: an IP address literal, or a DNS name.
 fn server_name(host: &str) -> ServerName<'static> {
     ServerName::try_from(host.to_string()).unwrap_or_else(|_| {

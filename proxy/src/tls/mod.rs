@@ -12,6 +12,7 @@
 //! Files are read when the configuration is loaded or reloaded, never on
 //! the hot path; a file that cannot be read is an error of that load.
 
+pub mod check;
 pub mod connect;
 pub mod serve;
 pub mod stream;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-pub use connect::BackendTls;
+pub use connect::{BackendTls, OwnConnection, OwnDriver};
 pub use serve::ServeTls;
 pub use stream::{Step, Stream};
 

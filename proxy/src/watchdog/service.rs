@@ -21,7 +21,7 @@ use tokio::{
 };
 
 use super::{
-    core::{Action, Member, Millis, Msg, Node, NodeId, Path, Role, Settings, SwitchoverError},
+    core::{Action, Member, Millis, Msg, Elector, NodeId, Path, Standing, Settings, SwitchoverError},
     escalate::{EscalateError, Escalator, Outcome, action_name},
     status::{AddressStatus, NodeStatus, WatchdogStatus},
     wire::{Codec, Envelope, MAX_FRAME, unix_ms},
@@ -167,7 +167,7 @@ pub async fn start(
     };
     let started = Instant::now();
     let started_unix = unix_ms(SystemTime::now());
-    let node = Node::new(me, members, settings, 0, rand::random());
+    let node = Elector::new(me, members, settings, 0, rand::random());
     let codec = Codec::new(key, cfg.node_name.clone()).with_priority(cfg.priority);
 
     let (inbound_tx, inbound) = mpsc::channel(256);
@@ -203,12 +203,12 @@ pub async fn start(
     Ok((Watchdog { status, requests }, task))
 }
 
-fn role_name(r: Role) -> &'static str {
+fn role_name(r: Standing) -> &'static str {
     match r {
-        Role::Follower => "follower",
-        Role::PreCandidate => "pre_candidate",
-        Role::Candidate => "candidate",
-        Role::Leader => "leader",
+        Standing::Follower => "follower",
+        Standing::PreCandidate => "pre_candidate",
+        Standing::Candidate => "candidate",
+        Standing::Leader => "leader",
     }
 }
 
@@ -216,7 +216,7 @@ fn placeholder(node: &str) -> WatchdogStatus {
     WatchdogStatus {
         node: node.to_string(),
         term: 0,
-        role: Role::Follower,
+        role: Standing::Follower,
         leader: None,
         escalated: false,
         quorum: false,
@@ -231,7 +231,7 @@ fn placeholder(node: &str) -> WatchdogStatus {
 }
 
 struct Shell {
-    node: Node,
+    node: Elector,
     codec: Codec,
     ids: HashMap<String, NodeId>,
     peers: HashMap<NodeId, PeerAddr>,
@@ -303,7 +303,7 @@ impl Shell {
             }
             self.flush();
             if let Some(deadline) = stop_by {
-                let idle = !self.node.escalated() && self.node.role() != Role::Leader;
+                let idle = !self.node.escalated() && self.node.role() != Standing::Leader;
                 if idle || Instant::now() >= deadline {
                     break;
                 }
@@ -331,7 +331,7 @@ impl Shell {
 
     /// On shutdown a leader hands over to the best reachable peer.
     fn hand_over(&mut self) {
-        if self.node.role() != Role::Leader {
+        if self.node.role() != Standing::Leader {
             return;
         }
         let now = self.now();
@@ -375,7 +375,7 @@ impl Shell {
         }
         self.node.step(from, env.msg, now);
         if let (Some(c), Some(view)) = (&self.consensus, env.backends) {
-            c.received(&env.from, view);
+            c.received(&env.from, view, Instant::now());
         }
     }
 
@@ -457,7 +457,7 @@ impl Shell {
         let n = &self.node;
         let leader = n.leader();
         if let Some(c) = &self.consensus {
-            let leading = n.role() == Role::Leader && n.has_quorum(now);
+            let leading = n.role() == Standing::Leader && n.has_quorum(now);
             c.set_leadership(leading, leader.map(|l| n.members()[l].name.as_str()));
         }
         let nodes = n
@@ -475,7 +475,7 @@ impl Shell {
                     _ if recent => "follower",
                     // Followers do not talk to each other: only a leader
                     // (or a follower about its leader) can tell.
-                    _ if n.role() == Role::Leader || leader == Some(i) => "unreachable",
+                    _ if n.role() == Standing::Leader || leader == Some(i) => "unreachable",
                     _ => "unknown",
                 };
                 NodeStatus {
@@ -487,7 +487,7 @@ impl Shell {
                     healthy: if is_self {
                         Some((self.healthy)())
                     } else {
-                        (n.role() == Role::Leader).then(|| n.peer_healthy(i))
+                        (n.role() == Standing::Leader).then(|| n.peer_healthy(i))
                     },
                 }
             })
@@ -499,7 +499,7 @@ impl Shell {
             leader: leader.map(|l| n.members()[l].name.clone()),
             escalated: n.escalated(),
             quorum: n.has_quorum(now),
-            lease_remaining_ms: if n.role() == Role::Leader {
+            lease_remaining_ms: if n.role() == Standing::Leader {
                 n.lease_until().saturating_sub(now)
             } else {
                 0
@@ -512,7 +512,7 @@ impl Shell {
             backend_failures: self
                 .consensus
                 .as_ref()
-                .map(|c| c.votes())
+                .map(|c| c.votes(Instant::now()))
                 .unwrap_or_default(),
         };
         self.status.send_if_modified(|old| {

@@ -7,7 +7,7 @@
 //! never two nodes active at once; after a heal: an active leader within
 //! the election bound, then no change of leader.
 
-use super::core::{Action, Member, Millis, Msg, Node, NodeId, Path, Role, Settings};
+use super::core::{Action, Member, Millis, Msg, Elector, NodeId, Path, Standing, Settings};
 
 const TICK: u64 = 25;
 
@@ -56,7 +56,7 @@ pub(super) struct Sim {
     now: u64,
     members: Vec<Member>,
     s: Settings,
-    nodes: Vec<Option<Node>>,
+    nodes: Vec<Option<Elector>>,
     /// Local clock = offset + now * rate / 1000.
     rate: Vec<u64>,
     offset: Vec<u64>,
@@ -130,7 +130,7 @@ impl Sim {
         }
         let seed = self.rng.next();
         let now = self.local(i);
-        self.nodes[i] = Some(Node::new(
+        self.nodes[i] = Some(Elector::new(
             i,
             self.members.clone(),
             self.s.clone(),
@@ -147,7 +147,7 @@ impl Sim {
         }
     }
 
-    pub(super) fn node(&self, i: NodeId) -> Option<&Node> {
+    pub(super) fn node(&self, i: NodeId) -> Option<&Elector> {
         self.nodes[i].as_ref()
     }
 
@@ -359,7 +359,7 @@ impl Sim {
             ));
         }
         let leaders = (0..self.nodes.len())
-            .filter(|&i| self.node(i).is_some_and(|n| n.role() == Role::Leader))
+            .filter(|&i| self.node(i).is_some_and(|n| n.role() == Standing::Leader))
             .count();
         if leaders != 1 {
             return Err(format!("t={}: {leaders} leaders after a heal", self.now));
@@ -507,7 +507,7 @@ mod tests {
             sim.run_until(t).unwrap();
             let a = sim.active();
             assert!(a.len() == 1 && a[0] != old, "seed {seed}: {a:?}");
-            assert_ne!(sim.node(old).unwrap().role(), Role::Leader);
+            assert_ne!(sim.node(old).unwrap().role(), Standing::Leader);
             // Healing brings the old leader back as a follower: no change.
             let changes = sim.leader_changes.len();
             sim.heal();
@@ -540,7 +540,7 @@ mod tests {
                 at - t0,
                 trace()
             );
-            assert_ne!(sim.node(old).unwrap().role(), Role::Leader, "seed {seed}");
+            assert_ne!(sim.node(old).unwrap().role(), Standing::Leader, "seed {seed}");
             took.push(at - t0);
         }
         took.sort_unstable();

@@ -3,14 +3,14 @@
 
 use serde::Serialize;
 
-use super::core::Role;
+use super::core::Standing;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct WatchdogStatus {
     /// This node's name.
     pub node: String,
     pub term: u64,
-    pub role: Role,
+    pub role: Standing,
     /// The leader this node knows of.
     pub leader: Option<String>,
     /// Whether this node holds (or is claiming) the service address.

@@ -8,7 +8,7 @@
 //! [`MAX_AGE`] (watchdog messages are idempotent within a term, and a stale
 //! term is ignored by the state machine).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -73,9 +73,7 @@ impl std::fmt::Debug for Codec {
     }
 }
 
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
+pub use crate::cluster::unix_ms;
 
 impl Codec {
     pub fn new(key: Vec<u8>, me: impl Into<String>) -> Codec {

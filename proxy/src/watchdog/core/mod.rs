@@ -23,8 +23,8 @@
 //! out — and its holder noticed, a tick later at most — before the new
 //! leader exists. Per term, a node acknowledges one leader only.
 //!
-//! The caller owns sockets and clocks: it calls [`Node::tick`] every tick,
-//! [`Node::step`] for each message, and drains [`Node::take_ready`].
+//! The caller owns sockets and clocks: it calls [`Elector::tick`] every tick,
+//! [`Elector::step`] for each message, and drains [`Elector::take_ready`].
 //! Message handling is in `step.rs`; leadership transfers (switchover,
 //! priority failback, health handover) in `transfer.rs`.
 
@@ -143,7 +143,7 @@ impl Msg {
 pub enum Action {
     /// Point the address here. Idempotent.
     Escalate { term: u64 },
-    /// Stop pointing it here; report completion with [`Node::deescalated`].
+    /// Stop pointing it here; report completion with [`Elector::deescalated`].
     DeEscalate { term: u64 },
     /// Check (and repair) that it points here.
     Verify { term: u64 },
@@ -151,7 +151,7 @@ pub enum Action {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub enum Standing {
     Follower,
     PreCandidate,
     Candidate,
@@ -197,14 +197,14 @@ struct Peer {
 
 /// One watchdog node.
 #[derive(Debug)]
-pub struct Node {
+pub struct Elector {
     id: NodeId,
     members: Vec<Member>,
     s: Settings,
     term: u64,
     voted_for: Option<NodeId>,
     leader: Option<NodeId>,
-    role: Role,
+    role: Standing,
     /// A (re)started node grants no vote before this: it may have voted
     /// or acknowledged a leader before it restarted and forgotten.
     boot_until: Millis,
@@ -232,17 +232,17 @@ pub struct Node {
     last_change: Millis,
 }
 
-impl Node {
+impl Elector {
     /// A node starting (or restarting) at `now`, knowing nothing.
-    pub fn new(id: NodeId, members: Vec<Member>, s: Settings, now: Millis, seed: u64) -> Node {
+    pub fn new(id: NodeId, members: Vec<Member>, s: Settings, now: Millis, seed: u64) -> Elector {
         let n = members.len();
-        let mut node = Node {
+        let mut node = Elector {
             id,
             members,
             term: 0,
             voted_for: None,
             leader: None,
-            role: Role::Follower,
+            role: Standing::Follower,
             boot_until: now + s.election_timeout,
             heard_leader_at: 0,
             election_at: 0,
@@ -275,7 +275,7 @@ impl Node {
     pub fn term(&self) -> u64 {
         self.term
     }
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> Standing {
         self.role
     }
     pub fn leader(&self) -> Option<NodeId> {
@@ -315,7 +315,7 @@ impl Node {
     /// a live lease; as follower, a leader heard within the election timeout.
     pub fn has_quorum(&self, now: Millis) -> bool {
         match self.role {
-            Role::Leader => now < self.lease_until,
+            Standing::Leader => now < self.lease_until,
             _ => self.leader.is_some() && now < self.heard_leader_at + self.s.election_timeout,
         }
     }
@@ -383,14 +383,14 @@ impl Node {
     }
 
     fn become_follower(&mut self, term: u64, leader: Option<NodeId>, now: Millis) {
-        if self.role == Role::Leader || self.leader != leader {
+        if self.role == Standing::Leader || self.leader != leader {
             self.changed(now);
         }
         if term > self.term {
             self.term = term;
             self.voted_for = None;
         }
-        self.role = Role::Follower;
+        self.role = Standing::Follower;
         self.leader = leader;
         self.transfer = None;
         self.pinned = false;
@@ -403,7 +403,7 @@ impl Node {
     /// Does this node refuse to vote because it hears a live leader?
     fn in_lease(&self, now: Millis) -> bool {
         match self.role {
-            Role::Leader => true,
+            Standing::Leader => true,
             _ => self.leader.is_some() && now < self.heard_leader_at + self.s.election_timeout,
         }
     }
@@ -420,7 +420,7 @@ impl Node {
     }
 
     fn start_pre_vote(&mut self, now: Millis) {
-        self.role = Role::PreCandidate;
+        self.role = Standing::PreCandidate;
         self.pre_vote_at = now;
         self.refused.fill(false);
         self.leader = None;
@@ -437,7 +437,7 @@ impl Node {
     }
 
     fn campaign(&mut self, transfer: bool, now: Millis) {
-        self.role = Role::Candidate;
+        self.role = Standing::Candidate;
         self.term += 1;
         self.voted_for = Some(self.id);
         self.leader = None;
@@ -455,7 +455,7 @@ impl Node {
     }
 
     fn become_leader(&mut self, now: Millis) {
-        self.role = Role::Leader;
+        self.role = Standing::Leader;
         self.leader = Some(self.id);
         self.leader_since = now;
         self.lease_until = 0;
@@ -503,7 +503,7 @@ impl Node {
             }
         }
         match self.role {
-            Role::Leader => self.tick_leader(now),
+            Standing::Leader => self.tick_leader(now),
             _ => {
                 if now >= self.election_at && now >= self.boot_until {
                     self.start_pre_vote(now);
@@ -551,7 +551,7 @@ impl Node {
 
     /// Escalate while leading with a live lease; otherwise de-escalate.
     fn update_escalation(&mut self, now: Millis) {
-        let want = self.role == Role::Leader && now < self.lease_until && self.transfer.is_none();
+        let want = self.role == Standing::Leader && now < self.lease_until && self.transfer.is_none();
         if want && !self.escalated && !self.deescalating {
             self.escalated = true;
             self.next_verify = now + self.s.verify_interval;

@@ -1,9 +1,9 @@
 //! Handling one message: votes, pre-votes, heartbeats and their
 //! acknowledgements (which renew the leader's lease), transfers.
 
-use super::{Millis, Msg, Node, NodeId, Role};
+use super::{Millis, Msg, Elector, NodeId, Standing};
 
-impl Node {
+impl Elector {
     /// Handles one message from `from`.
     pub fn step(&mut self, from: NodeId, msg: Msg, now: Millis) {
         if from >= self.members.len() || from == self.id {
@@ -34,7 +34,7 @@ impl Node {
                 term,
                 granted: true,
             } => {
-                if self.role == Role::PreCandidate && term == self.term + 1 {
+                if self.role == Standing::PreCandidate && term == self.term + 1 {
                     self.granted[from] = true;
                     if self.count_granted() >= self.quorum() {
                         self.campaign(false, now);
@@ -42,7 +42,7 @@ impl Node {
                 }
                 return;
             }
-            Msg::PreVoteResp { granted: false, .. } if self.role == Role::PreCandidate => {
+            Msg::PreVoteResp { granted: false, .. } if self.role == Standing::PreCandidate => {
                 self.refused[from] = true;
             }
             _ => {}
@@ -89,14 +89,14 @@ impl Node {
                 }
                 self.send(from, Msg::VoteResp { term, granted: can });
             }
-            Msg::VoteResp { granted: true, .. } if self.role == Role::Candidate => {
+            Msg::VoteResp { granted: true, .. } if self.role == Standing::Candidate => {
                 self.granted[from] = true;
                 if self.count_granted() >= self.quorum() {
                     self.become_leader(now);
                 }
             }
             Msg::Heartbeat { stamp, .. } => self.on_heartbeat(from, stamp, now),
-            Msg::HeartbeatResp { stamp, healthy, .. } if self.role == Role::Leader => {
+            Msg::HeartbeatResp { stamp, healthy, .. } if self.role == Standing::Leader => {
                 let p = &mut self.peers[from];
                 p.acked = Some(p.acked.map_or(stamp, |a| a.max(stamp)));
                 p.healthy = healthy;
@@ -104,11 +104,11 @@ impl Node {
                     self.lease_until = self.lease_until.max(s + self.s.lease);
                 }
             }
-            Msg::TimeoutNow { .. } if self.leader == Some(from) && self.role == Role::Follower => {
+            Msg::TimeoutNow { .. } if self.leader == Some(from) && self.role == Standing::Follower => {
                 self.campaign_pinned = true;
                 self.campaign(true, now);
             }
-            Msg::TransferRequest { to, .. } if self.role == Role::Leader => {
+            Msg::TransferRequest { to, .. } if self.role == Standing::Leader => {
                 if let Err(e) = self.switchover(&to, now) {
                     tracing::info!(error = %e, "switchover request refused");
                 }
@@ -128,15 +128,15 @@ impl Node {
         let window = 2 * self.s.heartbeat_interval;
         let hold = now + window;
         match self.role {
-            Role::PreCandidate if term == self.term + 1 => {
+            Standing::PreCandidate if term == self.term + 1 => {
                 let waiting = now < self.pre_vote_at + window && !self.refused[from];
                 if waiting && !self.precedes(from) {
                     return false;
                 }
-                self.role = Role::Follower;
+                self.role = Standing::Follower;
                 self.election_at = hold;
             }
-            Role::Follower => self.election_at = self.election_at.max(hold),
+            Standing::Follower => self.election_at = self.election_at.max(hold),
             _ => {}
         }
         true
@@ -145,11 +145,11 @@ impl Node {
     fn on_heartbeat(&mut self, from: NodeId, stamp: Millis, now: Millis) {
         match self.role {
             // Two leaders in one term cannot be; if it seems so, stand back.
-            Role::Leader => return self.become_follower(self.term, None, now),
-            Role::Candidate | Role::PreCandidate => {
+            Standing::Leader => return self.become_follower(self.term, None, now),
+            Standing::Candidate | Standing::PreCandidate => {
                 self.become_follower(self.term, Some(from), now)
             }
-            Role::Follower => match self.leader {
+            Standing::Follower => match self.leader {
                 None => self.become_follower(self.term, Some(from), now),
                 Some(l) if l == from => {
                     self.heard_leader_at = now;

@@ -13,14 +13,14 @@ fn settings() -> Settings {
     }
 }
 
-fn node(id: NodeId, now: Millis) -> Node {
+fn node(id: NodeId, now: Millis) -> Elector {
     let members = (0..3)
         .map(|i| Member {
             name: format!("n{i}"),
             priority: 1,
         })
         .collect();
-    Node::new(id, members, settings(), now, 7)
+    Elector::new(id, members, settings(), now, 7)
 }
 
 fn granted(ready: Ready) -> Option<bool> {
@@ -134,7 +134,7 @@ fn the_lease_comes_from_a_quorum_of_acknowledged_stamps() {
         },
         2_001,
     );
-    assert_eq!(n.role(), Role::Leader);
+    assert_eq!(n.role(), Standing::Leader);
     assert!(!n.escalated(), "no lease before an acknowledgement");
     n.step(
         2,
@@ -181,7 +181,7 @@ fn a_hand_over_is_sent_again_until_the_target_campaigns() {
         },
         2_001,
     );
-    assert_eq!(n.role(), Role::Leader);
+    assert_eq!(n.role(), Standing::Leader);
     let _ = n.take_ready();
     n.switchover("n1", 2_010).unwrap();
     let timeouts = |r: Ready| {
@@ -205,16 +205,16 @@ fn a_hand_over_is_sent_again_until_the_target_campaigns() {
         },
         2_120,
     );
-    assert_ne!(n.role(), Role::Leader);
+    assert_ne!(n.role(), Standing::Leader);
     n.tick(2_300);
     assert_eq!(timeouts(n.take_ready()), 0);
 }
 
 /// A node of this test's cluster as a pre-candidate of round 1 at `now`.
-fn pre_candidate(id: NodeId, now: Millis) -> Node {
+fn pre_candidate(id: NodeId, now: Millis) -> Elector {
     let mut n = node(id, 0);
     n.tick(now);
-    assert_eq!(n.role(), Role::PreCandidate);
+    assert_eq!(n.role(), Standing::PreCandidate);
     n.take_ready();
     n
 }
@@ -226,13 +226,13 @@ fn of_two_pre_candidates_of_one_round_only_the_first_in_order_goes_on() {
     let mut n1 = pre_candidate(1, 2_000);
     n0.step(1, Msg::PreVote { term: 1 }, 2_001);
     assert_eq!(granted(n0.take_ready()), Some(false));
-    assert_eq!(n0.role(), Role::PreCandidate);
+    assert_eq!(n0.role(), Standing::PreCandidate);
     n1.step(0, Msg::PreVote { term: 1 }, 2_001);
     assert_eq!(granted(n1.take_ready()), Some(true));
-    assert_eq!(n1.role(), Role::Follower);
+    assert_eq!(n1.role(), Standing::Follower);
     // n1 holds its own campaign back while n0 wins.
     n1.tick(2_150);
-    assert_eq!(n1.role(), Role::Follower);
+    assert_eq!(n1.role(), Standing::Follower);
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn a_pre_candidate_refused_by_a_peer_makes_way_for_it() {
     // n1 could not grant n0's round; n0 must not block n1's.
     n0.step(1, Msg::PreVote { term: 1 }, 2_010);
     assert_eq!(granted(n0.take_ready()), Some(true));
-    assert_eq!(n0.role(), Role::Follower);
+    assert_eq!(n0.role(), Standing::Follower);
 }
 
 #[test]
@@ -288,10 +288,10 @@ fn a_leader_without_acknowledgements_steps_down_after_its_lease_and_a_heartbeat(
         },
         2_002,
     );
-    assert_eq!(n.role(), Role::Leader);
+    assert_eq!(n.role(), Standing::Leader);
     // No heartbeat is ever acknowledged.
     n.tick(2_002 + 600 + 100 - 1);
-    assert_eq!(n.role(), Role::Leader);
+    assert_eq!(n.role(), Standing::Leader);
     n.tick(2_002 + 600 + 100);
-    assert_eq!(n.role(), Role::Follower);
+    assert_eq!(n.role(), Standing::Follower);
 }

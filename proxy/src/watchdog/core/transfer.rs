@@ -2,9 +2,9 @@
 //! priority, and an unhealthy leader handing over. The old leader lets go
 //! of the address first and never escalates again in that term.
 
-use super::{Millis, Msg, Node, NodeId, Peer, Role, SwitchoverError, Transfer};
+use super::{Millis, Msg, Elector, NodeId, Peer, Standing, SwitchoverError, Transfer};
 
-impl Node {
+impl Elector {
     /// Where leadership should go: a healthy peer when this node is not,
     /// or a higher-priority peer that has been reachable long enough.
     pub(super) fn steer_target(&self, now: Millis) -> Option<NodeId> {
@@ -50,7 +50,7 @@ impl Node {
             .position(|m| m.name == to)
             .ok_or_else(|| SwitchoverError::UnknownNode(to.to_string()))?;
         match self.role {
-            Role::Leader => {
+            Standing::Leader => {
                 if let Some(t) = self.transfer {
                     return Err(SwitchoverError::InProgress(self.members[t.to].name.clone()));
                 }

@@ -1,0 +1,276 @@
+//! What each client message does, once decoded: routed, rewritten,
+//! answered by tidepool, queued for the server or the end of a session.
+//! The async driver (`mod.rs`) reads frames and calls
+//! [`Session::on_client_frame`] for each.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+
+impl Session {
+    pub(super) async fn on_client_frame(
+        &mut self,
+        f: Frame,
+        rest: &[Frame],
+    ) -> Result<(), SessionEnd> {
+        tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
+        if self.cache_skip > 0 {
+            // The rest of a unit answered from the query cache.
+            self.cache_skip -= 1;
+            return Ok(());
+        }
+        let msg = message::decode(&f).map_err(SessionEnd::Protocol)?;
+        if self.shared.query_cache.is_some() && self.cache_turn(&f, &msg, rest).await {
+            return Ok(());
+        }
+        self.note_writes(&msg);
+        if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
+            return self.defer_prepare(&f);
+        }
+        if matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
+            && self.at_boundary()
+            && !self.is_admin_command(&msg)
+        {
+            self.guard = None;
+            if let Err((code, text)) = self.route_unit(&f, &msg, rest).await {
+                self.cancel.clear();
+                self.shared
+                    .metrics
+                    .client_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                self.error(Severity::Error, code, &text, None);
+                if matches!(f.tag, b'Q' | b'F') {
+                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
+                } else {
+                    self.tracker.fail_batch();
+                }
+                return Ok(());
+            }
+            if matches!(f.tag, b'Q' | b'P' | b'B')
+                && !self.rerunning
+                && (self.on_standby() || self.on_cluster_writer())
+            {
+                self.guard = Some(Box::new(StandbyGuard::new()));
+            }
+        }
+        if let Some(g) = self.guard.as_mut() {
+            g.client(&f);
+        }
+        self.tracker.client(f.tag);
+        match msg {
+            Message::Terminate => return Err(SessionEnd::Terminated),
+            Message::Query(sql) => {
+                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                if let Some(table) = crate::admin::show::answer_in_session(
+                    &sql,
+                    &self.shared,
+                    self.routing.read_node,
+                ) {
+                    table.encode(&mut self.to_client);
+                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
+                    return Ok(());
+                }
+                if let Some(name) = state::deallocates(&sql)
+                    && !self.tracker.skipping()
+                    && self.tracker.tx_status() != b'E'
+                    && self.tracker.awaited() == 0
+                    && self.statements.remove(&name).is_some()
+                {
+                    // A statement the client prepared with a Parse: the
+                    // server knows it by tidepool's name, shared with other
+                    // clients' same statement; the client's name is gone.
+                    messages::command_complete(&mut self.to_client, "DEALLOCATE");
+                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
+                    // A connection the unit's routing took goes back.
+                    self.after_backend_batch();
+                    return Ok(());
+                }
+                if !self.ensure_backend(true).await {
+                    return Ok(());
+                }
+                self.count_statement(&sql);
+                let effects = state::analyze(&sql);
+                self.note_pins(&effects);
+                self.free_database(&effects).await;
+                match self.sql_execute(&sql, false) {
+                    Some(text) => messages::query(&mut self.to_backend, &text),
+                    None => self.to_backend.extend_from_slice(&f.bytes),
+                }
+                self.tracker.simple_sent(effects.settings);
+            }
+            Message::Parse { name, query } => {
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
+                self.count_statement(&query);
+                let effects = state::analyze(&query);
+                self.note_pins(&effects);
+                self.free_database(&effects).await;
+                let (f, query) = match self.sql_execute(&query, true) {
+                    Some(text) => {
+                        let b = messages::replace_parse_query(&f, &text)
+                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                        (messages::frame_of(&b), text)
+                    }
+                    None => (f, query),
+                };
+                let open = match name.is_empty() || self.tracker.skipping() {
+                    true => None,
+                    false => self.statements.get(&name).cloned(),
+                };
+                if let Some(existing) = open {
+                    // PostgreSQL refuses a second Parse of a name that is
+                    // not closed, and skips the batch to Sync: the server
+                    // does the same when it gets the statement twice.
+                    self.ensure_prepared(&existing);
+                    self.to_backend.extend_from_slice(&existing.parse);
+                    self.push(Expect::Duplicate(Box::new(expect::Duplicate {
+                        server_name: existing.server_name.clone(),
+                        client_name: name,
+                    })));
+                } else if !name.is_empty() && !self.tracker.skipping() {
+                    let stmt = Arc::new(
+                        Statement::from_parse(&f, self.shared.classifier.classify(&query))
+                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
+                    );
+                    self.statements.insert(name, stmt.clone());
+                    // The client's own Parse reaches the server even when
+                    // the connection has the statement: the text may mean
+                    // something else now (a table dropped and made again
+                    // with other types), as it would on a direct
+                    // connection. Parses tidepool injects reuse it.
+                    let conn = self.lease.as_mut().expect("attached").conn();
+                    if conn.prepared.remove(&stmt.server_name) {
+                        conn.stale.insert(stmt.server_name.clone());
+                    }
+                    conn.prepared.insert(stmt.server_name.clone());
+                    self.close_if_stale(&stmt.server_name);
+                    self.to_backend.extend_from_slice(&stmt.parse);
+                    self.push(Expect::Parse {
+                        hidden: false,
+                        server_name: Some(stmt.server_name.clone()),
+                    });
+                } else {
+                    if name.is_empty() && !self.tracker.skipping() {
+                        // Kept as is (a reference count): classified only if
+                        // a later round trip binds it.
+                        let here = self.conn_identity();
+                        self.unnamed = Some((f.clone(), here));
+                    }
+                    self.to_backend.extend_from_slice(&f.bytes);
+                    self.push(Expect::Parse {
+                        hidden: false,
+                        server_name: None,
+                    });
+                }
+            }
+            Message::Bind {
+                statement: stmt_name,
+            } => {
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                match self.mapped(&stmt_name) {
+                    Some(stmt) => {
+                        self.ensure_prepared(&stmt);
+                        let b = messages::rename_bind(&f, &stmt.server_name)
+                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                        self.to_backend.extend_from_slice(&b);
+                        self.push(Expect::Bind {
+                            statement: Some(stmt.server_name.clone()),
+                        });
+                    }
+                    None => {
+                        if stmt_name.is_empty() {
+                            self.ensure_unnamed();
+                        }
+                        self.to_backend.extend_from_slice(&f.bytes);
+                        self.push(Expect::Bind { statement: None });
+                    }
+                }
+            }
+            Message::Describe { kind, name } | Message::Close { kind, name } => {
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                let stmt = if kind == b'S' {
+                    self.mapped(&name)
+                } else {
+                    None
+                };
+                match (f.tag, stmt) {
+                    (b'D', Some(stmt)) => {
+                        self.ensure_prepared(&stmt);
+                        self.to_backend.extend_from_slice(&messages::target_message(
+                            b'D',
+                            b'S',
+                            &stmt.server_name,
+                        ));
+                        self.push(Expect::Describe {
+                            statement: Some(stmt.server_name.clone()),
+                        });
+                    }
+                    (b'C', Some(_)) => {
+                        // The server-side statement stays for other clients;
+                        // only this client's name goes.
+                        if !self.tracker.skipping() {
+                            self.statements.remove(&name);
+                        }
+                        self.push(Expect::Synthetic(b'3'));
+                    }
+                    (tag, None) => {
+                        if tag == b'D' && kind == b'S' && name.is_empty() {
+                            self.ensure_unnamed();
+                        }
+                        self.to_backend.extend_from_slice(&f.bytes);
+                        self.push(if tag == b'D' {
+                            Expect::Describe { statement: None }
+                        } else {
+                            Expect::Close { stale: None }
+                        });
+                    }
+                    _ => unreachable!("tag is D or C"),
+                }
+            }
+            Message::Execute => {
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                self.to_backend.extend_from_slice(&f.bytes);
+                self.push(Expect::Execute);
+            }
+            Message::Sync => {
+                if self.lease.is_none() && self.tracker.skipping() {
+                    // Nothing reached a backend since the error: answer here.
+                    self.tracker.sync_answered();
+                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
+                    return Ok(());
+                }
+                if !self.ensure_backend(false).await {
+                    return Ok(());
+                }
+                self.to_backend.extend_from_slice(&f.bytes);
+                self.tracker.sync_sent();
+            }
+            Message::Flush => {
+                if self.lease.is_some() {
+                    self.to_backend.extend_from_slice(&f.bytes);
+                }
+            }
+            Message::FunctionCall => {
+                if !self.ensure_backend(true).await {
+                    return Ok(());
+                }
+                self.to_backend.extend_from_slice(&f.bytes);
+                self.tracker.simple_sent(vec![]);
+            }
+            Message::CopyData | Message::CopyDone | Message::CopyFail => {
+                if self.lease.is_some() {
+                    self.to_backend.extend_from_slice(&f.bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+}
