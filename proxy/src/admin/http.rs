@@ -43,9 +43,10 @@ use crate::{
     admin::{
         checks::{Checks, limit_handler_time, read_body_in_time, refuse_foreign, require_token},
         prometheus,
+        view::NodeView,
     },
     app::{self, Shared},
-    cluster::{Action, ControlError, Node, Snapshot},
+    cluster::{Action, ControlError, Snapshot},
 };
 
 /// Time a client has to send a request's line and headers, and then again
@@ -267,33 +268,28 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// A node as the API shows it: the snapshot's fields, the counters, and
 /// Pgpool's split between `role` (what tidepool acts on) and `pg_role`
 /// (what PostgreSQL reported).
-fn node_json(shared: &Shared, snap: &Snapshot, n: &Node) -> Value {
-    let primary = snap.primary().map(|p| p.id);
-    let role = Snapshot::effective_role(n.id, n.role, primary);
-    let c = shared.cluster.counters(n.id).unwrap_or_default();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let mut v = serde_json::to_value(n).unwrap_or_else(|_| json!({}));
-    v["role"] = json!(role.as_str());
-    v["pg_role"] = json!(n.role.as_str());
-    v["primary"] = json!(Some(n.id) == primary);
-    v["selects"] = json!(load(&c.selects));
-    v["queries"] = json!(load(&c.queries));
-    v["health_checks"] = json!(load(&c.health_checks));
-    v["health_check_failures"] = json!(load(&c.health_check_failures));
-    v["health_check_retries"] = json!(load(&c.health_check_retries));
-    v["detaches"] = json!(load(&c.detaches));
-    v["detach_reason"] = json!(n.detached.as_ref().map(|d| &d.message));
-    v["detach_cause"] = json!(n.detached.as_ref().map(|d| d.cause.as_str()));
-    v["sslmode"] = json!(shared.cluster.tls(n.id).mode.as_str());
-    v["ssl"] = json!(c.ssl());
-    let system = c.system();
-    v["system_identifier"] = json!(system.map(|s| s.system_identifier.to_string()));
-    v["timeline"] = json!(system.map(|s| s.timeline));
-    let lag = shared.lags.load().get(&n.id).copied().unwrap_or_default();
-    v["replication_delay"] = json!(lag.bytes);
-    v["replication_state"] = json!(lag.replication_state);
-    v["replication_sync_state"] = json!(lag.replication_sync_state);
-    v
+fn node_json(v: &NodeView) -> Value {
+    let n = &v.node;
+    let mut j = serde_json::to_value(n).unwrap_or_else(|_| json!({}));
+    j["role"] = json!(v.role.as_str());
+    j["pg_role"] = json!(n.role.as_str());
+    j["primary"] = json!(v.primary);
+    j["selects"] = json!(v.selects);
+    j["queries"] = json!(v.queries);
+    j["health_checks"] = json!(v.health_checks);
+    j["health_check_failures"] = json!(v.health_check_failures);
+    j["health_check_retries"] = json!(v.health_check_retries);
+    j["detaches"] = json!(v.detaches);
+    j["detach_reason"] = json!(n.detached.as_ref().map(|d| &d.message));
+    j["detach_cause"] = json!(n.detached.as_ref().map(|d| d.cause.as_str()));
+    j["sslmode"] = json!(v.sslmode);
+    j["ssl"] = json!(v.ssl);
+    j["system_identifier"] = json!(v.system.map(|s| s.system_identifier.to_string()));
+    j["timeline"] = json!(v.system.map(|s| s.timeline));
+    j["replication_delay"] = json!(v.lag.bytes);
+    j["replication_state"] = json!(v.lag.replication_state);
+    j["replication_sync_state"] = json!(v.lag.replication_sync_state);
+    j
 }
 
 fn pools_json(shared: &Shared, snap: &Snapshot) -> Value {
@@ -313,12 +309,8 @@ fn pools_json(shared: &Shared, snap: &Snapshot) -> Value {
 }
 
 async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let snap = shared.cluster.snapshot();
-    let nodes: Vec<Value> = snap
-        .nodes
-        .iter()
-        .map(|n| node_json(&shared, &snap, n))
-        .collect();
+    let (snap, views) = super::view::nodes(&shared);
+    let nodes: Vec<Value> = views.iter().map(node_json).collect();
     Json(json!({
         "generation": snap.generation,
         "primary": snap.primary().map(|p| p.name.clone()),

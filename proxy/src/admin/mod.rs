@@ -9,3 +9,4 @@ mod guard;
 pub mod http;
 pub mod prometheus;
 pub mod show;
+pub mod view;

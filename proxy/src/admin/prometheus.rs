@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::{
     app::Shared,
-    cluster::{Role, Snapshot, Status},
+    cluster::{Role, Status},
     pool::PoolStats,
 };
 
@@ -155,24 +155,19 @@ impl Figures {
                 .map(|(name, s)| (name.to_string(), s.restarts))
                 .collect(),
         };
-        let snap = shared.cluster.snapshot();
-        let primary = snap.primary().map(|n| n.id);
-        let nodes = snap
-            .nodes
-            .iter()
-            .map(|n| {
-                let c = shared.cluster.counters(n.id).unwrap_or_default();
-                NodeFigures {
-                    name: n.name.clone(),
-                    status: n.status,
-                    role: Snapshot::effective_role(n.id, n.role, primary),
-                    reachable: n.reachable,
-                    selects: c.selects.load(Ordering::Relaxed),
-                    queries: c.queries.load(Ordering::Relaxed),
-                    health_checks: c.health_checks.load(Ordering::Relaxed),
-                    health_check_failures: c.health_check_failures.load(Ordering::Relaxed),
-                    detaches: c.detaches.load(Ordering::Relaxed),
-                }
+        let (snap, views) = super::view::nodes(shared);
+        let nodes = views
+            .into_iter()
+            .map(|v| NodeFigures {
+                status: v.node.status,
+                role: v.role,
+                reachable: v.node.reachable,
+                selects: v.selects,
+                queries: v.queries,
+                health_checks: v.health_checks,
+                health_check_failures: v.health_check_failures,
+                detaches: v.detaches,
+                name: v.node.name,
             })
             .collect();
         let pools = shared
@@ -214,6 +209,7 @@ pub fn encode(figures: Figures) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Snapshot;
 
     fn pool(node: &str, user: &str) -> PoolFigures {
         PoolFigures {

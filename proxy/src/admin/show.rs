@@ -134,16 +134,11 @@ fn s(v: impl ToString) -> Option<String> {
 }
 
 fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
-    let lags = shared.lags.load();
-    let snap = shared.cluster.snapshot();
-    let primary = snap.primary().map(|n| n.id);
-    let total_weight: f64 = snap.nodes.iter().map(|n| n.weight).sum();
-    let rows = snap
-        .nodes
+    let (_, views) = super::view::nodes(shared);
+    let rows = views
         .iter()
-        .map(|n| {
-            let c = shared.cluster.counters(n.id).unwrap_or_default();
-            let role = crate::cluster::Snapshot::effective_role(n.id, n.role, primary);
+        .map(|v| {
+            let n = &v.node;
             let changed = n
                 .last_status_change
                 .duration_since(UNIX_EPOCH)
@@ -155,38 +150,25 @@ fn pool_nodes(shared: &Shared, read_node: Option<usize>) -> Table {
                 s(n.port),
                 s(n.status.as_str()),
                 s(if n.reachable { "up" } else { "down" }),
-                s(format!(
-                    "{:.6}",
-                    if total_weight > 0.0 {
-                        n.weight / total_weight
-                    } else {
-                        0.0
-                    }
-                )),
-                s(role.as_str()),
+                s(format!("{:.6}", v.weight_share)),
+                s(v.role.as_str()),
                 s(n.role.as_str()),
-                s(c.selects.load(Ordering::Relaxed)),
+                s(v.selects),
                 s(Some(n.id) == read_node),
                 // A managed cluster's instances: seconds, from the
                 // topology (`replica_lag_in_msec`); otherwise WAL bytes.
                 if n.source.discovered() {
-                    s(format!(
-                        "{:.3}",
-                        lags.get(&n.id).map(|l| l.time.as_secs_f64()).unwrap_or(0.0)
-                    ))
+                    s(format!("{:.3}", v.lag.time.as_secs_f64()))
                 } else {
-                    s(lags.get(&n.id).map(|l| l.bytes).unwrap_or(0))
+                    s(v.lag.bytes)
                 },
-                s(lags.get(&n.id).map(|l| l.replication_state).unwrap_or("")),
-                s(lags
-                    .get(&n.id)
-                    .map(|l| l.replication_sync_state)
-                    .unwrap_or("")),
+                s(v.lag.replication_state),
+                s(v.lag.replication_sync_state),
                 s(humantime::format_rfc3339_seconds(
                     UNIX_EPOCH + std::time::Duration::from_secs(changed),
                 )),
-                s(shared.cluster.tls(n.id).mode.as_str()),
-                s(match c.ssl() {
+                s(v.sslmode),
+                s(match v.ssl {
                     Some(true) => "on",
                     Some(false) => "off",
                     None => "",
@@ -279,41 +261,32 @@ fn pool_processes(shared: &Shared) -> Table {
 }
 
 fn health_check_stats(shared: &Shared) -> Table {
-    let snap = shared.cluster.snapshot();
+    let (_, views) = super::view::nodes(shared);
     let time = |ms: u64| {
         (ms > 0).then(|| {
             humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms))
                 .to_string()
         })
     };
-    let rows = snap
-        .nodes
+    let rows = views
         .iter()
-        .map(|n| {
-            let c = shared.cluster.counters(n.id).unwrap_or_default();
-            let total = c.health_checks.load(Ordering::Relaxed);
-            let failed = c.health_check_failures.load(Ordering::Relaxed);
-            let micros = c.health_check_micros.load(Ordering::Relaxed);
-            let average_ms = if total > 0 {
-                micros as f64 / total as f64 / 1000.0
-            } else {
-                0.0
-            };
+        .map(|v| {
+            let n = &v.node;
             vec![
                 s(n.id),
                 s(&n.host),
                 s(n.port),
                 s(n.status.as_str()),
                 s(n.role.as_str()),
-                s(total),
-                s(total - failed),
-                s(failed),
+                s(v.health_checks),
+                s(v.health_checks - v.health_check_failures),
+                s(v.health_check_failures),
                 n.last_error.clone(),
-                s(c.health_check_retries.load(Ordering::Relaxed)),
-                s(format!("{average_ms:.3}")),
-                time(c.last_health_check_ms.load(Ordering::Relaxed)),
-                time(c.last_health_check_ok_ms.load(Ordering::Relaxed)),
-                time(c.last_health_check_failed_ms.load(Ordering::Relaxed)),
+                s(v.health_check_retries),
+                s(format!("{:.3}", v.average_check_ms())),
+                time(v.last_health_check_ms),
+                time(v.last_health_check_ok_ms),
+                time(v.last_health_check_failed_ms),
                 n.detached.as_ref().map(|d| d.message.clone()),
             ]
         })

@@ -311,49 +311,15 @@ impl Session {
                     }
                 }
             }
-            // The rest of the batch is visible when a unit of work is routed.
-            for i in 0..frames.len() {
-                if r.is_ok() && self.waits_for_boundary(&frames[i]) {
-                    held = frames.split_off(i);
-                    break;
-                }
-                if r.is_ok() {
-                    let (head, rest) = frames.split_at(i + 1);
-                    let r2 = {
-                        // A message may wait (for a server connection, a
-                        // primary, settings): a client that goes away
-                        // meanwhile is not served after it left, and its
-                        // place in the queue goes to those still there.
-                        // Boxed: its room (about 2 KiB) is taken while a
-                        // message is handled, not kept by every idle
-                        // client's task; what it may await that is large
-                        // and rare (opening a connection, the catalog, the
-                        // cache's stores) is boxed where it is awaited, so
-                        // the copy into the box stays small.
-                        let mut work = Box::pin(self.on_client_frame(head[i].clone(), rest));
-                        let mut watch = true;
-                        loop {
-                            tokio::select! {
-                                biased;
-                                r = &mut work => break r,
-                                read = client.read_more(&mut client_buf), if watch => match read {
-                                    Ok(0) | Err(_) => break Err(SessionEnd::ClientGone),
-                                    // What it sends meanwhile waits its turn;
-                                    // beyond a bound it waits in its socket.
-                                    Ok(_) => watch = client_buf.len() < WATCH_BUFFER,
-                                },
-                            }
-                        }
-                    };
-                    if let Err(SessionEnd::Protocol(m)) = &r2 {
-                        // A malformed message ends the session, as in
-                        // PostgreSQL, and the client is told why first.
-                        self.error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, m, None);
-                    }
-                    if r2.is_err() {
-                        r = r2;
-                    }
-                }
+            // Boxed once per turn: the work's room (about 1–2 KiB) is
+            // taken while the client's messages are handled, not kept by
+            // every idle client's task; what that work may await that is
+            // large and rare (opening a connection, the catalog, the
+            // cache's stores, a cancel's connection) is boxed where it is
+            // awaited, so the copy into the box stays small.
+            if r.is_ok() && !frames.is_empty() {
+                r = Box::pin(self.handle_frames(frames, &mut held, &mut client, &mut client_buf))
+                    .await;
             }
             if let Err(e) = self.flush_backend(&mut client).await {
                 r = Err(e);
@@ -442,6 +408,53 @@ impl Session {
         }
         Box::pin(self.finish()).await;
         result
+    }
+
+    /// Handles the client's whole messages of one turn, in order; a unit
+    /// pipelined behind one still running on a standby is left in `held`.
+    async fn handle_frames(
+        &mut self,
+        mut frames: Vec<Frame>,
+        held: &mut Vec<Frame>,
+        client: &mut Stream,
+        client_buf: &mut BytesMut,
+    ) -> Result<(), SessionEnd> {
+        // The rest of the batch is visible when a unit of work is routed.
+        for i in 0..frames.len() {
+            if self.waits_for_boundary(&frames[i]) {
+                *held = frames.split_off(i);
+                break;
+            }
+            let (head, rest) = frames.split_at(i + 1);
+            let r = {
+                // A message may wait (for a server connection, a primary,
+                // settings): a client that goes away meanwhile is not
+                // served after it left, and its place in the queue goes
+                // to those still there.
+                let work = self.on_client_frame(head[i].clone(), rest);
+                tokio::pin!(work);
+                let mut watch = true;
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut work => break r,
+                        read = client.read_more(client_buf), if watch => match read {
+                            Ok(0) | Err(_) => break Err(SessionEnd::ClientGone),
+                            // What it sends meanwhile waits its turn;
+                            // beyond a bound it waits in its socket.
+                            Ok(_) => watch = client_buf.len() < WATCH_BUFFER,
+                        },
+                    }
+                }
+            };
+            if let Err(SessionEnd::Protocol(m)) = &r {
+                // A malformed message ends the session, as in PostgreSQL,
+                // and the client is told why first.
+                self.error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, m, None);
+            }
+            r?;
+        }
+        Ok(())
     }
 
     fn is_idle(&self) -> bool {

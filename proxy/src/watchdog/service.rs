@@ -21,7 +21,9 @@ use tokio::{
 };
 
 use super::{
-    core::{Action, Member, Millis, Msg, Elector, NodeId, Path, Standing, Settings, SwitchoverError},
+    core::{
+        Action, Elector, Member, Millis, Msg, NodeId, Path, Settings, Standing, SwitchoverError,
+    },
     escalate::{EscalateError, Escalator, Outcome, action_name},
     status::{AddressStatus, NodeStatus, WatchdogStatus},
     wire::{Codec, Envelope, MAX_FRAME, unix_ms},

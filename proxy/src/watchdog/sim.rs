@@ -7,7 +7,7 @@
 //! never two nodes active at once; after a heal: an active leader within
 //! the election bound, then no change of leader.
 
-use super::core::{Action, Member, Millis, Msg, Elector, NodeId, Path, Standing, Settings};
+use super::core::{Action, Elector, Member, Millis, Msg, NodeId, Path, Settings, Standing};
 
 const TICK: u64 = 25;
 
@@ -540,7 +540,11 @@ mod tests {
                 at - t0,
                 trace()
             );
-            assert_ne!(sim.node(old).unwrap().role(), Standing::Leader, "seed {seed}");
+            assert_ne!(
+                sim.node(old).unwrap().role(),
+                Standing::Leader,
+                "seed {seed}"
+            );
             took.push(at - t0);
         }
         took.sort_unstable();

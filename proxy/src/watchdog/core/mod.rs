@@ -551,7 +551,8 @@ impl Elector {
 
     /// Escalate while leading with a live lease; otherwise de-escalate.
     fn update_escalation(&mut self, now: Millis) {
-        let want = self.role == Standing::Leader && now < self.lease_until && self.transfer.is_none();
+        let want =
+            self.role == Standing::Leader && now < self.lease_until && self.transfer.is_none();
         if want && !self.escalated && !self.deescalating {
             self.escalated = true;
             self.next_verify = now + self.s.verify_interval;

@@ -1,7 +1,7 @@
 //! Handling one message: votes, pre-votes, heartbeats and their
 //! acknowledgements (which renew the leader's lease), transfers.
 
-use super::{Millis, Msg, Elector, NodeId, Standing};
+use super::{Elector, Millis, Msg, NodeId, Standing};
 
 impl Elector {
     /// Handles one message from `from`.
@@ -104,7 +104,9 @@ impl Elector {
                     self.lease_until = self.lease_until.max(s + self.s.lease);
                 }
             }
-            Msg::TimeoutNow { .. } if self.leader == Some(from) && self.role == Standing::Follower => {
+            Msg::TimeoutNow { .. }
+                if self.leader == Some(from) && self.role == Standing::Follower =>
+            {
                 self.campaign_pinned = true;
                 self.campaign(true, now);
             }

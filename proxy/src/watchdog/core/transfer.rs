@@ -2,7 +2,7 @@
 //! priority, and an unhealthy leader handing over. The old leader lets go
 //! of the address first and never escalates again in that term.
 
-use super::{Millis, Msg, Elector, NodeId, Peer, Standing, SwitchoverError, Transfer};
+use super::{Elector, Millis, Msg, NodeId, Peer, Standing, SwitchoverError, Transfer};
 
 impl Elector {
     /// Where leadership should go: a healthy peer when this node is not,
