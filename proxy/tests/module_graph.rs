@@ -157,3 +157,46 @@ fn the_scan_sees_grouped_and_plain_paths() {
     );
     assert_eq!(cycle_from(&g, "c"), None);
 }
+
+/// The table in docs/architecture.md ("a module → what it uses"), read
+/// back: module → the modules it names.
+fn documented(doc: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let start = doc
+        .find("Precisely (a module → what it uses)")
+        .expect("docs/architecture.md has the module table");
+    let word = Regex::new(r"^[a-z_]+").unwrap();
+    let mut out = BTreeMap::new();
+    for line in doc[start..].lines().skip(4) {
+        let Some(row) = line.strip_prefix("| ") else {
+            break;
+        };
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let uses: BTreeSet<String> = cells[1]
+            .trim_end_matches(" |")
+            .split(", ")
+            .filter_map(|u| word.find(u).map(|m| m.as_str().to_string()))
+            .filter(|u| u != "nothing")
+            .collect();
+        for m in cells[0].split(", ") {
+            out.insert(m.trim_matches('`').to_string(), uses.clone());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_architecture_doc_shows_the_graph_as_it_is() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let g = graph(&root.join("src"));
+    let doc = fs::read_to_string(root.join("../docs/architecture.md")).expect("the doc");
+    let shown = documented(&doc);
+    let actual: BTreeMap<String, BTreeSet<String>> = g
+        .iter()
+        .map(|(m, deps)| (m.clone(), deps.keys().cloned().collect()))
+        .collect();
+    assert_eq!(
+        shown, actual,
+        "docs/architecture.md's module table differs from the code's dependencies"
+    );
+}
+
