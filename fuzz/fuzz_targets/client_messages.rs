@@ -25,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok((_, sql)) = messages::read_parse(&f) {
                     sql_of(&sql);
                     let renamed = messages::rename_parse(&f, "tp_0123").unwrap();
-                    let (name, again) = messages::read_parse(&messages::frame_of(&renamed)).unwrap();
+                    let (name, again) =
+                        messages::read_parse(&messages::frame_of(&renamed)).unwrap();
                     assert_eq!((name.as_str(), again.as_str()), ("tp_0123", sql.as_str()));
                     if let Ok(replaced) = messages::replace_parse_query(&f, "SELECT 1") {
                         let (_, q) = messages::read_parse(&messages::frame_of(&replaced)).unwrap();
@@ -57,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
 fn sql_of(sql: &str) {
     let _ = state::analyze(sql);
     if let Some((_, at)) = state::executes(sql) {
-        assert!(sql.get(at).is_some(), "EXECUTE's name lies outside the text");
+        assert!(
+            sql.get(at).is_some(),
+            "EXECUTE's name lies outside the text"
+        );
     }
     let _ = classify_uncached(sql);
 }

@@ -19,8 +19,16 @@ fuzz_target!(|data: &[u8]| {
     };
     for (_, value) in session_settings(&params) {
         let quoted = quote_literal(&value);
-        assert_eq!(unquote(&quoted, true).as_deref(), Some(value.as_str()), "{quoted}");
-        assert_eq!(unquote(&quoted, false).as_deref(), Some(value.as_str()), "{quoted}");
+        assert_eq!(
+            unquote(&quoted, true).as_deref(),
+            Some(value.as_str()),
+            "{quoted}"
+        );
+        assert_eq!(
+            unquote(&quoted, false).as_deref(),
+            Some(value.as_str()),
+            "{quoted}"
+        );
     }
 });
 

@@ -438,7 +438,7 @@ impl Pool {
         }
     }
 
-    fn check_in(&self, c: Box<ServerConn>, now: Instant) {
+    fn check_in(&self, mut c: Box<ServerConn>, now: Instant) {
         let mut inner = self.lock();
         if expired(&c, &inner.limits, now) || inner.total > inner.limits.max_size {
             drop(inner);
@@ -450,7 +450,6 @@ impl Pool {
             inner.push_idle(c);
             return;
         }
-        let mut c = c;
         while let Some(w) = inner.waiters.pop_front() {
             match w.send(Handoff::Conn(c)) {
                 Ok(()) => return,

@@ -199,4 +199,3 @@ fn the_architecture_doc_shows_the_graph_as_it_is() {
         "docs/architecture.md's module table differs from the code's dependencies"
     );
 }
-

@@ -104,9 +104,7 @@ impl Shared {
             config: Arc::new(ArcSwap::from_pointee(Runtime::new(config))),
         })
     }
-}
 
-impl Shared {
     /// What the failover manager is handed.
     pub fn manager(&self) -> crate::cluster::ManagerHandles {
         crate::cluster::ManagerHandles {

@@ -31,16 +31,3 @@ impl<T: AsRef<Config> + Send + Sync + 'static> Source for ArcSwap<T> {
         Current(self.load_full())
     }
 }
-
-/// A configuration that never changes (tests, one-shot commands).
-impl Source for Config {
-    fn current(&self) -> Current {
-        Current(Arc::new(self.clone()))
-    }
-}
-
-impl AsRef<Config> for Config {
-    fn as_ref(&self) -> &Config {
-        self
-    }
-}
