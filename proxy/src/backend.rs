@@ -371,14 +371,30 @@ impl ServerConn {
     /// Reads whatever frames are buffered or arrive next; at least one.
     /// Cancel-safe: bytes read stay in the buffer if the future is dropped.
     pub async fn read_frames(&mut self, out: &mut Vec<Frame>) -> Result<(), BackendError> {
+        std::future::poll_fn(|cx| self.poll_read_frames(cx, out)).await
+    }
+
+    /// [`ServerConn::read_frames`] polled in place: a session waiting for
+    /// its server holds no future for the wait.
+    pub fn poll_read_frames(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut Vec<Frame>,
+    ) -> std::task::Poll<Result<(), BackendError>> {
+        use std::task::Poll;
         loop {
             while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
                 out.push(f);
             }
             if !out.is_empty() {
-                return Ok(());
+                return Poll::Ready(Ok(()));
             }
-            self.fill().await?;
+            match self.stream.poll_read_more(cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(BackendError::Closed)),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 

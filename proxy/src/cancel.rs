@@ -8,8 +8,14 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
 };
+
+use futures_util::task::AtomicWaker;
 
 use subtle::ConstantTimeEq;
 
@@ -19,6 +25,10 @@ use crate::backend::CancelTarget;
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     state: Mutex<SlotState>,
+    /// tidepool is shutting down: the session ends once it is idle.
+    closing: AtomicBool,
+    /// The session's task, woken when `closing` is set.
+    closing_waker: AtomicWaker,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +101,26 @@ impl CancelSlot {
         }
         s.target.clone()
     }
+
+    /// Ready once tidepool is shutting down (see
+    /// [`CancelRegistry::close_all`]). Polled in place by the session, so
+    /// that an idle client's task keeps no future for the wait.
+    pub fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.closing_waker.register(cx.waker());
+        if self.closing.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closing_waker.wake();
+    }
 }
 
 /// Every live client's cancel key.
@@ -140,6 +170,18 @@ impl CancelRegistry {
 
     /// Gives `r` the process id `pid` when no other client has it (a
     /// session-mode client takes its server process's id).
+    /// Tells every registered session that tidepool is shutting down:
+    /// each ends once it is idle. A session registered later sees the
+    /// shutdown when it starts (`Shared::shutdown` is set first).
+    pub fn close_all(&self) {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, slot) in entries.values() {
+            if let Some(slot) = slot.upgrade() {
+                slot.close();
+            }
+        }
+    }
+
     pub fn rekey(&self, r: &mut Registration, pid: i32) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if pid <= 0 || entries.contains_key(&pid) {

@@ -40,3 +40,36 @@ fn a_failed_start_reports_tidepools_log() {
     };
     assert!(err.contains("no_such_key"), "{err}");
 }
+
+/// SIGTERM ends idle sessions at once, each told why as PostgreSQL tells
+/// its clients at a fast shutdown (57P01), instead of waiting out the
+/// grace period for clients that have nothing in flight.
+#[tokio::test]
+async fn idle_sessions_are_told_of_a_shutdown() {
+    let cluster = PgCluster::start(PgClusterOpts::standbys(1)).unwrap();
+    let config = minimal_config(&cluster, free_port(), free_port());
+    let mut tidepool = Tidepool::start(&config).unwrap();
+
+    let mut ends = Vec::new();
+    for _ in 0..3 {
+        let (client, connection) = tokio_postgres::connect(
+            &tidepool.conn_string("app", "app", "app"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        let end = tokio::spawn(connection);
+        client.simple_query("SELECT 1").await.unwrap();
+        ends.push((client, end));
+    }
+
+    tidepool.terminate(Duration::from_secs(30)).unwrap();
+    for (_client, end) in ends {
+        let err = end
+            .await
+            .unwrap()
+            .expect_err("the session must end with an error");
+        let code = err.as_db_error().map(|e| e.code().code().to_string());
+        assert_eq!(code.as_deref(), Some("57P01"), "{err}");
+    }
+}

@@ -34,6 +34,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         }
     }
     drop(listener);
+    // Idle sessions end now; busy ones once their work is done.
+    shared.cancels.close_all();
     let grace = shared.config.load().server.shutdown_timeout;
     tracing::info!(
         clients = clients.len(),

@@ -243,7 +243,6 @@ impl Session {
         Ok(reported.unwrap_or_default())
     }
 
-    /// Serves the client until it leaves.
     /// The client's span (peer, user, database, TLS): the parent of the
     /// session's log lines, made when one is logged. A span kept for the
     /// session's life would cost every idle client a registry entry with
@@ -263,25 +262,23 @@ impl Session {
         }
     }
 
+    /// Serves the client on `client` until it leaves; `client_buf` holds
+    /// what it sent beyond its login. Borrowed, not taken: the caller's
+    /// task keeps them once, not also in this future.
     pub async fn run(
         &mut self,
-        mut client: Stream,
-        mut client_buf: BytesMut,
+        client: &mut Stream,
+        client_buf: &mut BytesMut,
     ) -> Result<(), SessionEnd> {
-        // One wait for shutdown for the whole session, polled in place: a
-        // new `changed()` on every turn of the loop would register with
-        // the channel shared by every client, under its lock, each time.
-        let mut shutdown = self.shared.shutdown.clone();
-        let mut shutting_down = *shutdown.borrow_and_update();
-        let shutdown_wait = async move {
-            if shutdown.wait_for(|s| *s).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::pin!(shutdown_wait);
+        // Shutdown reaches the session through its slot in the cancel
+        // registry (`CancelRegistry::close_all`), polled in place: a wait
+        // on the channel shared by every client would keep a future in
+        // each idle client's task, or register under that channel's lock
+        // on every turn.
+        let mut shutting_down = *self.shared.shutdown.borrow();
         if client_buf.is_empty() {
             // The startup packet's room: an idle client holds no buffer.
-            client_buf = BytesMut::new();
+            *client_buf = BytesMut::new();
         }
         let mut backend_frames = Vec::new();
         // Messages of a unit that waits for the one before it to finish.
@@ -296,7 +293,7 @@ impl Session {
             let mut r = Ok(());
             let mut frames = std::mem::take(&mut held);
             loop {
-                match frame::take(&mut client_buf, frame::MAX_MESSAGE) {
+                match frame::take(client_buf, frame::MAX_MESSAGE) {
                     Ok(Some(f)) => frames.push(f),
                     Ok(None) => break,
                     Err(e) => {
@@ -318,16 +315,15 @@ impl Session {
             // cache's stores, a cancel's connection) is boxed where it is
             // awaited, so the copy into the box stays small.
             if r.is_ok() && !frames.is_empty() {
-                r = Box::pin(self.handle_frames(frames, &mut held, &mut client, &mut client_buf))
-                    .await;
+                r = Box::pin(self.handle_frames(frames, &mut held, client, client_buf)).await;
             }
-            if let Err(e) = self.flush_backend(&mut client).await {
+            if let Err(e) = self.flush_backend(client).await {
                 r = Err(e);
             }
             client.write_all(&self.to_client).await?;
             shrink(&mut self.to_client);
             if client_buf.is_empty() {
-                client_buf = BytesMut::new();
+                *client_buf = BytesMut::new();
             }
             if let Err(e) = r {
                 break Err(e);
@@ -377,7 +373,7 @@ impl Session {
                 }
                 // On plain TCP, memory is taken only while there is
                 // something to read: an idle client holds no buffer.
-                read = client.read_more(&mut client_buf), if self.tracker.awaited() < MAX_IN_FLIGHT && held.is_empty() => {
+                read = client.read_more(client_buf), if self.tracker.awaited() < MAX_IN_FLIGHT && held.is_empty() => {
                     match read {
                         Ok(0) => break Err(SessionEnd::ClientGone),
                         Ok(_) => {}
@@ -386,7 +382,9 @@ impl Session {
                 }
                 // Shutdown ends only idle sessions; a busy one looks
                 // once it is idle again.
-                _ = &mut shutdown_wait, if idle && !shutting_down => shutting_down = true,
+                _ = std::future::poll_fn(|cx| self.cancel.poll_closing(cx)), if idle && !shutting_down => {
+                    shutting_down = true
+                }
                 _ = idle_sleep(idle_wait), if idle_wait.is_some() => {
                     if self.is_idle() {
                         self.error(Severity::Fatal, "57P05",
@@ -640,15 +638,17 @@ impl Session {
     }
 }
 
-/// Empties a buffer, giving back memory a large result left behind.
 /// Sleeps for `wait`; the timer is made on the first poll, so a disabled
-/// `select!` branch costs nothing.
+/// `select!` branch costs nothing, and boxed, so a session keeps no room
+/// for one when the idle timeout is off.
 async fn idle_sleep(wait: Option<Duration>) {
     match wait {
-        Some(d) => tokio::time::sleep(d).await,
+        Some(d) => Box::pin(tokio::time::sleep(d)).await,
         None => std::future::pending().await,
     }
 }
+
+/// Empties a buffer, giving back memory a large result left behind.
 
 fn shrink(buf: &mut BytesMut) {
     if buf.capacity() > 256 * 1024 {
@@ -681,9 +681,14 @@ fn lease_node(lease: &Lease) -> usize {
     lease.pool().key.node
 }
 
-async fn read_backend(lease: &mut Option<Lease>, out: &mut Vec<Frame>) -> Result<(), BackendError> {
-    match lease {
-        Some(l) => l.conn().read_frames(out).await,
-        None => std::future::pending().await,
-    }
+/// Waits for the server's next frames, polled in place (see
+/// [`crate::backend::ServerConn::poll_read_frames`]).
+fn read_backend<'a>(
+    lease: &'a mut Option<Lease>,
+    out: &'a mut Vec<Frame>,
+) -> impl Future<Output = Result<(), BackendError>> + 'a {
+    std::future::poll_fn(move |cx| match lease {
+        Some(l) => l.conn().poll_read_frames(cx, out),
+        None => Poll::Pending,
+    })
 }

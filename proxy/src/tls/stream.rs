@@ -15,7 +15,7 @@ use std::{
 
 use bytes::BytesMut;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
 
@@ -63,17 +63,32 @@ impl Stream {
     /// Waits for data and appends what is there to `buf`; `Ok(0)` when the
     /// peer closed. Cancel-safe.
     pub async fn read_more(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx, buf)).await
+    }
+
+    /// Appends what the peer has sent to `buf` (`Ok(0)`: it closed), or
+    /// registers for the next data. Polled in place: a waiting read holds
+    /// no future of its own, so an idle client's task keeps no room for one.
+    pub fn poll_read_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         match self {
             Stream::Plain(s) => loop {
-                s.readable().await?;
+                match s.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
                 match try_read_drained(s, buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    r => return r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
                 }
             },
             Stream::Tls(t) => {
                 buf.reserve(READ_CHUNK);
-                t.read_buf(buf).await
+                tokio_util::io::poll_read_buf(Pin::new(t.as_mut()), cx, buf)
             }
         }
     }
@@ -130,25 +145,9 @@ impl Stream {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<Step>> {
-        let read = match self {
-            Stream::Plain(s) => loop {
-                match s.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-                match try_read_drained(s, buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    r => break r,
-                }
-            },
-            Stream::Tls(t) => {
-                buf.reserve(READ_CHUNK);
-                match tokio_util::io::poll_read_buf(Pin::new(t.as_mut()), cx, buf) {
-                    Poll::Ready(r) => r,
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
+        let read = match self.poll_read_more(cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => return Poll::Pending,
         };
         Poll::Ready(match read {
             Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
