@@ -168,8 +168,6 @@ impl CancelRegistry {
         }
     }
 
-    /// Gives `r` the process id `pid` when no other client has it (a
-    /// session-mode client takes its server process's id).
     /// Tells every registered session that tidepool is shutting down:
     /// each ends once it is idle. A session registered later sees the
     /// shutdown when it starts (`Shared::shutdown` is set first).
@@ -182,6 +180,8 @@ impl CancelRegistry {
         }
     }
 
+    /// Gives `r` the process id `pid` when no other client has it (a
+    /// session-mode client takes its server process's id).
     pub fn rekey(&self, r: &mut Registration, pid: i32) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if pid <= 0 || entries.contains_key(&pid) {

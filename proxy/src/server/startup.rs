@@ -89,7 +89,7 @@ pub(super) async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     // Startup and login are boxed: their futures (TLS handshake, SCRAM)
     // are large and done with once the client is in, and an idle client's
     // task should hold only what its session needs.
-    let Some(mut a) = Box::pin(admit(tcp, peer, &shared)).await else {
+    let Some(mut a) = Box::pin(admit(tcp, peer, shared)).await else {
         return;
     };
     // Used in place, not taken apart or passed on: a future keeps the room
@@ -125,8 +125,7 @@ struct Admitted {
 
 /// Startup (TLS, the startup packet), authentication and login: the client
 /// is admitted, or has been told why not.
-async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> Option<Admitted> {
-    let shared = shared.clone();
+async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Option<Admitted> {
     let _ = tcp.set_nodelay(true);
     // Sockets that have not logged in yet have a budget of their own: they
     // cannot take the places of logged-in clients, and a flood of silent
