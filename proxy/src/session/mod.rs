@@ -21,7 +21,7 @@ mod statements;
 mod tracker;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     task::Poll,
@@ -47,7 +47,6 @@ use crate::{
 use expect::Expect;
 use message::Message;
 use refusal::StandbyGuard;
-use state::PinReason;
 use statements::Statement;
 use tracker::{Effect, Tracker};
 
@@ -96,7 +95,7 @@ pub struct Session {
     /// with their session state for its next statement there.
     parked: Vec<Lease>,
     routing: router::SessionRouting,
-    pins: BTreeSet<PinReason>,
+    pins: state::Pins,
     statements: HashMap<String, Arc<Statement>>,
     /// The client's last unnamed Parse and the connection (node, backend
     /// pid) it was sent to: a Bind or Describe of the unnamed
@@ -177,7 +176,7 @@ impl Session {
             lease: None,
             parked: Vec::new(),
             routing: router::SessionRouting::default(),
-            pins: BTreeSet::new(),
+            pins: state::Pins::default(),
             statements: HashMap::new(),
             unnamed: None,
             tracker: Tracker::default(),
@@ -617,7 +616,7 @@ impl Session {
             return;
         }
         for p in &e.unpins {
-            self.pins.remove(p);
+            self.pins.remove(*p);
         }
         for p in &e.pins {
             if self.pins.insert(*p) {

@@ -32,6 +32,32 @@ impl PinReason {
     }
 }
 
+/// The reasons a session is pinned now: a set of [`PinReason`]s in one
+/// byte (a session keeps one; most hold none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pins(u8);
+
+impl Pins {
+    fn bit(p: PinReason) -> u8 {
+        1 << p as u8
+    }
+
+    /// Adds `p`; whether it was new.
+    pub fn insert(&mut self, p: PinReason) -> bool {
+        let new = self.0 & Self::bit(p) == 0;
+        self.0 |= Self::bit(p);
+        new
+    }
+
+    pub fn remove(&mut self, p: PinReason) {
+        self.0 &= !Self::bit(p);
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// A change to session settings, applied once the backend confirms it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettingChange {
@@ -445,6 +471,32 @@ pub fn apply_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pins_are_a_set_of_reasons() {
+        let all = [
+            PinReason::TempTable,
+            PinReason::AdvisoryLock,
+            PinReason::Listen,
+            PinReason::CursorWithHold,
+            PinReason::SqlPrepare,
+        ];
+        let mut pins = Pins::default();
+        assert!(pins.is_empty());
+        for p in all {
+            assert!(pins.insert(p), "{p:?} is new");
+            assert!(!pins.insert(p), "{p:?} is there already");
+        }
+        // Each reason is its own: removing all but one leaves it pinned.
+        for p in &all[1..] {
+            pins.remove(*p);
+            assert!(!pins.is_empty());
+        }
+        pins.remove(all[0]);
+        assert!(pins.is_empty());
+        pins.remove(PinReason::Listen);
+        assert!(pins.is_empty());
+    }
 
     #[test]
     fn a_set_with_a_multibyte_character_after_the_name_is_no_panic() {
