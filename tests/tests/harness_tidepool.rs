@@ -41,6 +41,52 @@ fn a_failed_start_reports_tidepools_log() {
     assert!(err.contains("no_such_key"), "{err}");
 }
 
+/// `client_idle_timeout` ends a session idle outside a transaction with
+/// PostgreSQL's 57P05, whether it waits with no server connection
+/// (transaction pooling) or on its own one (session pooling); a session
+/// idle inside a transaction and a busy one are left alone.
+#[tokio::test]
+async fn idle_clients_are_ended_after_client_idle_timeout() {
+    let cluster = PgCluster::start(PgClusterOpts::standbys(0)).unwrap();
+    for mode in ["transaction", "session"] {
+        let config = minimal_config(&cluster, free_port(), free_port())
+            .replace("[server]\n", "[server]\nclient_idle_timeout = \"1500ms\"\n")
+            .replace("mode = \"transaction\"", &format!("mode = \"{mode}\""));
+        let tidepool = Tidepool::start(&config).unwrap();
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(
+                &tidepool.conn_string("app", "app", "app"),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .unwrap();
+            (client, tokio::spawn(connection))
+        };
+        let (idle, idle_end) = connect().await;
+        idle.simple_query("SELECT 1").await.unwrap();
+        let (in_tx, in_tx_end) = connect().await;
+        in_tx.simple_query("BEGIN").await.unwrap();
+        let (busy, _busy_end) = connect().await;
+        busy.simple_query("SELECT pg_sleep(2.5)").await.unwrap();
+
+        let err = tokio::time::timeout(Duration::from_secs(10), idle_end)
+            .await
+            .expect("the idle session must end")
+            .unwrap()
+            .expect_err("the idle session must end with an error");
+        let code = err.as_db_error().map(|e| e.code().code().to_string());
+        assert_eq!(code.as_deref(), Some("57P05"), "{mode}: {err}");
+        assert!(idle.is_closed(), "{mode}");
+
+        assert!(
+            !in_tx_end.is_finished(),
+            "{mode}: ended inside a transaction"
+        );
+        in_tx.simple_query("COMMIT").await.unwrap();
+        busy.simple_query("SELECT 1").await.unwrap();
+    }
+}
+
 /// SIGTERM ends idle sessions at once, each told why as PostgreSQL tells
 /// its clients at a fast shutdown (57P01), instead of waiting out the
 /// grace period for clients that have nothing in flight.

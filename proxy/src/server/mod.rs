@@ -19,9 +19,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                // The task is `handle`'s future itself: an `async` block
+                // around it would keep the stream, the address and the
+                // shared state for the client's whole life.
                 Ok((stream, peer)) => {
-                    let shared = shared.clone();
-                    clients.spawn(async move { startup::handle(stream, peer, shared).await });
+                    clients.spawn(startup::handle(stream, peer, shared.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving.

@@ -156,7 +156,7 @@ impl Session {
                         // Kept as is (a reference count): classified only if
                         // a later round trip binds it.
                         let here = self.conn_identity();
-                        self.unnamed = Some((f.clone(), here));
+                        self.set_unnamed(f.clone(), here);
                     }
                     self.to_backend.extend_from_slice(&f.bytes);
                     self.push(Expect::Parse {

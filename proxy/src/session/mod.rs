@@ -21,7 +21,7 @@ mod statements;
 mod tracker;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     task::Poll,
@@ -96,22 +96,27 @@ pub struct Session {
     parked: Vec<Lease>,
     routing: router::SessionRouting,
     pins: state::Pins,
-    statements: HashMap<String, Arc<Statement>>,
+    /// The client's named prepared statements (an ordered map: no
+    /// hasher state kept by every client).
+    statements: BTreeMap<String, Arc<Statement>>,
     /// The client's last unnamed Parse and the connection (node, backend
     /// pid) it was sent to: a Bind or Describe of the unnamed
     /// statement in a later round trip may be served by another
-    /// connection, which gets the Parse first.
-    unnamed: Option<(Frame, (usize, i32))>,
+    /// connection, which gets the Parse first. Boxed (the room is kept
+    /// once made, see `set_unnamed`): most idle clients never send one.
+    unnamed: Option<Box<(Frame, (usize, i32))>>,
     /// Where the protocol stands: replies awaited, batch, COPY,
     /// transaction status.
     tracker: Tracker,
     /// The tracker's effects of one backend message (kept for its room).
     effects: Vec<Effect>,
+    /// tidepool is shutting down: the session ends once it is idle.
+    shutting_down: bool,
     /// The replies of a unit on a standby, held until it is known that
     /// the standby runs it (see `refusal`).
     guard: Option<Box<StandbyGuard>>,
     /// A unit a standby refused, to run again on the primary.
-    rerun: Option<Vec<Frame>>,
+    rerun: Option<Box<Vec<Frame>>>,
     /// The refusal came from a managed cluster's writer: the topology
     /// watcher checks it before the unit runs again.
     check_writer: bool,
@@ -177,10 +182,11 @@ impl Session {
             parked: Vec::new(),
             routing: router::SessionRouting::default(),
             pins: state::Pins::default(),
-            statements: HashMap::new(),
+            statements: BTreeMap::new(),
             unnamed: None,
             tracker: Tracker::default(),
             effects: Vec::new(),
+            shutting_down: false,
             guard: None,
             rerun: None,
             check_writer: false,
@@ -264,6 +270,12 @@ impl Session {
     /// Serves the client on `client` until it leaves; `client_buf` holds
     /// what it sent beyond its login. Borrowed, not taken: the caller's
     /// task keeps them once, not also in this future.
+    ///
+    /// The work of a busy client (`serve`) is boxed and dropped whenever
+    /// the client is idle with no server connection: what a client's task
+    /// keeps between transactions is its session and the small wait for
+    /// its next message (`wait_idle`), not the room of every step of the
+    /// work. Thousands of idle clients then cost little each.
     pub async fn run(
         &mut self,
         client: &mut Stream,
@@ -274,19 +286,86 @@ impl Session {
         // on the channel shared by every client would keep a future in
         // each idle client's task, or register under that channel's lock
         // on every turn.
-        let mut shutting_down = *self.shared.shutdown.borrow();
+        self.shutting_down = *self.shared.shutdown.borrow();
         if client_buf.is_empty() {
             // The startup packet's room: an idle client holds no buffer.
             *client_buf = BytesMut::new();
         }
-        let mut backend_frames = Vec::new();
+        let result = loop {
+            if let Err(e) = Box::pin(self.serve(client, client_buf)).await {
+                break Err(e);
+            }
+            if let Err(e) = self.wait_idle(client, client_buf).await {
+                break Err(e);
+            }
+        };
+        // Ended by tidepool while idle: the client is told why, as
+        // PostgreSQL tells it.
+        let farewell = match result {
+            Err(SessionEnd::Shutdown) => Some((
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to tidepool shutdown",
+            )),
+            Err(SessionEnd::IdleTimeout) => Some((
+                sqlstate::IDLE_SESSION_TIMEOUT,
+                "terminating connection due to idle-session timeout",
+            )),
+            _ => None,
+        };
+        if let Some((code, message)) = farewell {
+            self.error(Severity::Fatal, code, message, None);
+            let _ = client.write_all(&self.to_client).await;
+        }
+        Box::pin(self.finish()).await;
+        result
+    }
+
+    /// Waits for an idle client that holds no server connection: its next
+    /// message, shutdown, or the idle timeout. The three are polled in
+    /// place: this wait is what every idle client's task keeps.
+    async fn wait_idle(
+        &mut self,
+        client: &mut Stream,
+        client_buf: &mut BytesMut,
+    ) -> Result<(), SessionEnd> {
+        let idle_timeout = self.shared.config.load().server.client_idle_timeout;
+        // Made on the first poll, and only when the timeout is on.
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        std::future::poll_fn(move |cx| {
+            if let Poll::Ready(read) = client.poll_read_more(cx, client_buf) {
+                return Poll::Ready(match read {
+                    Ok(0) => Err(SessionEnd::ClientGone),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.into()),
+                });
+            }
+            if !self.shutting_down && self.cancel.poll_closing(cx).is_ready() {
+                return Poll::Ready(Err(SessionEnd::Shutdown));
+            }
+            if !idle_timeout.is_zero() {
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(SessionEnd::IdleTimeout));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The work of a busy client, until it is idle with no server
+    /// connection (`Ok`) or the session ends (`Err`).
+    async fn serve(
+        &mut self,
+        client: &mut Stream,
+        client_buf: &mut BytesMut,
+    ) -> Result<(), SessionEnd> {
         // Messages of a unit that waits for the one before it to finish.
         let mut held: Vec<Frame> = Vec::new();
-        let result = loop {
-            if let Some(unit) = self.rerun.take()
-                && let Err(e) = Box::pin(self.rerun_on_primary(unit)).await
-            {
-                break Err(e);
+        let mut backend_frames = Vec::new();
+        loop {
+            if let Some(unit) = self.rerun.take() {
+                Box::pin(self.rerun_on_primary(*unit)).await?;
             }
             // Handle whatever whole client frames are buffered.
             let mut r = Ok(());
@@ -307,14 +386,15 @@ impl Session {
                     }
                 }
             }
-            // Boxed once per turn: the work's room (about 1–2 KiB) is
-            // taken while the client's messages are handled, not kept by
-            // every idle client's task; what that work may await that is
-            // large and rare (opening a connection, the catalog, the
-            // cache's stores, a cancel's connection) is boxed where it is
-            // awaited, so the copy into the box stays small.
+            // Inline: `serve` is itself boxed while the client is busy.
+            // What the work may await that is large and rare (opening a
+            // connection, the catalog, the cache's stores, a cancel's
+            // connection) is boxed where it is awaited, so that a busy
+            // client's box stays small.
             if r.is_ok() && !frames.is_empty() {
-                r = Box::pin(self.handle_frames(frames, &mut held, client, client_buf)).await;
+                r = self
+                    .handle_frames(frames, &mut held, client, client_buf)
+                    .await;
             }
             if let Err(e) = self.flush_backend(client).await {
                 r = Err(e);
@@ -324,23 +404,25 @@ impl Session {
             if client_buf.is_empty() {
                 *client_buf = BytesMut::new();
             }
-            if let Err(e) = r {
-                break Err(e);
-            }
+            r?;
             if self.rerun.is_some() {
                 continue;
             }
-            if shutting_down && self.is_idle() {
-                break Err(SessionEnd::Shutdown);
+            let idle = self.is_idle();
+            if self.shutting_down && idle {
+                return Err(SessionEnd::Shutdown);
             }
             if held.first().is_some_and(|f| !self.waits_for_boundary(f)) {
                 // The replies came in while writing: route the next unit.
                 continue;
             }
+            if idle && self.lease.is_none() && held.is_empty() && client_buf.is_empty() {
+                // Nothing in flight and nothing held: the wait is `run`'s.
+                return Ok(());
+            }
             // A timer only where one can fire: arming one on every turn
             // costs a clock read and two timer-wheel updates a message.
             let idle_timeout = self.shared.config.load().server.client_idle_timeout;
-            let idle = self.is_idle();
             let idle_wait = (idle && !idle_timeout.is_zero()).then_some(idle_timeout);
             tokio::select! {
                 // The server's replies first: an error reaches the client
@@ -366,7 +448,7 @@ impl Session {
                                     Some("reconnect; tidepool serves new sessions from a healthy node"));
                             }
                             client.write_all(&self.to_client).await?;
-                            break Err(SessionEnd::Backend(e.to_string()));
+                            return Err(SessionEnd::Backend(e.to_string()));
                         }
                     }
                 }
@@ -374,37 +456,23 @@ impl Session {
                 // something to read: an idle client holds no buffer.
                 read = client.read_more(client_buf), if self.tracker.awaited() < MAX_IN_FLIGHT && held.is_empty() => {
                     match read {
-                        Ok(0) => break Err(SessionEnd::ClientGone),
+                        Ok(0) => return Err(SessionEnd::ClientGone),
                         Ok(_) => {}
-                        Err(e) => break Err(e.into()),
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 // Shutdown ends only idle sessions; a busy one looks
                 // once it is idle again.
-                _ = std::future::poll_fn(|cx| self.cancel.poll_closing(cx)), if idle && !shutting_down => {
-                    shutting_down = true
+                _ = std::future::poll_fn(|cx| self.cancel.poll_closing(cx)), if idle && !self.shutting_down => {
+                    self.shutting_down = true
                 }
                 _ = idle_sleep(idle_wait), if idle_wait.is_some() => {
                     if self.is_idle() {
-                        self.error(Severity::Fatal, "57P05",
-                            "terminating connection due to idle-session timeout", None);
-                        client.write_all(&self.to_client).await?;
-                        break Err(SessionEnd::IdleTimeout);
+                        return Err(SessionEnd::IdleTimeout);
                     }
                 }
             }
-        };
-        if matches!(result, Err(SessionEnd::Shutdown)) {
-            self.error(
-                Severity::Fatal,
-                sqlstate::ADMIN_SHUTDOWN,
-                "terminating connection due to tidepool shutdown",
-                None,
-            );
-            let _ = client.write_all(&self.to_client).await;
         }
-        Box::pin(self.finish()).await;
-        result
     }
 
     /// Handles the client's whole messages of one turn, in order; a unit
@@ -596,6 +664,15 @@ impl Session {
             self.after_backend_batch();
         }
         Ok(())
+    }
+
+    /// Keeps the client's last unnamed Parse and where it was sent, in
+    /// the room the last one had.
+    fn set_unnamed(&mut self, parse: Frame, at: (usize, i32)) {
+        match &mut self.unnamed {
+            Some(kept) => **kept = (parse, at),
+            None => self.unnamed = Some(Box::new((parse, at))),
+        }
     }
 
     fn push(&mut self, e: Expect) {

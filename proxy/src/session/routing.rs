@@ -171,7 +171,11 @@ impl Session {
                             && !rest.iter().any(|p| p.tag == b'P')
                             && f.tag != b'P' =>
                         {
-                            match self.unnamed.as_ref().map(|(p, _)| messages::read_parse(p)) {
+                            match self
+                                .unnamed
+                                .as_deref()
+                                .map(|(p, _)| messages::read_parse(p))
+                            {
                                 Some(Ok((_, q))) => {
                                     add(&self.shared.classifier.classify(&q), &mut merged)
                                 }

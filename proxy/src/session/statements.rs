@@ -161,7 +161,7 @@ impl Session {
             return;
         }
         let here = self.conn_identity();
-        if let Some((parse, at)) = self.unnamed.as_mut()
+        if let Some((parse, at)) = self.unnamed.as_deref_mut()
             && *at != here
         {
             *at = here;
