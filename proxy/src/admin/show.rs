@@ -32,7 +32,17 @@ pub fn answer(sql: &str, shared: &Shared) -> Option<Table> {
 
 /// As [`answer`], for a session whose load-balance node is `read_node`.
 pub fn answer_in_session(sql: &str, shared: &Shared, read_node: Option<usize>) -> Option<Table> {
-    let cmd = sql.trim().trim_end_matches(';').trim();
+    // Every statement a session runs passes here: most are told apart by
+    // their first word without trimming or splitting the whole text.
+    let start = sql.trim_start();
+    if !start
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"show"))
+    {
+        return None;
+    }
+    let cmd = start.trim_end().trim_end_matches(';').trim();
     let (show, what) = cmd.split_once(char::is_whitespace)?;
     if !show.eq_ignore_ascii_case("show") {
         return None;
@@ -394,4 +404,49 @@ fn pool_watchdog(shared: &Shared) -> Table {
         })
         .collect();
     Table { columns, rows }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> std::sync::Arc<Shared> {
+        let cfg = crate::config::Config::load_str(
+            "[[backends]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\n\
+             [[users]]\nname = \"app\"\npassword = \"app\"\n",
+        )
+        .unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        Shared::new(cfg, None, rx)
+    }
+
+    /// A session's SHOW of tidepool's own views is told apart from every
+    /// other statement by its first word, however it is spaced and cased.
+    #[tokio::test]
+    async fn show_commands_are_found_by_their_first_word() {
+        let shared = shared();
+        for sql in [
+            "SHOW POOL_VERSION",
+            "  show\tpool_version ;",
+            "\nShow   Pool_Version;;",
+        ] {
+            let table = answer_in_session(sql, &shared, None);
+            assert_eq!(
+                table.map(|t| t.columns),
+                Some(vec!["pool_version"]),
+                "{sql:?}"
+            );
+        }
+        for sql in [
+            "SELECT 1",
+            "SHOW search_path",
+            "SHOWPOOL_VERSION",
+            "sho",
+            "",
+            "shoW",
+            "explain show pool_version",
+        ] {
+            assert!(answer_in_session(sql, &shared, None).is_none(), "{sql:?}");
+        }
+    }
 }

@@ -157,6 +157,16 @@ pub fn cstr(buf: &mut &[u8]) -> Result<String, FrameError> {
     Ok(s)
 }
 
+/// `bytes` as text, with what is not UTF-8 replaced. Checked the fast way
+/// first (`str::from_utf8` validates whole words of ASCII at a time):
+/// nearly all query text is valid.
+pub fn text_lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// A NUL-terminated string, with bytes that are not UTF-8 replaced (text
 /// in the client's encoding that tidepool only reads).
 pub fn cstr_lossy(buf: &mut &[u8]) -> Result<String, FrameError> {
@@ -164,7 +174,7 @@ pub fn cstr_lossy(buf: &mut &[u8]) -> Result<String, FrameError> {
         .iter()
         .position(|&b| b == 0)
         .ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
-    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let s = text_lossy(&buf[..end]).into_owned();
     *buf = &buf[end + 1..];
     Ok(s)
 }
@@ -173,6 +183,16 @@ pub fn cstr_lossy(buf: &mut &[u8]) -> Result<String, FrameError> {
 mod tests {
     use super::*;
     use bytes::BufMut;
+
+    /// Text in UTF-8 is read in place; other bytes (a LATIN1 client's
+    /// query) are replaced, never refused.
+    #[test]
+    fn text_is_read_in_place_unless_it_is_not_utf8() {
+        let utf8 = "SELECT 'größe', '表'".as_bytes();
+        assert!(matches!(text_lossy(utf8), std::borrow::Cow::Borrowed(s) if s.as_bytes() == utf8));
+        let latin1 = b"SELECT 'gr\xf6\xdfe'";
+        assert_eq!(text_lossy(latin1), "SELECT 'gr\u{fffd}\u{fffd}e'");
+    }
 
     fn startup(params: &[(&str, &str)]) -> BytesMut {
         let mut body = BytesMut::new();

@@ -307,7 +307,7 @@ pub fn read_backend_key_data(f: &Frame) -> Option<(i32, Bytes)> {
 pub fn read_query(f: &Frame) -> Result<std::borrow::Cow<'_, str>, FrameError> {
     let b = f.body();
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    Ok(String::from_utf8_lossy(&b[..end]))
+    Ok(frame::text_lossy(&b[..end]))
 }
 
 /// Statement name and query text of a Parse.

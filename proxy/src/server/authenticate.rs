@@ -165,7 +165,7 @@ pub(super) async fn authenticate(
             // scram-sha-256 rule): as PostgreSQL does, the client still
             // gets a whole exchange that fails, so that it cannot tell
             // such a user from an unknown one by the answer or its timing.
-            tracing::warn!(user, "{e}");
+            tracing::warn!(%peer, user, "{e}");
             let mut scram = c.scram(ScramServer::mock(user, &shared.mock_key));
             let r = scram_exchange(c, &mut scram).await;
             return Err(auth_refusal(

@@ -7,7 +7,6 @@ use std::{
 
 use bytes::BytesMut;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
-use tracing::Instrument;
 
 use super::authenticate::{ClientConn, authenticate};
 use crate::app::Shared;
@@ -187,9 +186,11 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
     let user = param(&params, "user").unwrap_or_default();
     let database = param(&params, "database").unwrap_or_else(|| user.clone());
     let tls_on = client.is_tls();
-    let span =
-        tracing::info_span!("session", %peer, user = %user, database = %database, tls = tls_on);
     let login = async move {
+        // The client's span, made only for a line that is logged: making
+        // one formats its fields into the subscriber's registry, a cost
+        // every connection would pay for lines few of them log.
+        let span = || tracing::info_span!("session", %peer, user = %user, database = %database, tls = tls_on);
         let mut out = BytesMut::new();
         if minor_asked > 0 || !pq_options.is_empty() {
             messages::negotiate_protocol_version(&mut out, 0, pq_options);
@@ -224,7 +225,7 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
         drop(starting);
         if let Err(r) = outcome {
             shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(code = r.code, "login refused: {}", r.message);
+            tracing::info!(parent: &span(), code = r.code, "login refused: {}", r.message);
             if r.code == sqlstate::INVALID_PASSWORD {
                 // Guessing from one address gets slower; nobody else waits.
                 let delay = shared
@@ -250,6 +251,8 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
             &settings,
             registration.slot.clone(),
         );
+        // The session's own lines name the client from here on.
+        session.peer = Some((peer, tls_on));
         match session.login(&settings).await {
             Ok(reported) => {
                 for (k, v) in &reported {
@@ -257,7 +260,7 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
                 }
             }
             Err((code, message)) => {
-                tracing::info!(code, "no backend for the session: {message}");
+                tracing::info!(parent: &span(), code, "no backend for the session: {message}");
                 messages::error_response(&mut out, Severity::Fatal, code, &message, None);
                 let _ = client.write_all(&out).await;
                 return None;
@@ -273,8 +276,7 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
         if client.write_all(&out).await.is_err() {
             return None;
         }
-        tracing::debug!("session started");
-        session.peer = Some((peer, tls_on));
+        tracing::debug!(parent: &span(), "session started");
         session.client_pid = registration.pid;
         Some(Admitted {
             session,
@@ -284,9 +286,7 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
             _session_slot: session_slot,
         })
     };
-    // Logged inside the client's span; none is kept once it is in (see
-    // `Session::span`).
-    login.instrument(span).await
+    login.await
 }
 
 /// What a StartupMessage asked for.

@@ -50,6 +50,7 @@ pub async fn serve(
                     .expect("worker runtime");
                 let mut all = finished.subscribe();
                 runtime.block_on(async move {
+                    tokio::spawn(keep_a_timer_armed());
                     {
                         // Counted also if serving panics.
                         let _counted = Finished(finished);
@@ -81,5 +82,23 @@ struct Finished(Arc<watch::Sender<usize>>);
 impl Drop for Finished {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n += 1);
+    }
+}
+
+/// How often a worker's clock tick fires (see `keep_a_timer_armed`).
+const TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keeps a timer due within `TICK` on the worker's runtime. A timer armed
+/// earlier than every other one makes tokio wake the runtime's driver (a
+/// write to its eventfd and one more `epoll_wait`), even from the
+/// runtime's own thread; every client arms one for its startup and its
+/// authentication. With this tick always sooner than those timeouts, a new
+/// client's timers never are the earliest, and accepting a client costs
+/// no wake-up: half a `write` and an `epoll_wait` less per connection.
+async fn keep_a_timer_armed() {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
