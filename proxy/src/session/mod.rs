@@ -25,7 +25,6 @@ use std::{
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     task::Poll,
-    time::Duration,
 };
 
 use bytes::{Buf, BytesMut};
@@ -314,15 +313,20 @@ impl Session {
         };
         if let Some((code, message)) = farewell {
             self.error(Severity::Fatal, code, message, None);
+        }
+        // What the session had to tell the client last (the farewell, or
+        // why its server connection was lost).
+        if !self.to_client.is_empty() {
             let _ = client.write_all(&self.to_client).await;
         }
         Box::pin(self.finish()).await;
         result
     }
 
-    /// Waits for an idle client that holds no server connection: its next
-    /// message, shutdown, or the idle timeout. The three are polled in
-    /// place: this wait is what every idle client's task keeps.
+    /// Waits while the client is idle: for its next message, what its
+    /// server connection sends meanwhile (a notification, a parameter's
+    /// new value, a FATAL), shutdown, or the idle timeout. All are polled
+    /// in place: this wait is what every idle client's task keeps.
     async fn wait_idle(
         &mut self,
         client: &mut Stream,
@@ -331,30 +335,75 @@ impl Session {
         let idle_timeout = self.shared.config.load().server.client_idle_timeout;
         // Made on the first poll, and only when the timeout is on.
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        std::future::poll_fn(move |cx| {
+        let mut frames = Vec::new();
+        let woke = std::future::poll_fn(|cx| {
+            if let Some(l) = self.lease.as_mut()
+                && let Poll::Ready(r) = l.conn().poll_read_frames(cx, &mut frames)
+            {
+                return Poll::Ready(Woke::Server(r));
+            }
             if let Poll::Ready(read) = client.poll_read_more(cx, client_buf) {
-                return Poll::Ready(match read {
+                return Poll::Ready(Woke::Session(match read {
                     Ok(0) => Err(SessionEnd::ClientGone),
                     Ok(_) => Ok(()),
                     Err(e) => Err(e.into()),
-                });
+                }));
             }
             if !self.shutting_down && self.cancel.poll_closing(cx).is_ready() {
-                return Poll::Ready(Err(SessionEnd::Shutdown));
+                return Poll::Ready(Woke::Session(Err(SessionEnd::Shutdown)));
             }
             if !idle_timeout.is_zero() {
                 let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
                 if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(SessionEnd::IdleTimeout));
+                    return Poll::Ready(Woke::Session(Err(SessionEnd::IdleTimeout)));
                 }
             }
             Poll::Pending
         })
-        .await
+        .await;
+        match woke {
+            Woke::Session(r) => r,
+            Woke::Server(read) => self.on_backend_read(read, &mut frames),
+        }
     }
 
-    /// The work of a busy client, until it is idle with no server
-    /// connection (`Ok`) or the session ends (`Err`).
+    /// Takes what one read of the server connection brought: its frames,
+    /// or the connection's loss, which ends the session (the client is
+    /// told why by `run`, unless the server's own FATAL already did).
+    fn on_backend_read(
+        &mut self,
+        read: Result<(), BackendError>,
+        frames: &mut Vec<Frame>,
+    ) -> Result<(), SessionEnd> {
+        match read {
+            Ok(()) => {
+                for f in frames.drain(..) {
+                    self.on_backend_frame(f);
+                }
+                self.after_backend_batch();
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(l) = &self.lease {
+                    self.report_fault(lease_node(l), &e);
+                }
+                self.lease = None;
+                self.cancel.clear();
+                if !self.tracker.backend_fatal() {
+                    self.error(
+                        Severity::Fatal,
+                        sqlstate::CONNECTION_FAILURE,
+                        &format!("lost the backend connection: {e}"),
+                        Some("reconnect; tidepool serves new sessions from a healthy node"),
+                    );
+                }
+                Err(SessionEnd::Backend(e.to_string()))
+            }
+        }
+    }
+
+    /// The work of a busy client, until it is idle (`Ok`) or the session
+    /// ends (`Err`).
     async fn serve(
         &mut self,
         client: &mut Stream,
@@ -416,41 +465,16 @@ impl Session {
                 // The replies came in while writing: route the next unit.
                 continue;
             }
-            if idle && self.lease.is_none() && held.is_empty() && client_buf.is_empty() {
+            if idle && held.is_empty() {
                 // Nothing in flight and nothing held: the wait is `run`'s.
                 return Ok(());
             }
-            // A timer only where one can fire: arming one on every turn
-            // costs a clock read and two timer-wheel updates a message.
-            let idle_timeout = self.shared.config.load().server.client_idle_timeout;
-            let idle_wait = (idle && !idle_timeout.is_zero()).then_some(idle_timeout);
             tokio::select! {
                 // The server's replies first: an error reaches the client
                 // before more of what it pipelined is read.
                 biased;
                 r = read_backend(&mut self.lease, &mut backend_frames), if self.lease.is_some() => {
-                    match r {
-                        Ok(()) => {
-                            for f in backend_frames.drain(..) {
-                                self.on_backend_frame(f);
-                            }
-                            self.after_backend_batch();
-                        }
-                        Err(e) => {
-                            if let Some(l) = &self.lease {
-                                self.report_fault(lease_node(l), &e);
-                            }
-                            self.lease = None;
-                            self.cancel.clear();
-                            if !self.tracker.backend_fatal() {
-                                self.error(Severity::Fatal, sqlstate::CONNECTION_FAILURE,
-                                    &format!("lost the backend connection: {e}"),
-                                    Some("reconnect; tidepool serves new sessions from a healthy node"));
-                            }
-                            client.write_all(&self.to_client).await?;
-                            return Err(SessionEnd::Backend(e.to_string()));
-                        }
-                    }
+                    self.on_backend_read(r, &mut backend_frames)?;
                 }
                 // On plain TCP, memory is taken only while there is
                 // something to read: an idle client holds no buffer.
@@ -459,16 +483,6 @@ impl Session {
                         Ok(0) => return Err(SessionEnd::ClientGone),
                         Ok(_) => {}
                         Err(e) => return Err(e.into()),
-                    }
-                }
-                // Shutdown ends only idle sessions; a busy one looks
-                // once it is idle again.
-                _ = std::future::poll_fn(|cx| self.cancel.poll_closing(cx)), if idle && !self.shutting_down => {
-                    self.shutting_down = true
-                }
-                _ = idle_sleep(idle_wait), if idle_wait.is_some() => {
-                    if self.is_idle() {
-                        return Err(SessionEnd::IdleTimeout);
                     }
                 }
             }
@@ -714,16 +728,6 @@ impl Session {
     }
 }
 
-/// Sleeps for `wait`; the timer is made on the first poll, so a disabled
-/// `select!` branch costs nothing, and boxed, so a session keeps no room
-/// for one when the idle timeout is off.
-async fn idle_sleep(wait: Option<Duration>) {
-    match wait {
-        Some(d) => Box::pin(tokio::time::sleep(d)).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Empties a buffer, giving back memory a large result left behind.
 
 fn shrink(buf: &mut BytesMut) {
@@ -746,6 +750,13 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// Bytes read from a client while one of its messages waits, to notice
 /// that it went away; past this, the rest waits in its socket.
 const WATCH_BUFFER: usize = 64 * 1024;
+
+/// What ended an idle wait (`wait_idle`): the server connection was read,
+/// or the client sent more (`Ok`) or the session is over.
+enum Woke {
+    Server(Result<(), BackendError>),
+    Session(Result<(), SessionEnd>),
+}
 
 /// One step of `flush_backend`.
 enum Pump {
