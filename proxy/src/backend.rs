@@ -370,7 +370,7 @@ impl ServerConn {
 
     /// Reads whatever frames are buffered or arrive next; at least one.
     /// Cancel-safe: bytes read stay in the buffer if the future is dropped.
-    pub async fn read_frames(&mut self, out: &mut Vec<Frame>) -> Result<(), BackendError> {
+    pub async fn read_frames(&mut self, out: &mut frame::Frames) -> Result<(), BackendError> {
         std::future::poll_fn(|cx| self.poll_read_frames(cx, out)).await
     }
 
@@ -379,14 +379,16 @@ impl ServerConn {
     pub fn poll_read_frames(
         &mut self,
         cx: &mut std::task::Context<'_>,
-        out: &mut Vec<Frame>,
+        out: &mut impl Extend<Frame>,
     ) -> std::task::Poll<Result<(), BackendError>> {
         use std::task::Poll;
         loop {
+            let mut any = false;
             while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
-                out.push(f);
+                out.extend(Some(f));
+                any = true;
             }
-            if !out.is_empty() {
+            if any {
                 return Poll::Ready(Ok(()));
             }
             match self.stream.poll_read_more(cx, &mut self.buf) {
@@ -422,7 +424,7 @@ impl ServerConn {
     }
 
     /// Moves the whole frames buffered to `out`.
-    pub fn take_frames(&mut self, out: &mut Vec<Frame>) -> Result<(), BackendError> {
+    pub fn take_frames(&mut self, out: &mut frame::Frames) -> Result<(), BackendError> {
         while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
             out.push(f);
         }
@@ -470,6 +472,10 @@ impl ServerConn {
         &mut self,
         wanted: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
+        if self.settings == *wanted {
+            // The usual case: clients of a pool set the same things.
+            return Ok(());
+        }
         let mut sql = String::new();
         for (k, v) in wanted {
             if self.settings.get(k) != Some(v) {

@@ -160,7 +160,7 @@ pub struct Pool {
     inner: Mutex<Inner>,
     /// What the server reported (ParameterStatus) when a connection of this
     /// pool last logged in.
-    server_parameters: Mutex<Option<BTreeMap<String, String>>>,
+    server_parameters: Mutex<Option<Arc<BTreeMap<String, String>>>>,
     target: Mutex<Endpoint>,
     pub counters: PoolCounters,
 }
@@ -422,7 +422,7 @@ impl Pool {
                 *self
                     .server_parameters
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(c.reported.clone())
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c.reported.clone()))
             }
             Err(_) => {
                 self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -494,7 +494,7 @@ impl Pool {
     }
 
     /// The server's parameters as last reported to a new connection.
-    pub fn server_parameters(&self) -> Option<BTreeMap<String, String>> {
+    pub fn server_parameters(&self) -> Option<Arc<BTreeMap<String, String>>> {
         self.server_parameters
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -228,6 +228,8 @@ fn apply(shared: &Shared, new: Config) -> Result<ReloadOutcome, Vec<ConfigError>
         needs_restart.push("pool.mode (running sessions keep the old mode)".to_string());
     }
     shared.config.store(new.clone());
+    // Function overrides may have changed: the catalog's memos go.
+    shared.catalog.invalidate();
     let backends_changed = old.backends != new.backends;
     if backends_changed {
         shared.cluster.reconfigure(&new.backends);

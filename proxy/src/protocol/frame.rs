@@ -16,6 +16,11 @@ pub const SSL_REQUEST_CODE: u32 = 80877103;
 pub const GSSENC_REQUEST_CODE: u32 = 80877104;
 pub const CANCEL_REQUEST_CODE: u32 = 80877102;
 
+/// The frames of one read or one turn: a few kept inline (in the boxed
+/// work of a busy session), so that a transaction's turns allocate no
+/// list; more spill to the heap.
+pub type Frames = smallvec::SmallVec<[Frame; 4]>;
+
 /// A whole message: tag, length and body, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {

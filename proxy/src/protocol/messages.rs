@@ -10,8 +10,8 @@ use pgwire::messages::{
     cancel::CancelRequest,
     response::{CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus},
     startup::{
-        Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, Password,
-        SASLInitialResponse, SASLResponse, SecretKey, Startup,
+        Authentication, BackendKeyData, NegotiateProtocolVersion, Password, SASLInitialResponse,
+        SASLResponse, SecretKey, Startup,
     },
 };
 
@@ -101,8 +101,15 @@ pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
     );
 }
 
+/// Written in place (a login sends one per server parameter).
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    encode(&ParameterStatus::new(name.into(), value.into()), out);
+    out.reserve(1 + 4 + name.len() + value.len() + 2);
+    out.put_u8(b'S');
+    out.put_i32((4 + name.len() + 1 + value.len() + 1) as i32);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(value.as_bytes());
+    out.put_u8(0);
 }
 
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
@@ -403,6 +410,29 @@ pub fn message(tag: u8, body: &[u8]) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_status_is_encoded_as_pgwire_encodes_it() {
+        for (k, v) in [
+            ("client_encoding", "UTF8"),
+            ("application_name", ""),
+            ("é", "日本"),
+        ] {
+            let mut ours = BytesMut::new();
+            parameter_status(&mut ours, k, v);
+            let mut theirs = BytesMut::new();
+            encode(
+                &pgwire::messages::startup::ParameterStatus::new(k.into(), v.into()),
+                &mut theirs,
+            );
+            assert_eq!(ours, theirs);
+            let f = frame::take(&mut ours, usize::MAX).unwrap().unwrap();
+            assert_eq!(
+                read_parameter_status(&f).unwrap(),
+                (k.to_string(), v.to_string())
+            );
+        }
+    }
 
     #[test]
     fn error_response_round_trips_through_the_reader() {

@@ -7,7 +7,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -16,11 +19,66 @@ use crate::config::HealthCheckConfig;
 /// Remembered answers, per database.
 #[derive(Default)]
 pub struct Catalog {
-    /// (database, function name) → may write.
-    functions: RwLock<HashMap<(String, String), bool>>,
-    /// (database, relation name) → (temporary or unlogged, when learned).
-    relations: RwLock<HashMap<(String, String), (bool, Instant)>>,
+    /// Database → function name → may write.
+    functions: RwLock<PerDatabase<bool>>,
+    /// Database → relation name → (temporary or unlogged, when learned).
+    relations: RwLock<PerDatabase<(bool, Instant)>>,
     clients: Mutex<HashMap<String, Arc<tokio_postgres::Client>>>,
+    /// Changes whenever an answer is learned or forgotten, and when the
+    /// routing rules are reloaded: a statement's memo of "all known, none
+    /// volatile, none local" (`Memo`) holds for one generation.
+    generation: AtomicU64,
+    /// A small number per database name, for memos.
+    tags: Mutex<HashMap<String, u16>>,
+}
+
+/// What a statement's class remembers of the catalog's answer for it: the
+/// generation and database tag at which every function it calls was known
+/// not to write and every relation it reads known to be neither temporary
+/// nor unlogged. Saves a routed unit the lookups (two hashes and a lock
+/// per name) while nothing changed.
+#[derive(Debug, Default)]
+pub struct Memo(AtomicU64);
+
+impl Memo {
+    pub fn holds(&self, key: u64) -> bool {
+        key != 0 && self.0.load(Ordering::Relaxed) == key
+    }
+
+    pub fn set(&self, key: u64) {
+        self.0.store(key, Ordering::Relaxed);
+    }
+}
+
+/// A class is copied with an empty memo.
+impl Clone for Memo {
+    fn clone(&self) -> Memo {
+        Memo::default()
+    }
+}
+
+/// Memos do not make two classes differ.
+impl PartialEq for Memo {
+    fn eq(&self, _: &Memo) -> bool {
+        true
+    }
+}
+
+impl Eq for Memo {}
+
+/// Answers by database, then name: looked up by borrowed names, with no
+/// key built per lookup (every routed unit asks).
+type PerDatabase<V> = HashMap<String, HashMap<String, V>>;
+
+fn of_database<'a, V>(map: &'a mut PerDatabase<V>, db: &str) -> &'a mut HashMap<String, V> {
+    if !map.contains_key(db) {
+        map.insert(db.to_string(), HashMap::new());
+    }
+    map.get_mut(db).expect("inserted above")
+}
+
+fn remembered<V>(map: &PerDatabase<V>) -> usize {
+    map.values().map(HashMap::len).sum()
 }
 
 /// Most answers remembered of each kind (functions, relations), all
@@ -32,9 +90,38 @@ const MAX_REMEMBERED: usize = 50_000;
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 impl Catalog {
+    /// The tag of database `db` for memos; 0 (no memo) past 65,535
+    /// databases.
+    pub fn tag(&self, db: &str) -> u16 {
+        let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tags.get(db) {
+            return *t;
+        }
+        let Ok(t) = u16::try_from(tags.len() + 1) else {
+            return 0;
+        };
+        tags.insert(db.to_string(), t);
+        t
+    }
+
+    /// The key a memo for database `tag` holds now (0: none can).
+    pub fn memo_key(&self, tag: u16) -> u64 {
+        match tag {
+            0 => 0,
+            t => (self.generation.load(Ordering::Acquire) + 1) << 16 | u64::from(t),
+        }
+    }
+
+    /// Every memo is void from now on (an answer changed, or the rules
+    /// that override the catalog's).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Closes the connection to `db` and forgets what it said (the
     /// database is being dropped or renamed).
     pub fn forget_database(&self, db: &str) {
+        self.invalidate();
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -42,29 +129,37 @@ impl Catalog {
         self.functions
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(d, _), _| d != db);
+            .remove(db);
         self.relations
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(d, _), _| d != db);
+            .remove(db);
     }
 
     /// Known answers for `functions`: Some(any may write) when all known.
     pub fn known_functions(&self, db: &str, names: &[String]) -> Option<bool> {
+        if names.is_empty() {
+            return Some(false);
+        }
         let f = self.functions.read().unwrap_or_else(|e| e.into_inner());
+        let f = f.get(db)?;
         let mut any = false;
         for n in names {
-            any |= *f.get(&(db.to_string(), n.clone()))?;
+            any |= *f.get(n.as_str())?;
         }
         Some(any)
     }
 
     /// Known answers for `relations`: Some(any is local) when all known.
     pub fn known_relations(&self, db: &str, names: &[String]) -> Option<bool> {
+        if names.is_empty() {
+            return Some(false);
+        }
         let r = self.relations.read().unwrap_or_else(|e| e.into_inner());
+        let r = r.get(db)?;
         let mut any = false;
         for n in names {
-            let (local, at) = r.get(&(db.to_string(), n.clone()))?;
+            let (local, at) = r.get(n.as_str())?;
             if *local && at.elapsed() > NEGATIVE_TTL {
                 return None;
             }
@@ -102,11 +197,12 @@ impl Catalog {
             );
             if let Ok(Ok(rows)) = tokio::time::timeout(timeout, q).await {
                 let mut f = self.functions.write().unwrap_or_else(|e| e.into_inner());
-                if f.len() + functions.len() > MAX_REMEMBERED {
+                if remembered(&f) + functions.len() > MAX_REMEMBERED {
                     // A bounded memory: start over (every answer can be
                     // asked again) rather than grow with every new name.
                     f.clear();
                 }
+                self.invalidate();
                 for name in functions {
                     let (schema, bare) = split(name);
                     let mut found = false;
@@ -119,7 +215,7 @@ impl Catalog {
                         }
                     }
                     // Unknown functions stay "may write".
-                    f.insert((db.to_string(), name.clone()), volatile || !found);
+                    of_database(&mut f, db).insert(name.clone(), volatile || !found);
                 }
             } else {
                 self.forget(db);
@@ -136,9 +232,10 @@ impl Catalog {
             );
             if let Ok(Ok(rows)) = tokio::time::timeout(timeout, q).await {
                 let mut map = self.relations.write().unwrap_or_else(|e| e.into_inner());
-                if map.len() + relations.len() > MAX_REMEMBERED {
+                if remembered(&map) + relations.len() > MAX_REMEMBERED {
                     map.clear();
                 }
+                self.invalidate();
                 for name in relations {
                     let (schema, bare) = split(name);
                     let mut found = false;
@@ -150,10 +247,8 @@ impl Catalog {
                             local |= l;
                         }
                     }
-                    map.insert(
-                        (db.to_string(), name.clone()),
-                        (local || !found, Instant::now()),
-                    );
+                    of_database(&mut map, db)
+                        .insert(name.clone(), (local || !found, Instant::now()));
                 }
             } else {
                 self.forget(db);
@@ -215,4 +310,34 @@ fn split(name: &str) -> (Option<String>, String) {
 
 fn last_part(name: &str) -> String {
     split(name).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memo_holds_until_the_catalog_or_the_rules_change() {
+        let catalog = Catalog::default();
+        let (a, b) = (catalog.tag("app"), catalog.tag("reports"));
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(catalog.tag("app"), a);
+        let memo = Memo::default();
+        let key = catalog.memo_key(a);
+        assert!(!memo.holds(key), "nothing remembered yet");
+        memo.set(key);
+        assert!(memo.holds(catalog.memo_key(a)));
+        // Another database's sessions do not use this database's answer.
+        assert!(!memo.holds(catalog.memo_key(b)));
+        // Rules reloaded, or an answer learned: the memo is void.
+        catalog.invalidate();
+        assert!(!memo.holds(catalog.memo_key(a)));
+        memo.set(catalog.memo_key(a));
+        catalog.forget_database("reports");
+        assert!(!memo.holds(catalog.memo_key(a)));
+        // Without a tag there is no memo.
+        memo.set(catalog.memo_key(0));
+        assert!(!memo.holds(catalog.memo_key(0)));
+    }
 }

@@ -44,6 +44,8 @@ pub struct Class {
     pub leading_comment: bool,
     /// Carries the `/* tidepool: primary */` hint.
     pub hint_primary: bool,
+    /// What the catalog last said of its functions and relations.
+    pub catalog: super::catalog::Memo,
 }
 
 /// Parses statements, remembering the results.
@@ -98,23 +100,52 @@ impl Classifier {
             });
         }
         let key = self.shape_key(sql);
-        if let Some(c) = self
+        let slot = (key as usize) % FRONT_SLOTS;
+        if let Some(c) = FRONT.with_borrow(|f| {
+            f[slot]
+                .as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, c)| c.clone())
+        }) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return c;
+        }
+        let cached = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-        {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return c.clone();
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let class = Arc::new(classify_uncached(sql));
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(key, class.clone());
+            .cloned();
+        let class = match cached {
+            Some(c) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let class = Arc::new(classify_uncached(sql));
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(key, class.clone());
+                class
+            }
+        };
+        FRONT.with_borrow_mut(|f| f[slot] = Some((key, class.clone())));
         class
     }
+}
+
+/// Slots of each thread's front cache.
+const FRONT_SLOTS: usize = 64;
+
+thread_local! {
+    /// The shapes this thread classified last, one per slot by digest, in
+    /// front of the shared cache: most statements repeat, and a hit here
+    /// takes no lock. A class never changes for its digest (digests are
+    /// keyed per classifier, so two classifiers' entries do not meet).
+    static FRONT: std::cell::RefCell<[Option<(u128, Arc<Class>)>; FRONT_SLOTS]> =
+        const { std::cell::RefCell::new([const { None }; FRONT_SLOTS]) };
 }
 
 /// Longest statement tidepool parses to route it; a longer one runs on the
@@ -128,20 +159,51 @@ pub fn shape(sql: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Feeds the shape of `sql` to `sink`, piece by piece.
+/// Bytes where the shape may differ from the text: quotes and digits.
+/// Every other byte is copied as it is, so the scan skips runs of them.
+static SHAPE_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'\'' as usize] = true;
+    t[b'"' as usize] = true;
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = true;
+        d += 1;
+    }
+    t
+};
+
+/// Whether a digit after `b` belongs to a name (`t1`, `$1`, `"x"1`, a
+/// letter outside ASCII), not to a number. `b` ends a character: a
+/// continuation byte of a multi-byte character is at least 0x80 too.
+fn ends_a_name(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80 || b == b'$' || b == b'"'
+}
+
+/// Feeds the shape of `sql` to `sink`, piece by piece. Runs of bytes that
+/// cannot change are skipped by a table lookup each; only quotes and
+/// digits are looked at further.
 fn shape_into(sql: &str, mut sink: impl FnMut(&[u8])) {
     let b = sql.as_bytes();
     let mut i = 0;
-    let mut prev_ident = false;
     let mut run = 0; // start of the verbatim run not yet sunk
-    while i < b.len() {
-        let c = b[i];
-        if c == b'\'' {
-            sink(&b[run..i]);
+    loop {
+        while i < b.len() && !SHAPE_SPECIAL[b[i] as usize] {
+            i += 1;
+        }
+        let Some(&c) = b.get(i) else { break };
+        if c == b'\'' || c == b'"' {
+            // A string literal becomes `?`; a quoted identifier is kept
+            // verbatim: `"2023_sales"` names a table, its digits are no
+            // literal. A doubled quote is one quote inside.
+            let literal = c == b'\'';
+            if literal {
+                sink(&b[run..i]);
+            }
             i += 1;
             while i < b.len() {
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
+                if b[i] == c {
+                    if b.get(i + 1) == Some(&c) {
                         i += 2;
                         continue;
                     }
@@ -150,49 +212,24 @@ fn shape_into(sql: &str, mut sink: impl FnMut(&[u8])) {
                 i += 1;
             }
             i = (i + 1).min(b.len());
-            sink(b"?");
-            run = i;
-            prev_ident = false;
-        } else if c == b'"' {
-            // A quoted identifier, kept verbatim: `"2023_sales"` names a
-            // table, its digits are no literal.
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
+            if literal {
+                sink(b"?");
+                run = i;
             }
-            i = (i + 1).min(b.len());
-            prev_ident = true;
-        } else if c.is_ascii_digit() && !prev_ident {
+        } else if i > 0 && ends_a_name(b[i - 1]) {
+            // A digit inside a name.
+            i += 1;
+        } else {
+            // A number (digits and dots) becomes `?`.
             sink(&b[run..i]);
             while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
                 i += 1;
             }
             sink(b"?");
             run = i;
-            prev_ident = false;
-        } else {
-            // One UTF-8 character, kept verbatim.
-            prev_ident = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 || c == b'$';
-            i = (i + utf8_len(c)).min(b.len());
         }
     }
     sink(&b[run..]);
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0x00..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        _ => 4,
-    }
 }
 
 fn starts_with_comment(sql: &str) -> bool {
@@ -542,6 +579,71 @@ mod tests {
         assert!(c("-- note\nSELECT 1").leading_comment);
     }
 
+    /// The shape by the plain definition, one character at a time: what
+    /// the skipping scan must agree with.
+    fn shape_stepwise(sql: &str) -> String {
+        let mut out = String::new();
+        let mut prev_ident = false;
+        let mut chars = sql.char_indices().peekable();
+        while let Some((_, c)) = chars.next() {
+            match c {
+                '\'' | '"' => {
+                    let mut text = String::from(c);
+                    while let Some((_, d)) = chars.next() {
+                        text.push(d);
+                        if d == c {
+                            if chars.peek().map(|p| p.1) == Some(c) {
+                                text.push(c);
+                                chars.next();
+                                continue;
+                            }
+                            break;
+                        }
+                    }
+                    out.push_str(if c == '\'' { "?" } else { &text });
+                    prev_ident = c == '"';
+                }
+                '0'..='9' if !prev_ident => {
+                    while chars
+                        .peek()
+                        .is_some_and(|p| p.1.is_ascii_digit() || p.1 == '.')
+                    {
+                        chars.next();
+                    }
+                    out.push('?');
+                    prev_ident = false;
+                }
+                _ => {
+                    out.push(c);
+                    prev_ident = c.is_alphanumeric() || c == '_' || c == '$' || !c.is_ascii();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_skipping_shape_scan_agrees_with_the_stepwise_definition() {
+        let pieces = [
+            "'", "\"", "''", "\"\"", "1", "42", "3.5", ".", "a", "t", "_", "$", " ", "é", "日本",
+            "=", ",", "x9", "(", "-", "\\", "\n",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let sql: String = (0..len)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            assert_eq!(shape(&sql), shape_stepwise(&sql), "shape of {sql:?}");
+        }
+    }
+
     #[test]
     fn shapes_ignore_literals_only() {
         let c = Classifier::default();
@@ -582,6 +684,16 @@ mod tests {
         k.classify("SELECT * FROM t WHERE a = 2");
         assert_eq!(k.misses.load(Ordering::Relaxed), 1);
         assert_eq!(k.hits.load(Ordering::Relaxed), 1);
+        // Another thread finds it in the shared cache, and the same class.
+        let here = k.classify("SELECT * FROM t WHERE a = 3");
+        let there = std::thread::scope(|s| {
+            s.spawn(|| k.classify("SELECT * FROM t WHERE a = 4"))
+                .join()
+                .unwrap()
+        });
+        assert!(Arc::ptr_eq(&here, &there));
+        assert_eq!(k.misses.load(Ordering::Relaxed), 1);
+        assert_eq!(k.hits.load(Ordering::Relaxed), 3);
         // Past the size bound: not parsed, not kept, sent to the primary.
         let big = format!("SELECT '{}'", "x".repeat(MAX_CLASSIFIED));
         assert!(k.classify(&big).write.is_some());

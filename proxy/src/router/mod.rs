@@ -50,6 +50,9 @@ pub struct SessionRouting {
     /// The session's transactions default to SERIALIZABLE, which standbys
     /// cannot run.
     pub serializable_default: bool,
+    /// The session's database as the catalog's memos name it
+    /// (`catalog::Catalog::tag`; 0: no memo).
+    pub catalog_tag: u16,
 }
 
 impl SessionRouting {
@@ -281,12 +284,16 @@ pub fn primary_reason(
     None
 }
 
+/// Nodes to choose from: inline, as a cluster has few (a routed unit
+/// allocates no list).
+type Nodes<'a> = smallvec::SmallVec<[&'a Node; 8]>;
+
 /// Nodes that may take reads now, with their weights.
 fn readable<'a>(
     snapshot: &'a Snapshot,
     lags: &BTreeMap<usize, Lag>,
     cfg: &LoadBalancingConfig,
-) -> Vec<&'a Node> {
+) -> Nodes<'a> {
     snapshot
         .nodes
         .iter()
@@ -335,7 +342,7 @@ pub fn choose_read(
     if let Some((target, ratio)) = pref
         && rng.random::<f64>() < ratio
     {
-        let pick: Vec<&Node> = candidates
+        let pick: Nodes = candidates
             .iter()
             .copied()
             .filter(|n| match target {
@@ -373,7 +380,7 @@ pub fn choose_read(
         }));
     }
     if cfg.statement_level {
-        let fresh_only: Vec<&Node> = candidates.iter().copied().filter(|n| fresh(n.id)).collect();
+        let fresh_only: Nodes = candidates.iter().copied().filter(|n| fresh(n.id)).collect();
         if fresh_only.len() < candidates.len() {
             return match weighted(&fresh_only, rng) {
                 Some(n) => Some(Decision {

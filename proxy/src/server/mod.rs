@@ -13,17 +13,29 @@ use tokio::{net::TcpListener, task::JoinSet};
 use crate::app::Shared;
 
 /// Accepts clients until shutdown, then waits (bounded) for them to finish.
+/// Finished clients' tasks are collected when the next client is accepted
+/// and once a second, not as each ends: waking the accept loop for every
+/// client that leaves costs a connection-heavy workload more than the
+/// collecting does.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
+    // One wait for shutdown for the loop's life, not one per turn.
+    let shutdown = shutdown.changed();
+    tokio::pin!(shutdown);
+    let mut collect = tokio::time::interval(Duration::from_secs(1));
+    collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut clients = JoinSet::new();
     loop {
         tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 // The task is `handle`'s future itself: an `async` block
                 // around it would keep the stream, the address and the
                 // shared state for the client's whole life.
                 Ok((stream, peer)) => {
                     clients.spawn(startup::handle(stream, peer, shared.clone()));
+                    while clients.try_join_next().is_some() {}
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving.
@@ -31,8 +43,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = clients.join_next(), if !clients.is_empty() => {}
-            _ = shutdown.changed() => break,
+            _ = collect.tick() => while clients.try_join_next().is_some() {},
         }
     }
     drop(listener);

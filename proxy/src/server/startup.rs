@@ -254,11 +254,7 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
         // The session's own lines name the client from here on.
         session.peer = Some((peer, tls_on));
         match session.login(&settings).await {
-            Ok(reported) => {
-                for (k, v) in &reported {
-                    messages::parameter_status(&mut out, k, v);
-                }
-            }
+            Ok(reported) => reported.encode(&mut out),
             Err((code, message)) => {
                 tracing::info!(parent: &span(), code, "no backend for the session: {message}");
                 messages::error_response(&mut out, Severity::Fatal, code, &message, None);

@@ -255,7 +255,7 @@ impl Session {
         let mut facts = crate::router::Facts::default();
         if !class.functions.is_empty() || (class.select && !class.tables.is_empty()) {
             let rt = self.shared.config.load_full();
-            self.catalog_facts(&rt.rules, class, &mut facts).await;
+            self.catalog_facts(&rt.rules, class, None, &mut facts).await;
         }
         facts
     }

@@ -23,7 +23,10 @@ impl Session {
         if self.shared.query_cache.is_some() && self.cache_turn(&f, &msg, rest).await {
             return Ok(());
         }
-        self.note_writes(&msg);
+        // One classification per message serves read-your-writes and
+        // routing.
+        let class = self.message_class(&msg);
+        self.note_writes(class.as_deref());
         if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
             return self.defer_prepare(&f);
         }
@@ -32,7 +35,7 @@ impl Session {
             && !self.is_admin_command(&msg)
         {
             self.guard = None;
-            if let Err((code, text)) = self.route_unit(&f, &msg, rest).await {
+            if let Err((code, text)) = self.route_unit(&f, &msg, class.as_ref(), rest).await {
                 self.cancel.clear();
                 self.shared
                     .metrics
@@ -107,13 +110,13 @@ impl Session {
                 let effects = state::analyze(&query);
                 self.note_pins(&effects);
                 self.free_database(&effects).await;
-                let (f, query) = match self.sql_execute(&query, true) {
+                let (f, query, class) = match self.sql_execute(&query, true) {
                     Some(text) => {
                         let b = messages::replace_parse_query(&f, &text)
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                        (messages::frame_of(&b), text)
+                        (messages::frame_of(&b), text, None)
                     }
-                    None => (f, query),
+                    None => (f, query, class),
                 };
                 let open = match name.is_empty() || self.tracker.skipping() {
                     true => None,
@@ -131,8 +134,11 @@ impl Session {
                     })));
                 } else if !name.is_empty() && !self.tracker.skipping() {
                     let stmt = Arc::new(
-                        Statement::from_parse(&f, self.shared.classifier.classify(&query))
-                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
+                        Statement::from_parse(
+                            &f,
+                            class.unwrap_or_else(|| self.shared.classifier.classify(&query)),
+                        )
+                        .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
                     );
                     self.statements.insert(name, stmt.clone());
                     // The client's own Parse reaches the server even when

@@ -5,16 +5,64 @@
 //! login then goes through a server connection, which also refuses a bad
 //! value with the server's SQLSTATE.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
+
+use bytes::BytesMut;
+
+use crate::protocol::messages;
+
+/// What a client is told at login: the server's parameters as a pool's
+/// last login reported them (shared, not copied per client), with the
+/// client's own settings in the server's form.
+#[derive(Debug, Default)]
+pub struct Reported {
+    server: Arc<BTreeMap<String, String>>,
+    /// Keyed by the server's spelling of the name when it reports it.
+    own: BTreeMap<String, String>,
+}
+
+impl Reported {
+    /// What a server connection reported itself.
+    pub fn of_server(server: Arc<BTreeMap<String, String>>) -> Reported {
+        Reported {
+            server,
+            own: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.own
+            .get(name)
+            .or_else(|| self.server.get(name))
+            .map(String::as_str)
+    }
+
+    /// One ParameterStatus per parameter, in name order.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut own = self.own.iter().peekable();
+        for (k, v) in self.server.iter() {
+            while let Some((ok, ov)) = own.next_if(|(ok, _)| *ok < k) {
+                messages::parameter_status(out, ok, ov);
+            }
+            match own.next_if(|(ok, _)| *ok == k) {
+                Some((_, ov)) => messages::parameter_status(out, k, ov),
+                None => messages::parameter_status(out, k, v),
+            }
+        }
+        for (ok, ov) in own {
+            messages::parameter_status(out, ok, ov);
+        }
+    }
+}
 
 /// What to report for a client whose startup parameters are `params`,
 /// given the `server`'s reported parameters; None when a server
 /// connection must answer.
 pub fn fast_reported(
-    server: &BTreeMap<String, String>,
+    server: &Arc<BTreeMap<String, String>>,
     params: &[(String, String)],
-) -> Option<BTreeMap<String, String>> {
-    let mut reported = server.clone();
+) -> Option<Reported> {
+    let mut own = BTreeMap::new();
     for (name, value) in params {
         let name = name.to_ascii_lowercase();
         let shown = match name.as_str() {
@@ -45,9 +93,12 @@ pub fn fast_reported(
             .find(|k| k.eq_ignore_ascii_case(&name))
             .cloned()
             .unwrap_or(name);
-        reported.insert(key, shown);
+        own.insert(key, shown);
     }
-    Some(reported)
+    Some(Reported {
+        server: server.clone(),
+        own,
+    })
 }
 
 /// PostgreSQL's name for a client encoding, as `client_encoding` reports
@@ -122,13 +173,13 @@ pub fn canonical_encoding(name: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn server() -> BTreeMap<String, String> {
-        BTreeMap::from([
+    fn server() -> Arc<BTreeMap<String, String>> {
+        Arc::new(BTreeMap::from([
             ("client_encoding".to_string(), "UTF8".to_string()),
             ("DateStyle".to_string(), "ISO, MDY".to_string()),
             ("TimeZone".to_string(), "Etc/UTC".to_string()),
             ("application_name".to_string(), String::new()),
-        ])
+        ]))
     }
 
     fn p(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -145,9 +196,9 @@ mod tests {
         assert_eq!(canonical_encoding("ISO-8859-15"), Some("LATIN9"));
         assert_eq!(canonical_encoding("klingon"), None);
         let r = fast_reported(&server(), &p(&[("client_encoding", "utf-8")])).unwrap();
-        assert_eq!(r["client_encoding"], "UTF8");
+        assert_eq!(r.get("client_encoding"), Some("UTF8"));
         let r = fast_reported(&server(), &p(&[("client_encoding", "euc_jp")])).unwrap();
-        assert_eq!(r["client_encoding"], "EUC_JP");
+        assert_eq!(r.get("client_encoding"), Some("EUC_JP"));
     }
 
     #[test]
@@ -169,8 +220,51 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(r["DateStyle"], "ISO, MDY");
-        assert_eq!(r["application_name"], "worker 7");
-        assert!(!r.contains_key("extra_float_digits"));
+        assert_eq!(r.get("DateStyle"), Some("ISO, MDY"));
+        assert_eq!(r.get("application_name"), Some("worker 7"));
+        assert_eq!(r.get("extra_float_digits"), None);
+    }
+
+    #[test]
+    fn every_parameter_is_reported_once_in_name_order() {
+        let r = fast_reported(
+            &server(),
+            &p(&[
+                ("application_name", "worker 7"),
+                ("client_encoding", "latin1"),
+            ]),
+        )
+        .unwrap();
+        let mut out = BytesMut::new();
+        r.encode(&mut out);
+        let mut sent = Vec::new();
+        while let Some(f) = crate::protocol::frame::take(&mut out, usize::MAX).unwrap() {
+            sent.push(messages::read_parameter_status(&f).unwrap());
+        }
+        let mut expected: BTreeMap<String, String> = (*server()).clone();
+        expected.insert("application_name".into(), "worker 7".into());
+        expected.insert("client_encoding".into(), "LATIN1".into());
+        assert_eq!(sent, expected.into_iter().collect::<Vec<_>>());
+        // A setting the server does not report is added in its place.
+        let own = Reported {
+            server: server(),
+            own: BTreeMap::from([("b_extra".to_string(), "1".to_string())]),
+        };
+        let mut out = BytesMut::new();
+        own.encode(&mut out);
+        let mut names = Vec::new();
+        while let Some(f) = crate::protocol::frame::take(&mut out, usize::MAX).unwrap() {
+            names.push(messages::read_parameter_status(&f).unwrap().0);
+        }
+        assert_eq!(
+            names,
+            [
+                "DateStyle",
+                "TimeZone",
+                "application_name",
+                "b_extra",
+                "client_encoding"
+            ]
+        );
     }
 }

@@ -36,7 +36,7 @@ use crate::{
     config::PoolMode,
     pool::Lease,
     protocol::{
-        frame::{self, Frame},
+        frame::{self, Frame, Frames},
         messages::{self, Severity},
         sqlstate,
     },
@@ -215,7 +215,7 @@ impl Session {
     pub async fn login(
         &mut self,
         startup_params: &[(String, String)],
-    ) -> Result<BTreeMap<String, String>, (&'static str, String)> {
+    ) -> Result<login::Reported, (&'static str, String)> {
         // Settings whose reported form tidepool knows are answered from the
         // pool (see `login`); others (an `options` -c setting, an unknown
         // encoding) are tried on a connection at login, so that a bad one
@@ -240,7 +240,10 @@ impl Session {
             }
             return Err(e);
         }
-        let reported = self.lease.as_mut().map(|l| l.conn().reported.clone());
+        let reported = self
+            .lease
+            .as_mut()
+            .map(|l| login::Reported::of_server(Arc::new(l.conn().reported.clone())));
         if self.mode == PoolMode::Transaction {
             self.release();
         }
@@ -335,6 +338,7 @@ impl Session {
         let idle_timeout = self.shared.config.load().server.client_idle_timeout;
         // Made on the first poll, and only when the timeout is on.
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // A list, not `Frames`: this wait is in every idle client's task.
         let mut frames = Vec::new();
         let woke = std::future::poll_fn(|cx| {
             if let Some(l) = self.lease.as_mut()
@@ -363,7 +367,7 @@ impl Session {
         .await;
         match woke {
             Woke::Session(r) => r,
-            Woke::Server(read) => self.on_backend_read(read, &mut frames),
+            Woke::Server(read) => self.on_backend_read(read, frames.drain(..)),
         }
     }
 
@@ -373,11 +377,11 @@ impl Session {
     fn on_backend_read(
         &mut self,
         read: Result<(), BackendError>,
-        frames: &mut Vec<Frame>,
+        frames: impl Iterator<Item = Frame>,
     ) -> Result<(), SessionEnd> {
         match read {
             Ok(()) => {
-                for f in frames.drain(..) {
+                for f in frames {
                     self.on_backend_frame(f);
                 }
                 self.after_backend_batch();
@@ -410,8 +414,8 @@ impl Session {
         client_buf: &mut BytesMut,
     ) -> Result<(), SessionEnd> {
         // Messages of a unit that waits for the one before it to finish.
-        let mut held: Vec<Frame> = Vec::new();
-        let mut backend_frames = Vec::new();
+        let mut held = Frames::new();
+        let mut backend_frames = Frames::new();
         loop {
             if let Some(unit) = self.rerun.take() {
                 Box::pin(self.rerun_on_primary(*unit)).await?;
@@ -474,7 +478,7 @@ impl Session {
                 // before more of what it pipelined is read.
                 biased;
                 r = read_backend(&mut self.lease, &mut backend_frames), if self.lease.is_some() => {
-                    self.on_backend_read(r, &mut backend_frames)?;
+                    self.on_backend_read(r, backend_frames.drain(..))?;
                 }
                 // On plain TCP, memory is taken only while there is
                 // something to read: an idle client holds no buffer.
@@ -493,15 +497,15 @@ impl Session {
     /// pipelined behind one still running on a standby is left in `held`.
     async fn handle_frames(
         &mut self,
-        mut frames: Vec<Frame>,
-        held: &mut Vec<Frame>,
+        mut frames: Frames,
+        held: &mut Frames,
         client: &mut Stream,
         client_buf: &mut BytesMut,
     ) -> Result<(), SessionEnd> {
         // The rest of the batch is visible when a unit of work is routed.
         for i in 0..frames.len() {
             if self.waits_for_boundary(&frames[i]) {
-                *held = frames.split_off(i);
+                *held = frames.drain(i..).collect();
                 break;
             }
             let (head, rest) = frames.split_at(i + 1);
@@ -617,7 +621,7 @@ impl Session {
         };
         let node = lease_node(lease);
         let mut sent = 0;
-        let mut frames = Vec::new();
+        let mut frames = Frames::new();
         let mut read_any = false;
         let r = loop {
             let step = std::future::poll_fn(|cx| {
@@ -772,7 +776,7 @@ fn lease_node(lease: &Lease) -> usize {
 /// [`crate::backend::ServerConn::poll_read_frames`]).
 fn read_backend<'a>(
     lease: &'a mut Option<Lease>,
-    out: &'a mut Vec<Frame>,
+    out: &'a mut Frames,
 ) -> impl Future<Output = Result<(), BackendError>> + 'a {
     std::future::poll_fn(move |cx| match lease {
         Some(l) => l.conn().poll_read_frames(cx, out),

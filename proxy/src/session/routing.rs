@@ -2,7 +2,7 @@
 //! catalog knows of its functions and relations, and the node the
 //! router's rules choose. The rules themselves are pure (`crate::router`).
 
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, atomic::Ordering};
 
 use super::{Message, Session, SessionEnd, lease_node};
 use crate::{
@@ -99,13 +99,20 @@ impl Session {
         matches!(msg, Message::Query(q) if crate::admin::show::answer(q, &self.shared).is_some())
     }
 
-    /// Records writes for the read-your-writes rules.
-    pub(super) fn note_writes(&mut self, msg: &Message) {
-        let Some(sql) = msg.sql() else { return };
+    /// The class of the statement `msg` carries, when the routing rules
+    /// read statements (load balancing is on).
+    pub(super) fn message_class(&self, msg: &Message) -> Option<Arc<router::Class>> {
+        let sql = msg.sql()?;
         if !self.shared.config.load().rules.cfg.enabled {
-            return;
+            return None;
         }
-        let class = self.shared.classifier.classify(sql);
+        Some(self.shared.classifier.classify(sql))
+    }
+
+    /// Records writes for the read-your-writes rules, from the class of
+    /// the message's statement (`message_class`).
+    pub(super) fn note_writes(&mut self, class: Option<&router::Class>) {
+        let Some(class) = class else { return };
         if class.write.is_some() {
             self.routing.wrote = true;
             self.write_open = true;
@@ -120,52 +127,42 @@ impl Session {
 
     /// The class of the unit that starts with `f`: every statement up to
     /// the next Sync (extended protocol) or the query string (simple).
+    /// `first` is the class of `f`'s own statement, when known.
     pub(super) fn unit_class(
         &self,
         f: &Frame,
         msg: &Message,
+        first: Option<&Arc<router::Class>>,
         rest: &[Frame],
-    ) -> (router::Class, bool) {
-        let mut merged = router::Class::default();
-        let mut first = true;
-        let mut add = |c: &router::Class, merged: &mut router::Class| {
-            if first {
-                merged.begins = c.begins;
-                merged.read_only_tx = c.read_only_tx;
-                merged.leading_comment = c.leading_comment;
-                merged.hint_primary = c.hint_primary;
-                merged.select = c.select;
-                first = false;
-            } else {
-                merged.select &= c.select;
-            }
-            merged.write = merged.write.or(c.write);
-            merged.serializable |= c.serializable;
-            merged.tables.extend(c.tables.iter().cloned());
-            merged.functions.extend(c.functions.iter().cloned());
-        };
+    ) -> (UnitClass, bool) {
+        let mut merged = UnitClass::default();
         match msg {
             Message::Query(sql) => {
-                let c = self.shared.classifier.classify(sql);
-                add(&c, &mut merged);
+                match first {
+                    Some(c) => merged.add(c),
+                    None => merged.add(&self.shared.classifier.classify(sql)),
+                }
                 return (merged, false);
             }
             Message::FunctionCall => {
-                merged.write = Some("function call message");
+                merged.set_write("function call message");
                 return (merged, false);
             }
             _ => {}
         }
         let mut complete = false;
-        for m in std::iter::once(f).chain(rest.iter()) {
+        for (i, m) in std::iter::once(f).chain(rest.iter()).enumerate() {
             match m.tag {
-                b'P' => match messages::read_parse(m) {
-                    Ok((_, q)) => add(&self.shared.classifier.classify(&q), &mut merged),
-                    Err(_) => merged.write = Some("malformed Parse"),
+                b'P' => match (i, first) {
+                    (0, Some(c)) => merged.add(c),
+                    _ => match messages::read_parse(m) {
+                        Ok((_, q)) => merged.add(&self.shared.classifier.classify(&q)),
+                        Err(_) => merged.set_write("malformed Parse"),
+                    },
                 },
                 b'B' => match messages::read_bind(m) {
                     Ok((_, name, _)) => match self.statements.get(&name) {
-                        Some(stmt) => add(&stmt.class, &mut merged),
+                        Some(stmt) => merged.add(&stmt.class),
                         None if name.is_empty()
                             && self.unnamed.is_some()
                             && !rest.iter().any(|p| p.tag == b'P')
@@ -177,17 +174,17 @@ impl Session {
                                 .map(|(p, _)| messages::read_parse(p))
                             {
                                 Some(Ok((_, q))) => {
-                                    add(&self.shared.classifier.classify(&q), &mut merged)
+                                    merged.add(&self.shared.classifier.classify(&q))
                                 }
-                                _ => merged.write = Some("malformed Parse"),
+                                _ => merged.set_write("malformed Parse"),
                             }
                         }
                         None if !rest.iter().any(|p| p.tag == b'P') && f.tag != b'P' => {
-                            merged.write = Some("statement prepared outside tidepool's view")
+                            merged.set_write("statement prepared outside tidepool's view")
                         }
                         None => {}
                     },
-                    Err(_) => merged.write = Some("malformed Bind"),
+                    Err(_) => merged.set_write("malformed Bind"),
                 },
                 b'S' => {
                     complete = true;
@@ -206,6 +203,7 @@ impl Session {
         &mut self,
         f: &Frame,
         msg: &Message<'_>,
+        class: Option<&Arc<router::Class>>,
         rest: &[Frame],
     ) -> Result<(), (&'static str, String)> {
         if self.lease.is_none() {
@@ -224,7 +222,7 @@ impl Session {
             return self.acquire().await;
         }
         let rules = &rt.rules;
-        let (class, incomplete) = self.unit_class(f, msg, rest);
+        let (class, incomplete) = self.unit_class(f, msg, class, rest);
         let sql = match msg {
             Message::Query(q) => q.as_ref(),
             _ => "",
@@ -239,7 +237,11 @@ impl Session {
             reason = Some("matches a primary_routing_pattern");
         }
         if reason.is_none() {
-            self.catalog_facts(rules, &class, &mut facts).await;
+            if self.routing.catalog_tag == 0 {
+                self.routing.catalog_tag = self.shared.catalog.tag(&self.database);
+            }
+            let memo = class.one().map(|c| &c.catalog);
+            self.catalog_facts(rules, &class, memo, &mut facts).await;
             reason = router::primary_reason(rules, &class, &facts, &self.routing);
         }
         let snapshot = self.shared.cluster.snapshot();
@@ -253,28 +255,23 @@ impl Session {
                 reason: r,
             },
             None => {
-                let lags = self.shared.lags.load_full();
                 let app = self
                     .settings
                     .get("application_name")
-                    .map(|v| v.trim_matches('\'').to_string())
-                    .unwrap_or_default();
+                    .map_or("", |v| v.trim_matches('\''));
                 let client = router::Client {
                     user: &self.user,
                     database: &self.database,
-                    application_name: &app,
+                    application_name: app,
                 };
-                let chosen = {
-                    let mut rng = rand::rng();
-                    router::choose_read(
-                        rules,
-                        &snapshot,
-                        &lags,
-                        &client,
-                        &mut self.routing,
-                        &mut rng,
-                    )
-                };
+                let chosen = router::choose_read(
+                    rules,
+                    &snapshot,
+                    &self.shared.lags.load(),
+                    &client,
+                    &mut self.routing,
+                    &mut rand::rng(),
+                );
                 match chosen {
                     Some(d) => d,
                     None => router::Decision {
@@ -289,7 +286,8 @@ impl Session {
             reason = decision.reason,
             "unit routed"
         );
-        let mut snapshot = self.shared.cluster.snapshot();
+        // The node as the snapshot the decision was made on knows it.
+        let mut snapshot = snapshot;
         if snapshot.node(decision.node).is_none() {
             decision.node = self.primary().await?;
             snapshot = self.shared.cluster.snapshot();
@@ -322,13 +320,22 @@ impl Session {
 
     /// Fills in what the catalog knows about the unit's functions and
     /// relations, asking the primary about names seen for the first time.
+    /// A statement found clear (no function that may write, no local
+    /// relation) is remembered so in its cached class until the catalog
+    /// or the rules change (`catalog::Memo`).
     pub(super) async fn catalog_facts(
         &self,
         rules: &router::Rules,
         class: &router::Class,
+        memo: Option<&router::catalog::Memo>,
         facts: &mut router::Facts,
     ) {
         let catalog = &self.shared.catalog;
+        // Read before the lookups: a change meanwhile voids what is kept.
+        let key = catalog.memo_key(self.routing.catalog_tag);
+        if memo.is_some_and(|m| m.holds(key)) {
+            return;
+        }
         let db = &self.database;
         let mut unknown_functions = Vec::new();
         for name in &class.functions {
@@ -343,7 +350,18 @@ impl Session {
         }
         let f_known = catalog.known_functions(db, &unknown_functions);
         let r_known = catalog.known_relations(db, &class.tables);
-        if f_known.is_none() || r_known.is_none() {
+        if let (Some(volatile), Some(local)) = (f_known, r_known) {
+            facts.volatile_function = volatile;
+            facts.local_relation = local;
+            if !volatile
+                && !local
+                && let Some(m) = memo
+            {
+                m.set(key);
+            }
+            return;
+        }
+        {
             let cfg = self.shared.config.load();
             if let Some(p) = router::write_node(&self.shared.cluster.snapshot()) {
                 let (host, port) = (p.host.clone(), p.port);
@@ -385,5 +403,79 @@ impl Session {
             .known_functions(db, &unknown_functions)
             .unwrap_or(true);
         facts.local_relation = catalog.known_relations(db, &class.tables).unwrap_or(true);
+    }
+}
+
+/// The class of a unit of work: its one statement's class, shared with
+/// the classifier's cache, or several statements' merged. A unit of one
+/// statement (most of them) copies nothing.
+#[derive(Default)]
+pub(super) struct UnitClass {
+    one: Option<Arc<router::Class>>,
+    merged: Option<router::Class>,
+    added: usize,
+}
+
+impl UnitClass {
+    fn add(&mut self, c: &Arc<router::Class>) {
+        self.added += 1;
+        if self.added == 1 && self.merged.is_none() {
+            self.one = Some(c.clone());
+            return;
+        }
+        let first = self.added == 1;
+        merge_into(self.merged(), c, first);
+    }
+
+    /// The class of the unit's one statement, as the classifier keeps it.
+    pub(super) fn one(&self) -> Option<&Arc<router::Class>> {
+        self.one.as_ref().filter(|_| self.merged.is_none())
+    }
+
+    /// The unit goes to the primary for `reason`, whatever its statements.
+    fn set_write(&mut self, reason: &'static str) {
+        self.merged().write = Some(reason);
+    }
+
+    fn merged(&mut self) -> &mut router::Class {
+        if self.merged.is_none() {
+            let mut m = router::Class::default();
+            if let Some(one) = self.one.take() {
+                merge_into(&mut m, &one, true);
+            }
+            self.merged = Some(m);
+        }
+        self.merged.as_mut().expect("made above")
+    }
+}
+
+/// Adds the class of one of a unit's statements to the unit's: the first
+/// statement says how the unit begins.
+fn merge_into(merged: &mut router::Class, c: &router::Class, first: bool) {
+    if first {
+        merged.begins = c.begins;
+        merged.read_only_tx = c.read_only_tx;
+        merged.leading_comment = c.leading_comment;
+        merged.hint_primary = c.hint_primary;
+        merged.select = c.select;
+    } else {
+        merged.select &= c.select;
+    }
+    merged.write = merged.write.or(c.write);
+    merged.serializable |= c.serializable;
+    merged.tables.extend(c.tables.iter().cloned());
+    merged.functions.extend(c.functions.iter().cloned());
+}
+
+impl std::ops::Deref for UnitClass {
+    type Target = router::Class;
+
+    fn deref(&self) -> &router::Class {
+        static NONE: LazyLock<router::Class> = LazyLock::new(router::Class::default);
+        match (&self.merged, &self.one) {
+            (Some(m), _) => m,
+            (None, Some(one)) => one,
+            (None, None) => &NONE,
+        }
     }
 }

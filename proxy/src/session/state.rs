@@ -161,6 +161,14 @@ fn words(s: &str) -> Vec<String> {
 /// Scans a query string for pinning state and setting changes.
 pub fn analyze(sql: &str) -> Effects {
     let mut e = Effects::default();
+    // One statement (most query strings, often with a final `;`):
+    // nothing to split.
+    let one = sql.trim_end();
+    let one = one.strip_suffix(';').unwrap_or(one);
+    if !one.contains(';') {
+        analyze_one(strip(one), &mut e);
+        return e;
+    }
     for stmt in split_statements(sql) {
         analyze_one(strip(stmt), &mut e);
     }
@@ -168,10 +176,16 @@ pub fn analyze(sql: &str) -> Effects {
 }
 
 /// Whether `hay` contains `needle` (lower case ASCII), ignoring ASCII case.
+/// Only the places where the needle's first letter occurs are compared.
 fn contains_ci(hay: &str, needle: &str) -> bool {
-    hay.as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    let Some(&first) = n.first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), h).any(|i| {
+        h.get(i..i + n.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(n))
+    })
 }
 
 /// Statements whose first word may change session state.
@@ -471,6 +485,37 @@ pub fn apply_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_are_found_in_any_case_anywhere() {
+        assert!(contains_ci("SELECT pg_ADVISORY_lock(1)", "advisory"));
+        assert!(contains_ci("select 1 -- Advisory", "advisory"));
+        assert!(contains_ci("advisory", "advisory"));
+        assert!(!contains_ci(
+            "SELECT aid, abalance FROM accounts",
+            "advisory"
+        ));
+        assert!(!contains_ci("advisor", "advisory"));
+        assert!(!contains_ci("", "advisory"));
+        // One statement or several: the same effects.
+        assert_eq!(
+            analyze("SELECT pg_advisory_lock(1)").pins,
+            analyze("SELECT 1; SELECT pg_advisory_lock(1);").pins
+        );
+        assert_eq!(
+            analyze("SELECT pg_advisory_lock(1)").pins,
+            vec![PinReason::AdvisoryLock]
+        );
+        assert_eq!(
+            analyze("SELECT pg_advisory_lock(1);\n").pins,
+            vec![PinReason::AdvisoryLock]
+        );
+        assert_eq!(
+            analyze("SET a = 1;").settings,
+            analyze("SET a = 1").settings
+        );
+        assert_eq!(analyze("SET a = 1; SET b = 2").settings.len(), 2);
+    }
 
     #[test]
     fn pins_are_a_set_of_reasons() {
