@@ -479,3 +479,50 @@ impl std::ops::Deref for UnitClass {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::classify::classify_uncached;
+
+    fn class(sql: &str) -> Arc<router::Class> {
+        Arc::new(classify_uncached(sql))
+    }
+
+    #[test]
+    fn a_unit_of_one_statement_is_its_class_and_several_are_merged() {
+        // One statement: its cached class itself, nothing copied.
+        let read = class("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
+        let mut one = UnitClass::default();
+        one.add(&read);
+        assert!(Arc::ptr_eq(one.one().unwrap(), &read));
+        assert!(one.select && one.write.is_none());
+        assert_eq!(one.tables, ["pgbench_accounts"]);
+
+        // Several: the first says how the unit begins; a write anywhere
+        // makes it a write; the relations of all are read.
+        let mut unit = UnitClass::default();
+        unit.add(&class("BEGIN READ ONLY"));
+        unit.add(&read);
+        unit.add(&class("SELECT * FROM pgbench_branches"));
+        assert!(unit.one().is_none());
+        assert!(unit.begins && unit.read_only_tx && !unit.select);
+        assert_eq!(unit.tables, ["pgbench_accounts", "pgbench_branches"]);
+        let mut writes = UnitClass::default();
+        writes.add(&read);
+        writes.add(&class("UPDATE pgbench_accounts SET abalance = 0"));
+        assert!(writes.write.is_some() && !writes.select);
+
+        // A reason set before any statement stays, and the statement
+        // after it still says how the unit begins.
+        let mut bound = UnitClass::default();
+        bound.set_write("malformed Bind");
+        bound.add(&read);
+        assert_eq!(bound.write, Some("malformed Bind"));
+        assert!(bound.select);
+        assert!(bound.one().is_none(), "a merged class is no cached class");
+
+        // Nothing added: the empty class.
+        assert_eq!(*UnitClass::default(), router::Class::default());
+    }
+}
