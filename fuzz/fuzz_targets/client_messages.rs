@@ -24,21 +24,24 @@ fuzz_target!(|data: &[u8]| {
             b'P' => {
                 if let Ok((_, sql)) = messages::read_parse(&f) {
                     sql_of(&sql);
-                    let renamed = messages::rename_parse(&f, "tp_0123").unwrap();
-                    let (name, again) =
-                        messages::read_parse(&messages::frame_of(&renamed)).unwrap();
-                    assert_eq!((name.as_str(), again.as_str()), ("tp_0123", sql.as_str()));
+                    let renamed =
+                        messages::frame_of(&messages::rename_parse(&f, "tp_0123").unwrap());
+                    let (name, again) = messages::read_parse(&renamed).unwrap();
+                    assert_eq!((name, &*again), ("tp_0123", &*sql));
+                    assert_eq!(messages::parse_name(&renamed).unwrap(), "tp_0123");
                     if let Ok(replaced) = messages::replace_parse_query(&f, "SELECT 1") {
-                        let (_, q) = messages::read_parse(&messages::frame_of(&replaced)).unwrap();
+                        let replaced = messages::frame_of(&replaced);
+                        let (_, q) = messages::read_parse(&replaced).unwrap();
                         assert_eq!(q, "SELECT 1");
                     }
                 }
             }
             b'B' => {
                 if let Ok((portal, _, _)) = messages::read_bind(&f) {
-                    let renamed = messages::rename_bind(&f, "tp_0123").unwrap();
-                    let (p, s, _) = messages::read_bind(&messages::frame_of(&renamed)).unwrap();
-                    assert_eq!((p, s.as_str()), (portal, "tp_0123"));
+                    let renamed =
+                        messages::frame_of(&messages::rename_bind(&f, "tp_0123").unwrap());
+                    let (p, s, _) = messages::read_bind(&renamed).unwrap();
+                    assert_eq!((p, s), (portal, "tp_0123"));
                 }
             }
             b'D' | b'C' => {

@@ -406,17 +406,17 @@ impl ServerConn {
     }
 
     /// One step of writing `data` to the server while reading what it
-    /// sends meanwhile, if `read` allows (see
+    /// sends meanwhile, as `reading` says (see
     /// [`Stream::poll_write_reading`]); frames read wait in the
     /// connection's buffer for [`ServerConn::take_frames`].
     pub fn poll_write_reading(
         &mut self,
         cx: &mut std::task::Context<'_>,
         data: &[u8],
-        read: bool,
+        reading: crate::tls::Reading,
     ) -> std::task::Poll<Result<crate::tls::Step, BackendError>> {
         self.stream
-            .poll_write_reading(cx, data, &mut self.buf, read)
+            .poll_write_reading(cx, data, &mut self.buf, reading)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => BackendError::Closed,
                 _ => e.into(),

@@ -30,18 +30,22 @@ pub fn answer(sql: &str, shared: &Shared) -> Option<Table> {
     answer_in_session(sql, shared, None)
 }
 
-/// As [`answer`], for a session whose load-balance node is `read_node`.
-pub fn answer_in_session(sql: &str, shared: &Shared, read_node: Option<usize>) -> Option<Table> {
-    // Every statement a session runs passes here: most are told apart by
-    // their first word without trimming or splitting the whole text.
-    let start = sql.trim_start();
-    if !start
+/// Whether `sql` starts with SHOW: what every statement a session runs is
+/// checked by, inline, before the commands are looked up.
+#[inline]
+pub fn starts_with_show(sql: &str) -> bool {
+    sql.trim_start()
         .as_bytes()
         .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"show"))
-    {
+}
+
+/// As [`answer`], for a session whose load-balance node is `read_node`.
+pub fn answer_in_session(sql: &str, shared: &Shared, read_node: Option<usize>) -> Option<Table> {
+    if !starts_with_show(sql) {
         return None;
     }
+    let start = sql.trim_start();
     let cmd = start.trim_end().trim_end_matches(';').trim();
     let (show, what) = cmd.split_once(char::is_whitespace)?;
     if !show.eq_ignore_ascii_case("show") {

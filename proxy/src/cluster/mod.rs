@@ -471,6 +471,16 @@ impl Cluster {
         self.current.load().primary().map(|n| n.id)
     }
 
+    /// Whether work on node `id` is guarded against a read-only answer
+    /// (see `session::refusal`): the node is not the primary, or it is a
+    /// managed cluster's instance (whose writer AWS may move). One load of
+    /// the snapshot: the per-unit path.
+    pub fn guarded(&self, id: usize) -> bool {
+        let s = self.current.load();
+        s.primary().map(|n| n.id) != Some(id)
+            || s.nodes.get(id).is_some_and(|n| n.source.discovered())
+    }
+
     /// Runs `f` on node `node`'s counters, if there is such a node, without
     /// taking a reference to them (unlike [`Cluster::counters`]): this is
     /// the per-query path.

@@ -16,10 +16,11 @@ pub const SSL_REQUEST_CODE: u32 = 80877103;
 pub const GSSENC_REQUEST_CODE: u32 = 80877104;
 pub const CANCEL_REQUEST_CODE: u32 = 80877102;
 
-/// The frames of one read or one turn: a few kept inline (in the boxed
+/// The frames of one read or one turn (an extended-protocol transaction
+/// sends five and gets six back): a few kept inline (in the boxed
 /// work of a busy session), so that a transaction's turns allocate no
 /// list; more spill to the heap.
-pub type Frames = smallvec::SmallVec<[Frame; 4]>;
+pub type Frames = smallvec::SmallVec<[Frame; 8]>;
 
 /// A whole message: tag, length and body, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,14 +152,17 @@ fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, FrameError> {
 
 /// Reads a NUL-terminated UTF-8 string, advancing `buf`.
 pub fn cstr(buf: &mut &[u8]) -> Result<String, FrameError> {
-    let end = buf
-        .iter()
-        .position(|&b| b == 0)
+    cstr_ref(buf).map(str::to_string)
+}
+
+/// As [`cstr`], borrowed from `buf`.
+pub fn cstr_ref<'a>(buf: &mut &'a [u8]) -> Result<&'a str, FrameError> {
+    let b: &'a [u8] = buf;
+    let end = memchr::memchr(0, b)
         .ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
-    let s = std::str::from_utf8(&buf[..end])
-        .map_err(|_| FrameError::BadStartup("string is not valid UTF-8".into()))?
-        .to_string();
-    *buf = &buf[end + 1..];
+    let s = std::str::from_utf8(&b[..end])
+        .map_err(|_| FrameError::BadStartup("string is not valid UTF-8".into()))?;
+    *buf = &b[end + 1..];
     Ok(s)
 }
 
@@ -174,14 +178,12 @@ pub fn text_lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 
 /// A NUL-terminated string, with bytes that are not UTF-8 replaced (text
 /// in the client's encoding that tidepool only reads).
-pub fn cstr_lossy(buf: &mut &[u8]) -> Result<String, FrameError> {
-    let end = buf
-        .iter()
-        .position(|&b| b == 0)
+pub fn cstr_lossy<'a>(buf: &mut &'a [u8]) -> Result<std::borrow::Cow<'a, str>, FrameError> {
+    let b: &'a [u8] = buf;
+    let end = memchr::memchr(0, b)
         .ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
-    let s = text_lossy(&buf[..end]).into_owned();
-    *buf = &buf[end + 1..];
-    Ok(s)
+    *buf = &b[end + 1..];
+    Ok(text_lossy(&b[..end]))
 }
 
 #[cfg(test)]

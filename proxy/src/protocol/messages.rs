@@ -313,36 +313,41 @@ pub fn read_backend_key_data(f: &Frame) -> Option<(i32, Bytes)> {
 /// the client sent it, and the server reads it in the client's encoding.
 pub fn read_query(f: &Frame) -> Result<std::borrow::Cow<'_, str>, FrameError> {
     let b = f.body();
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    let end = memchr::memchr(0, b).unwrap_or(b.len());
     Ok(frame::text_lossy(&b[..end]))
 }
 
 /// Statement name and query text of a Parse.
-pub fn read_parse(f: &Frame) -> Result<(String, String), FrameError> {
+pub fn read_parse(f: &Frame) -> Result<(&str, std::borrow::Cow<'_, str>), FrameError> {
     let mut b = f.body();
-    let name = frame::cstr(&mut b)?;
+    let name = frame::cstr_ref(&mut b)?;
     // Read, not forwarded: see read_query.
     let query = frame::cstr_lossy(&mut b)?;
     Ok((name, query))
 }
 
+/// The statement name of a Parse, without reading its query.
+pub fn parse_name(f: &Frame) -> Result<&str, FrameError> {
+    frame::cstr_ref(&mut f.body())
+}
+
 /// Portal name, statement name, and the offset in the frame where the rest
 /// of a Bind begins.
-pub fn read_bind(f: &Frame) -> Result<(String, String, usize), FrameError> {
+pub fn read_bind(f: &Frame) -> Result<(&str, &str, usize), FrameError> {
     let mut b = f.body();
-    let portal = frame::cstr(&mut b)?;
-    let stmt = frame::cstr(&mut b)?;
+    let portal = frame::cstr_ref(&mut b)?;
+    let stmt = frame::cstr_ref(&mut b)?;
     let offset = f.bytes.len() - b.len();
     Ok((portal, stmt, offset))
 }
 
 /// Kind ('S' statement or 'P' portal) and name of a Describe or Close.
-pub fn read_target(f: &Frame) -> Result<(u8, String), FrameError> {
+pub fn read_target(f: &Frame) -> Result<(u8, &str), FrameError> {
     let (&kind, mut rest) = f
         .body()
         .split_first()
         .ok_or_else(|| FrameError::BadStartup("empty Describe/Close".into()))?;
-    Ok((kind, frame::cstr(&mut rest)?))
+    Ok((kind, frame::cstr_ref(&mut rest)?))
 }
 
 /// A Parse like `f` but naming the statement `name`.
@@ -480,7 +485,7 @@ mod tests {
         let f = frame_of(&orig);
         let renamed = frame_of(&rename_bind(&f, "tidepool_9").unwrap());
         let (portal, stmt, off) = read_bind(&renamed).unwrap();
-        assert_eq!((portal.as_str(), stmt.as_str()), ("p1", "tidepool_9"));
+        assert_eq!((portal, stmt), ("p1", "tidepool_9"));
         assert_eq!(&renamed.bytes[off..], &body[6..]);
     }
 
@@ -488,10 +493,7 @@ mod tests {
     fn parse_rename_keeps_query() {
         let orig = with_header(b'P', &[b"s1\0SELECT $1\0\0\x01\0\0\0\x17"]);
         let renamed = frame_of(&rename_parse(&frame_of(&orig), "").unwrap());
-        assert_eq!(
-            read_parse(&renamed).unwrap(),
-            ("".into(), "SELECT $1".into())
-        );
+        assert_eq!(read_parse(&renamed).unwrap(), ("", "SELECT $1".into()));
         assert_eq!(&renamed.body()[1..], &orig[8..]);
     }
 

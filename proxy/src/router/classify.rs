@@ -139,12 +139,15 @@ impl Classifier {
 /// Slots of each thread's front cache.
 const FRONT_SLOTS: usize = 64;
 
+/// A front cache slot: a shape's digest and its class.
+type FrontSlot = Option<(u128, Arc<Class>)>;
+
 thread_local! {
     /// The shapes this thread classified last, one per slot by digest, in
     /// front of the shared cache: most statements repeat, and a hit here
     /// takes no lock. A class never changes for its digest (digests are
     /// keyed per classifier, so two classifiers' entries do not meet).
-    static FRONT: std::cell::RefCell<[Option<(u128, Arc<Class>)>; FRONT_SLOTS]> =
+    static FRONT: std::cell::RefCell<[FrontSlot; FRONT_SLOTS]> =
         const { std::cell::RefCell::new([const { None }; FRONT_SLOTS]) };
 }
 

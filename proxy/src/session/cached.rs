@@ -226,7 +226,7 @@ impl Session {
                 let name_end = body.iter().position(|&c| c == 0).unwrap_or(0);
                 body[name_end + 1..].to_vec()
             }
-            None => match self.statements.get(&bound) {
+            None => match self.statements.get(bound) {
                 Some(s) => s.server_name.as_bytes().to_vec(),
                 None => return false,
             },

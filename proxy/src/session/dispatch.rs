@@ -49,10 +49,7 @@ impl Session {
                 }
                 return Ok(());
             }
-            if matches!(f.tag, b'Q' | b'P' | b'B')
-                && !self.rerunning
-                && (self.on_standby() || self.on_cluster_writer())
-            {
+            if matches!(f.tag, b'Q' | b'P' | b'B') && !self.rerunning && self.needs_guard() {
                 self.guard = Some(Box::new(StandbyGuard::new()));
             }
         }
@@ -64,11 +61,13 @@ impl Session {
             Message::Terminate => return Err(SessionEnd::Terminated),
             Message::Query(sql) => {
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                if let Some(table) = crate::admin::show::answer_in_session(
-                    &sql,
-                    &self.shared,
-                    self.routing.read_node,
-                ) {
+                if crate::admin::show::starts_with_show(&sql)
+                    && let Some(table) = crate::admin::show::answer_in_session(
+                        &sql,
+                        &self.shared,
+                        self.routing.read_node,
+                    )
+                {
                     table.encode(&mut self.to_client);
                     messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
                     return Ok(());
@@ -110,17 +109,22 @@ impl Session {
                 let effects = state::analyze(&query);
                 self.note_pins(&effects);
                 self.free_database(&effects).await;
-                let (f, query, class) = match self.sql_execute(&query, true) {
+                // A Parse of `EXECUTE name(…)` names tidepool's statement.
+                let replaced = match self.sql_execute(&query, true) {
                     Some(text) => {
                         let b = messages::replace_parse_query(&f, &text)
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                        (messages::frame_of(&b), text, None)
+                        Some((messages::frame_of(&b), text))
                     }
-                    None => (f, query, class),
+                    None => None,
+                };
+                let (f, query, class) = match &replaced {
+                    Some((f, text)) => (f, text.as_str(), None),
+                    None => (&f, &*query, class),
                 };
                 let open = match name.is_empty() || self.tracker.skipping() {
                     true => None,
-                    false => self.statements.get(&name).cloned(),
+                    false => self.statements.get(name).cloned(),
                 };
                 if let Some(existing) = open {
                     // PostgreSQL refuses a second Parse of a name that is
@@ -130,17 +134,17 @@ impl Session {
                     self.to_backend.extend_from_slice(&existing.parse);
                     self.push(Expect::Duplicate(Box::new(expect::Duplicate {
                         server_name: existing.server_name.clone(),
-                        client_name: name,
+                        client_name: name.to_string(),
                     })));
                 } else if !name.is_empty() && !self.tracker.skipping() {
                     let stmt = Arc::new(
                         Statement::from_parse(
-                            &f,
-                            class.unwrap_or_else(|| self.shared.classifier.classify(&query)),
+                            f,
+                            class.unwrap_or_else(|| self.shared.classifier.classify(query)),
                         )
                         .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
                     );
-                    self.statements.insert(name, stmt.clone());
+                    self.statements.insert(name.to_string(), stmt.clone());
                     // The client's own Parse reaches the server even when
                     // the connection has the statement: the text may mean
                     // something else now (a table dropped and made again
@@ -177,7 +181,7 @@ impl Session {
                 if !self.ensure_backend(false).await {
                     return Ok(());
                 }
-                match self.mapped(&stmt_name) {
+                match self.mapped(stmt_name) {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt);
                         let b = messages::rename_bind(&f, &stmt.server_name)
@@ -201,7 +205,7 @@ impl Session {
                     return Ok(());
                 }
                 let stmt = if kind == b'S' {
-                    self.mapped(&name)
+                    self.mapped(name)
                 } else {
                     None
                 };
@@ -221,7 +225,7 @@ impl Session {
                         // The server-side statement stays for other clients;
                         // only this client's name goes.
                         if !self.tracker.skipping() {
-                            self.statements.remove(&name);
+                            self.statements.remove(name);
                         }
                         self.push(Expect::Synthetic(b'3'));
                     }

@@ -13,20 +13,20 @@ pub enum Message<'a> {
     /// reading only).
     Query(Cow<'a, str>),
     Parse {
-        name: String,
-        query: String,
+        name: &'a str,
+        query: Cow<'a, str>,
     },
     Bind {
-        statement: String,
+        statement: &'a str,
     },
     /// Describe of a statement (`kind` b'S') or portal (b'P').
     Describe {
         kind: u8,
-        name: String,
+        name: &'a str,
     },
     Close {
         kind: u8,
-        name: String,
+        name: &'a str,
     },
     Execute,
     Sync,
@@ -97,28 +97,26 @@ mod tests {
         assert_eq!(
             decode(&frame(b'P', b"s1\0SELECT $1\0\0\0")).unwrap(),
             Message::Parse {
-                name: "s1".into(),
+                name: "s1",
                 query: "SELECT $1".into()
             }
         );
         assert_eq!(
             decode(&frame(b'B', b"p\0s1\0\0\0\0\0\0\0")).unwrap(),
-            Message::Bind {
-                statement: "s1".into()
-            }
+            Message::Bind { statement: "s1" }
         );
         assert_eq!(
             decode(&frame(b'D', b"Ss1\0")).unwrap(),
             Message::Describe {
                 kind: b'S',
-                name: "s1".into()
+                name: "s1"
             }
         );
         assert_eq!(
             decode(&frame(b'C', b"P\0")).unwrap(),
             Message::Close {
                 kind: b'P',
-                name: String::new()
+                name: ""
             }
         );
         assert_eq!(decode(&frame(b'S', b"")).unwrap(), Message::Sync);

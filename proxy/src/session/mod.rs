@@ -41,7 +41,7 @@ use crate::{
         sqlstate,
     },
     router,
-    tls::{Step, Stream},
+    tls::{Reading, Step, Stream},
 };
 use expect::Expect;
 use message::Message;
@@ -114,7 +114,9 @@ pub struct Session {
     /// The replies of a unit on a standby, held until it is known that
     /// the standby runs it (see `refusal`).
     guard: Option<Box<StandbyGuard>>,
-    /// A unit a standby refused, to run again on the primary.
+    /// A unit a standby refused, to run again on the primary (boxed: one
+    /// word in every session for what is rare).
+    #[allow(clippy::box_collection)]
     rerun: Option<Box<Vec<Frame>>>,
     /// The refusal came from a managed cluster's writer: the topology
     /// watcher checks it before the unit runs again.
@@ -637,9 +639,13 @@ impl Session {
                 let Some(l) = self.lease.as_mut() else {
                     return Poll::Ready(Pump::Server(Err(BackendError::Closed)));
                 };
-                let read = self.to_client.len() < CLIENT_BACKLOG;
+                let reading = match (self.to_client.len() < CLIENT_BACKLOG, sent) {
+                    (false, _) => Reading::Off,
+                    (true, 0) => Reading::WhenBlocked,
+                    (true, _) => Reading::First,
+                };
                 l.conn()
-                    .poll_write_reading(cx, &self.to_backend[sent..], read)
+                    .poll_write_reading(cx, &self.to_backend[sent..], reading)
                     .map(Pump::Server)
             })
             .await;
@@ -733,7 +739,6 @@ impl Session {
 }
 
 /// Empties a buffer, giving back memory a large result left behind.
-
 fn shrink(buf: &mut BytesMut) {
     if buf.capacity() > 256 * 1024 {
         *buf = BytesMut::new();

@@ -21,8 +21,10 @@ impl Session {
         tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "backend message");
         let mut effects = std::mem::take(&mut self.effects);
         let forward = self.tracker.backend(&f, &mut effects);
-        for e in effects.drain(..) {
-            self.apply(e);
+        if !effects.is_empty() {
+            for e in effects.drain(..) {
+                self.apply(e);
+            }
         }
         self.effects = effects;
         if let Some(g) = self.guard.as_mut() {

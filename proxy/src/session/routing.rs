@@ -33,13 +33,13 @@ impl Session {
             .is_some_and(|l| Some(lease_node(l)) != self.shared.cluster.primary_id())
     }
 
-    /// Whether the session's connection is to a managed cluster's writer,
-    /// which may answer read-only once AWS has moved the writer elsewhere:
-    /// its units are guarded like a standby's (see `refusal`).
-    pub(super) fn on_cluster_writer(&self) -> bool {
+    /// Whether the session's connection is to a standby, or to a managed
+    /// cluster's writer, which may answer read-only once AWS has moved the
+    /// writer elsewhere: the unit it runs is guarded (see `refusal`).
+    pub(super) fn needs_guard(&self) -> bool {
         self.lease
             .as_ref()
-            .is_some_and(|l| self.shared.cluster.is_instance(lease_node(l)))
+            .is_some_and(|l| self.shared.cluster.guarded(lease_node(l)))
     }
 
     /// Runs on the primary a unit a standby refused during recovery
@@ -66,10 +66,10 @@ impl Session {
         }
         // The statements the unit's Parse messages named are named again.
         for f in unit.iter().filter(|f| f.tag == b'P') {
-            if let Ok((name, _)) = messages::read_parse(f)
+            if let Ok(name) = messages::parse_name(f)
                 && !name.is_empty()
             {
-                self.statements.remove(&name);
+                self.statements.remove(name);
             }
         }
         if std::mem::take(&mut self.check_writer) {
@@ -96,7 +96,8 @@ impl Session {
     }
 
     pub(super) fn is_admin_command(&self, msg: &Message) -> bool {
-        matches!(msg, Message::Query(q) if crate::admin::show::answer(q, &self.shared).is_some())
+        matches!(msg, Message::Query(q) if crate::admin::show::starts_with_show(q)
+            && crate::admin::show::answer(q, &self.shared).is_some())
     }
 
     /// The class of the statement `msg` carries, when the routing rules
@@ -161,7 +162,7 @@ impl Session {
                     },
                 },
                 b'B' => match messages::read_bind(m) {
-                    Ok((_, name, _)) => match self.statements.get(&name) {
+                    Ok((_, name, _)) => match self.statements.get(name) {
                         Some(stmt) => merged.add(&stmt.class),
                         None if name.is_empty()
                             && self.unnamed.is_some()

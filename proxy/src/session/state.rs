@@ -176,45 +176,63 @@ pub fn analyze(sql: &str) -> Effects {
 }
 
 /// Whether `hay` contains `needle` (lower case ASCII), ignoring ASCII case.
-/// Only the places where the needle's first letter occurs are compared.
+/// Only the places where the needle's last letter occurs are compared: a
+/// letter rare in SQL (the `y` of `advisory`) makes most strings one
+/// `memchr` pass.
 fn contains_ci(hay: &str, needle: &str) -> bool {
     let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    let Some(&first) = n.first() else {
+    let Some(&last) = n.last() else {
         return true;
     };
-    memchr::memchr2_iter(first, first.to_ascii_uppercase(), h).any(|i| {
-        h.get(i..i + n.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(n))
+    memchr::memchr2_iter(last, last.to_ascii_uppercase(), h).any(|i| {
+        (i + 1)
+            .checked_sub(n.len())
+            .is_some_and(|start| h[start..=i].eq_ignore_ascii_case(n))
     })
 }
 
-/// Statements whose first word may change session state.
-const STATEFUL: [&str; 12] = [
-    "create",
-    "drop",
-    "alter",
-    "listen",
-    "unlisten",
-    "prepare",
-    "deallocate",
-    "declare",
-    "close",
-    "discard",
-    "set",
-    "reset",
-];
+/// Whether a statement starting with `word` may change session state.
+fn is_stateful(word: &[u8]) -> bool {
+    let mut lower = [0u8; 10];
+    let Some(l) = lower.get_mut(..word.len()) else {
+        return false;
+    };
+    l.copy_from_slice(word);
+    l.make_ascii_lowercase();
+    matches!(
+        &*l,
+        b"create"
+            | b"drop"
+            | b"alter"
+            | b"listen"
+            | b"unlisten"
+            | b"prepare"
+            | b"deallocate"
+            | b"declare"
+            | b"close"
+            | b"discard"
+            | b"set"
+            | b"reset"
+    )
+}
+
+/// The word a statement starts with: identifier characters (any byte of a
+/// non-ASCII character counts as one, so that no keyword is read in a
+/// longer word); empty when it starts otherwise (PostgreSQL reads no
+/// command there either).
+fn first_word(stmt: &str) -> &[u8] {
+    let b = stmt.as_bytes();
+    let end = b
+        .iter()
+        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80))
+        .unwrap_or(b.len());
+    &b[..end]
+}
 
 fn analyze_one(stmt: &str, e: &mut Effects) {
     // Most statements (SELECT, INSERT, BEGIN…) change nothing tracked:
     // look at the first word before allocating anything.
-    // The word the statement starts with: none when it starts otherwise
-    // (PostgreSQL reads no command there either).
-    let first = stmt
-        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .next()
-        .unwrap_or("");
-    let stateful = STATEFUL.iter().any(|k| first.eq_ignore_ascii_case(k));
-    if stateful {
+    if is_stateful(first_word(stmt)) {
         analyze_stateful(stmt, e);
     }
     if contains_ci(stmt, "advisory") {
@@ -381,6 +399,16 @@ pub fn executes(sql: &str) -> Option<(String, std::ops::Range<usize>)> {
 /// For `DEALLOCATE [PREPARE] name` (one statement, not `ALL`): the
 /// statement name as the server reads it.
 pub fn deallocates(sql: &str) -> Option<String> {
+    // Every query string passes here: most are told apart by their first
+    // word.
+    if !sql
+        .trim_start()
+        .as_bytes()
+        .get(..10)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"deallocate"))
+    {
+        return None;
+    }
     let mut words = sql.trim().trim_end_matches(';').split_whitespace();
     if !words.next()?.eq_ignore_ascii_case("deallocate") {
         return None;
@@ -485,6 +513,35 @@ pub fn apply_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_statement_is_stateful_by_its_first_word_only() {
+        for (stmt, stateful) in [
+            ("SET x = 1", true),
+            ("set\tsearch_path to a", true),
+            ("Deallocate all", true),
+            ("DISCARD ALL", true),
+            ("listen ch", true),
+            ("create temp table t (a int)", true),
+            ("reset all", true),
+            ("settle()", false),
+            ("select 1", false),
+            ("SELECT set FROM t", false),
+            ("deallocated", false),
+            ("set_config('a', 'b', false)", false),
+            ("SETé = 1", false),
+            ("(set)", false),
+            ("", false),
+        ] {
+            assert_eq!(is_stateful(first_word(stmt)), stateful, "{stmt:?}");
+        }
+        // The needle anywhere, at the very start or end, in any case; a
+        // last letter alone is not a match.
+        assert!(contains_ci("advisory", "advisory"));
+        assert!(contains_ci("x ADVISORY", "advisory"));
+        assert!(!contains_ci("y", "advisory"));
+        assert!(!contains_ci("ORDER BY key", "advisory"));
+    }
 
     #[test]
     fn words_are_found_in_any_case_anywhere() {

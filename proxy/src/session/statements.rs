@@ -62,8 +62,8 @@ impl Session {
         }
         for m in std::iter::once(f).chain(rest.iter()) {
             match m.tag {
-                b'P' => match messages::read_parse(m) {
-                    Ok((name, _)) if !name.is_empty() && !self.statements.contains_key(&name) => {}
+                b'P' => match messages::parse_name(m) {
+                    Ok(name) if !name.is_empty() && !self.statements.contains_key(name) => {}
                     _ => return false,
                 },
                 b'S' => {
@@ -86,7 +86,7 @@ impl Session {
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
                 let stmt = Statement::from_parse(f, self.shared.classifier.classify(&query))
                     .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                self.statements.insert(name, Arc::new(stmt));
+                self.statements.insert(name.to_string(), Arc::new(stmt));
                 self.to_client.extend_from_slice(&[b'1', 0, 0, 0, 4]);
             }
             _ => {
@@ -208,7 +208,8 @@ mod tests {
         let c = Statement::from_parse(&parse("s0", "SELECT 2"), k).unwrap();
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
-        let (name, query) = messages::read_parse(&messages::frame_of(&a.parse)).unwrap();
-        assert_eq!((name, query.as_str()), (a.server_name.clone(), "SELECT 1"));
+        let parse = messages::frame_of(&a.parse);
+        let (name, query) = messages::read_parse(&parse).unwrap();
+        assert_eq!((name, &*query), (a.server_name.as_str(), "SELECT 1"));
     }
 }

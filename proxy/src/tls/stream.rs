@@ -106,20 +106,21 @@ impl Stream {
     /// One step of writing `data` (then flushing, once it is all written)
     /// while reading what the peer sends meanwhile into `buf`: a server
     /// blocked on sending results stops reading its input, so a large
-    /// pipelined batch would deadlock otherwise. What the peer has sent is
-    /// read before more is written, so that an early error reaches the
-    /// client while it still writes the rest of its batch, as on a direct
-    /// connection. Reads only when `read` allows: the caller stops reading
-    /// while what it read has not been passed on, which is how
-    /// backpressure reaches the server.
+    /// pipelined batch would deadlock otherwise. `reading` says when the
+    /// peer is read (see [`Reading`]): the caller stops reading while what
+    /// it read has not been passed on, which is how backpressure reaches
+    /// the server. On plain TCP a write that takes all of `data` is the
+    /// last step (`Flushed`): there is nothing to flush.
     pub fn poll_write_reading(
         &mut self,
         cx: &mut Context<'_>,
         data: &[u8],
         buf: &mut BytesMut,
-        read: bool,
+        reading: Reading,
     ) -> Poll<io::Result<Step>> {
-        if read && let Poll::Ready(r) = self.poll_read_some(cx, buf) {
+        if reading == Reading::First
+            && let Poll::Ready(r) = self.poll_read_some(cx, buf)
+        {
             return Poll::Ready(r);
         }
         let wrote = if data.is_empty() {
@@ -127,12 +128,19 @@ impl Stream {
                 .poll_flush(cx)
                 .map_ok(|()| Step::Flushed)
         } else {
+            let plain = matches!(self, Stream::Plain(_));
             Pin::new(&mut *self)
                 .poll_write(cx, data)
-                .map_ok(Step::Wrote)
+                .map_ok(|n| match n {
+                    n if plain && n == data.len() => Step::Flushed,
+                    n => Step::Wrote(n),
+                })
         };
         match wrote {
             Poll::Ready(Ok(Step::Wrote(0))) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            // The write waits: the peer is read meanwhile (and the task
+            // woken when it sends), whatever was written before.
+            Poll::Pending if reading == Reading::WhenBlocked => self.poll_read_some(cx, buf),
             other => other,
         }
     }
@@ -155,6 +163,20 @@ impl Stream {
             Err(e) => Err(e),
         })
     }
+}
+
+/// When [`Stream::poll_write_reading`] reads what the peer sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Not at all: what was read before has not been passed on yet.
+    Off,
+    /// Before writing: in the middle of a batch, so that an early error
+    /// reaches the client while it still writes the rest of its batch, as
+    /// on a direct connection.
+    First,
+    /// Only while the write cannot go on: the first write of a batch,
+    /// which most often takes it all, costs no read.
+    WhenBlocked,
 }
 
 /// What one step of [`Stream::poll_write_reading`] did.
