@@ -16,8 +16,30 @@ struct Mimalloc;
 /// The alignment every mimalloc block of at least this size has.
 const MIN_ALIGN: usize = 16;
 
-fn plain(layout: std::alloc::Layout) -> bool {
-    layout.align() <= MIN_ALIGN && layout.align() <= layout.size()
+/// Whether a block of `size` bytes aligned to `align` comes plain.
+fn plain(align: usize, size: usize) -> bool {
+    align <= MIN_ALIGN && align <= size
+}
+
+/// A new block for `layout`: from `plain_call` when the alignment allows
+/// it, from `aligned_call` otherwise (allocated or zeroed alike).
+///
+/// # Safety
+/// As [`std::alloc::GlobalAlloc::alloc`].
+#[inline(always)]
+unsafe fn allocate(
+    layout: std::alloc::Layout,
+    plain_call: unsafe extern "C" fn(usize) -> *mut std::ffi::c_void,
+    aligned_call: unsafe extern "C" fn(usize, usize) -> *mut std::ffi::c_void,
+) -> *mut u8 {
+    // SAFETY: plain calls into mimalloc.
+    unsafe {
+        if plain(layout.align(), layout.size()) {
+            plain_call(layout.size()).cast()
+        } else {
+            aligned_call(layout.size(), layout.align()).cast()
+        }
+    }
 }
 
 // SAFETY: every call is passed to mimalloc, whose blocks have the
@@ -25,26 +47,14 @@ fn plain(layout: std::alloc::Layout) -> bool {
 unsafe impl std::alloc::GlobalAlloc for Mimalloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         use libmimalloc_sys as mi;
-        // SAFETY: plain calls into mimalloc.
-        unsafe {
-            if plain(layout) {
-                mi::mi_malloc(layout.size()).cast()
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: as `alloc`.
+        unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         use libmimalloc_sys as mi;
-        // SAFETY: plain calls into mimalloc.
-        unsafe {
-            if plain(layout) {
-                mi::mi_zalloc(layout.size()).cast()
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: as `alloc_zeroed`.
+        unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
@@ -57,7 +67,7 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
         // SAFETY: `ptr` came from mimalloc; the new block keeps the
         // alignment by the same rule as `alloc`.
         unsafe {
-            if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
+            if plain(layout.align(), new_size) {
                 mi::mi_realloc(ptr.cast(), new_size).cast()
             } else {
                 mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()

@@ -45,8 +45,7 @@ pub fn answer_in_session(sql: &str, shared: &Shared, read_node: Option<usize>) -
     if !starts_with_show(sql) {
         return None;
     }
-    let start = sql.trim_start();
-    let cmd = start.trim_end().trim_end_matches(';').trim();
+    let cmd = sql.trim().trim_end_matches(';').trim();
     let (show, what) = cmd.split_once(char::is_whitespace)?;
     if !show.eq_ignore_ascii_case("show") {
         return None;

@@ -30,9 +30,16 @@ impl Session {
         if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
             return self.defer_prepare(&f);
         }
+        // tidepool's own SHOW commands are answered here, not routed.
+        let own_answer = match &msg {
+            Message::Query(sql) if crate::admin::show::starts_with_show(sql) => {
+                crate::admin::show::answer_in_session(sql, &self.shared, self.routing.read_node)
+            }
+            _ => None,
+        };
         if matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
             && self.at_boundary()
-            && !self.is_admin_command(&msg)
+            && own_answer.is_none()
         {
             self.guard = None;
             if let Err((code, text)) = self.route_unit(&f, &msg, class.as_ref(), rest).await {
@@ -61,13 +68,7 @@ impl Session {
             Message::Terminate => return Err(SessionEnd::Terminated),
             Message::Query(sql) => {
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
-                if crate::admin::show::starts_with_show(&sql)
-                    && let Some(table) = crate::admin::show::answer_in_session(
-                        &sql,
-                        &self.shared,
-                        self.routing.read_node,
-                    )
-                {
+                if let Some(table) = own_answer {
                     table.encode(&mut self.to_client);
                     messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
                     return Ok(());

@@ -95,11 +95,6 @@ impl Session {
         self.tracker.at_boundary() && self.pins.is_empty() && self.to_backend.is_empty()
     }
 
-    pub(super) fn is_admin_command(&self, msg: &Message) -> bool {
-        matches!(msg, Message::Query(q) if crate::admin::show::starts_with_show(q)
-            && crate::admin::show::answer(q, &self.shared).is_some())
-    }
-
     /// The class of the statement `msg` carries, when the routing rules
     /// read statements (load balancing is on).
     pub(super) fn message_class(&self, msg: &Message) -> Option<Arc<router::Class>> {
