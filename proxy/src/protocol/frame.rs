@@ -34,6 +34,15 @@ impl Frame {
     pub fn body(&self) -> &[u8] {
         &self.bytes[5..]
     }
+
+    /// A copy holding only its own bytes: a frame taken off a read shares
+    /// the whole read's buffer, which a frame kept long would keep alive.
+    pub fn detached(&self) -> Frame {
+        Frame {
+            tag: self.tag,
+            bytes: Bytes::copy_from_slice(&self.bytes),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -190,6 +199,24 @@ pub fn cstr_lossy<'a>(buf: &mut &'a [u8]) -> Result<std::borrow::Cow<'a, str>, F
 mod tests {
     use super::*;
     use bytes::BufMut;
+
+    /// A frame kept long is detached from the read it came in: its bytes
+    /// are its own, not a slice of the whole buffer.
+    #[test]
+    fn a_detached_frame_holds_only_its_own_bytes() {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        buf.put_u8(b'P');
+        buf.put_u32(9);
+        buf.put_slice(b"\0q\0\0\0");
+        buf.put_u8(b'S');
+        buf.put_u32(4);
+        let f = take(&mut buf, MAX_MESSAGE).unwrap().unwrap();
+        let kept = f.detached();
+        assert_eq!(kept, f);
+        let read = buf.as_ptr() as usize - f.bytes.len()..buf.as_ptr() as usize + buf.capacity();
+        assert!(read.contains(&(f.bytes.as_ptr() as usize)));
+        assert!(!read.contains(&(kept.bytes.as_ptr() as usize)));
+    }
 
     /// Text in UTF-8 is read in place; other bytes (a LATIN1 client's
     /// query) are replaced, never refused.

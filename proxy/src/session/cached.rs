@@ -311,7 +311,7 @@ impl Session {
                         // ParseComplete; the unnamed statement is this one
                         // now, prepared on no connection yet.
                         self.to_client.extend_from_slice(&[b'1', 0, 0, 0, 4]);
-                        self.set_unnamed(p, (usize::MAX, -1));
+                        self.set_unnamed(&p, (usize::MAX, -1));
                     }
                     self.to_client.extend_from_slice(&[b'2', 0, 0, 0, 4]);
                     self.cache_skip = skip;

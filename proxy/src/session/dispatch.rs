@@ -164,10 +164,10 @@ impl Session {
                     });
                 } else {
                     if name.is_empty() && !self.tracker.skipping() {
-                        // Kept as is (a reference count): classified only if
-                        // a later round trip binds it.
+                        // Kept, not classified: only if a later round trip
+                        // binds it.
                         let here = self.conn_identity();
-                        self.set_unnamed(f.clone(), here);
+                        self.set_unnamed(f, here);
                     }
                     self.to_backend.extend_from_slice(&f.bytes);
                     self.push(Expect::Parse {

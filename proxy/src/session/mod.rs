@@ -30,7 +30,7 @@ use std::{
 use bytes::{Buf, BytesMut};
 
 use crate::{
-    app::Shared,
+    app::{Runtime, Shared},
     backend::{BackendError, quote_literal},
     cancel::CancelSlot,
     config::PoolMode,
@@ -78,9 +78,16 @@ pub enum SessionEnd {
     IdleTimeout,
 }
 
+/// The running configuration as a session reads it: the last one it
+/// loaded, checked against the current one with a single atomic read
+/// (`arc_swap::Cache`) instead of a full load per message.
+type ConfigCache = arc_swap::Cache<Arc<arc_swap::ArcSwap<Runtime>>, Arc<Runtime>>;
+
 /// Everything one client session holds.
 pub struct Session {
     shared: Arc<Shared>,
+    /// `shared.config`, cached (see [`ConfigCache`]).
+    config: ConfigCache,
     pub user: String,
     pub database: String,
     mode: PoolMode,
@@ -173,6 +180,7 @@ impl Session {
                 .collect(),
         );
         Session {
+            config: arc_swap::Cache::new(shared.config.clone()),
             shared,
             user,
             database,
@@ -337,7 +345,7 @@ impl Session {
         client: &mut Stream,
         client_buf: &mut BytesMut,
     ) -> Result<(), SessionEnd> {
-        let idle_timeout = self.shared.config.load().server.client_idle_timeout;
+        let idle_timeout = self.config.load().server.client_idle_timeout;
         // Made on the first poll, and only when the timeout is on.
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // A list, not `Frames`: this wait is in every idle client's task.
@@ -416,7 +424,9 @@ impl Session {
         client_buf: &mut BytesMut,
     ) -> Result<(), SessionEnd> {
         // Messages of a unit that waits for the one before it to finish.
-        let mut held = Frames::new();
+        // (A plain list: it is rarely used, and this future is copied into
+        // its box whenever the client gets busy.)
+        let mut held: Vec<Frame> = Vec::new();
         let mut backend_frames = Frames::new();
         loop {
             if let Some(unit) = self.rerun.take() {
@@ -424,7 +434,7 @@ impl Session {
             }
             // Handle whatever whole client frames are buffered.
             let mut r = Ok(());
-            let mut frames = std::mem::take(&mut held);
+            let mut frames: Frames = held.drain(..).collect();
             loop {
                 match frame::take(client_buf, frame::MAX_MESSAGE) {
                     Ok(Some(f)) => frames.push(f),
@@ -451,7 +461,7 @@ impl Session {
                     .handle_frames(frames, &mut held, client, client_buf)
                     .await;
             }
-            if let Err(e) = self.flush_backend(client).await {
+            if let Err(e) = self.flush_backend(client, &mut backend_frames).await {
                 r = Err(e);
             }
             client.write_all(&self.to_client).await?;
@@ -500,7 +510,7 @@ impl Session {
     async fn handle_frames(
         &mut self,
         mut frames: Frames,
-        held: &mut Frames,
+        held: &mut Vec<Frame>,
         client: &mut Stream,
         client_buf: &mut BytesMut,
     ) -> Result<(), SessionEnd> {
@@ -549,7 +559,7 @@ impl Session {
     /// Returns the backend connection at the end of the session.
     async fn finish(&mut self) {
         self.cancel.clear();
-        let reset = self.shared.config.load().pool.reset_query.clone();
+        let reset = self.config.load().pool.reset_query.clone();
         for mut lease in std::mem::take(&mut self.parked) {
             // Parked connections are idle: reset and return them.
             let conn = lease.conn();
@@ -578,7 +588,7 @@ impl Session {
             return;
         }
         let reset = match self.mode {
-            PoolMode::Session => self.shared.config.load().pool.reset_query.clone(),
+            PoolMode::Session => self.config.load().pool.reset_query.clone(),
             // A client that held session state on its connection (a
             // temporary table, a session advisory lock, LISTEN, a cursor
             // WITH HOLD, a SQL-level prepared statement) leaves none of it
@@ -608,8 +618,13 @@ impl Session {
     /// `CLIENT_BACKLOG` bytes held for a client that does not read them:
     /// the server then waits to send, stops reading, and the client's own
     /// writes wait, as they would on a direct connection. Memory per
-    /// session stays bounded whatever a client pipelines.
-    async fn flush_backend(&mut self, client: &mut Stream) -> Result<(), SessionEnd> {
+    /// session stays bounded whatever a client pipelines. `frames` is
+    /// room for the replies read meanwhile (empty, the caller's).
+    async fn flush_backend(
+        &mut self,
+        client: &mut Stream,
+        frames: &mut Frames,
+    ) -> Result<(), SessionEnd> {
         // A cancel that came while the work waited for a connection: the
         // work is written below, then the cancel follows it, as it would
         // have reached the server running it on a direct connection.
@@ -623,7 +638,6 @@ impl Session {
         };
         let node = lease_node(lease);
         let mut sent = 0;
-        let mut frames = Frames::new();
         let mut read_any = false;
         let r = loop {
             let step = std::future::poll_fn(|cx| {
@@ -657,7 +671,7 @@ impl Session {
                 Pump::Server(Ok(Step::Flushed)) => break Ok(()),
                 Pump::Server(Ok(Step::Read)) => {
                     let l = self.lease.as_mut().expect("polled above");
-                    if let Err(e) = l.conn().take_frames(&mut frames) {
+                    if let Err(e) = l.conn().take_frames(frames) {
                         break Err(e);
                     }
                     for f in frames.drain(..) {
@@ -691,8 +705,11 @@ impl Session {
     }
 
     /// Keeps the client's last unnamed Parse and where it was sent, in
-    /// the room the last one had.
-    fn set_unnamed(&mut self, parse: Frame, at: (usize, i32)) {
+    /// the room the last one had. Detached from the read it came in (16
+    /// KiB or more), which an idle client would otherwise hold for as long
+    /// as it keeps its unnamed statement.
+    fn set_unnamed(&mut self, parse: &Frame, at: (usize, i32)) {
+        let parse = parse.detached();
         match &mut self.unnamed {
             Some(kept) => **kept = (parse, at),
             None => self.unnamed = Some(Box::new((parse, at))),

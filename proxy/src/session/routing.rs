@@ -97,9 +97,9 @@ impl Session {
 
     /// The class of the statement `msg` carries, when the routing rules
     /// read statements (load balancing is on).
-    pub(super) fn message_class(&self, msg: &Message) -> Option<Arc<router::Class>> {
+    pub(super) fn message_class(&mut self, msg: &Message) -> Option<Arc<router::Class>> {
         let sql = msg.sql()?;
-        if !self.shared.config.load().rules.cfg.enabled {
+        if !self.config.load().rules.cfg.enabled {
             return None;
         }
         Some(self.shared.classifier.classify(sql))
@@ -212,7 +212,7 @@ impl Session {
             return self.acquire_on(primary).await;
         }
         // One configuration for the whole unit (a reload swaps it whole).
-        let rt = self.shared.config.load_full();
+        let rt = self.config.load().clone();
         if !rt.rules.cfg.enabled {
             // Everything goes to the primary: no need to read the SQL.
             return self.acquire().await;
