@@ -124,6 +124,15 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
+    /// Gives back the read buffer's room beyond `keep` bytes when nothing
+    /// is buffered: a large result's room is not kept while the
+    /// connection waits (idle in its pool, or kept by an idle session).
+    pub fn trim_buffer(&mut self, keep: usize) {
+        if self.buf.is_empty() && self.buf.capacity() > keep {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Every prepared statement of the connection is gone (DISCARD ALL,
     /// DEALLOCATE ALL).
     pub fn forget_statements(&mut self) {

@@ -202,6 +202,9 @@ impl Lease {
     /// Gives the connection back for reuse.
     pub fn release(mut self) {
         if let Some(mut c) = self.conn.take() {
+            // A pooled connection keeps the room of one read: the next
+            // client's replies take it at once.
+            c.trim_buffer(crate::tls::READ_CHUNK);
             let now = Instant::now();
             c.last_used = now;
             self.pool.check_in(c, now);

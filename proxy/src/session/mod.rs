@@ -483,6 +483,18 @@ impl Session {
             }
             if idle && held.is_empty() {
                 // Nothing in flight and nothing held: the wait is `run`'s.
+                // An idle client keeps no more room than a small reply
+                // takes: a large result's is given back.
+                for buf in [&mut self.to_client, &mut self.to_backend] {
+                    if buf.capacity() > IDLE_ROOM {
+                        *buf = BytesMut::new();
+                    }
+                }
+                // So does a server connection it keeps (session pooling):
+                // its idle wait takes a buffer only when the server sends.
+                for lease in self.lease.iter_mut().chain(self.parked.iter_mut()) {
+                    lease.conn().trim_buffer(0);
+                }
                 return Ok(());
             }
             tokio::select! {
@@ -763,6 +775,10 @@ fn shrink(buf: &mut BytesMut) {
         buf.clear();
     }
 }
+
+/// Room an idle client keeps in each of its write buffers (what an OLTP
+/// statement's replies take); more is given back when it goes idle.
+const IDLE_ROOM: usize = 1024;
 
 /// Replies held for a client that does not read them before tidepool stops
 /// reading the server: the server's output then waits in its own socket.

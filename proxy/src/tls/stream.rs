@@ -20,7 +20,7 @@ use tokio::{
 };
 
 /// Room offered to one read.
-const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
 
 pub enum Stream {
     Plain(TcpStream),
