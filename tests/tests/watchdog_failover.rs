@@ -164,7 +164,8 @@ fn an_isolated_leader_lets_go_before_the_majority_elects_another() -> Result<()>
 #[test]
 fn a_planned_switchover_moves_leadership_and_the_address() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // tp0 is preferred: the switchover must stick anyway.
+    // tp0 is preferred and fails back after 1 s: the switchover must stick
+    // anyway (the 4 s watch below).
     let g = Group::start([3, 2, 1])?;
     let first = first_leader(&g)?;
     // Whoever wins the first election, priority steers leadership to tp0.

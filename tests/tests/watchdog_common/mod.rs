@@ -87,7 +87,8 @@ impl Group {
     /// A primary and `standbys` standbys as backends `pg0`, `pg1`, …; each
     /// tidepool node reaches each backend through a forwarder of its own
     /// (`fwd[node][backend]`), so a test can cut one node's path to one
-    /// backend.
+    /// backend. A higher-priority node takes leadership back after 1 s
+    /// (`priority_failback_after`), so failback is seen within a test.
     pub fn start_full(
         priorities: [u32; 3],
         net: NetNs,
@@ -144,7 +145,7 @@ impl Group {
                  {backends}\
                  [[users]]\nname = \"app\"\npassword = \"app\"\n\n\
                  [watchdog]\nnode_name = \"{}\"\nlisten = \"{me}:9000\"\nheartbeat_listen = \"{me}:9694\"\n\
-                 shared_key = \"{KEY}\"\npriority = {}\n\n{peers}{}",
+                 shared_key = \"{KEY}\"\npriority = {}\npriority_failback_after = \"1s\"\n\n{peers}{}",
                 name(i),
                 priorities[i],
                 escalation(i, &record),
