@@ -15,6 +15,8 @@ use std::{
 
 use lru::LruCache;
 use pg_query::{NodeRef, protobuf::TransactionStmtKind};
+use siphasher::sip128::Hasher128;
+use std::hash::Hasher;
 
 /// How a statement (or a string of statements) may be routed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,17 +81,21 @@ impl Classifier {
     /// A 128-bit digest of the statement's shape, computed without
     /// building the shape: one keyed SipHash-1-3 pass.
     pub fn shape_key(&self, sql: &str) -> u128 {
-        use siphasher::sip128::{Hasher128, SipHasher13};
-        use std::hash::Hasher;
-        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        let mut h = self.digest();
         shape_into(sql, |part| h.write(part));
         h.finish128().as_u128()
     }
 
-    /// The class of `sql`, from the cache when its shape was seen before.
-    /// The cache keeps a 128-bit digest of the shape, not the text: a
-    /// client sending many distinct long statements costs it 16 bytes
-    /// each. Statements over `MAX_CLASSIFIED` are not parsed at all.
+    fn digest(&self) -> siphasher::sip128::SipHasher13 {
+        siphasher::sip128::SipHasher13::new_with_keys(self.keys.0, self.keys.1)
+    }
+
+    /// The class of `sql`, from a cache when its shape was seen before:
+    /// first this thread's front cache, which holds shapes (compared
+    /// whole, found by a quick unkeyed hash), then the shared cache, which
+    /// holds 128-bit keyed digests of shapes, not their text: a client
+    /// sending many distinct long statements costs it 16 bytes each.
+    /// Statements over `MAX_CLASSIFIED` are not parsed at all.
     pub fn classify(&self, sql: &str) -> Arc<Class> {
         if sql.len() > MAX_CLASSIFIED {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -99,24 +105,54 @@ impl Classifier {
                 ..Class::default()
             });
         }
-        let key = self.shape_key(sql);
-        let slot = (key as usize) % FRONT_SLOTS;
-        if let Some(c) = FRONT.with_borrow(|f| {
-            f[slot]
-                .as_ref()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, c)| c.clone())
-        }) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return c;
+        if sql.len() > FRONT_SHAPE_MAX {
+            return self.shared_class(self.shape_key(sql), sql);
         }
+        FRONT.with_borrow_mut(|front| {
+            let Front { shape, slots } = front;
+            shape.clear();
+            shape_into(sql, |part| shape.extend_from_slice(part));
+            let slot = &mut slots[(quick_hash(shape) as usize) % FRONT_SLOTS];
+            if let Some(s) = slot.as_ref()
+                && s.owner == self.keys.0
+                && s.shape == *shape
+            {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return s.class.clone();
+            }
+            let mut h = self.digest();
+            h.write(shape);
+            let class = self.shared_class(h.finish128().as_u128(), sql);
+            match slot {
+                // The slot's room is reused.
+                Some(s) => {
+                    s.owner = self.keys.0;
+                    s.shape.clear();
+                    s.shape.extend_from_slice(shape);
+                    s.class = class.clone();
+                }
+                None => {
+                    *slot = Some(FrontSlot {
+                        owner: self.keys.0,
+                        shape: shape.clone(),
+                        class: class.clone(),
+                    })
+                }
+            }
+            class
+        })
+    }
+
+    /// The class of `sql` (whose shape's digest is `key`) from the shared
+    /// cache, parsed and kept there when it is not.
+    fn shared_class(&self, key: u128, sql: &str) -> Arc<Class> {
         let cached = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .cloned();
-        let class = match cached {
+        match cached {
             Some(c) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 c
@@ -130,25 +166,49 @@ impl Classifier {
                     .put(key, class.clone());
                 class
             }
-        };
-        FRONT.with_borrow_mut(|f| f[slot] = Some((key, class.clone())));
-        class
+        }
     }
 }
 
 /// Slots of each thread's front cache.
 const FRONT_SLOTS: usize = 64;
 
-/// A front cache slot: a shape's digest and its class.
-type FrontSlot = Option<(u128, Arc<Class>)>;
+/// Longest statement whose shape the front cache keeps (longer ones go to
+/// the shared cache by digest): the thread's room for shapes stays small.
+const FRONT_SHAPE_MAX: usize = 1024;
+
+/// A front cache slot: a shape, the classifier that classified it, and
+/// its class. A class never changes for its shape.
+struct FrontSlot {
+    owner: u64,
+    shape: Vec<u8>,
+    class: Arc<Class>,
+}
+
+/// Each thread's front cache, and its room for building the shape.
+struct Front {
+    shape: Vec<u8>,
+    slots: [Option<FrontSlot>; FRONT_SLOTS],
+}
 
 thread_local! {
-    /// The shapes this thread classified last, one per slot by digest, in
-    /// front of the shared cache: most statements repeat, and a hit here
-    /// takes no lock. A class never changes for its digest (digests are
-    /// keyed per classifier, so two classifiers' entries do not meet).
-    static FRONT: std::cell::RefCell<[FrontSlot; FRONT_SLOTS]> =
-        const { std::cell::RefCell::new([const { None }; FRONT_SLOTS]) };
+    /// The shapes this thread classified last, one per slot, in front of
+    /// the shared cache: most statements repeat, and a hit here takes no
+    /// lock and no keyed digest. The slot is found by a quick unkeyed
+    /// hash and the shape compared whole: statements made to share a
+    /// slot only take turns in it.
+    static FRONT: std::cell::RefCell<Front> = const {
+        std::cell::RefCell::new(Front {
+            shape: Vec::new(),
+            slots: [const { None }; FRONT_SLOTS],
+        })
+    };
+}
+
+/// The front cache's slot hash (foldhash, fixed seed).
+fn quick_hash(bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x7469_6465_706f_6f6c).hash_one(bytes)
 }
 
 /// Longest statement tidepool parses to route it; a longer one runs on the
@@ -176,6 +236,37 @@ static SHAPE_SPECIAL: [bool; 256] = {
     t
 };
 
+/// The first byte at or after `i` that is a quote or a digit (`b.len()`
+/// when none is): eight bytes at a time (`special_bytes`), then one by one
+/// through the table.
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    while let Some(word) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        if special_bytes(w) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < b.len() && !SHAPE_SPECIAL[b[i] as usize] {
+        i += 1;
+    }
+    i
+}
+
+/// The high bit of each byte of `w` that is a quote (`'`, `"`) or an
+/// ASCII digit, and of no other byte. Each byte's low seven bits are
+/// compared on their own (no sum carries into the next byte); bytes with
+/// the high bit set (parts of UTF-8 characters) are never special.
+fn special_bytes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low = w & !HIGH;
+    let zero = |x: u64| !(x + 0x7f * ONES) & HIGH;
+    let digit = (low + (0x80 - b'0' as u64) * ONES) & !(low + (0x80 - (b'9' as u64 + 1)) * ONES);
+    let quote = zero(low ^ (b'\'' as u64 * ONES)) | zero(low ^ (b'"' as u64 * ONES));
+    (digit | quote) & !w & HIGH
+}
+
 /// Whether a digit after `b` belongs to a name (`t1`, `$1`, `"x"1`, a
 /// letter outside ASCII), not to a number. `b` ends a character: a
 /// continuation byte of a multi-byte character is at least 0x80 too.
@@ -184,16 +275,14 @@ fn ends_a_name(b: u8) -> bool {
 }
 
 /// Feeds the shape of `sql` to `sink`, piece by piece. Runs of bytes that
-/// cannot change are skipped by a table lookup each; only quotes and
-/// digits are looked at further.
+/// cannot change are skipped eight at a time (`next_special`); only quotes
+/// and digits are looked at further.
 fn shape_into(sql: &str, mut sink: impl FnMut(&[u8])) {
     let b = sql.as_bytes();
     let mut i = 0;
     let mut run = 0; // start of the verbatim run not yet sunk
     loop {
-        while i < b.len() && !SHAPE_SPECIAL[b[i] as usize] {
-            i += 1;
-        }
+        i = next_special(b, i);
         let Some(&c) = b.get(i) else { break };
         if c == b'\'' || c == b'"' {
             // A string literal becomes `?`; a quoted identifier is kept
@@ -648,6 +737,36 @@ mod tests {
     }
 
     #[test]
+    fn the_word_scan_marks_exactly_the_tables_bytes() {
+        // Every byte value in every position, beside neighbours of every
+        // kind: no sum carries from one byte into the next.
+        for neighbour in [0u8, b'a', b'0', b'\'', 0x7f, 0x80, 0xff] {
+            for pos in 0..8 {
+                for v in 0..=255u8 {
+                    let mut bytes = [neighbour; 8];
+                    bytes[pos] = v;
+                    let got = special_bytes(u64::from_le_bytes(bytes));
+                    let want = bytes.iter().enumerate().fold(0u64, |m, (i, &b)| {
+                        m | if SHAPE_SPECIAL[b as usize] {
+                            0x80 << (8 * i)
+                        } else {
+                            0
+                        }
+                    });
+                    assert_eq!(got, want, "{bytes:?}");
+                }
+            }
+        }
+        let text = b"SELECT abalance FROM pgbench_accounts WHERE x = 'y' AND \"z\" > 0";
+        for start in 0..text.len() {
+            let want = (start..text.len())
+                .find(|&i| SHAPE_SPECIAL[text[i] as usize])
+                .unwrap_or(text.len());
+            assert_eq!(next_special(text, start), want, "from {start}");
+        }
+    }
+
+    #[test]
     fn shapes_ignore_literals_only() {
         let c = Classifier::default();
         assert_eq!(
@@ -701,6 +820,36 @@ mod tests {
         let big = format!("SELECT '{}'", "x".repeat(MAX_CLASSIFIED));
         assert!(k.classify(&big).write.is_some());
         assert_eq!(k.cache.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_front_cache_and_the_digest_agree_on_shapes() {
+        // Short statements are digested from their built shape, long ones
+        // as they are scanned: one shape, one digest either way.
+        let c = Classifier::default();
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711",
+            "select 'it''s', t1.x2 from t1 where y = 1.5",
+            "SELECT 'é', \"2023\" FROM t",
+        ] {
+            let mut h = c.digest();
+            h.write(shape(sql).as_bytes());
+            assert_eq!(h.finish128().as_u128(), c.shape_key(sql), "{sql}");
+        }
+        // A long statement (past the front cache) and its repeat.
+        let long = format!("SELECT {} FROM t WHERE a = 1", "x, ".repeat(400) + "y");
+        let long2 = long.replace("a = 1", "a = 22");
+        assert!(long.len() > FRONT_SHAPE_MAX);
+        assert!(Arc::ptr_eq(&c.classify(&long), &c.classify(&long2)));
+        // Another classifier on this thread finds nothing of the first's
+        // in the front cache: it parses the statement itself.
+        let d = Classifier::default();
+        c.classify("SELECT * FROM front_t WHERE a = 1");
+        d.classify("SELECT * FROM front_t WHERE a = 2");
+        assert_eq!(d.misses.load(Ordering::Relaxed), 1);
+        assert_eq!(d.hits.load(Ordering::Relaxed), 0);
+        d.classify("SELECT * FROM front_t WHERE a = 3");
+        assert_eq!(d.hits.load(Ordering::Relaxed), 1);
     }
 
     #[test]

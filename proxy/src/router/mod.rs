@@ -117,6 +117,12 @@ fn regexes(list: &[String]) -> Vec<Regex> {
 }
 
 impl Rules {
+    /// Whether any redirect preference names application names (the
+    /// session's `application_name` is looked up only then).
+    pub fn redirects_by_application(&self) -> bool {
+        !self.app.is_empty()
+    }
+
     pub fn new(cfg: &LoadBalancingConfig) -> Rules {
         let related = cfg
             .dml_adaptive_relations
@@ -291,6 +297,7 @@ type Nodes<'a> = smallvec::SmallVec<[&'a Node; 8]>;
 /// Nodes that may take reads now, with their weights.
 fn readable<'a>(
     snapshot: &'a Snapshot,
+    primary: Option<usize>,
     lags: &BTreeMap<usize, Lag>,
     cfg: &LoadBalancingConfig,
 ) -> Nodes<'a> {
@@ -299,10 +306,8 @@ fn readable<'a>(
         .iter()
         .filter(|n| n.status == Status::Up && n.weight > 0.0)
         .filter(|n| {
-            if Some(n.id) == snapshot.primary().map(|p| p.id) {
-                return true;
-            }
-            n.role == Role::Standby && lags.get(&n.id).is_none_or(|l| !l.too_far(cfg))
+            Some(n.id) == primary
+                || (n.role == Role::Standby && lags.get(&n.id).is_none_or(|l| !l.too_far(cfg)))
         })
         .collect()
 }
@@ -334,7 +339,7 @@ pub fn choose_read(
 ) -> Option<Decision> {
     let cfg = &rules.cfg;
     let primary = snapshot.primary().map(|p| p.id);
-    let candidates = readable(snapshot, lags, cfg);
+    let candidates = readable(snapshot, primary, lags, cfg);
     // Redirect preferences: application name, then database, then user.
     let pref = preference::find(&rules.app, client.application_name)
         .or_else(|| preference::find(&rules.database, client.database))

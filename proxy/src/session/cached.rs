@@ -311,7 +311,7 @@ impl Session {
                         // ParseComplete; the unnamed statement is this one
                         // now, prepared on no connection yet.
                         self.to_client.extend_from_slice(&[b'1', 0, 0, 0, 4]);
-                        self.set_unnamed(&p, (usize::MAX, -1));
+                        self.set_unnamed(&p, (usize::MAX, -1), None);
                     }
                     self.to_client.extend_from_slice(&[b'2', 0, 0, 0, 4]);
                     self.cache_skip = skip;
@@ -339,9 +339,7 @@ impl Session {
             return Some(s.class.clone());
         }
         if statement.is_empty() {
-            let (p, _) = self.unnamed.as_deref()?;
-            let (_, q) = messages::read_parse(p).ok()?;
-            return Some(self.shared.classifier.classify(&q));
+            return self.unnamed_statement_class();
         }
         None
     }

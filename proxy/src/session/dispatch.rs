@@ -25,7 +25,7 @@ impl Session {
         }
         // One classification per message serves read-your-writes and
         // routing.
-        let class = self.message_class(&msg);
+        let class = self.message_class(&f, &msg);
         self.note_writes(class.as_deref());
         if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
             return self.defer_prepare(&f);
@@ -164,10 +164,11 @@ impl Session {
                     });
                 } else {
                     if name.is_empty() && !self.tracker.skipping() {
-                        // Kept, not classified: only if a later round trip
-                        // binds it.
+                        // Kept with its class (when routing read it): a
+                        // later round trip may bind it, and the same Parse
+                        // again is not read again.
                         let here = self.conn_identity();
-                        self.set_unnamed(f, here);
+                        self.set_unnamed(f, here, class.clone());
                     }
                     self.to_backend.extend_from_slice(&f.bytes);
                     self.push(Expect::Parse {

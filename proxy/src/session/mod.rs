@@ -83,6 +83,15 @@ pub enum SessionEnd {
 /// (`arc_swap::Cache`) instead of a full load per message.
 type ConfigCache = arc_swap::Cache<Arc<arc_swap::ArcSwap<Runtime>>, Arc<Runtime>>;
 
+/// The client's last unnamed Parse (`Session::unnamed`).
+struct Unnamed {
+    parse: Frame,
+    /// The connection (node, backend pid) it was last sent to.
+    at: (usize, i32),
+    /// Its statement's class, when routing read it.
+    class: Option<Arc<router::Class>>,
+}
+
 /// Everything one client session holds.
 pub struct Session {
     shared: Arc<Shared>,
@@ -105,12 +114,11 @@ pub struct Session {
     /// The client's named prepared statements (an ordered map: no
     /// hasher state kept by every client).
     statements: BTreeMap<String, Arc<Statement>>,
-    /// The client's last unnamed Parse and the connection (node, backend
-    /// pid) it was sent to: a Bind or Describe of the unnamed
+    /// The client's last unnamed Parse: a Bind or Describe of the unnamed
     /// statement in a later round trip may be served by another
     /// connection, which gets the Parse first. Boxed (the room is kept
     /// once made, see `set_unnamed`): most idle clients never send one.
-    unnamed: Option<Box<(Frame, (usize, i32))>>,
+    unnamed: Option<Box<Unnamed>>,
     /// Where the protocol stands: replies awaited, batch, COPY,
     /// transaction status.
     tracker: Tracker,
@@ -716,16 +724,43 @@ impl Session {
         Ok(())
     }
 
-    /// Keeps the client's last unnamed Parse and where it was sent, in
-    /// the room the last one had. Detached from the read it came in (16
-    /// KiB or more), which an idle client would otherwise hold for as long
-    /// as it keeps its unnamed statement.
-    fn set_unnamed(&mut self, parse: &Frame, at: (usize, i32)) {
-        let parse = parse.detached();
+    /// Keeps the client's last unnamed Parse, where it was sent and its
+    /// class, in the room the last one had. Detached from the read it came
+    /// in (16 KiB or more), which an idle client would otherwise hold for
+    /// as long as it keeps its unnamed statement. The same Parse again (a
+    /// driver's unnamed statement, at each execution) is not copied again.
+    fn set_unnamed(&mut self, parse: &Frame, at: (usize, i32), class: Option<Arc<router::Class>>) {
         match &mut self.unnamed {
-            Some(kept) => **kept = (parse, at),
-            None => self.unnamed = Some(Box::new((parse, at))),
+            Some(kept) if kept.parse.bytes == parse.bytes => {
+                kept.at = at;
+                if class.is_some() {
+                    kept.class = class;
+                }
+            }
+            Some(kept) => {
+                **kept = Unnamed {
+                    parse: parse.detached(),
+                    at,
+                    class,
+                }
+            }
+            None => {
+                self.unnamed = Some(Box::new(Unnamed {
+                    parse: parse.detached(),
+                    at,
+                    class,
+                }))
+            }
         }
+    }
+
+    /// The class kept with the client's last unnamed Parse, when `f` is
+    /// that same Parse again.
+    fn unnamed_class(&self, f: &Frame) -> Option<Arc<router::Class>> {
+        let kept = self.unnamed.as_deref()?;
+        (kept.parse.bytes == f.bytes)
+            .then(|| kept.class.clone())
+            .flatten()
     }
 
     fn push(&mut self, e: Expect) {

@@ -97,12 +97,30 @@ impl Session {
 
     /// The class of the statement `msg` carries, when the routing rules
     /// read statements (load balancing is on).
-    pub(super) fn message_class(&mut self, msg: &Message) -> Option<Arc<router::Class>> {
+    /// The client's unnamed Parse sent again is not read again: its class
+    /// is kept with it (`set_unnamed`).
+    pub(super) fn message_class(&mut self, f: &Frame, msg: &Message) -> Option<Arc<router::Class>> {
         let sql = msg.sql()?;
         if !self.config.load().rules.cfg.enabled {
             return None;
         }
+        if f.tag == b'P'
+            && let Some(class) = self.unnamed_class(f)
+        {
+            return Some(class);
+        }
         Some(self.shared.classifier.classify(sql))
+    }
+
+    /// The class of the client's kept unnamed statement: kept with it, or
+    /// read from its Parse (`None` when that is malformed).
+    pub(super) fn unnamed_statement_class(&self) -> Option<Arc<router::Class>> {
+        let kept = self.unnamed.as_deref()?;
+        if let Some(c) = &kept.class {
+            return Some(c.clone());
+        }
+        let (_, q) = messages::read_parse(&kept.parse).ok()?;
+        Some(self.shared.classifier.classify(&q))
     }
 
     /// Records writes for the read-your-writes rules, from the class of
@@ -147,6 +165,9 @@ impl Session {
             _ => {}
         }
         let mut complete = false;
+        // A Bind of the unnamed statement parsed in this unit is covered by
+        // that Parse's class.
+        let parses = f.tag == b'P' || rest.iter().any(|p| p.tag == b'P');
         for (i, m) in std::iter::once(f).chain(rest.iter()).enumerate() {
             match m.tag {
                 b'P' => match (i, first) {
@@ -159,26 +180,14 @@ impl Session {
                 b'B' => match messages::read_bind(m) {
                     Ok((_, name, _)) => match self.statements.get(name) {
                         Some(stmt) => merged.add(&stmt.class),
-                        None if name.is_empty()
-                            && self.unnamed.is_some()
-                            && !rest.iter().any(|p| p.tag == b'P')
-                            && f.tag != b'P' =>
-                        {
-                            match self
-                                .unnamed
-                                .as_deref()
-                                .map(|(p, _)| messages::read_parse(p))
-                            {
-                                Some(Ok((_, q))) => {
-                                    merged.add(&self.shared.classifier.classify(&q))
-                                }
-                                _ => merged.set_write("malformed Parse"),
+                        None if parses => {}
+                        None if name.is_empty() && self.unnamed.is_some() => {
+                            match self.unnamed_statement_class() {
+                                Some(c) => merged.add(&c),
+                                None => merged.set_write("malformed Parse"),
                             }
                         }
-                        None if !rest.iter().any(|p| p.tag == b'P') && f.tag != b'P' => {
-                            merged.set_write("statement prepared outside tidepool's view")
-                        }
-                        None => {}
+                        None => merged.set_write("statement prepared outside tidepool's view"),
                     },
                     Err(_) => merged.set_write("malformed Bind"),
                 },
@@ -237,8 +246,13 @@ impl Session {
                 self.routing.catalog_tag = self.shared.catalog.tag(&self.database);
             }
             let memo = class.one().map(|c| &c.catalog);
-            self.catalog_facts(rules, &class, memo, &mut facts).await;
-            reason = router::primary_reason(rules, &class, &facts, &self.routing);
+            // A statement found clear before, with the catalog and rules
+            // unchanged since, asks nothing (and awaits nothing).
+            let key = self.shared.catalog.memo_key(self.routing.catalog_tag);
+            if !memo.is_some_and(|m| m.holds(key)) {
+                self.catalog_facts(rules, &class, memo, &mut facts).await;
+                reason = router::primary_reason(rules, &class, &facts, &self.routing);
+            }
         }
         let snapshot = self.shared.cluster.snapshot();
         if reason.is_some() {
@@ -251,10 +265,13 @@ impl Session {
                 reason: r,
             },
             None => {
-                let app = self
-                    .settings
-                    .get("application_name")
-                    .map_or("", |v| v.trim_matches('\''));
+                let app = match rules.redirects_by_application() {
+                    true => self
+                        .settings
+                        .get("application_name")
+                        .map_or("", |v| v.trim_matches('\'')),
+                    false => "",
+                };
                 let client = router::Client {
                     user: &self.user,
                     database: &self.database,

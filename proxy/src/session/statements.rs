@@ -161,11 +161,11 @@ impl Session {
             return;
         }
         let here = self.conn_identity();
-        if let Some((parse, at)) = self.unnamed.as_deref_mut()
-            && *at != here
+        if let Some(kept) = self.unnamed.as_deref_mut()
+            && kept.at != here
         {
-            *at = here;
-            let parse = parse.bytes.clone();
+            kept.at = here;
+            let parse = kept.parse.bytes.clone();
             self.to_backend.extend_from_slice(&parse);
             self.push(Expect::Parse {
                 hidden: true,
