@@ -165,7 +165,7 @@ pub fn analyze(sql: &str) -> Effects {
     // nothing to split.
     let one = sql.trim_end();
     let one = one.strip_suffix(';').unwrap_or(one);
-    if !one.contains(';') {
+    if memchr::memchr(b';', one.as_bytes()).is_none() {
         analyze_one(strip(one), &mut e);
         return e;
     }
