@@ -255,7 +255,9 @@ impl Session {
         let mut facts = crate::router::Facts::default();
         if !class.functions.is_empty() || (class.select && !class.tables.is_empty()) {
             let rt = self.shared.config.load_full();
-            self.catalog_facts(&rt.rules, class, None, &mut facts).await;
+            // No memo to keep: the key is not read.
+            self.catalog_facts(&rt.rules, class, None, 0, &mut facts)
+                .await;
         }
         facts
     }

@@ -96,9 +96,9 @@ impl Session {
     }
 
     /// The class of the statement `msg` carries, when the routing rules
-    /// read statements (load balancing is on).
-    /// The client's unnamed Parse sent again is not read again: its class
-    /// is kept with it (`set_unnamed`).
+    /// read statements (load balancing is on). The client's unnamed Parse
+    /// sent again is not read again: its class is kept with it
+    /// (`set_unnamed`).
     pub(super) fn message_class(&mut self, f: &Frame, msg: &Message) -> Option<Arc<router::Class>> {
         let sql = msg.sql()?;
         if !self.config.load().rules.cfg.enabled {
@@ -250,7 +250,8 @@ impl Session {
             // unchanged since, asks nothing (and awaits nothing).
             let key = self.shared.catalog.memo_key(self.routing.catalog_tag);
             if !memo.is_some_and(|m| m.holds(key)) {
-                self.catalog_facts(rules, &class, memo, &mut facts).await;
+                self.catalog_facts(rules, &class, memo, key, &mut facts)
+                    .await;
                 reason = router::primary_reason(rules, &class, &facts, &self.routing);
             }
         }
@@ -335,20 +336,18 @@ impl Session {
     /// relations, asking the primary about names seen for the first time.
     /// A statement found clear (no function that may write, no local
     /// relation) is remembered so in its cached class until the catalog
-    /// or the rules change (`catalog::Memo`).
+    /// or the rules change (`catalog::Memo`) under `key`, the catalog's
+    /// memo key read before the lookups (a change meanwhile voids it); the
+    /// caller has found the memo does not already hold.
     pub(super) async fn catalog_facts(
         &self,
         rules: &router::Rules,
         class: &router::Class,
         memo: Option<&router::catalog::Memo>,
+        key: u64,
         facts: &mut router::Facts,
     ) {
         let catalog = &self.shared.catalog;
-        // Read before the lookups: a change meanwhile voids what is kept.
-        let key = catalog.memo_key(self.routing.catalog_tag);
-        if memo.is_some_and(|m| m.holds(key)) {
-            return;
-        }
         let db = &self.database;
         let mut unknown_functions = Vec::new();
         for name in &class.functions {
