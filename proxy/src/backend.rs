@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
@@ -118,6 +118,13 @@ pub struct ServerConn {
     pub stale: HashSet<String>,
     pub created: Instant,
     pub last_used: Instant,
+    /// When, idle in its pool, it is past the pool's limits (its idle
+    /// timeout or the end of its lifetime, whichever is first); set by
+    /// the pool at check-in, `None` for never.
+    pub idle_until: Option<Instant>,
+    /// The end of its lifetime and the `max_lifetime` it was computed
+    /// for (the pool computes it again when that limit changes).
+    pub retire: Option<(Duration, Option<Instant>)>,
     /// The worker thread whose runtime the socket is registered with
     /// (`server::workers`); the pool keeps it idle there.
     pub worker: usize,
@@ -198,6 +205,8 @@ impl ServerConn {
             stale: HashSet::new(),
             created: Instant::now(),
             last_used: Instant::now(),
+            idle_until: None,
+            retire: None,
             worker: crate::worker::current().unwrap_or(0),
         };
         let mut startup: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];
@@ -377,27 +386,17 @@ impl ServerConn {
         }
     }
 
-    /// Reads whatever frames are buffered or arrive next; at least one.
-    /// Cancel-safe: bytes read stay in the buffer if the future is dropped.
-    pub async fn read_frames(&mut self, out: &mut frame::Frames) -> Result<(), BackendError> {
-        std::future::poll_fn(|cx| self.poll_read_frames(cx, out)).await
-    }
-
-    /// [`ServerConn::read_frames`] polled in place: a session waiting for
-    /// its server holds no future for the wait.
-    pub fn poll_read_frames(
+    /// Waits until at least one whole frame is buffered (see
+    /// [`ServerConn::lend_buffer`]), polled in place: a session waiting
+    /// for its server holds no future for the wait. Cancel-safe: bytes
+    /// read stay in the buffer.
+    pub fn poll_replies(
         &mut self,
         cx: &mut std::task::Context<'_>,
-        out: &mut impl Extend<Frame>,
     ) -> std::task::Poll<Result<(), BackendError>> {
         use std::task::Poll;
         loop {
-            let mut any = false;
-            while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
-                out.extend(Some(f));
-                any = true;
-            }
-            if any {
+            if frame::check(&self.buf, usize::MAX)?.is_some() {
                 return Poll::Ready(Ok(()));
             }
             match self.stream.poll_read_more(cx, &mut self.buf) {
@@ -409,6 +408,23 @@ impl ServerConn {
         }
     }
 
+    /// Lends the read buffer out, so that its whole frames are handled in
+    /// place (`frame::whole`, `frame::each`: no copy and no reference count
+    /// per frame) while the connection is used otherwise; the caller gives
+    /// it back with [`ServerConn::give_back`].
+    pub fn lend_buffer(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Takes back the buffer [`ServerConn::lend_buffer`] lent, past the
+    /// `handled` bytes of whole frames its borrower handled; what follows
+    /// them (part of a frame) stays for the next read.
+    pub fn give_back(&mut self, mut buf: BytesMut, handled: usize) {
+        debug_assert!(self.buf.is_empty(), "read while its buffer was lent out");
+        buf.advance(handled);
+        self.buf = buf;
+    }
+
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         self.stream.write_all(bytes).await?;
         Ok(())
@@ -417,7 +433,7 @@ impl ServerConn {
     /// One step of writing `data` to the server while reading what it
     /// sends meanwhile, as `reading` says (see
     /// [`Stream::poll_write_reading`]); frames read wait in the
-    /// connection's buffer for [`ServerConn::take_frames`].
+    /// connection's buffer for [`ServerConn::lend_buffer`].
     pub fn poll_write_reading(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -430,14 +446,6 @@ impl ServerConn {
                 std::io::ErrorKind::UnexpectedEof => BackendError::Closed,
                 _ => e.into(),
             })
-    }
-
-    /// Moves the whole frames buffered to `out`.
-    pub fn take_frames(&mut self, out: &mut frame::Frames) -> Result<(), BackendError> {
-        while let Some(f) = frame::take(&mut self.buf, usize::MAX)? {
-            out.push(f);
-        }
-        Ok(())
     }
 
     /// Runs `sql` as a simple query and waits for its end, keeping the
@@ -485,6 +493,17 @@ impl ServerConn {
             // The usual case: clients of a pool set the same things.
             return Ok(());
         }
+        // Boxed: a statement's round trip is a large future, and this is
+        // awaited on every checkout (in every busy session's future).
+        Box::pin(self.change_settings(wanted)).await
+    }
+
+    /// Runs the SET and RESET statements that make the connection's
+    /// settings `wanted`.
+    async fn change_settings(
+        &mut self,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
         let mut sql = String::new();
         for (k, v) in wanted {
             if self.settings.get(k) != Some(v) {

@@ -308,7 +308,7 @@ impl Pool {
                     // A connection that died while idle (server restart,
                     // pg_terminate_backend, a failover) is dropped here,
                     // not handed to a client to fail on.
-                    if expired(&c, &limits, now) || !c.is_alive() {
+                    if past(c.idle_until, now) || !c.is_alive() {
                         inner.total -= 1;
                         continue;
                     }
@@ -331,38 +331,10 @@ impl Pool {
             }
         };
         if let Some((rx, timeout)) = wait {
-            // Dropped with the session's future (its client went away
-            // while waiting): whatever was handed over meanwhile goes back.
-            let mut waiter = Waiter {
-                rx,
-                pool: self.clone(),
-            };
-            let handoff = match tokio::time::timeout(timeout, &mut waiter.rx).await {
-                Ok(h) => h.ok(),
-                // Timed out: close the channel, but keep a connection or a
-                // slot handed over at that very moment, or it would be lost
-                // to the pool for good.
-                Err(_) => {
-                    waiter.rx.close();
-                    waiter.rx.try_recv().ok()
-                }
-            };
-            self.counters
-                .wait_us
-                .fetch_add(now.elapsed().as_micros() as u64, Ordering::Relaxed);
-            match handoff {
-                Some(Handoff::Conn(c)) => match rehome(c, on_worker) {
-                    Ok(c) => return Ok(self.lease(c)),
-                    Err(e) => {
-                        self.discard_one();
-                        return Err(PoolError::Backend(e.into()));
-                    }
-                },
-                Some(Handoff::Slot) => {}
-                None => {
-                    self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(PoolError::Timeout(self.name(), timeout));
-                }
+            // Boxed: waiting (a timer, a channel) is rare, and a checkout
+            // is part of every busy session's future.
+            if let Some(lease) = Box::pin(self.wait_turn(rx, timeout, now, on_worker)).await? {
+                return Ok(lease);
             }
         }
         // We hold a slot: open a new connection. The slot is given back
@@ -378,6 +350,50 @@ impl Pool {
             Err(e) => {
                 self.discard_one();
                 Err(e.into())
+            }
+        }
+    }
+
+    /// Waits for a connection to come back (or a slot to open one in) for
+    /// at most `timeout`: `Some` lease, or `None` with a slot taken.
+    async fn wait_turn(
+        self: &Arc<Self>,
+        rx: oneshot::Receiver<Handoff>,
+        timeout: Duration,
+        now: Instant,
+        on_worker: Option<usize>,
+    ) -> Result<Option<Lease>, PoolError> {
+        // Dropped with the session's future (its client went away
+        // while waiting): whatever was handed over meanwhile goes back.
+        let mut waiter = Waiter {
+            rx,
+            pool: self.clone(),
+        };
+        let handoff = match tokio::time::timeout(timeout, &mut waiter.rx).await {
+            Ok(h) => h.ok(),
+            // Timed out: close the channel, but keep a connection or a
+            // slot handed over at that very moment, or it would be lost
+            // to the pool for good.
+            Err(_) => {
+                waiter.rx.close();
+                waiter.rx.try_recv().ok()
+            }
+        };
+        self.counters
+            .wait_us
+            .fetch_add(now.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match handoff {
+            Some(Handoff::Conn(c)) => match rehome(c, on_worker) {
+                Ok(c) => Ok(Some(self.lease(c))),
+                Err(e) => {
+                    self.discard_one();
+                    Err(PoolError::Backend(e.into()))
+                }
+            },
+            Some(Handoff::Slot) => Ok(None),
+            None => {
+                self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(PoolError::Timeout(self.name(), timeout))
             }
         }
     }
@@ -443,13 +459,14 @@ impl Pool {
 
     fn check_in(&self, mut c: Box<ServerConn>, now: Instant) {
         let mut inner = self.lock();
-        if expired(&c, &inner.limits, now) || inner.total > inner.limits.max_size {
+        if past(retire_at(&mut c, &inner.limits), now) || inner.total > inner.limits.max_size {
             drop(inner);
             self.discard_one();
             return;
         }
         if inner.waiters.is_empty() {
             // The common case: no allocation for the hand-over.
+            c.idle_until = idle_until(&mut c, &inner.limits);
             inner.push_idle(c);
             return;
         }
@@ -460,6 +477,7 @@ impl Pool {
                 Err(Handoff::Slot) => unreachable!("sent a connection"),
             }
         }
+        c.idle_until = idle_until(&mut c, &inner.limits);
         inner.push_idle(c);
     }
 
@@ -483,6 +501,10 @@ impl Pool {
     pub fn set_limits(&self, limits: PoolLimits) {
         let mut inner = self.lock();
         inner.limits = limits;
+        let Inner { idle, limits, .. } = &mut *inner;
+        for c in idle.iter_mut().flatten() {
+            c.idle_until = idle_until(c, limits);
+        }
         while inner.total < inner.limits.max_size {
             let Some(w) = inner.waiters.pop_front() else {
                 break;
@@ -511,9 +533,8 @@ impl Pool {
     /// Closes idle connections past their idle timeout or lifetime.
     pub fn reap(&self) -> usize {
         let mut inner = self.lock();
-        let limits = inner.limits.clone();
         let now = Instant::now();
-        let closed = inner.retain_idle(|c| !expired(c, &limits, now));
+        let closed = inner.retain_idle(|c| !past(c.idle_until, now));
         inner.total -= closed;
         closed
     }
@@ -554,11 +575,37 @@ fn rehome(mut c: Box<ServerConn>, worker: Option<usize>) -> std::io::Result<Box<
     Ok(c)
 }
 
-/// Whether `c` has outlived the pool's limits at `now` (one clock read per
-/// checkout or check-in, not one per test).
-fn expired(c: &ServerConn, l: &PoolLimits, now: Instant) -> bool {
-    (!l.idle_timeout.is_zero() && now.saturating_duration_since(c.last_used) >= l.idle_timeout)
-        || (!l.max_lifetime.is_zero() && now.saturating_duration_since(c.created) >= l.max_lifetime)
+/// Whether `deadline` has come at `now` (one clock read per checkout or
+/// check-in; a deadline is an instant compared, not a duration computed).
+fn past(deadline: Option<Instant>, now: Instant) -> bool {
+    deadline.is_some_and(|d| now >= d)
+}
+
+/// The end of `c`'s lifetime under `l` (`None`: never), computed once per
+/// connection and `max_lifetime`.
+fn retire_at(c: &mut ServerConn, l: &PoolLimits) -> Option<Instant> {
+    match c.retire {
+        Some((limit, at)) if limit == l.max_lifetime => at,
+        _ => {
+            let at = (!l.max_lifetime.is_zero())
+                .then(|| c.created.checked_add(l.max_lifetime))
+                .flatten();
+            c.retire = Some((l.max_lifetime, at));
+            at
+        }
+    }
+}
+
+/// When `c`, idle since `c.last_used`, is past `l`: its idle timeout or
+/// the end of its lifetime, whichever comes first.
+fn idle_until(c: &mut ServerConn, l: &PoolLimits) -> Option<Instant> {
+    let idle = (!l.idle_timeout.is_zero())
+        .then(|| c.last_used.checked_add(l.idle_timeout))
+        .flatten();
+    match (idle, retire_at(c, l)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Every pool, created on first use.

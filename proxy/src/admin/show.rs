@@ -34,7 +34,7 @@ pub fn answer(sql: &str, shared: &Shared) -> Option<Table> {
 /// checked by, inline, before the commands are looked up.
 #[inline]
 pub fn starts_with_show(sql: &str) -> bool {
-    sql.trim_start()
+    sql.trim_ascii_start()
         .as_bytes()
         .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"show"))

@@ -45,6 +45,56 @@ impl Frame {
     }
 }
 
+/// A whole message read in place, in the buffer it arrived in: what a
+/// server's replies are handled as, with no copy and no reference count
+/// per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    pub tag: u8,
+    /// The whole frame, tag and length included.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    pub fn body(&self) -> &'a [u8] {
+        &self.bytes[5..]
+    }
+}
+
+impl<'a> From<&'a Frame> for FrameRef<'a> {
+    fn from(f: &'a Frame) -> FrameRef<'a> {
+        FrameRef {
+            tag: f.tag,
+            bytes: &f.bytes,
+        }
+    }
+}
+
+/// How many bytes at the front of `buf` are whole frames (checked as
+/// [`check`] checks one).
+pub fn whole(buf: &[u8], max: usize) -> Result<usize, FrameError> {
+    let mut at = 0;
+    while let Some(n) = check(&buf[at..], max)? {
+        at += n;
+    }
+    Ok(at)
+}
+
+/// The frames of `buf`, which holds whole frames only (see [`whole`]).
+pub fn each(buf: &[u8]) -> impl Iterator<Item = FrameRef<'_>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let head = rest.get(..5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize + 1;
+        let (bytes, after) = rest.split_at(len.min(rest.len()));
+        rest = after;
+        Some(FrameRef {
+            tag: bytes[0],
+            bytes,
+        })
+    })
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("invalid message length {0}")]
@@ -309,5 +359,34 @@ mod tests {
         assert_eq!(take(&mut buf, MAX_MESSAGE).unwrap(), None);
         let mut bad = BytesMut::from(&b"Q\0\0\0\x02"[..]);
         assert!(take(&mut bad, MAX_MESSAGE).is_err());
+    }
+
+    #[test]
+    fn whole_frames_are_read_in_place_and_a_partial_one_is_left() {
+        // Three whole frames (the second with an empty body), then the
+        // first bytes of a fourth.
+        let buf = b"T\0\0\0\x06ab1\0\0\0\x04C\0\0\0\x05xZ\0\0\0";
+        let n = whole(buf, MAX_MESSAGE).unwrap();
+        assert_eq!(n, 7 + 5 + 6);
+        let frames: Vec<FrameRef> = each(&buf[..n]).collect();
+        let tags: Vec<u8> = frames.iter().map(|f| f.tag).collect();
+        assert_eq!(tags, b"T1C");
+        assert_eq!(frames[0].body(), b"ab");
+        assert_eq!(frames[1].body(), b"");
+        assert_eq!(frames[2].bytes, b"C\0\0\0\x05x");
+        // The same frames as `take` gives.
+        let mut owned = BytesMut::from(&buf[..]);
+        for f in &frames {
+            let t = take(&mut owned, MAX_MESSAGE).unwrap().unwrap();
+            assert_eq!(FrameRef::from(&t), *f);
+        }
+        assert_eq!(whole(b"", MAX_MESSAGE).unwrap(), 0);
+        assert_eq!(whole(b"Z\0\0", MAX_MESSAGE).unwrap(), 0);
+        // A bad length anywhere in the buffer is an error.
+        assert!(whole(b"1\0\0\0\x04Q\0\0\0\x02", MAX_MESSAGE).is_err());
+        assert!(matches!(
+            whole(b"1\0\0\0\x04D\0\0\x01\0", 100),
+            Err(FrameError::TooLong(257, 100))
+        ));
     }
 }

@@ -15,7 +15,7 @@ use pgwire::messages::{
     },
 };
 
-use super::frame::{self, Frame, FrameError};
+use super::frame::{self, Frame, FrameError, FrameRef};
 
 fn encode<M: Message>(m: &M, out: &mut BytesMut) {
     // Encoding into a BytesMut cannot fail for these message types.
@@ -229,13 +229,15 @@ pub fn terminate(out: &mut BytesMut) {
 // ---- readers -------------------------------------------------------------
 
 /// The transaction status byte of a ReadyForQuery ('I', 'T' or 'E').
-pub fn ready_status(f: &Frame) -> u8 {
-    f.body().first().copied().unwrap_or(b'I')
+pub fn ready_status<'a>(f: impl Into<FrameRef<'a>>) -> u8 {
+    f.into().body().first().copied().unwrap_or(b'I')
 }
 
 /// Name and value of a ParameterStatus.
-pub fn read_parameter_status(f: &Frame) -> Result<(String, String), FrameError> {
-    let mut b = f.body();
+pub fn read_parameter_status<'a>(
+    f: impl Into<FrameRef<'a>>,
+) -> Result<(String, String), FrameError> {
+    let mut b = f.into().body();
     Ok((frame::cstr(&mut b)?, frame::cstr(&mut b)?))
 }
 
@@ -247,9 +249,9 @@ pub struct ErrorFields {
     pub message: String,
 }
 
-pub fn read_error(f: &Frame) -> ErrorFields {
+pub fn read_error<'a>(f: impl Into<FrameRef<'a>>) -> ErrorFields {
     let mut out = ErrorFields::default();
-    let mut b = f.body();
+    let mut b = f.into().body();
     while let Some((&kind, rest)) = b.split_first() {
         if kind == 0 {
             break;
@@ -269,7 +271,8 @@ pub fn read_error(f: &Frame) -> ErrorFields {
 
 /// `f`, an ErrorResponse or NoticeResponse, with `from` replaced by `to`
 /// in its message field; the other fields unchanged.
-pub fn replace_in_error_message(f: &Frame, from: &str, to: &str) -> Bytes {
+pub fn replace_in_error_message<'a>(f: impl Into<FrameRef<'a>>, from: &str, to: &str) -> Bytes {
+    let f = f.into();
     let mut body = BytesMut::new();
     let mut b = f.body();
     while let Some((&kind, rest)) = b.split_first() {

@@ -10,7 +10,7 @@
 pub mod frame;
 pub mod messages;
 
-pub use frame::{Frame, FrameError, StartupPacket};
+pub use frame::{Frame, FrameError, FrameRef, StartupPacket};
 
 /// SQLSTATE codes tidepool uses in its own ErrorResponses.
 pub mod sqlstate {

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use super::{Session, message::Message, state};
 use crate::{
     cache::{Lookup, QueryCache, policy},
-    protocol::{Frame, messages},
+    protocol::{Frame, FrameRef, messages},
 };
 
 /// A result being read for the cache.
@@ -366,7 +366,7 @@ impl Session {
 
     /// A reply forwarded to the client: part of a result being captured,
     /// or its end.
-    pub(super) fn cache_reply(&mut self, f: &Frame) {
+    pub(super) fn cache_reply(&mut self, f: FrameRef<'_>) {
         let Some(c) = self.capture.as_mut() else {
             return;
         };
@@ -384,9 +384,9 @@ impl Session {
             return;
         }
         match f.tag {
-            b'T' | b'D' | b'C' => c.bytes.extend_from_slice(&f.bytes),
+            b'T' | b'D' | b'C' => c.bytes.extend_from_slice(f.bytes),
             b'1' | b'2' if c.extended => {}
-            b't' if c.extended => c.bytes.extend_from_slice(&f.bytes),
+            b't' if c.extended => c.bytes.extend_from_slice(f.bytes),
             b'Z' => {
                 let c = self.capture.take().expect("checked above");
                 if f.body().first() == Some(&b'I')
@@ -408,7 +408,7 @@ impl Session {
 
     /// A CommandComplete while the transaction has marks: whether it
     /// ends in a rollback.
-    pub(super) fn cache_command_complete(&mut self, f: &Frame) {
+    pub(super) fn cache_command_complete(&mut self, f: FrameRef<'_>) {
         if self.cache_writes.tables.is_empty() {
             return;
         }

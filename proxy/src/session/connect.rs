@@ -48,9 +48,15 @@ impl Session {
     /// The primary's id, waiting (bounded by `pool.primary_wait_timeout`)
     /// while there is none, as during a failover.
     pub(super) async fn primary(&self) -> Result<usize, (&'static str, String)> {
-        if let Some(id) = self.shared.cluster.primary_id() {
-            return Ok(id);
+        match self.shared.cluster.primary_id() {
+            Some(id) => Ok(id),
+            // Boxed: rare, and a timer is large for every busy session's
+            // future to hold room for.
+            None => Box::pin(self.wait_for_primary()).await,
         }
+    }
+
+    async fn wait_for_primary(&self) -> Result<usize, (&'static str, String)> {
         let wait = self.shared.config.load().pool.primary_wait_timeout;
         let mut changes = self.shared.cluster.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
@@ -205,13 +211,19 @@ impl Session {
     /// theirs back, so that only clients still connected can stand in its
     /// way, as on a direct connection.
     pub(super) async fn free_database(&self, e: &state::Effects) {
-        let Some(db) = &e.frees_database else { return };
+        if let Some(db) = &e.frees_database {
+            // Boxed: rare, and its timer is large (see `primary`).
+            Box::pin(self.free_database_named(db)).await
+        }
+    }
+
+    async fn free_database_named(&self, db: &str) {
         self.shared.catalog.forget_database(db);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         loop {
             let mut in_use = 0;
             self.shared.pools.for_each(|p| {
-                if &p.key.database == db {
+                if p.key.database == db {
                     p.drain_idle();
                     in_use += p.stats().total;
                 }

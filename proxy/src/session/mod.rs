@@ -356,11 +356,9 @@ impl Session {
         let idle_timeout = self.config.load().server.client_idle_timeout;
         // Made on the first poll, and only when the timeout is on.
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        // A list, not `Frames`: this wait is in every idle client's task.
-        let mut frames = Vec::new();
         let woke = std::future::poll_fn(|cx| {
             if let Some(l) = self.lease.as_mut()
-                && let Poll::Ready(r) = l.conn().poll_read_frames(cx, &mut frames)
+                && let Poll::Ready(r) = l.conn().poll_replies(cx)
             {
                 return Poll::Ready(Woke::Server(r));
             }
@@ -385,23 +383,16 @@ impl Session {
         .await;
         match woke {
             Woke::Session(r) => r,
-            Woke::Server(read) => self.on_backend_read(read, frames.drain(..)),
+            Woke::Server(read) => self.on_backend_read(read),
         }
     }
 
     /// Takes what one read of the server connection brought: its frames,
     /// or the connection's loss, which ends the session (the client is
     /// told why by `run`, unless the server's own FATAL already did).
-    fn on_backend_read(
-        &mut self,
-        read: Result<(), BackendError>,
-        frames: impl Iterator<Item = Frame>,
-    ) -> Result<(), SessionEnd> {
-        match read {
+    fn on_backend_read(&mut self, read: Result<(), BackendError>) -> Result<(), SessionEnd> {
+        match read.and_then(|()| self.on_replies()) {
             Ok(()) => {
-                for f in frames {
-                    self.on_backend_frame(f);
-                }
                 self.after_backend_batch();
                 Ok(())
             }
@@ -424,6 +415,29 @@ impl Session {
         }
     }
 
+    /// Handles the whole frames the server connection has buffered, in
+    /// place in its read buffer (lent out meanwhile, see
+    /// [`crate::backend::ServerConn::lend_buffer`]). Handling a reply never
+    /// gives the connection up (`after_backend_batch` does, after), so the
+    /// buffer goes back to the connection it came from.
+    fn on_replies(&mut self) -> Result<(), BackendError> {
+        let Some(l) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        let buf = l.conn().lend_buffer();
+        let whole = frame::whole(&buf, usize::MAX);
+        let n = *whole.as_ref().unwrap_or(&0);
+        for f in frame::each(&buf[..n]) {
+            self.on_backend_frame(f);
+        }
+        let l = self
+            .lease
+            .as_mut()
+            .expect("handling a reply keeps the connection");
+        l.conn().give_back(buf, n);
+        whole.map(drop).map_err(BackendError::from)
+    }
+
     /// The work of a busy client, until it is idle (`Ok`) or the session
     /// ends (`Err`).
     async fn serve(
@@ -435,14 +449,16 @@ impl Session {
         // (A plain list: it is rarely used, and this future is copied into
         // its box whenever the client gets busy.)
         let mut held: Vec<Frame> = Vec::new();
-        let mut backend_frames = Frames::new();
+        // The client's whole frames of one turn (room kept across turns:
+        // not moved into each call).
+        let mut frames = Frames::new();
         loop {
             if let Some(unit) = self.rerun.take() {
                 Box::pin(self.rerun_on_primary(*unit)).await?;
             }
             // Handle whatever whole client frames are buffered.
             let mut r = Ok(());
-            let mut frames: Frames = held.drain(..).collect();
+            frames.extend(held.drain(..));
             loop {
                 match frame::take(client_buf, frame::MAX_MESSAGE) {
                     Ok(Some(f)) => frames.push(f),
@@ -466,10 +482,11 @@ impl Session {
             // client's box stays small.
             if r.is_ok() && !frames.is_empty() {
                 r = self
-                    .handle_frames(frames, &mut held, client, client_buf)
+                    .handle_frames(&mut frames, &mut held, client, client_buf)
                     .await;
             }
-            if let Err(e) = self.flush_backend(client, &mut backend_frames).await {
+            frames.clear();
+            if let Err(e) = self.flush_backend(client).await {
                 r = Err(e);
             }
             client.write_all(&self.to_client).await?;
@@ -509,8 +526,8 @@ impl Session {
                 // The server's replies first: an error reaches the client
                 // before more of what it pipelined is read.
                 biased;
-                r = read_backend(&mut self.lease, &mut backend_frames), if self.lease.is_some() => {
-                    self.on_backend_read(r, backend_frames.drain(..))?;
+                r = read_backend(&mut self.lease), if self.lease.is_some() => {
+                    self.on_backend_read(r)?;
                 }
                 // On plain TCP, memory is taken only while there is
                 // something to read: an idle client holds no buffer.
@@ -529,7 +546,7 @@ impl Session {
     /// pipelined behind one still running on a standby is left in `held`.
     async fn handle_frames(
         &mut self,
-        mut frames: Frames,
+        frames: &mut Frames,
         held: &mut Vec<Frame>,
         client: &mut Stream,
         client_buf: &mut BytesMut,
@@ -638,13 +655,8 @@ impl Session {
     /// `CLIENT_BACKLOG` bytes held for a client that does not read them:
     /// the server then waits to send, stops reading, and the client's own
     /// writes wait, as they would on a direct connection. Memory per
-    /// session stays bounded whatever a client pipelines. `frames` is
-    /// room for the replies read meanwhile (empty, the caller's).
-    async fn flush_backend(
-        &mut self,
-        client: &mut Stream,
-        frames: &mut Frames,
-    ) -> Result<(), SessionEnd> {
+    /// session stays bounded whatever a client pipelines.
+    async fn flush_backend(&mut self, client: &mut Stream) -> Result<(), SessionEnd> {
         // A cancel that came while the work waited for a connection: the
         // work is written below, then the cancel follows it, as it would
         // have reached the server running it on a direct connection.
@@ -690,12 +702,8 @@ impl Session {
                 Pump::Server(Ok(Step::Wrote(n))) => sent += n,
                 Pump::Server(Ok(Step::Flushed)) => break Ok(()),
                 Pump::Server(Ok(Step::Read)) => {
-                    let l = self.lease.as_mut().expect("polled above");
-                    if let Err(e) = l.conn().take_frames(frames) {
+                    if let Err(e) = self.on_replies() {
                         break Err(e);
-                    }
-                    for f in frames.drain(..) {
-                        self.on_backend_frame(f);
                     }
                     read_any = true;
                 }
@@ -845,14 +853,11 @@ fn lease_node(lease: &Lease) -> usize {
     lease.pool().key.node
 }
 
-/// Waits for the server's next frames, polled in place (see
-/// [`crate::backend::ServerConn::poll_read_frames`]).
-fn read_backend<'a>(
-    lease: &'a mut Option<Lease>,
-    out: &'a mut Frames,
-) -> impl Future<Output = Result<(), BackendError>> + 'a {
+/// Waits for the server's next whole frames, polled in place (see
+/// [`crate::backend::ServerConn::poll_replies`]).
+fn read_backend(lease: &mut Option<Lease>) -> impl Future<Output = Result<(), BackendError>> + '_ {
     std::future::poll_fn(move |cx| match lease {
-        Some(l) => l.conn().poll_read_frames(cx, out),
+        Some(l) => l.conn().poll_replies(cx),
         None => Poll::Pending,
     })
 }

@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 
-use crate::protocol::{Frame, messages, sqlstate};
+use crate::protocol::{Frame, FrameRef, messages, sqlstate};
 
 /// What the session does with one backend message of a guarded unit.
 #[derive(Debug, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl StandbyGuard {
 
     /// A backend message of the unit; `bytes` is what would reach the
     /// client for it (empty for a reply tidepool hides).
-    pub fn backend(&mut self, f: &Frame, bytes: &[u8]) -> Verdict {
+    pub fn backend(&mut self, f: FrameRef<'_>, bytes: &[u8]) -> Verdict {
         match f.tag {
             // Replies that come before any row: parse, bind, close,
             // descriptions, notices, parameter changes.
@@ -127,7 +127,10 @@ mod tests {
         for &tag in client {
             g.client(&frame(tag, &[]));
         }
-        let v = backend.iter().map(|f| g.backend(f, &f.bytes)).collect();
+        let v = backend
+            .iter()
+            .map(|f| g.backend(f.into(), &f.bytes))
+            .collect();
         (v, g)
     }
 

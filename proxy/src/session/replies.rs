@@ -13,14 +13,14 @@ use super::{
 use crate::{
     backend::quote_literal,
     config::PoolMode,
-    protocol::{Frame, messages},
+    protocol::{FrameRef, messages},
 };
 
 impl Session {
-    pub(super) fn on_backend_frame(&mut self, f: Frame) {
+    pub(super) fn on_backend_frame(&mut self, f: FrameRef<'_>) {
         tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "backend message");
         let mut effects = std::mem::take(&mut self.effects);
-        let forward = self.tracker.backend(&f, &mut effects);
+        let forward = self.tracker.backend(f, &mut effects);
         if !effects.is_empty() {
             for e in effects.drain(..) {
                 self.apply(e);
@@ -31,13 +31,13 @@ impl Session {
             let bytes: &[u8] = match &forward {
                 Forward::Hide => &[],
                 Forward::Replace(b) => b,
-                Forward::As => &f.bytes,
+                Forward::As => f.bytes,
             };
-            match g.backend(&f, bytes) {
+            match g.backend(f, bytes) {
                 Verdict::Hold => {
                     self.cache_reply_altered();
                     if f.tag == b'S' {
-                        self.note_parameter(&f);
+                        self.note_parameter(f);
                     }
                     return;
                 }
@@ -67,17 +67,17 @@ impl Session {
             }
             Forward::As if f.tag == b'A' => {
                 self.cache_reply_altered();
-                self.forward_notification(&f)
+                self.forward_notification(f)
             }
             Forward::As => {
                 if f.tag == b'S' {
-                    self.note_parameter(&f);
+                    self.note_parameter(f);
                 }
-                self.cache_reply(&f);
+                self.cache_reply(f);
                 if f.tag == b'C' {
-                    self.cache_command_complete(&f);
+                    self.cache_command_complete(f);
                 }
-                self.to_client.extend_from_slice(&f.bytes);
+                self.to_client.extend_from_slice(f.bytes);
             }
         }
         self.tracker.flush_synthetics(&mut self.to_client);
@@ -135,7 +135,7 @@ impl Session {
     /// NotificationResponse: it names the sending backend's process id;
     /// the client knows its own and other clients' by the keys tidepool
     /// gave them.
-    pub(super) fn forward_notification(&mut self, f: &Frame) {
+    pub(super) fn forward_notification(&mut self, f: FrameRef<'_>) {
         let body = f.body();
         if body.len() >= 4
             && let Some(l) = self.lease.as_mut()
@@ -154,11 +154,11 @@ impl Session {
                 return;
             }
         }
-        self.to_client.extend_from_slice(&f.bytes);
+        self.to_client.extend_from_slice(f.bytes);
     }
 
     /// ParameterStatus: the server's value is the client's setting too.
-    pub(super) fn note_parameter(&mut self, f: &Frame) {
+    pub(super) fn note_parameter(&mut self, f: FrameRef<'_>) {
         let Ok((k, v)) = messages::read_parameter_status(f) else {
             return;
         };

@@ -250,8 +250,9 @@ impl Session {
             // unchanged since, asks nothing (and awaits nothing).
             let key = self.shared.catalog.memo_key(self.routing.catalog_tag);
             if !memo.is_some_and(|m| m.holds(key)) {
-                self.catalog_facts(rules, &class, memo, key, &mut facts)
-                    .await;
+                // Boxed: asked once per statement and catalog change, and
+                // large (a lookup may connect to the primary).
+                Box::pin(self.catalog_facts(rules, &class, memo, key, &mut facts)).await;
                 reason = router::primary_reason(rules, &class, &facts, &self.routing);
             }
         }

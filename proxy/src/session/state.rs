@@ -138,13 +138,14 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
 /// The statement without leading whitespace and comments.
 fn strip(mut s: &str) -> &str {
     loop {
-        s = s.trim_start();
+        // ASCII whitespace: what PostgreSQL's scanner skips.
+        s = s.trim_ascii_start();
         if let Some(rest) = s.strip_prefix("--") {
             s = rest.split_once('\n').map_or("", |(_, r)| r);
         } else if let Some(rest) = s.strip_prefix("/*") {
             s = rest.split_once("*/").map_or("", |(_, r)| r);
         } else {
-            return s.trim_end();
+            return s.trim_ascii_end();
         }
     }
 }
@@ -163,7 +164,7 @@ pub fn analyze(sql: &str) -> Effects {
     let mut e = Effects::default();
     // One statement (most query strings, often with a final `;`):
     // nothing to split.
-    let one = sql.trim_end();
+    let one = sql.trim_ascii_end();
     let one = one.strip_suffix(';').unwrap_or(one);
     if memchr::memchr(b';', one.as_bytes()).is_none() {
         analyze_one(strip(one), &mut e);
@@ -229,10 +230,32 @@ fn first_word(stmt: &str) -> &[u8] {
     &b[..end]
 }
 
+/// Whether `stmt` starts with a word of the stateful commands: the first
+/// letters of their words are few, and most statements (SELECT, INSERT,
+/// UPDATE, BEGIN…) are told apart by one or two bytes.
+fn starts_stateful(stmt: &str) -> bool {
+    let b = stmt.as_bytes();
+    let first = b.first().map_or(0, |c| c.to_ascii_lowercase());
+    let second = b.get(1).map_or(0, |c| c.to_ascii_lowercase());
+    // create close · drop deallocate declare discard · alter · listen ·
+    // unlisten · prepare · set · reset
+    matches!(
+        (first, second),
+        (b'c', b'r' | b'l')
+            | (b'd', _)
+            | (b'a', b'l')
+            | (b'l', b'i')
+            | (b'u', b'n')
+            | (b'p', b'r')
+            | (b's', b'e')
+            | (b'r', b'e')
+    ) && is_stateful(first_word(stmt))
+}
+
 fn analyze_one(stmt: &str, e: &mut Effects) {
     // Most statements (SELECT, INSERT, BEGIN…) change nothing tracked:
     // look at the first word before allocating anything.
-    if is_stateful(first_word(stmt)) {
+    if starts_stateful(stmt) {
         analyze_stateful(stmt, e);
     }
     if contains_ci(stmt, "advisory") {
@@ -402,7 +425,7 @@ pub fn deallocates(sql: &str) -> Option<String> {
     // Every query string passes here: most are told apart by their first
     // word.
     if !sql
-        .trim_start()
+        .trim_ascii_start()
         .as_bytes()
         .get(..10)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"deallocate"))
@@ -534,6 +557,28 @@ mod tests {
             ("", false),
         ] {
             assert_eq!(is_stateful(first_word(stmt)), stateful, "{stmt:?}");
+            assert_eq!(starts_stateful(stmt), stateful, "{stmt:?}");
+        }
+        // The quick look at the first two bytes passes every stateful
+        // command, in any case.
+        for word in [
+            "create",
+            "drop",
+            "alter",
+            "listen",
+            "unlisten",
+            "prepare",
+            "deallocate",
+            "declare",
+            "close",
+            "discard",
+            "set",
+            "reset",
+        ] {
+            for w in [word.to_string(), word.to_ascii_uppercase()] {
+                assert!(starts_stateful(&format!("{w} x")), "{w}");
+                assert!(!starts_stateful(&format!("{w}x y")), "{w}x");
+            }
         }
         // The needle anywhere, at the very start or end, in any case; a
         // last letter alone is not a match.

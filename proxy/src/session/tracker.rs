@@ -17,7 +17,7 @@ use super::{
     expect::{self, Expect},
     state::SettingChange,
 };
-use crate::protocol::{Frame, messages, sqlstate};
+use crate::protocol::{FrameRef, messages, sqlstate};
 
 /// Where the protocol stands between the client and its server connection.
 #[derive(Debug)]
@@ -187,7 +187,12 @@ impl Tracker {
     /// Handles one backend message: what reaches the client, and `effects`
     /// for the session to apply. Replies tidepool makes itself that are
     /// due afterwards come from [`Tracker::flush_synthetics`].
-    pub fn backend(&mut self, f: &Frame, effects: &mut Vec<Effect>) -> Forward {
+    pub fn backend<'a>(
+        &mut self,
+        f: impl Into<FrameRef<'a>>,
+        effects: &mut Vec<Effect>,
+    ) -> Forward {
+        let f = f.into();
         let mut forward = Forward::As;
         match f.tag {
             b'Z' => {
@@ -271,7 +276,12 @@ impl Tracker {
 
     /// An ErrorResponse in the extended protocol: the server skips to the
     /// next Sync, and so do the replies awaited.
-    fn extended_error(&mut self, f: &Frame, code: &str, effects: &mut Vec<Effect>) -> Forward {
+    fn extended_error(
+        &mut self,
+        f: FrameRef<'_>,
+        code: &str,
+        effects: &mut Vec<Effect>,
+    ) -> Forward {
         let mut forward = Forward::As;
         match self.pending.front() {
             Some(Expect::Bind { statement: Some(n) } | Expect::Describe { statement: Some(n) })
