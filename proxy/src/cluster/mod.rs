@@ -380,6 +380,9 @@ pub struct ClusterCounters {
 /// Owner of the node table.
 pub struct Cluster {
     current: ArcSwap<Snapshot>,
+    /// The primary as the newest snapshot names it (see [`PrimaryWord`]):
+    /// what a statement asks of the node table, in one atomic read.
+    primary: AtomicU64,
     changed: watch::Sender<u64>,
     counters: ArcSwap<Vec<Arc<NodeCounters>>>,
     backends: ArcSwap<Vec<BackendConfig>>,
@@ -438,14 +441,43 @@ fn fresh_nodes(backends: &[BackendConfig]) -> Vec<Node> {
         .collect()
 }
 
+/// A snapshot's primary packed in one word: its generation (the high 47
+/// bits, so that a newer snapshot's word is the larger), whether the
+/// primary is a managed cluster's instance (bit 16), and its id + 1 (the
+/// low 16 bits; 0 for none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PrimaryWord(u64);
+
+impl PrimaryWord {
+    fn of(s: &Snapshot) -> PrimaryWord {
+        let (id, discovered) = s
+            .primary()
+            .map_or((0, false), |n| (n.id as u64 + 1, n.source.discovered()));
+        PrimaryWord((s.generation << 17) | (u64::from(discovered) << 16) | (id & 0xffff))
+    }
+
+    fn id(self) -> Option<usize> {
+        match self.0 & 0xffff {
+            0 => None,
+            n => Some(n as usize - 1),
+        }
+    }
+
+    fn discovered(self) -> bool {
+        self.0 & (1 << 16) != 0
+    }
+}
+
 impl Cluster {
     pub fn new(backends: &[BackendConfig]) -> Arc<Cluster> {
         let counters = backends.iter().map(|_| Arc::default()).collect();
+        let first = Snapshot {
+            nodes: fresh_nodes(backends),
+            generation: 0,
+        };
         Arc::new(Cluster {
-            current: ArcSwap::from_pointee(Snapshot {
-                nodes: fresh_nodes(backends),
-                generation: 0,
-            }),
+            primary: AtomicU64::new(PrimaryWord::of(&first).0),
+            current: ArcSwap::from_pointee(first),
             changed: watch::channel(0).0,
             counters: ArcSwap::from_pointee(counters),
             backends: ArcSwap::from_pointee(backends.to_vec()),
@@ -468,17 +500,20 @@ impl Cluster {
 
     /// The id of the node that takes writes now (see [`Snapshot::primary`]).
     pub fn primary_id(&self) -> Option<usize> {
-        self.current.load().primary().map(|n| n.id)
+        self.primary_word().id()
+    }
+
+    fn primary_word(&self) -> PrimaryWord {
+        PrimaryWord(self.primary.load(Ordering::Acquire))
     }
 
     /// Whether work on node `id` is guarded against a read-only answer
     /// (see `session::refusal`): the node is not the primary, or it is a
-    /// managed cluster's instance (whose writer AWS may move). One load of
-    /// the snapshot: the per-unit path.
+    /// managed cluster's instance (whose writer AWS may move). One atomic
+    /// read: the per-unit path.
     pub fn guarded(&self, id: usize) -> bool {
-        let s = self.current.load();
-        s.primary().map(|n| n.id) != Some(id)
-            || s.nodes.get(id).is_some_and(|n| n.source.discovered())
+        let p = self.primary_word();
+        p.id() != Some(id) || p.discovered()
     }
 
     /// Runs `f` on node `node`'s counters, if there is such a node, without
@@ -540,13 +575,19 @@ impl Cluster {
     /// Publishes a new snapshot made by `f` from the current one.
     fn update(&self, f: impl Fn(&mut Snapshot)) {
         let mut generation = 0;
+        let mut word = PrimaryWord(0);
         self.current.rcu(|cur| {
             let mut next = Snapshot::clone(cur);
             f(&mut next);
             next.generation = cur.generation + 1;
             generation = next.generation;
+            // The last run is the snapshot stored.
+            word = PrimaryWord::of(&next);
             next
         });
+        // Two updates may race: the newer snapshot's word wins, whichever
+        // is written last.
+        self.primary.fetch_max(word.0, Ordering::AcqRel);
         let _ = self.changed.send(generation);
     }
 

@@ -41,6 +41,50 @@ fn primary_is_the_node_that_reports_it() {
 }
 
 #[test]
+fn the_primary_word_follows_every_snapshot() {
+    // What a statement reads of the node table (one atomic word) says
+    // what the snapshot says, through every change of primary.
+    let c = Cluster::new(&[
+        backend("a", BackendFlag::AllowToFailover),
+        backend("b", BackendFlag::AllowToFailover),
+        backend("c", BackendFlag::AllowToFailover),
+    ]);
+    let agrees = |c: &Cluster| {
+        let s = c.snapshot();
+        let p = s.primary().map(|n| n.id);
+        assert_eq!(c.primary_id(), p);
+        for id in 0..4 {
+            let guarded = p != Some(id) || s.nodes.get(id).is_some_and(|n| n.source.discovered());
+            assert_eq!(c.guarded(id), guarded, "node {id}");
+        }
+    };
+    agrees(&c);
+    assert_eq!(c.primary_id(), None);
+    c.record_check(0, Ok(Role::Standby));
+    c.record_check(2, Ok(Role::Primary));
+    agrees(&c);
+    assert_eq!(c.primary_id(), Some(2));
+    assert!(!c.guarded(2) && c.guarded(0) && c.guarded(1));
+    c.record_check(2, Err("down".into()));
+    agrees(&c);
+    c.record_check(1, Ok(Role::Primary));
+    agrees(&c);
+    assert_eq!(c.primary_id(), Some(1));
+    // A newer snapshot's word is the larger, whatever its primary: the
+    // newest wins when two updates race.
+    let s = c.snapshot();
+    let older = PrimaryWord::of(&s);
+    let newer = PrimaryWord::of(&Snapshot {
+        nodes: vec![],
+        generation: s.generation + 1,
+    });
+    assert!(newer.0 > older.0);
+    assert_eq!(newer.id(), None);
+    assert_eq!(older.id(), Some(1));
+    assert!(!older.discovered());
+}
+
+#[test]
 fn unreachable_always_primary_is_waited_for_never_detached() {
     let c = Cluster::new(&[backend("rds", BackendFlag::AlwaysPrimary)]);
     c.record_check(0, Ok(Role::Standby));

@@ -491,9 +491,9 @@ impl Session {
             }
             client.write_all(&self.to_client).await?;
             shrink(&mut self.to_client);
-            if client_buf.is_empty() {
-                *client_buf = BytesMut::new();
-            }
+            // Emptied: its room goes back to the worker's spares (see
+            // `tls::recycle`), an idle client keeps none.
+            crate::tls::recycle(client_buf);
             r?;
             if self.rerun.is_some() {
                 continue;

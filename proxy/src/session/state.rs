@@ -230,25 +230,29 @@ fn first_word(stmt: &str) -> &[u8] {
     &b[..end]
 }
 
-/// Whether `stmt` starts with a word of the stateful commands: the first
-/// letters of their words are few, and most statements (SELECT, INSERT,
-/// UPDATE, BEGIN…) are told apart by one or two bytes.
+/// Whether `stmt` starts with a word of the stateful commands: most
+/// statements (SELECT, INSERT, UPDATE, DELETE, BEGIN…) are told apart by
+/// their first three letters.
 fn starts_stateful(stmt: &str) -> bool {
-    let b = stmt.as_bytes();
-    let first = b.first().map_or(0, |c| c.to_ascii_lowercase());
-    let second = b.get(1).map_or(0, |c| c.to_ascii_lowercase());
-    // create close · drop deallocate declare discard · alter · listen ·
-    // unlisten · prepare · set · reset
+    let Some(head) = stmt.as_bytes().get(..3) else {
+        return false;
+    };
+    let mut head = [head[0], head[1], head[2]];
+    head.make_ascii_lowercase();
     matches!(
-        (first, second),
-        (b'c', b'r' | b'l')
-            | (b'd', _)
-            | (b'a', b'l')
-            | (b'l', b'i')
-            | (b'u', b'n')
-            | (b'p', b'r')
-            | (b's', b'e')
-            | (b'r', b'e')
+        &head,
+        b"cre"
+            | b"clo"
+            | b"dro"
+            | b"dea"
+            | b"dec"
+            | b"dis"
+            | b"alt"
+            | b"lis"
+            | b"unl"
+            | b"pre"
+            | b"set"
+            | b"res"
     ) && is_stateful(first_word(stmt))
 }
 

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 
 pub use connect::{BackendTls, OwnConnection, OwnDriver};
 pub use serve::ServeTls;
-pub use stream::{READ_CHUNK, Reading, Step, Stream};
+pub use stream::{READ_CHUNK, Reading, Step, Stream, recycle};
 
 /// The ALPN protocol PostgreSQL 17 names for its wire protocol.
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";

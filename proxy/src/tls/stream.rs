@@ -8,6 +8,7 @@
 //! taken, so every read here is cancel-safe either way.
 
 use std::{
+    cell::RefCell,
     io,
     pin::Pin,
     task::{Context, Poll},
@@ -21,6 +22,47 @@ use tokio::{
 
 /// Room offered to one read.
 pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Read buffers kept on a thread for its next reads (see [`recycle`]).
+const SPARES: usize = 16;
+
+thread_local! {
+    /// Read buffers that clients gone idle on this thread gave back: the
+    /// next client that reads takes one instead of allocating its room.
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes an empty read buffer's room from its owner (a client going idle
+/// keeps none) and keeps it for the next read on this thread, which then
+/// allocates nothing (see `room`). A buffer that is not empty stays.
+pub fn recycle(buf: &mut BytesMut) {
+    if !buf.is_empty() {
+        return;
+    }
+    let mut b = std::mem::take(buf);
+    // Room for a whole read without allocating (its own, or the whole
+    // buffer again once no frame read into it is kept), and no more
+    // than twice that: a large result's room is freed.
+    if b.capacity() <= 2 * READ_CHUNK && b.try_reclaim(READ_CHUNK) {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARES {
+                s.push(b);
+            }
+        });
+    }
+}
+
+/// Makes room in `buf` for one read: a spare buffer of this thread when
+/// `buf` has none (see [`recycle`]).
+fn room(buf: &mut BytesMut) {
+    if buf.capacity() == 0
+        && let Some(b) = SPARE.with(|s| s.borrow_mut().pop())
+    {
+        *buf = b;
+    }
+    buf.reserve(READ_CHUNK);
+}
 
 pub enum Stream {
     Plain(TcpStream),
@@ -87,7 +129,7 @@ impl Stream {
                 }
             },
             Stream::Tls(t) => {
-                buf.reserve(READ_CHUNK);
+                room(buf);
                 tokio_util::io::poll_read_buf(Pin::new(t.as_mut()), cx, buf)
             }
         }
@@ -234,7 +276,7 @@ impl AsyncWrite for Stream {
 /// Data that arrives meanwhile sets readiness again (tokio clears only the
 /// readiness it saw before the read).
 pub fn try_read_drained(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    buf.reserve(READ_CHUNK);
+    room(buf);
     let room = buf.capacity() - buf.len();
     let mut got = None;
     let r = stream.try_io(tokio::io::Interest::READABLE, || {
@@ -248,5 +290,47 @@ pub fn try_read_drained(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<us
     match (r, got) {
         (_, Some(n)) => Ok(n),
         (r, None) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn spares() -> usize {
+        SPARE.with(|s| s.borrow().len())
+    }
+
+    #[test]
+    fn an_emptied_read_buffer_is_kept_for_the_next_read_on_its_thread() {
+        // A read's room, emptied once its frames are handled and dropped.
+        let mut buf = BytesMut::new();
+        room(&mut buf);
+        let at = buf.as_ptr();
+        buf.put_slice(b"Q\0\0\0\x05x");
+        drop(buf.split_to(6));
+        recycle(&mut buf);
+        assert_eq!(buf.capacity(), 0, "the owner keeps no room");
+        assert_eq!(spares(), 1);
+        // The next read on the thread takes that room, from its start.
+        let mut next = BytesMut::new();
+        room(&mut next);
+        assert_eq!(spares(), 0);
+        assert_eq!(next.as_ptr(), at);
+        assert!(next.capacity() >= READ_CHUNK);
+        // Not empty: kept by its owner. Larger than two reads: freed.
+        next.put_u8(1);
+        recycle(&mut next);
+        assert_eq!((next.len(), spares()), (1, 0));
+        let mut large = BytesMut::with_capacity(4 * READ_CHUNK);
+        recycle(&mut large);
+        assert_eq!((large.capacity(), spares()), (0, 0));
+        // At most SPARES are kept.
+        for _ in 0..SPARES + 3 {
+            let mut b = BytesMut::with_capacity(READ_CHUNK);
+            recycle(&mut b);
+        }
+        assert_eq!(spares(), SPARES);
     }
 }
