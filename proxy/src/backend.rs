@@ -122,9 +122,6 @@ pub struct ServerConn {
     /// timeout or the end of its lifetime, whichever is first); set by
     /// the pool at check-in, `None` for never.
     pub idle_until: Option<Instant>,
-    /// The end of its lifetime and the `max_lifetime` it was computed
-    /// for (the pool computes it again when that limit changes).
-    pub retire: Option<(Duration, Option<Instant>)>,
     /// The worker thread whose runtime the socket is registered with
     /// (`server::workers`); the pool keeps it idle there.
     pub worker: usize,
@@ -206,7 +203,6 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             idle_until: None,
-            retire: None,
             worker: crate::worker::current().unwrap_or(0),
         };
         let mut startup: Vec<(&str, &str)> = vec![("user", p.user), ("database", p.database)];

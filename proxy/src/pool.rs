@@ -459,14 +459,14 @@ impl Pool {
 
     fn check_in(&self, mut c: Box<ServerConn>, now: Instant) {
         let mut inner = self.lock();
-        if past(retire_at(&mut c, &inner.limits), now) || inner.total > inner.limits.max_size {
+        if past(retire_at(c.created, &inner.limits), now) || inner.total > inner.limits.max_size {
             drop(inner);
             self.discard_one();
             return;
         }
         if inner.waiters.is_empty() {
             // The common case: no allocation for the hand-over.
-            c.idle_until = idle_until(&mut c, &inner.limits);
+            c.idle_until = idle_until(c.created, c.last_used, &inner.limits);
             inner.push_idle(c);
             return;
         }
@@ -477,7 +477,7 @@ impl Pool {
                 Err(Handoff::Slot) => unreachable!("sent a connection"),
             }
         }
-        c.idle_until = idle_until(&mut c, &inner.limits);
+        c.idle_until = idle_until(c.created, c.last_used, &inner.limits);
         inner.push_idle(c);
     }
 
@@ -503,7 +503,7 @@ impl Pool {
         inner.limits = limits;
         let Inner { idle, limits, .. } = &mut *inner;
         for c in idle.iter_mut().flatten() {
-            c.idle_until = idle_until(c, limits);
+            c.idle_until = idle_until(c.created, c.last_used, limits);
         }
         while inner.total < inner.limits.max_size {
             let Some(w) = inner.waiters.pop_front() else {
@@ -581,28 +581,22 @@ fn past(deadline: Option<Instant>, now: Instant) -> bool {
     deadline.is_some_and(|d| now >= d)
 }
 
-/// The end of `c`'s lifetime under `l` (`None`: never), computed once per
-/// connection and `max_lifetime`.
-fn retire_at(c: &mut ServerConn, l: &PoolLimits) -> Option<Instant> {
-    match c.retire {
-        Some((limit, at)) if limit == l.max_lifetime => at,
-        _ => {
-            let at = (!l.max_lifetime.is_zero())
-                .then(|| c.created.checked_add(l.max_lifetime))
-                .flatten();
-            c.retire = Some((l.max_lifetime, at));
-            at
-        }
-    }
+/// The end of the lifetime of a connection opened at `created`, under
+/// `l` (`None`: never).
+fn retire_at(created: Instant, l: &PoolLimits) -> Option<Instant> {
+    (!l.max_lifetime.is_zero())
+        .then(|| created.checked_add(l.max_lifetime))
+        .flatten()
 }
 
-/// When `c`, idle since `c.last_used`, is past `l`: its idle timeout or
-/// the end of its lifetime, whichever comes first.
-fn idle_until(c: &mut ServerConn, l: &PoolLimits) -> Option<Instant> {
+/// When a connection opened at `created` and idle since `last_used` is
+/// past `l`: its idle timeout or the end of its lifetime, whichever
+/// comes first.
+fn idle_until(created: Instant, last_used: Instant, l: &PoolLimits) -> Option<Instant> {
     let idle = (!l.idle_timeout.is_zero())
-        .then(|| c.last_used.checked_add(l.idle_timeout))
+        .then(|| last_used.checked_add(l.idle_timeout))
         .flatten();
-    match (idle, retire_at(c, l)) {
+    match (idle, retire_at(created, l)) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -690,5 +684,55 @@ impl Pools {
             e.1 += s.idle;
         }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(idle_s: u64, lifetime_s: u64) -> PoolLimits {
+        PoolLimits {
+            max_size: 1,
+            max_waiting: 1,
+            checkout_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(idle_s),
+            max_lifetime: Duration::from_secs(lifetime_s),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn an_idle_connection_expires_at_its_idle_timeout_or_lifetime_whichever_is_first() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // The deadline set at check-in says, at every instant after it,
+        // what comparing durations said: idle at least `idle_timeout`, or
+        // open at least `max_lifetime` (0: never).
+        for (idle, life) in [(10, 60), (0, 60), (10, 0), (0, 0), (60, 10)] {
+            let l = limits(idle, life);
+            for used in [0, 5, 49, 55, 70] {
+                let last_used = t0 + s(used);
+                let until = idle_until(t0, last_used, &l);
+                for at in used..used + 80 {
+                    let now = t0 + s(at);
+                    let by_durations = (idle > 0 && now.duration_since(last_used) >= s(idle))
+                        || (life > 0 && now.duration_since(t0) >= s(life));
+                    assert_eq!(
+                        past(until, now),
+                        by_durations,
+                        "{idle}/{life} used {used} at {at}"
+                    );
+                }
+            }
+        }
+        assert_eq!(idle_until(t0, t0 + s(5), &limits(10, 60)), Some(t0 + s(15)));
+        assert_eq!(
+            idle_until(t0, t0 + s(55), &limits(10, 60)),
+            Some(t0 + s(60))
+        );
+        assert_eq!(idle_until(t0, t0, &limits(0, 0)), None);
+        assert_eq!(retire_at(t0, &limits(10, 60)), Some(t0 + s(60)));
+        assert!(!past(None, t0 + s(1_000_000)));
     }
 }

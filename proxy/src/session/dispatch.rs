@@ -20,7 +20,7 @@ impl Session {
             return Ok(());
         }
         let msg = message::decode(&f).map_err(SessionEnd::Protocol)?;
-        if self.shared.query_cache.is_some() && Box::pin(self.cache_turn(&f, &msg, rest)).await {
+        if self.shared.query_cache.is_some() && self.cache_turn(&f, &msg, rest).await {
             return Ok(());
         }
         // One classification per message serves read-your-writes and

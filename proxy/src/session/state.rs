@@ -563,7 +563,7 @@ mod tests {
             assert_eq!(is_stateful(first_word(stmt)), stateful, "{stmt:?}");
             assert_eq!(starts_stateful(stmt), stateful, "{stmt:?}");
         }
-        // The quick look at the first two bytes passes every stateful
+        // The quick look at the first three bytes passes every stateful
         // command, in any case.
         for word in [
             "create",
