@@ -94,6 +94,53 @@ pub struct CancelTarget {
     pub tls: Option<(Arc<BackendTls>, String)>,
 }
 
+/// A server's parameters as it reported them at login, kept by its pool
+/// for the clients that log in without a server connection: the values,
+/// and their ParameterStatus messages (in name order) encoded once, so a
+/// client that asks for nothing of its own is told them with one copy.
+#[derive(Debug, Default)]
+pub struct ServerParameters {
+    values: BTreeMap<String, String>,
+    encoded: Vec<u8>,
+    /// Where each value's message starts in `encoded`, in name order.
+    starts: Vec<usize>,
+}
+
+impl ServerParameters {
+    pub fn new(values: BTreeMap<String, String>) -> ServerParameters {
+        let mut out = BytesMut::new();
+        let mut starts = Vec::with_capacity(values.len());
+        for (k, v) in &values {
+            starts.push(out.len());
+            messages::parameter_status(&mut out, k, v);
+        }
+        ServerParameters {
+            values,
+            encoded: out.to_vec(),
+            starts,
+        }
+    }
+
+    pub fn values(&self) -> &BTreeMap<String, String> {
+        &self.values
+    }
+
+    /// One ParameterStatus per value, in name order.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// The encoded message of the `i`th value in name order.
+    pub fn message(&self, i: usize) -> std::ops::Range<usize> {
+        let end = self
+            .starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(self.encoded.len());
+        self.starts[i]..end
+    }
+}
+
 /// A logged-in backend connection.
 pub struct ServerConn {
     stream: Stream,
@@ -563,12 +610,22 @@ pub async fn send_cancel(target: &CancelTarget) -> Result<(), BackendError> {
 /// the closing quote when the setting is off, and the rest of the value
 /// would run as SQL.
 pub fn quote_literal(value: &str) -> String {
-    let quoted = value.replace('\'', "''");
+    let mut quoted = String::with_capacity(value.len() + 3);
     if value.contains('\\') {
-        format!("E'{}'", quoted.replace('\\', "\\\\"))
-    } else {
-        format!("'{quoted}'")
+        quoted.push('E');
     }
+    quoted.push('\'');
+    // Quotes and backslashes are ASCII: the text between them is copied
+    // as it is.
+    let mut rest = value;
+    while let Some(i) = rest.find(['\'', '\\']) {
+        quoted.push_str(&rest[..=i]);
+        quoted.push_str(&rest[i..=i]);
+        rest = &rest[i + 1..];
+    }
+    quoted.push_str(rest);
+    quoted.push('\'');
+    quoted
 }
 
 /// `name` as an SQL identifier, quoted only when needed. Dotted names
@@ -603,6 +660,10 @@ mod tests {
             r"E'a\\''; drop table t; --'"
         );
         assert_eq!(quote_literal(r"C:\dir"), r"E'C:\\dir'");
+        assert_eq!(quote_literal(""), "''");
+        assert_eq!(quote_literal("plain"), "'plain'");
+        assert_eq!(quote_literal("''"), "''''''");
+        assert_eq!(quote_literal("日本'語\\ü"), "E'日本''語\\\\ü'");
         assert_eq!(quote_ident("search_path"), "search_path");
         assert_eq!(quote_ident("DateStyle"), "\"DateStyle\"");
         assert_eq!(quote_ident("app.user_id"), "app.user_id");

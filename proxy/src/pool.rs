@@ -20,7 +20,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::backend::{BackendError, ConnectParams, ServerConn};
+use crate::backend::{BackendError, ConnectParams, ServerConn, ServerParameters};
 
 /// Identifies a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,7 +160,7 @@ pub struct Pool {
     inner: Mutex<Inner>,
     /// What the server reported (ParameterStatus) when a connection of this
     /// pool last logged in.
-    server_parameters: Mutex<Option<Arc<BTreeMap<String, String>>>>,
+    server_parameters: Mutex<Option<Arc<ServerParameters>>>,
     target: Mutex<Endpoint>,
     pub counters: PoolCounters,
 }
@@ -441,7 +441,8 @@ impl Pool {
                 *self
                     .server_parameters
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c.reported.clone()))
+                    .unwrap_or_else(|e| e.into_inner()) =
+                    Some(Arc::new(ServerParameters::new(c.reported.clone())))
             }
             Err(_) => {
                 self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -519,7 +520,7 @@ impl Pool {
     }
 
     /// The server's parameters as last reported to a new connection.
-    pub fn server_parameters(&self) -> Option<Arc<BTreeMap<String, String>>> {
+    pub fn server_parameters(&self) -> Option<Arc<ServerParameters>> {
         self.server_parameters
             .lock()
             .unwrap_or_else(|e| e.into_inner())

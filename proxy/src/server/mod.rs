@@ -8,23 +8,21 @@ pub mod workers;
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::app::Shared;
 
 /// Accepts clients until shutdown, then waits (bounded) for them to finish.
-/// Finished clients' tasks are collected when the next client is accepted
-/// and once a second, not as each ends: waking the accept loop for every
-/// client that leaves costs a connection-heavy workload more than the
-/// collecting does.
+/// Each client is a task of its own, tracked only by a count: no list of
+/// tasks is kept and nothing is collected as they end, so a client that
+/// leaves wakes nobody and a connection costs the accept loop one spawn.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     // One wait for shutdown for the loop's life, not one per turn.
     let shutdown = shutdown.changed();
     tokio::pin!(shutdown);
-    let mut collect = tokio::time::interval(Duration::from_secs(1));
-    collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut clients = JoinSet::new();
+    let clients = TaskTracker::new();
     loop {
         tokio::select! {
             biased;
@@ -35,7 +33,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 // shared state for the client's whole life.
                 Ok((stream, peer)) => {
                     clients.spawn(startup::handle(stream, peer, shared.clone()));
-                    while clients.try_join_next().is_some() {}
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving.
@@ -43,10 +40,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = collect.tick() => while clients.try_join_next().is_some() {},
         }
     }
     drop(listener);
+    clients.close();
     // Idle sessions end now; busy ones once their work is done.
     shared.cancels.close_all();
     let grace = shared.config.load().server.shutdown_timeout;
@@ -55,9 +52,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         ?grace,
         "shutting down: waiting for clients"
     );
-    let _ = tokio::time::timeout(grace, async {
-        while clients.join_next().await.is_some() {}
-    })
-    .await;
-    clients.abort_all();
+    // Sessions still busy after the grace period end with the worker's
+    // runtime, which drops every task left on it.
+    let _ = tokio::time::timeout(grace, clients.wait()).await;
 }

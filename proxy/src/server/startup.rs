@@ -107,15 +107,15 @@ pub(super) fn handle(
         // would hold the session twice.
         let result = a.session.run(&mut a.client, &mut a.buf).await;
         // The session's log lines name its span as their parent, made
-        // when one is logged (`Session::span`): no span is kept while it
-        // runs.
-        let span = a.session.span();
-        let _entered = span.enter();
+        // only when a line is logged (`Session::span`): the macros
+        // evaluate `parent:` after the level check, and making a span
+        // formats its fields, which a client that leaves normally (the
+        // line is at debug) would pay on every connection.
         match result {
             Ok(()) | Err(SessionEnd::Terminated | SessionEnd::ClientGone) => {
-                tracing::debug!("session ended")
+                tracing::debug!(parent: &a.session.span(), "session ended")
             }
-            Err(e) => tracing::info!("session ended: {e}"),
+            Err(e) => tracing::info!(parent: &a.session.span(), "session ended: {e}"),
         }
     }
 }
@@ -156,9 +156,9 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
         let _ = tcp.write_all(&out).await;
         return None;
     }
-    // Room for a whole startup packet in one read (libpq's is under 100
-    // bytes, JDBC's a few hundred); the session drops it once idle.
-    let mut buf = BytesMut::with_capacity(512);
+    // The first read takes one of the worker's spare read buffers
+    // (`tls::recycle`); the session gives it back once idle.
+    let mut buf = BytesMut::new();
     let timeout = shared.config.load().server.startup_timeout;
     let started =
         tokio::time::timeout(timeout, Box::pin(read_startup(tcp, &mut buf, &shared))).await;
@@ -191,7 +191,9 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
         // one formats its fields into the subscriber's registry, a cost
         // every connection would pay for lines few of them log.
         let span = || tracing::info_span!("session", %peer, user = %user, database = %database, tls = tls_on);
-        let mut out = BytesMut::new();
+        // Room for the whole login reply (a dozen ParameterStatus, the key,
+        // ReadyForQuery) without growing it message by message.
+        let mut out = BytesMut::with_capacity(1024);
         if minor_asked > 0 || !pq_options.is_empty() {
             messages::negotiate_protocol_version(&mut out, 0, pq_options);
         }
@@ -313,29 +315,36 @@ async fn read_startup(
     shared: &Shared,
 ) -> Result<Option<Started>, (Stream, Refusal)> {
     let mut tls = None;
-    let mut first = [0u8; 1];
-    let mut stream = match tcp.peek(&mut first).await {
+    let mut stream = Stream::Plain(tcp);
+    // The first read tells a startup packet from a TLS handshake begun at
+    // once: the first byte of one is its length's, of the other a TLS
+    // record's type.
+    match stream.read_more(buf).await {
         Ok(0) | Err(_) => return Ok(None),
-        Ok(_) if first[0] == TLS_HANDSHAKE => {
-            // Nothing can be said in plaintext to a client speaking TLS:
-            // without TLS configured, close (PostgreSQL does the same).
-            let Some(serve) = shared.tls.load_full() else {
-                tracing::info!("a client started TLS directly, but tidepool serves no TLS");
-                return Ok(None);
-            };
-            match serve.accept(tcp, true).await {
-                Ok(s) => {
-                    tls = Some(serve);
-                    s
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "direct TLS handshake failed");
-                    return Ok(None);
-                }
+        Ok(_) => {}
+    }
+    if buf[0] == TLS_HANDSHAKE {
+        // Nothing can be said in plaintext to a client speaking TLS:
+        // without TLS configured, close (PostgreSQL does the same).
+        let Some(serve) = shared.tls.load_full() else {
+            tracing::info!("a client started TLS directly, but tidepool serves no TLS");
+            return Ok(None);
+        };
+        let Stream::Plain(tcp) = stream else {
+            unreachable!("no TLS before the first byte")
+        };
+        let sent = buf.split();
+        stream = match serve.accept(tcp, &sent).await {
+            Ok(s) => {
+                tls = Some(serve);
+                s
             }
-        }
-        Ok(_) => Stream::Plain(tcp),
-    };
+            Err(e) => {
+                tracing::info!(error = %e, "direct TLS handshake failed");
+                return Ok(None);
+            }
+        };
+    }
     loop {
         let packet = match frame::take_startup(buf) {
             Ok(Some(p)) => p,
@@ -378,7 +387,7 @@ async fn read_startup(
                         if tcp.write_all(b"S").await.is_err() {
                             return Ok(None);
                         }
-                        match serve.accept(tcp, false).await {
+                        match serve.accept(tcp, &[]).await {
                             Ok(s) => {
                                 tls = Some(serve);
                                 s

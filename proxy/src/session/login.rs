@@ -9,21 +9,21 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::BytesMut;
 
-use crate::protocol::messages;
+use crate::{backend::ServerParameters, protocol::messages};
 
 /// What a client is told at login: the server's parameters as a pool's
 /// last login reported them (shared, not copied per client), with the
 /// client's own settings in the server's form.
 #[derive(Debug, Default)]
 pub struct Reported {
-    server: Arc<BTreeMap<String, String>>,
+    server: Arc<ServerParameters>,
     /// Keyed by the server's spelling of the name when it reports it.
     own: BTreeMap<String, String>,
 }
 
 impl Reported {
     /// What a server connection reported itself.
-    pub fn of_server(server: Arc<BTreeMap<String, String>>) -> Reported {
+    pub fn of_server(server: Arc<ServerParameters>) -> Reported {
         Reported {
             server,
             own: BTreeMap::new(),
@@ -33,22 +33,37 @@ impl Reported {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.own
             .get(name)
-            .or_else(|| self.server.get(name))
+            .or_else(|| self.server.values().get(name))
             .map(String::as_str)
     }
 
-    /// One ParameterStatus per parameter, in name order.
+    /// One ParameterStatus per parameter, in name order: the server's
+    /// messages as encoded once, with the client's own settings written
+    /// in their places.
     pub fn encode(&self, out: &mut BytesMut) {
+        let server = &*self.server;
+        let encoded = server.encoded();
+        out.reserve(encoded.len() + 64 * self.own.len());
+        // The server's messages up to `copied` are written.
+        let mut copied = 0;
         let mut own = self.own.iter().peekable();
-        for (k, v) in self.server.iter() {
+        for (i, k) in server.values().keys().enumerate() {
+            if own.peek().is_none() {
+                break;
+            }
+            let at = server.message(i);
             while let Some((ok, ov)) = own.next_if(|(ok, _)| *ok < k) {
+                out.extend_from_slice(&encoded[copied..at.start]);
+                copied = at.start;
                 messages::parameter_status(out, ok, ov);
             }
-            match own.next_if(|(ok, _)| *ok == k) {
-                Some((_, ov)) => messages::parameter_status(out, k, ov),
-                None => messages::parameter_status(out, k, v),
+            if let Some((_, ov)) = own.next_if(|(ok, _)| *ok == k) {
+                out.extend_from_slice(&encoded[copied..at.start]);
+                copied = at.end;
+                messages::parameter_status(out, k, ov);
             }
         }
+        out.extend_from_slice(&encoded[copied..]);
         for (ok, ov) in own {
             messages::parameter_status(out, ok, ov);
         }
@@ -59,9 +74,10 @@ impl Reported {
 /// given the `server`'s reported parameters; None when a server
 /// connection must answer.
 pub fn fast_reported(
-    server: &Arc<BTreeMap<String, String>>,
+    server: &Arc<ServerParameters>,
     params: &[(String, String)],
 ) -> Option<Reported> {
+    let values = server.values();
     let mut own = BTreeMap::new();
     for (name, value) in params {
         let name = name.to_ascii_lowercase();
@@ -80,7 +96,7 @@ pub fn fast_reported(
             // the fast way only when the client asks for what the server
             // already has.
             "datestyle" | "timezone" | "intervalstyle" => {
-                let (_, current) = server.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name))?;
+                let (_, current) = values.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name))?;
                 if !current.eq_ignore_ascii_case(value.trim()) {
                     return None;
                 }
@@ -88,7 +104,7 @@ pub fn fast_reported(
             }
             _ => return None,
         };
-        let key = server
+        let key = values
             .keys()
             .find(|k| k.eq_ignore_ascii_case(&name))
             .cloned()
@@ -173,13 +189,28 @@ pub fn canonical_encoding(name: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn server() -> Arc<BTreeMap<String, String>> {
-        Arc::new(BTreeMap::from([
+    fn values() -> BTreeMap<String, String> {
+        BTreeMap::from([
             ("client_encoding".to_string(), "UTF8".to_string()),
             ("DateStyle".to_string(), "ISO, MDY".to_string()),
             ("TimeZone".to_string(), "Etc/UTC".to_string()),
             ("application_name".to_string(), String::new()),
-        ]))
+        ])
+    }
+
+    fn server() -> Arc<ServerParameters> {
+        Arc::new(ServerParameters::new(values()))
+    }
+
+    /// The ParameterStatus messages `r` sends, in order.
+    fn sent(r: &Reported) -> Vec<(String, String)> {
+        let mut out = BytesMut::new();
+        r.encode(&mut out);
+        let mut sent = Vec::new();
+        while let Some(f) = crate::protocol::frame::take(&mut out, usize::MAX).unwrap() {
+            sent.push(messages::read_parameter_status(&f).unwrap());
+        }
+        sent
     }
 
     fn p(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -235,36 +266,43 @@ mod tests {
             ]),
         )
         .unwrap();
-        let mut out = BytesMut::new();
-        r.encode(&mut out);
-        let mut sent = Vec::new();
-        while let Some(f) = crate::protocol::frame::take(&mut out, usize::MAX).unwrap() {
-            sent.push(messages::read_parameter_status(&f).unwrap());
-        }
-        let mut expected: BTreeMap<String, String> = (*server()).clone();
+        let mut expected = values();
         expected.insert("application_name".into(), "worker 7".into());
         expected.insert("client_encoding".into(), "LATIN1".into());
-        assert_eq!(sent, expected.into_iter().collect::<Vec<_>>());
+        assert_eq!(sent(&r), expected.into_iter().collect::<Vec<_>>());
+        // Nothing of the client's own: the server's values as encoded once,
+        // the same messages as when they are written one by one.
+        let plain = fast_reported(&server(), &p(&[("fallback_application_name", "x")])).unwrap();
+        assert_eq!(sent(&plain), values().into_iter().collect::<Vec<_>>());
+        let mut one_by_one = BytesMut::new();
+        for (k, v) in values() {
+            messages::parameter_status(&mut one_by_one, &k, &v);
+        }
+        assert_eq!(server().encoded(), &one_by_one[..]);
         // A setting the server does not report is added in its place.
         let own = Reported {
             server: server(),
-            own: BTreeMap::from([("b_extra".to_string(), "1".to_string())]),
+            own: BTreeMap::from([
+                ("A_first".to_string(), "0".to_string()),
+                ("b_extra".to_string(), "1".to_string()),
+                ("zz_last".to_string(), "2".to_string()),
+            ]),
         };
-        let mut out = BytesMut::new();
-        own.encode(&mut out);
-        let mut names = Vec::new();
-        while let Some(f) = crate::protocol::frame::take(&mut out, usize::MAX).unwrap() {
-            names.push(messages::read_parameter_status(&f).unwrap().0);
-        }
+        let names: Vec<String> = sent(&own).into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             names,
             [
+                "A_first",
                 "DateStyle",
                 "TimeZone",
                 "application_name",
                 "b_extra",
-                "client_encoding"
+                "client_encoding",
+                "zz_last"
             ]
         );
+        // Each message whole, with the client's value where it has one.
+        let values: Vec<String> = sent(&own).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(values, ["0", "ISO, MDY", "Etc/UTC", "", "1", "UTF8", "2"]);
     }
 }

@@ -258,10 +258,11 @@ impl Session {
             }
             return Err(e);
         }
-        let reported = self
-            .lease
-            .as_mut()
-            .map(|l| login::Reported::of_server(Arc::new(l.conn().reported.clone())));
+        let reported = self.lease.as_mut().map(|l| {
+            login::Reported::of_server(Arc::new(crate::backend::ServerParameters::new(
+                l.conn().reported.clone(),
+            )))
+        });
         if self.mode == PoolMode::Transaction {
             self.release();
         }

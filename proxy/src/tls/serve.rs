@@ -78,12 +78,29 @@ impl ServeTls {
         }))
     }
 
-    /// The TLS handshake on a client connection. With `direct`, the
-    /// client started TLS without an SSLRequest (PostgreSQL 17's
+    /// The TLS handshake on a client connection. `sent` is what the
+    /// client has sent of it already (read before it was known to be
+    /// TLS): the handshake goes on from there. A non-empty `sent` means
+    /// the client started TLS without an SSLRequest (PostgreSQL 17's
     /// `sslnegotiation=direct`), which is only allowed with ALPN
     /// `postgresql`.
-    pub async fn accept(&self, tcp: TcpStream, direct: bool) -> std::io::Result<Stream> {
-        let tls = self.acceptor.accept(tcp).await?;
+    pub async fn accept(&self, tcp: TcpStream, sent: &[u8]) -> std::io::Result<Stream> {
+        let direct = !sent.is_empty();
+        let tls = self
+            .acceptor
+            .accept_with(tcp, |conn| {
+                // Taken in as if read from the socket, and processed, so
+                // that the handshake answers it before reading more. An
+                // error stays with the connection and ends the handshake.
+                let mut rest = sent;
+                while !rest.is_empty() {
+                    match conn.read_tls(&mut rest) {
+                        Ok(n) if n > 0 && conn.process_new_packets().is_ok() => {}
+                        _ => break,
+                    }
+                }
+            })
+            .await?;
         if direct && tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
