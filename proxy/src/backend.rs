@@ -155,8 +155,10 @@ pub struct ServerConn {
     /// Parameters the server reported with ParameterStatus.
     pub reported: BTreeMap<String, String>,
     /// Session settings in force on this connection, as SQL value text,
-    /// keyed by lower-case name.
-    pub settings: BTreeMap<String, String>,
+    /// keyed by lower-case name. Shared with the session whose settings
+    /// they were found equal to last (see `settings_match`), copied on
+    /// write.
+    pub settings: Arc<BTreeMap<String, String>>,
     /// Server-side names of statements prepared on this connection.
     pub prepared: HashSet<String>,
     /// Statements still prepared on the server whose plan the server
@@ -244,7 +246,7 @@ impl ServerConn {
                 tls: None,
             }),
             reported: BTreeMap::new(),
-            settings: BTreeMap::new(),
+            settings: Arc::default(),
             prepared: HashSet::new(),
             stale: HashSet::new(),
             created: Instant::now(),
@@ -277,9 +279,11 @@ impl ServerConn {
                 .is_tls()
                 .then(|| (p.tls.clone(), p.host.to_string())),
         });
-        for (k, v) in p.options {
-            conn.settings
-                .insert(k.to_ascii_lowercase(), quote_literal(v));
+        if !p.options.is_empty() {
+            let settings = Arc::make_mut(&mut conn.settings);
+            for (k, v) in p.options {
+                settings.insert(k.to_ascii_lowercase(), quote_literal(v));
+            }
         }
         Ok(conn)
     }
@@ -526,14 +530,28 @@ impl ServerConn {
         }
     }
 
+    /// Whether this connection's session settings are `wanted` already:
+    /// the usual case, clients of a pool set the same things. Found equal,
+    /// the connection shares `wanted`'s map from then on, so that the
+    /// same session's next look is a pointer comparison.
+    pub fn settings_match(&mut self, wanted: &Arc<BTreeMap<String, String>>) -> bool {
+        if Arc::ptr_eq(&self.settings, wanted) {
+            return true;
+        }
+        if *self.settings == **wanted {
+            self.settings = wanted.clone();
+            return true;
+        }
+        false
+    }
+
     /// Brings this connection's session settings to `wanted` (SQL value text
     /// keyed by lower-case name) with as few statements as possible.
     pub async fn apply_settings(
         &mut self,
-        wanted: &BTreeMap<String, String>,
+        wanted: &Arc<BTreeMap<String, String>>,
     ) -> Result<(), BackendError> {
-        if self.settings == *wanted {
-            // The usual case: clients of a pool set the same things.
+        if self.settings_match(wanted) {
             return Ok(());
         }
         // Boxed: a statement's round trip is a large future, and this is
@@ -545,10 +563,10 @@ impl ServerConn {
     /// settings `wanted`.
     async fn change_settings(
         &mut self,
-        wanted: &BTreeMap<String, String>,
+        wanted: &Arc<BTreeMap<String, String>>,
     ) -> Result<(), BackendError> {
         let mut sql = String::new();
-        for (k, v) in wanted {
+        for (k, v) in wanted.iter() {
             if self.settings.get(k) != Some(v) {
                 sql.push_str(&format!("SET {} TO {};", quote_ident(k), v));
             }

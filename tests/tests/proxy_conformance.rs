@@ -623,3 +623,102 @@ async fn sql_deallocate_of_a_protocol_statement_in_session_mode() {
 async fn sql_deallocate_of_a_protocol_statement_in_transaction_mode() {
     sql_deallocate_of_a_protocol_statement("transaction").await;
 }
+
+/// Every reply of `msgs` up to the `syncs`-th ReadyForQuery, as raw
+/// messages.
+async fn replies(
+    s: &mut tokio::net::TcpStream,
+    msgs: &[Vec<u8>],
+    syncs: usize,
+) -> Vec<(u8, Vec<u8>)> {
+    s.write_all(&msgs.concat()).await.unwrap();
+    let mut out = Vec::new();
+    let mut seen = 0;
+    while seen < syncs {
+        let m = wire::read_message(s).await.unwrap();
+        seen += usize::from(m.0 == b'Z');
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_every_size_reach_the_client_as_the_server_sent_them() {
+    let bed = common::bed(0, "transaction", "", TRUST).await.unwrap();
+    rows_as_sent(&bed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_held_for_a_standby_and_kept_for_the_cache_reach_the_client_as_sent() {
+    // The same through a standby, whose replies are held until it is
+    // known that it runs the unit, and with the query cache reading them.
+    let extra = format!(
+        "{TRUST}\n[load_balancing]\nstatement_level = true\n\n[query_cache]\nenabled = true\n"
+    );
+    let bed = common::bed(1, "transaction", "", &extra).await.unwrap();
+    rows_as_sent(&bed).await;
+}
+
+/// Results from one row to many reads' worth, mixed with the other
+/// replies of a unit (descriptions, completions, a suspended portal, an
+/// error) in one round trip each: the client reads exactly what the
+/// primary sends it directly.
+async fn rows_as_sent(bed: &common::Bed) {
+    let sql = "SELECT g, repeat('x', g % 97) FROM generate_series(1, 20000) g; \
+               SELECT 1; SELECT g FROM generate_series(1, 3) g; SELECT";
+    let mut query = sql.as_bytes().to_vec();
+    query.push(0);
+    let parse = |name: &str, q: &str| {
+        wire::message(
+            b'P',
+            &[name.as_bytes(), b"\0", q.as_bytes(), b"\0\0\0"].concat(),
+        )
+    };
+    let bind = |portal: &str, stmt: &str| {
+        wire::message(
+            b'B',
+            &[portal.as_bytes(), b"\0", stmt.as_bytes(), b"\0\0\0\0\0\0\0"].concat(),
+        )
+    };
+    let execute = |portal: &str, rows: u32| {
+        wire::message(
+            b'E',
+            &[portal.as_bytes(), b"\0", &rows.to_be_bytes()].concat(),
+        )
+    };
+    let describe = |portal: &str| wire::message(b'D', &[b"P", portal.as_bytes(), b"\0"].concat());
+    let sync = wire::message(b'S', b"");
+    let msgs = [
+        wire::message(b'Q', &query),
+        // Rows in a transaction, a portal read in parts.
+        wire::message(b'Q', b"BEGIN\0"),
+        parse("", "SELECT g, md5(g::text) FROM generate_series(1, 5000) g"),
+        bind("p", ""),
+        describe("p"),
+        execute("p", 3),
+        execute("p", 0),
+        sync.clone(),
+        parse("", "SELECT g FROM generate_series(1, 10) g"),
+        bind("", ""),
+        execute("", 0),
+        parse("", "SELECT 1 / (g - 5) FROM generate_series(1, 10) g"),
+        bind("", ""),
+        execute("", 0),
+        sync.clone(),
+        wire::message(b'Q', b"COMMIT\0"),
+    ];
+    let mut through = wire::login(bed.tidepool.port(), "app", "app", &[])
+        .await
+        .unwrap();
+    let port = bed.cluster.primary().port;
+    let mut direct = wire::login(port, "trustuser", "app", &[]).await.unwrap();
+    let want = replies(&mut direct, &msgs, 5).await;
+    let got = replies(&mut through, &msgs, 5).await;
+    let rows = want.iter().filter(|m| m.0 == b'D').count();
+    assert_eq!(rows, 20000 + 1 + 3 + 1 + 5000 + 10 + 4);
+    assert!(tags_of(&want).contains(&b's') && tags_of(&want).contains(&b'E'));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}

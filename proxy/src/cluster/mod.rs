@@ -379,12 +379,12 @@ pub struct ClusterCounters {
 
 /// Owner of the node table.
 pub struct Cluster {
-    current: ArcSwap<Snapshot>,
+    current: Arc<ArcSwap<Snapshot>>,
     /// The primary as the newest snapshot names it (see [`PrimaryWord`]):
     /// what a statement asks of the node table, in one atomic read.
     primary: AtomicU64,
     changed: watch::Sender<u64>,
-    counters: ArcSwap<Vec<Arc<NodeCounters>>>,
+    counters: Arc<ArcSwap<Vec<Arc<NodeCounters>>>>,
     backends: ArcSwap<Vec<BackendConfig>>,
     /// Each node's TLS settings, compiled from its configuration.
     tls: ArcSwap<Vec<Arc<BackendTls>>>,
@@ -468,6 +468,33 @@ impl PrimaryWord {
     }
 }
 
+/// One reader's cached view of the cluster's current snapshot and node
+/// counters (a session routing reads): each read compares one pointer
+/// with the current one and takes the new value only when it changed,
+/// where a read of the shared value registers and releases a reference.
+/// What it returns is always the current value; the value it last saw is
+/// kept until it reads again.
+pub struct View {
+    snapshot: arc_swap::Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>,
+    counters: arc_swap::Cache<Arc<ArcSwap<NodeCounterList>>, Arc<NodeCounterList>>,
+}
+
+/// Each node's counters, by node id.
+type NodeCounterList = Vec<Arc<NodeCounters>>;
+
+impl View {
+    /// The current snapshot.
+    pub fn snapshot(&mut self) -> &Arc<Snapshot> {
+        self.snapshot.load()
+    }
+
+    /// Runs `f` on node `node`'s counters, if there is such a node (as
+    /// [`Cluster::count`]).
+    pub fn count<R>(&mut self, node: usize, f: impl FnOnce(&NodeCounters) -> R) -> Option<R> {
+        self.counters.load().get(node).map(|c| f(c))
+    }
+}
+
 impl Cluster {
     pub fn new(backends: &[BackendConfig]) -> Arc<Cluster> {
         let counters = backends.iter().map(|_| Arc::default()).collect();
@@ -477,9 +504,9 @@ impl Cluster {
         };
         Arc::new(Cluster {
             primary: AtomicU64::new(PrimaryWord::of(&first).0),
-            current: ArcSwap::from_pointee(first),
+            current: Arc::new(ArcSwap::from_pointee(first)),
             changed: watch::channel(0).0,
-            counters: ArcSwap::from_pointee(counters),
+            counters: Arc::new(ArcSwap::from_pointee(counters)),
             backends: ArcSwap::from_pointee(backends.to_vec()),
             tls: ArcSwap::from_pointee(compile_tls(backends)),
             credentials: Arc::default(),
@@ -491,6 +518,15 @@ impl Cluster {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// A reader's own view of the snapshot and the nodes' counters (see
+    /// [`View`]).
+    pub fn view(&self) -> View {
+        View {
+            snapshot: arc_swap::Cache::new(self.current.clone()),
+            counters: arc_swap::Cache::new(self.counters.clone()),
+        }
     }
 
     /// Notified with the generation of every new snapshot.

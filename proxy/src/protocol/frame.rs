@@ -31,6 +31,12 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame of no bytes: the place a frame handed over leaves in a list.
+    pub const EMPTY: Frame = Frame {
+        tag: 0,
+        bytes: Bytes::new(),
+    };
+
     pub fn body(&self) -> &[u8] {
         &self.bytes[5..]
     }
@@ -217,12 +223,25 @@ pub fn cstr(buf: &mut &[u8]) -> Result<String, FrameError> {
 /// As [`cstr`], borrowed from `buf`.
 pub fn cstr_ref<'a>(buf: &mut &'a [u8]) -> Result<&'a str, FrameError> {
     let b: &'a [u8] = buf;
-    let end = memchr::memchr(0, b)
-        .ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
+    let end =
+        name_end(b).ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
     let s = std::str::from_utf8(&b[..end])
         .map_err(|_| FrameError::BadStartup("string is not valid UTF-8".into()))?;
     *buf = &b[end + 1..];
     Ok(s)
+}
+
+/// Where the NUL ending the name at the front of `b` is. Names (of
+/// statements, portals, settings) are short and most often empty: their
+/// first bytes are looked at one by one, which is cheaper than setting up
+/// `memchr`'s vector search; a longer string is searched by `memchr`.
+fn name_end(b: &[u8]) -> Option<usize> {
+    const SHORT: usize = 16;
+    match b.iter().take(SHORT).position(|&c| c == 0) {
+        Some(i) => Some(i),
+        None if b.len() <= SHORT => None,
+        None => memchr::memchr(0, &b[SHORT..]).map(|i| i + SHORT),
+    }
 }
 
 /// `bytes` as text, with what is not UTF-8 replaced. Checked the fast way
@@ -266,6 +285,22 @@ mod tests {
         let read = buf.as_ptr() as usize - f.bytes.len()..buf.as_ptr() as usize + buf.capacity();
         assert!(read.contains(&(f.bytes.as_ptr() as usize)));
         assert!(!read.contains(&(kept.bytes.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn names_of_every_length_end_at_their_terminator() {
+        // Around the length where the byte-by-byte look gives way to memchr.
+        for len in [0, 1, 15, 16, 17, 40] {
+            let name = "n".repeat(len);
+            let mut body = format!("{name}\0rest\0").into_bytes();
+            let mut b = &body[..];
+            assert_eq!(cstr_ref(&mut b).unwrap(), name);
+            assert_eq!(b, b"rest\0");
+            // Without a terminator, at any length, the string is refused.
+            body.retain(|&c| c != 0);
+            assert!(cstr_ref(&mut &body[..len]).is_err());
+            assert!(cstr_ref(&mut &body[..]).is_err());
+        }
     }
 
     /// Text in UTF-8 is read in place; other bytes (a LATIN1 client's

@@ -123,9 +123,11 @@ impl Session {
         if let Some(i) = self.parked.iter().position(|l| lease_node(l) == node) {
             let mut lease = self.parked.swap_remove(i);
             let conn = lease.conn();
-            conn.apply_settings(&self.settings)
-                .await
-                .map_err(|e| (sqlstate::CONNECTION_FAILURE, e.to_string()))?;
+            if !conn.settings_match(&self.settings) {
+                conn.apply_settings(&self.settings)
+                    .await
+                    .map_err(|e| (sqlstate::CONNECTION_FAILURE, e.to_string()))?;
+            }
             self.cancel_after_send |= self.cancel.set(conn.cancel.clone());
             self.lease = Some(lease);
             return Ok(());
@@ -148,7 +150,9 @@ impl Session {
             PoolError::Backend(_) => (sqlstate::CANNOT_CONNECT_NOW, e.to_string()),
         })?;
         let conn = lease.conn();
-        if let Err(e) = conn.apply_settings(&self.settings).await {
+        if !conn.settings_match(&self.settings)
+            && let Err(e) = conn.apply_settings(&self.settings).await
+        {
             self.report_fault(node, &e);
             return Err(match e {
                 BackendError::Server(f) => (code_of(&f.code), f.message),
@@ -177,7 +181,9 @@ impl Session {
     }
 
     /// Makes sure a backend is attached before `f` is forwarded; on failure
-    /// answers the client as PostgreSQL would and returns false.
+    /// answers the client as PostgreSQL would and returns false. Callers
+    /// look at `lease` first: a message with a connection already attached
+    /// (every message of a unit but its first) makes no future of this.
     pub(super) async fn ensure_backend(&mut self, simple: bool) -> bool {
         if self.lease.is_some() {
             return true;

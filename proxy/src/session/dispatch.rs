@@ -88,7 +88,7 @@ impl Session {
                     self.after_backend_batch();
                     return Ok(());
                 }
-                if !self.ensure_backend(true).await {
+                if self.lease.is_none() && !self.ensure_backend(true).await {
                     return Ok(());
                 }
                 self.count_statement(&sql);
@@ -102,7 +102,7 @@ impl Session {
                 self.tracker.simple_sent(effects.settings);
             }
             Message::Parse { name, query } => {
-                if !self.ensure_backend(false).await {
+                if self.lease.is_none() && !self.ensure_backend(false).await {
                     return Ok(());
                 }
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +180,7 @@ impl Session {
             Message::Bind {
                 statement: stmt_name,
             } => {
-                if !self.ensure_backend(false).await {
+                if self.lease.is_none() && !self.ensure_backend(false).await {
                     return Ok(());
                 }
                 match self.mapped(stmt_name) {
@@ -203,7 +203,7 @@ impl Session {
                 }
             }
             Message::Describe { kind, name } | Message::Close { kind, name } => {
-                if !self.ensure_backend(false).await {
+                if self.lease.is_none() && !self.ensure_backend(false).await {
                     return Ok(());
                 }
                 let stmt = if kind == b'S' {
@@ -246,7 +246,7 @@ impl Session {
                 }
             }
             Message::Execute => {
-                if !self.ensure_backend(false).await {
+                if self.lease.is_none() && !self.ensure_backend(false).await {
                     return Ok(());
                 }
                 self.to_backend.extend_from_slice(&f.bytes);
@@ -259,7 +259,7 @@ impl Session {
                     messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
                     return Ok(());
                 }
-                if !self.ensure_backend(false).await {
+                if self.lease.is_none() && !self.ensure_backend(false).await {
                     return Ok(());
                 }
                 self.to_backend.extend_from_slice(&f.bytes);
@@ -271,7 +271,7 @@ impl Session {
                 }
             }
             Message::FunctionCall => {
-                if !self.ensure_backend(true).await {
+                if self.lease.is_none() && !self.ensure_backend(true).await {
                     return Ok(());
                 }
                 self.to_backend.extend_from_slice(&f.bytes);

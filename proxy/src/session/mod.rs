@@ -110,6 +110,10 @@ pub struct Session {
     /// with their session state for its next statement there.
     parked: Vec<Lease>,
     routing: router::SessionRouting,
+    /// What routing reads of the cluster (snapshot, counters, lags),
+    /// cached: made at the first unit load balancing routes, boxed (one
+    /// word in a session that never routes).
+    views: Option<Box<routing::Views>>,
     pins: state::Pins,
     /// The client's named prepared statements (an ordered map: no
     /// hasher state kept by every client).
@@ -198,6 +202,7 @@ impl Session {
             lease: None,
             parked: Vec::new(),
             routing: router::SessionRouting::default(),
+            views: None,
             pins: state::Pins::default(),
             statements: BTreeMap::new(),
             unnamed: None,
@@ -428,8 +433,27 @@ impl Session {
         let buf = l.conn().lend_buffer();
         let whole = frame::whole(&buf, usize::MAX);
         let n = *whole.as_ref().unwrap_or(&0);
+        // Where the run of DataRows being passed on whole started: rows
+        // that only the client reads (no guard holds the replies, no
+        // result is being kept for the query cache) go to it in one copy
+        // with the rows after them, not one by one through
+        // `on_backend_frame` (for which a DataRow changes nothing else).
+        let mut rows: Option<usize> = None;
+        let mut at = 0;
         for f in frame::each(&buf[..n]) {
-            self.on_backend_frame(f);
+            let len = f.bytes.len();
+            if f.tag == b'D' && self.guard.is_none() && self.capture.is_none() {
+                rows.get_or_insert(at);
+            } else {
+                if let Some(start) = rows.take() {
+                    self.to_client.extend_from_slice(&buf[start..at]);
+                }
+                self.on_backend_frame(f);
+            }
+            at += len;
+        }
+        if let Some(start) = rows {
+            self.to_client.extend_from_slice(&buf[start..n]);
         }
         let l = self
             .lease
@@ -558,25 +582,35 @@ impl Session {
                 *held = frames.drain(i..).collect();
                 break;
             }
-            let (head, rest) = frames.split_at(i + 1);
+            // The frame is handed over, not copied: its place is left
+            // empty (the turn's list is cleared after it).
+            let f = std::mem::replace(&mut frames[i], Frame::EMPTY);
+            let rest = &frames[i + 1..];
             let r = {
-                // A message may wait (for a server connection, a primary,
-                // settings): a client that goes away meanwhile is not
-                // served after it left, and its place in the queue goes
-                // to those still there.
-                let work = self.on_client_frame(head[i].clone(), rest);
+                let work = self.on_client_frame(f, rest);
                 tokio::pin!(work);
-                let mut watch = true;
-                loop {
-                    tokio::select! {
-                        biased;
-                        r = &mut work => break r,
-                        read = client.read_more(client_buf), if watch => match read {
-                            Ok(0) | Err(_) => break Err(SessionEnd::ClientGone),
-                            // What it sends meanwhile waits its turn;
-                            // beyond a bound it waits in its socket.
-                            Ok(_) => watch = client_buf.len() < WATCH_BUFFER,
-                        },
+                // Most messages are handled without a wait: polled once
+                // (first, as the watch below would poll it too).
+                match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+                    Poll::Ready(r) => r,
+                    // A message may wait (for a server connection, a
+                    // primary, settings): a client that goes away
+                    // meanwhile is not served after it left, and its
+                    // place in the queue goes to those still there.
+                    Poll::Pending => {
+                        let mut watch = true;
+                        loop {
+                            tokio::select! {
+                                biased;
+                                r = &mut work => break r,
+                                read = client.read_more(client_buf), if watch => match read {
+                                    Ok(0) | Err(_) => break Err(SessionEnd::ClientGone),
+                                    // What it sends meanwhile waits its turn;
+                                    // beyond a bound it waits in its socket.
+                                    Ok(_) => watch = client_buf.len() < WATCH_BUFFER,
+                                },
+                            }
+                        }
                     }
                 }
             };
@@ -602,7 +636,7 @@ impl Session {
             // Parked connections are idle: reset and return them.
             let conn = lease.conn();
             if reset.trim().is_empty() || conn.run_silent(&reset).await.is_ok() {
-                conn.settings.clear();
+                conn.settings = Arc::default();
                 conn.forget_statements();
                 lease.release();
             }
@@ -641,7 +675,7 @@ impl Session {
                 // Not known clean: closed, not pooled.
                 return;
             }
-            conn.settings.clear();
+            conn.settings = Arc::default();
             conn.forget_statements();
         }
         lease.release();

@@ -169,7 +169,7 @@ impl Session {
                 Arc::make_mut(&mut self.settings).insert(key.clone(), value.clone());
             }
             if let Some(l) = self.lease.as_mut() {
-                l.conn().settings.insert(key, value);
+                Arc::make_mut(&mut l.conn().settings).insert(key, value);
             }
         }
         if let Some(l) = self.lease.as_mut() {
@@ -194,16 +194,16 @@ impl Session {
             return;
         }
         if let Some(l) = self.lease.as_mut() {
-            let conn = l.conn();
+            let settings = Arc::make_mut(&mut l.conn().settings);
             match change {
                 SettingChange::Set(k, v) => {
-                    conn.settings.insert(k.clone(), v.clone());
+                    settings.insert(k.clone(), v.clone());
                 }
                 SettingChange::Reset(k) => {
-                    conn.settings.remove(k);
+                    settings.remove(k);
                 }
                 SettingChange::ResetAll => {
-                    conn.settings.clear();
+                    settings.clear();
                 }
                 SettingChange::Several(_) => {}
             }

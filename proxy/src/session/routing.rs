@@ -2,13 +2,47 @@
 //! catalog knows of its functions and relations, and the node the
 //! router's rules choose. The rules themselves are pure (`crate::router`).
 
-use std::sync::{Arc, LazyLock, atomic::Ordering};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, LazyLock, atomic::Ordering},
+};
 
 use super::{Message, Session, SessionEnd, lease_node};
 use crate::{
     protocol::{Frame, messages, sqlstate},
     router,
 };
+
+/// What routing reads of the cluster, cached for one session (see
+/// [`crate::cluster::View`]): the snapshot, the nodes' counters and the
+/// standbys' lags, each read with one pointer comparison while it is
+/// unchanged.
+pub(super) struct Views {
+    cluster: crate::cluster::View,
+    lags: arc_swap::Cache<Arc<router::lag::Lags>, Arc<BTreeMap<usize, router::lag::Lag>>>,
+}
+
+impl Views {
+    fn new(shared: &crate::app::Shared) -> Box<Views> {
+        Box::new(Views {
+            cluster: shared.cluster.view(),
+            lags: arc_swap::Cache::new(shared.lags.clone()),
+        })
+    }
+}
+
+/// The statement the Bind `m`, message `i` of its unit, binds: the unit's
+/// first message is already decoded (`msg`), the others are read here.
+fn bound_statement<'a>(
+    i: usize,
+    msg: &Message<'a>,
+    m: &'a Frame,
+) -> Result<&'a str, crate::protocol::FrameError> {
+    match (i, msg) {
+        (0, Message::Bind { statement }) => Ok(statement),
+        _ => messages::read_bind(m).map(|(_, name, _)| name),
+    }
+}
 
 impl Session {
     /// Whether `f` starts a unit of work that must wait for the unit before
@@ -177,8 +211,8 @@ impl Session {
                         Err(_) => merged.set_write("malformed Parse"),
                     },
                 },
-                b'B' => match messages::read_bind(m) {
-                    Ok((_, name, _)) => match self.statements.get(name) {
+                b'B' => match bound_statement(i, msg, m) {
+                    Ok(name) => match self.statements.get(name) {
                         Some(stmt) => merged.add(&stmt.class),
                         None if parses => {}
                         None if name.is_empty() && self.unnamed.is_some() => {
@@ -256,7 +290,8 @@ impl Session {
                 reason = router::primary_reason(rules, &class, &facts, &self.routing);
             }
         }
-        let snapshot = self.shared.cluster.snapshot();
+        let views = self.views.get_or_insert_with(|| Views::new(&self.shared));
+        let snapshot = views.cluster.snapshot().clone();
         if reason.is_some() {
             // On the primary for a reason that may mean a write.
             self.write_open = true;
@@ -279,10 +314,11 @@ impl Session {
                     database: &self.database,
                     application_name: app,
                 };
+                let views = self.views.as_mut().expect("made above");
                 let chosen = router::choose_read(
                     rules,
                     &snapshot,
-                    &self.shared.lags.load(),
+                    views.lags.load(),
                     &client,
                     &mut self.routing,
                     &mut rand::rng(),
@@ -325,8 +361,10 @@ impl Session {
                 ),
             );
         }
-        if class.select {
-            self.shared
+        if class.select
+            && let Some(views) = self.views.as_mut()
+        {
+            views
                 .cluster
                 .count(decision.node, |c| c.selects.fetch_add(1, Ordering::Relaxed));
         }
