@@ -223,6 +223,11 @@ pub fn cstr(buf: &mut &[u8]) -> Result<String, FrameError> {
 /// As [`cstr`], borrowed from `buf`.
 pub fn cstr_ref<'a>(buf: &mut &'a [u8]) -> Result<&'a str, FrameError> {
     let b: &'a [u8] = buf;
+    if let [0, rest @ ..] = b {
+        // The unnamed statement or portal: the most frequent name.
+        *buf = rest;
+        return Ok("");
+    }
     let end =
         name_end(b).ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
     let s = std::str::from_utf8(&b[..end])

@@ -440,15 +440,19 @@ impl Session {
         // `on_backend_frame` (for which a DataRow changes nothing else).
         let mut rows: Option<usize> = None;
         let mut at = 0;
+        // Looked at again after each reply handled one by one: handling
+        // one may release a guard or stop a capture (never start one).
+        let mut plain = self.guard.is_none() && self.capture.is_none();
         for f in frame::each(&buf[..n]) {
             let len = f.bytes.len();
-            if f.tag == b'D' && self.guard.is_none() && self.capture.is_none() {
+            if f.tag == b'D' && plain {
                 rows.get_or_insert(at);
             } else {
                 if let Some(start) = rows.take() {
                     self.to_client.extend_from_slice(&buf[start..at]);
                 }
                 self.on_backend_frame(f);
+                plain = self.guard.is_none() && self.capture.is_none();
             }
             at += len;
         }
@@ -587,8 +591,9 @@ impl Session {
             let f = std::mem::replace(&mut frames[i], Frame::EMPTY);
             let rest = &frames[i + 1..];
             let r = {
-                let work = self.on_client_frame(f, rest);
-                tokio::pin!(work);
+                // Made in place: a busy session's message future is not
+                // moved after it is made.
+                let mut work = std::pin::pin!(self.on_client_frame(f, rest));
                 // Most messages are handled without a wait: polled once
                 // (first, as the watch below would poll it too).
                 match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
