@@ -27,6 +27,46 @@ use crate::{
 
 pub use crate::tls::stream::try_read_drained;
 
+/// Session settings, as SQL value text keyed by lower-case name.
+pub type Settings = Arc<BTreeMap<String, String>>;
+
+/// Most distinct startup settings kept shared (see [`SettingsTable`]).
+const SETTINGS_KEPT: usize = 64;
+
+/// Equal startup settings, shared as one map: sessions that log in with
+/// the same settings (the clients of one application) hold the same map,
+/// so a pooled connection last used by one of them is found equal to the
+/// next by pointer (`ServerConn::settings_match`), not map to map at each
+/// checkout. A map no session or connection holds any more is dropped
+/// when a new one comes in; beyond `SETTINGS_KEPT` distinct maps, a new
+/// one is not kept (those sessions compare maps, as before).
+#[derive(Default)]
+pub struct SettingsTable {
+    maps: std::sync::Mutex<Vec<Settings>>,
+}
+
+impl SettingsTable {
+    /// The table's map equal to `map`, or `map` itself (kept for the next
+    /// session while there is room).
+    pub fn intern(&self, map: BTreeMap<String, String>) -> Settings {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = maps.iter().find(|m| ***m == map) {
+            return m.clone();
+        }
+        maps.retain(|m| Arc::strong_count(m) > 1);
+        let m = Arc::new(map);
+        if maps.len() < SETTINGS_KEPT {
+            maps.push(m.clone());
+        }
+        m
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.maps.lock().unwrap().len()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("cannot connect to {addr}: {source}")]
@@ -531,9 +571,10 @@ impl ServerConn {
     }
 
     /// Whether this connection's session settings are `wanted` already:
-    /// the usual case, clients of a pool set the same things. Found equal,
-    /// the connection shares `wanted`'s map from then on, so that the
-    /// same session's next look is a pointer comparison.
+    /// the usual case, clients of a pool set the same things. Sessions
+    /// with equal startup settings hold one map ([`SettingsTable`]), so
+    /// this is mostly a pointer comparison; found equal map to map, the
+    /// connection shares `wanted`'s map from then on.
     pub fn settings_match(&mut self, wanted: &Arc<BTreeMap<String, String>>) -> bool {
         if Arc::ptr_eq(&self.settings, wanted) {
             return true;
@@ -686,5 +727,33 @@ mod tests {
         assert_eq!(quote_ident("DateStyle"), "\"DateStyle\"");
         assert_eq!(quote_ident("app.user_id"), "app.user_id");
         assert_eq!(quote_ident("x\"y"), "\"x\"\"y\"");
+    }
+
+    #[test]
+    fn equal_startup_settings_are_one_shared_map() {
+        let table = SettingsTable::default();
+        let map =
+            |app: &str| BTreeMap::from([("application_name".to_string(), quote_literal(app))]);
+        let a = table.intern(map("billing"));
+        let b = table.intern(map("billing"));
+        assert!(Arc::ptr_eq(&a, &b), "equal settings share one map");
+        let c = table.intern(map("reports"));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(*c, map("reports"));
+        // A map no one holds any more is dropped when a new one comes.
+        drop(c);
+        let _etl = table.intern(map("etl"));
+        assert_eq!(table.len(), 2, "billing and etl");
+        // Beyond the bound a new map is still the session's own, not kept.
+        let _held: Vec<_> = (0..SETTINGS_KEPT)
+            .map(|i| table.intern(map(&format!("app{i}"))))
+            .collect();
+        assert_eq!(table.len(), SETTINGS_KEPT);
+        let extra = table.intern(map("one more"));
+        assert_eq!(*extra, map("one more"));
+        assert_eq!(table.len(), SETTINGS_KEPT);
+        assert!(!Arc::ptr_eq(&extra, &table.intern(map("one more"))));
+        // A kept map is still found.
+        assert!(Arc::ptr_eq(&a, &table.intern(map("billing"))));
     }
 }

@@ -62,6 +62,19 @@ pub enum PoolError {
     Backend(#[from] BackendError),
 }
 
+/// A checkout waiting in line, until its `deadline` (`checkout_timeout`
+/// after it came): past it, the pool's wait check (`expire_waiters`)
+/// drops `tx`, which ends the wait as timed out. No timer per waiter: a
+/// busy pool's clients all wait, and arming and cancelling a timer for
+/// each cost more than the rest of the wait.
+struct Queued {
+    tx: oneshot::Sender<Handoff>,
+    deadline: Instant,
+}
+
+/// How often waiting checkouts are checked against their deadline.
+pub const WAIT_CHECK: Duration = Duration::from_millis(100);
+
 enum Handoff {
     /// An idle connection, ready to use.
     Conn(Box<ServerConn>),
@@ -78,7 +91,7 @@ struct Inner {
     idle_count: usize,
     /// Connections that exist: idle, lent out, or being opened.
     total: usize,
-    waiters: VecDeque<oneshot::Sender<Handoff>>,
+    waiters: VecDeque<Queued>,
     limits: PoolLimits,
 }
 
@@ -326,7 +339,10 @@ impl Pool {
                 return Err(PoolError::QueueFull(self.name()));
             } else {
                 let (tx, rx) = oneshot::channel();
-                inner.waiters.push_back(tx);
+                inner.waiters.push_back(Queued {
+                    tx,
+                    deadline: now + limits.checkout_timeout,
+                });
                 Some((rx, limits.checkout_timeout))
             }
         };
@@ -354,8 +370,10 @@ impl Pool {
         }
     }
 
-    /// Waits for a connection to come back (or a slot to open one in) for
-    /// at most `timeout`: `Some` lease, or `None` with a slot taken.
+    /// Waits for a connection to come back (or a slot to open one in) until
+    /// the pool's wait check turns the waiter away (`timeout` after it
+    /// came, see [`Pool::expire_waiters`]): `Some` lease, or `None` with a
+    /// slot taken.
     async fn wait_turn(
         self: &Arc<Self>,
         rx: oneshot::Receiver<Handoff>,
@@ -369,16 +387,10 @@ impl Pool {
             rx,
             pool: self.clone(),
         };
-        let handoff = match tokio::time::timeout(timeout, &mut waiter.rx).await {
-            Ok(h) => h.ok(),
-            // Timed out: close the channel, but keep a connection or a
-            // slot handed over at that very moment, or it would be lost
-            // to the pool for good.
-            Err(_) => {
-                waiter.rx.close();
-                waiter.rx.try_recv().ok()
-            }
-        };
+        // The sender dropped (turned away past its deadline): timed out.
+        // Hand-over and turning away both happen under the pool's lock,
+        // so nothing is handed to a waiter that was turned away.
+        let handoff = (&mut waiter.rx).await.ok();
         self.counters
             .wait_us
             .fetch_add(now.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -472,7 +484,7 @@ impl Pool {
             return;
         }
         while let Some(w) = inner.waiters.pop_front() {
-            match w.send(Handoff::Conn(c)) {
+            match w.tx.send(Handoff::Conn(c)) {
                 Ok(()) => return,
                 Err(Handoff::Conn(back)) => c = back,
                 Err(Handoff::Slot) => unreachable!("sent a connection"),
@@ -489,7 +501,7 @@ impl Pool {
         inner.total = inner.total.saturating_sub(1);
         if inner.total < inner.limits.max_size {
             while let Some(w) = inner.waiters.pop_front() {
-                if w.send(Handoff::Slot).is_ok() {
+                if w.tx.send(Handoff::Slot).is_ok() {
                     inner.total += 1;
                     break;
                 }
@@ -510,7 +522,7 @@ impl Pool {
             let Some(w) = inner.waiters.pop_front() else {
                 break;
             };
-            if w.send(Handoff::Slot).is_ok() {
+            if w.tx.send(Handoff::Slot).is_ok() {
                 inner.total += 1;
             }
         }
@@ -529,6 +541,20 @@ impl Pool {
 
     pub fn set_target(&self, target: Endpoint) {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
+    /// Turns away the checkouts waiting past their deadline
+    /// (`checkout_timeout`), whose clients then get the timeout error, and
+    /// forgets those whose clients left. Called by the pool's wait check
+    /// every [`WAIT_CHECK`]: a wait ends at most that much after its
+    /// timeout.
+    pub fn expire_waiters(&self, now: Instant) {
+        let mut inner = self.lock();
+        if !inner.waiters.is_empty() {
+            inner
+                .waiters
+                .retain(|w| w.deadline > now && !w.tx.is_closed());
+        }
     }
 
     /// Closes idle connections past their idle timeout or lifetime.
@@ -556,7 +582,7 @@ impl Pool {
             database: self.key.database.clone(),
             total: inner.total,
             idle: inner.idle_count,
-            waiting: inner.waiters.iter().filter(|w| !w.is_closed()).count(),
+            waiting: inner.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
             max_size: inner.limits.max_size,
             checkouts: c.checkouts.load(Ordering::Relaxed),
             connects: c.connects.load(Ordering::Relaxed),
@@ -648,7 +674,7 @@ impl Pools {
         let mut pools = self.lock();
         let unused = {
             let inner = pool.lock();
-            inner.total == 0 && inner.waiters.iter().all(|w| w.is_closed())
+            inner.total == 0 && inner.waiters.iter().all(|w| w.tx.is_closed())
         };
         // Held by the map and by the caller only.
         if unused
@@ -701,6 +727,85 @@ mod tests {
             max_lifetime: Duration::from_secs(lifetime_s),
             connect_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// A pool whose only connection is lent out: a checkout waits.
+    fn full_pool(max_waiting: usize) -> Arc<Pool> {
+        let pool = Pool::new(
+            PoolKey {
+                node: 0,
+                user: "app".into(),
+                database: "app".into(),
+            },
+            PoolLimits {
+                max_waiting,
+                ..limits(0, 0)
+            },
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 1,
+                login: crate::credentials::Login::Password(None),
+                credentials: Arc::default(),
+                tls: Arc::default(),
+            },
+        );
+        pool.lock().total = 1;
+        pool
+    }
+
+    #[tokio::test]
+    async fn a_waiting_checkout_is_turned_away_by_the_wait_check_past_its_deadline() {
+        let pool = full_pool(2);
+        let came = Instant::now();
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout(&[]).await.map(drop) }
+        });
+        while pool.stats().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Before its deadline (checkout_timeout, 1 s) the check keeps it.
+        pool.expire_waiters(came);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(pool.stats().waiting, 1);
+        // Past it, the wait ends as timed out, and is counted.
+        pool.expire_waiters(came + Duration::from_secs(2));
+        match waiting.await.unwrap() {
+            Err(PoolError::Timeout(_, t)) => assert_eq!(t, Duration::from_secs(1)),
+            other => panic!("{:?}", other.err()),
+        }
+        assert_eq!(pool.stats().waiting, 0);
+        assert_eq!(pool.stats().wait_timeouts, 1);
+        // The lent connection still counts; the queue has room again.
+        assert_eq!(pool.stats().total, 1);
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_waiter_and_the_wait_check_leaves_it_be() {
+        let pool = full_pool(1);
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout(&[]).await.map(|l| l.pool().key.node) }
+        });
+        while pool.stats().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A second checkout finds the line full at once.
+        assert!(matches!(
+            pool.checkout(&[]).await,
+            Err(PoolError::QueueFull(_))
+        ));
+        // The lent connection's slot is given up: the waiter may open one
+        // (to a port nothing listens on), and is not turned away after.
+        pool.discard_one();
+        pool.expire_waiters(Instant::now() + Duration::from_secs(2));
+        let r = waiting.await.unwrap();
+        assert!(
+            matches!(r, Err(PoolError::Backend(_))),
+            "the waiter got the slot and tried to connect: {:?}",
+            r.err()
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Shared {
     /// Standbys' replication delay, measured by `router::lag`.
     pub lags: Arc<crate::router::lag::Lags>,
     pub pools: Arc<Pools>,
+    /// Sessions' equal startup settings as one shared map each.
+    pub settings: crate::backend::SettingsTable,
     pub cancels: Arc<CancelRegistry>,
     /// Failed logins per source address (refusals slow down).
     pub failed_logins: throttle::FailedLogins,
@@ -88,6 +90,7 @@ impl Shared {
             catalog: crate::router::catalog::Catalog::default(),
             lags: Arc::new(ArcSwap::from_pointee(Default::default())),
             pools: Arc::new(Pools::new()),
+            settings: Default::default(),
             cancels: Arc::new(CancelRegistry::default()),
             failed_logins: throttle::FailedLogins::default(),
             metrics: Metrics::default(),

@@ -147,13 +147,20 @@ async fn start_watchdog(
     Ok(Some(task))
 }
 
-/// Closes idle backend connections past their idle timeout or lifetime,
-/// until shutdown.
+/// Closes idle backend connections past their idle timeout or lifetime
+/// (every second), and turns away checkouts that waited past
+/// `checkout_timeout` (every `pool::WAIT_CHECK`), until shutdown.
 async fn reap_idle(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reap = tokio::time::interval(Duration::from_secs(1));
+    let mut wait_check = tokio::time::interval(crate::pool::WAIT_CHECK);
+    wait_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => shared.pools.for_each(|p| {
+            _ = wait_check.tick() => {
+                let now = std::time::Instant::now();
+                shared.pools.for_each(|p| p.expire_waiters(now));
+            }
+            _ = reap.tick() => shared.pools.for_each(|p| {
                 p.reap();
             }),
             _ = shutdown.changed() => return,

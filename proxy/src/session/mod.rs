@@ -185,7 +185,7 @@ impl Session {
         cancel: Arc<CancelSlot>,
     ) -> Session {
         let mode = shared.config.load().pool.mode;
-        let startup_settings: Arc<BTreeMap<String, String>> = Arc::new(
+        let startup_settings = shared.settings.intern(
             startup_params
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), quote_literal(v)))
@@ -318,7 +318,12 @@ impl Session {
             *client_buf = BytesMut::new();
         }
         let result = loop {
-            if let Err(e) = Box::pin(self.serve(client, client_buf)).await {
+            // The box is allocated first and the future made in it: its
+            // few starting fields are written in place, where `Box::pin`
+            // would copy the whole future's size (~1.4 KiB) into the box
+            // on every busy turn.
+            let serve = Box::write(Box::new_uninit(), self.serve(client, client_buf));
+            if let Err(e) = Box::into_pin(serve).await {
                 break Err(e);
             }
             if let Err(e) = self.wait_idle(client, client_buf).await {
@@ -518,7 +523,9 @@ impl Session {
             if let Err(e) = self.flush_backend(client).await {
                 r = Err(e);
             }
-            client.write_all(&self.to_client).await?;
+            if !self.to_client.is_empty() {
+                client.write_all(&self.to_client).await?;
+            }
             shrink(&mut self.to_client);
             // Emptied: its room goes back to the worker's spares (see
             // `tls::recycle`), an idle client keeps none.

@@ -19,14 +19,16 @@ use crate::{
 impl Session {
     pub(super) fn on_backend_frame(&mut self, f: FrameRef<'_>) {
         tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "backend message");
-        let mut effects = std::mem::take(&mut self.effects);
-        let forward = self.tracker.backend(f, &mut effects);
-        if !effects.is_empty() {
+        let forward = self.tracker.backend(f, &mut self.effects);
+        if !self.effects.is_empty() {
+            // Taken out only when there is something to apply (most
+            // replies have no effect): `apply` needs the whole session.
+            let mut effects = std::mem::take(&mut self.effects);
             for e in effects.drain(..) {
                 self.apply(e);
             }
+            self.effects = effects;
         }
-        self.effects = effects;
         if let Some(g) = self.guard.as_mut() {
             let bytes: &[u8] = match &forward {
                 Forward::Hide => &[],
