@@ -588,15 +588,14 @@ impl ServerConn {
 
     /// Brings this connection's session settings to `wanted` (SQL value text
     /// keyed by lower-case name) with as few statements as possible.
+    /// Callers compare first (`settings_match`): an equal connection, the
+    /// usual case, makes no future, and the maps are not compared twice.
     pub async fn apply_settings(
         &mut self,
         wanted: &Arc<BTreeMap<String, String>>,
     ) -> Result<(), BackendError> {
-        if self.settings_match(wanted) {
-            return Ok(());
-        }
         // Boxed: a statement's round trip is a large future, and this is
-        // awaited on every checkout (in every busy session's future).
+        // part of every busy session's future.
         Box::pin(self.change_settings(wanted)).await
     }
 
