@@ -69,7 +69,8 @@ pub enum PoolError {
 /// each cost more than the rest of the wait.
 struct Queued {
     tx: oneshot::Sender<Handoff>,
-    deadline: Instant,
+    /// `None`: a timeout too large to add to an instant, never reached.
+    deadline: Option<Instant>,
 }
 
 /// How often waiting checkouts are checked against their deadline.
@@ -337,11 +338,15 @@ impl Pool {
             } else if inner.waiters.len() >= limits.max_waiting {
                 self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
                 return Err(PoolError::QueueFull(self.name()));
+            } else if limits.checkout_timeout.is_zero() {
+                // No wait at all: timed out at once.
+                self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(PoolError::Timeout(self.name(), limits.checkout_timeout));
             } else {
                 let (tx, rx) = oneshot::channel();
                 inner.waiters.push_back(Queued {
                     tx,
-                    deadline: now + limits.checkout_timeout,
+                    deadline: now.checked_add(limits.checkout_timeout),
                 });
                 Some((rx, limits.checkout_timeout))
             }
@@ -545,15 +550,15 @@ impl Pool {
 
     /// Turns away the checkouts waiting past their deadline
     /// (`checkout_timeout`), whose clients then get the timeout error, and
-    /// forgets those whose clients left. Called by the pool's wait check
-    /// every [`WAIT_CHECK`]: a wait ends at most that much after its
-    /// timeout.
+    /// forgets those whose clients left. Called by the wait check every
+    /// [`WAIT_CHECK`] for as long as the process runs (through shutdown
+    /// too): a wait ends at most that much after its timeout.
     pub fn expire_waiters(&self, now: Instant) {
         let mut inner = self.lock();
         if !inner.waiters.is_empty() {
             inner
                 .waiters
-                .retain(|w| w.deadline > now && !w.tx.is_closed());
+                .retain(|w| !w.tx.is_closed() && w.deadline.is_none_or(|d| d > now));
         }
     }
 
@@ -730,17 +735,14 @@ mod tests {
     }
 
     /// A pool whose only connection is lent out: a checkout waits.
-    fn full_pool(max_waiting: usize) -> Arc<Pool> {
+    fn full_pool(limits: PoolLimits) -> Arc<Pool> {
         let pool = Pool::new(
             PoolKey {
                 node: 0,
                 user: "app".into(),
                 database: "app".into(),
             },
-            PoolLimits {
-                max_waiting,
-                ..limits(0, 0)
-            },
+            limits,
             Endpoint {
                 host: "127.0.0.1".into(),
                 port: 1,
@@ -755,7 +757,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_checkout_is_turned_away_by_the_wait_check_past_its_deadline() {
-        let pool = full_pool(2);
+        let pool = full_pool(PoolLimits {
+            max_waiting: 2,
+            ..limits(0, 0)
+        });
         let came = Instant::now();
         let waiting = tokio::spawn({
             let pool = pool.clone();
@@ -783,7 +788,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_waiter_and_the_wait_check_leaves_it_be() {
-        let pool = full_pool(1);
+        let pool = full_pool(limits(0, 0));
         let waiting = tokio::spawn({
             let pool = pool.clone();
             async move { pool.checkout(&[]).await.map(|l| l.pool().key.node) }
@@ -806,6 +811,36 @@ mod tests {
             "the waiter got the slot and tried to connect: {:?}",
             r.err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_zero_timeout_does_not_wait_and_one_past_any_instant_never_ends() {
+        let zero = full_pool(PoolLimits {
+            checkout_timeout: Duration::ZERO,
+            ..limits(0, 0)
+        });
+        assert!(matches!(
+            zero.checkout(&[]).await,
+            Err(PoolError::Timeout(_, t)) if t.is_zero()
+        ));
+        assert_eq!(zero.stats().wait_timeouts, 1);
+        assert_eq!(zero.stats().waiting, 0);
+        let huge = full_pool(PoolLimits {
+            checkout_timeout: Duration::MAX,
+            ..limits(0, 0)
+        });
+        let waiting = tokio::spawn({
+            let pool = huge.clone();
+            async move { pool.checkout(&[]).await.map(drop) }
+        });
+        while huge.stats().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        huge.expire_waiters(Instant::now() + Duration::from_secs(1_000_000_000));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(huge.stats().waiting, 1);
+        waiting.abort();
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub async fn start(shared: &Arc<Shared>) -> anyhow::Result<Running> {
         });
         tasks.push(("idle connection reaper", task));
     }
+    // Not in `tasks`: it runs through shutdown (see `check_waits`).
+    tokio::spawn(check_waits(shared.clone()));
     if let Some(cache) = shared.query_cache.clone()
         && cache.invalidation == crate::config::Invalidation::Logical
     {
@@ -147,23 +149,32 @@ async fn start_watchdog(
     Ok(Some(task))
 }
 
-/// Closes idle backend connections past their idle timeout or lifetime
-/// (every second), and turns away checkouts that waited past
-/// `checkout_timeout` (every `pool::WAIT_CHECK`), until shutdown.
+/// Closes idle backend connections past their idle timeout or lifetime,
+/// until shutdown.
 async fn reap_idle(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut reap = tokio::time::interval(Duration::from_secs(1));
-    let mut wait_check = tokio::time::interval(crate::pool::WAIT_CHECK);
-    wait_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = wait_check.tick() => {
-                let now = std::time::Instant::now();
-                shared.pools.for_each(|p| p.expire_waiters(now));
-            }
-            _ = reap.tick() => shared.pools.for_each(|p| {
+            _ = tick.tick() => shared.pools.for_each(|p| {
                 p.reap();
             }),
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Turns away checkouts that waited past `checkout_timeout` (see
+/// `Pool::expire_waiters`), every `pool::WAIT_CHECK`, for as long as the
+/// process runs: busy sessions still finish their work during shutdown,
+/// and a checkout they wait for must still end on time. Not a supervised
+/// service, which stops at shutdown; it cannot fail (a lock and a list
+/// filtered under it), and ends with the runtime.
+async fn check_waits(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(crate::pool::WAIT_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = std::time::Instant::now();
+        shared.pools.for_each(|p| p.expire_waiters(now));
     }
 }

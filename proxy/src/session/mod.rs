@@ -523,7 +523,10 @@ impl Session {
             if let Err(e) = self.flush_backend(client).await {
                 r = Err(e);
             }
-            if !self.to_client.is_empty() {
+            // Nothing to write is no write on plain TCP. On TLS the call
+            // also flushes what rustls still holds from a partial write in
+            // `flush_backend`, with nothing new to write.
+            if !self.to_client.is_empty() || client.is_tls() {
                 client.write_all(&self.to_client).await?;
             }
             shrink(&mut self.to_client);
