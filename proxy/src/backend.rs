@@ -198,7 +198,7 @@ pub struct ServerConn {
     /// keyed by lower-case name. Shared with the session whose settings
     /// they were found equal to last (see `settings_match`), copied on
     /// write.
-    pub settings: Arc<BTreeMap<String, String>>,
+    pub settings: Settings,
     /// Server-side names of statements prepared on this connection.
     pub prepared: HashSet<String>,
     /// Statements still prepared on the server whose plan the server
@@ -575,7 +575,7 @@ impl ServerConn {
     /// with equal startup settings hold one map ([`SettingsTable`]), so
     /// this is mostly a pointer comparison; found equal map to map, the
     /// connection shares `wanted`'s map from then on.
-    pub fn settings_match(&mut self, wanted: &Arc<BTreeMap<String, String>>) -> bool {
+    pub fn settings_match(&mut self, wanted: &Settings) -> bool {
         if Arc::ptr_eq(&self.settings, wanted) {
             return true;
         }
@@ -590,10 +590,7 @@ impl ServerConn {
     /// keyed by lower-case name) with as few statements as possible.
     /// Callers compare first (`settings_match`): an equal connection, the
     /// usual case, makes no future, and the maps are not compared twice.
-    pub async fn apply_settings(
-        &mut self,
-        wanted: &Arc<BTreeMap<String, String>>,
-    ) -> Result<(), BackendError> {
+    pub async fn apply_settings(&mut self, wanted: &Settings) -> Result<(), BackendError> {
         // Boxed: a statement's round trip is a large future, and this is
         // part of every busy session's future.
         Box::pin(self.change_settings(wanted)).await
@@ -601,10 +598,7 @@ impl ServerConn {
 
     /// Runs the SET and RESET statements that make the connection's
     /// settings `wanted`.
-    async fn change_settings(
-        &mut self,
-        wanted: &Arc<BTreeMap<String, String>>,
-    ) -> Result<(), BackendError> {
+    async fn change_settings(&mut self, wanted: &Settings) -> Result<(), BackendError> {
         let mut sql = String::new();
         for (k, v) in wanted.iter() {
             if self.settings.get(k) != Some(v) {

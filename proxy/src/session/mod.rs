@@ -101,10 +101,10 @@ pub struct Session {
     pub database: String,
     mode: PoolMode,
     /// Settings the client asked for at login (name → SQL value text).
-    startup_settings: Arc<BTreeMap<String, String>>,
+    startup_settings: crate::backend::Settings,
     /// Settings in force for this client now: the startup settings
     /// themselves (shared, not copied) until the client changes one.
-    settings: Arc<BTreeMap<String, String>>,
+    settings: crate::backend::Settings,
     lease: Option<Lease>,
     /// Session mode: connections to other nodes this session used, kept
     /// with their session state for its next statement there.
