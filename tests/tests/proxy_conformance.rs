@@ -183,6 +183,47 @@ async fn drop_database_is_not_stopped_by_tidepools_idle_connections() {
         .unwrap();
 }
 
+/// The same unnamed Parse sent again is not read again only when it
+/// changes nothing: a `DROP DATABASE` sent again must clear tidepool's
+/// idle connections to that database again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_drop_database_sent_again_clears_the_pool_again() {
+    let bed = common::bed(0, "transaction", "", TRUST).await.unwrap();
+    let primary = bed.cluster.primary().name.clone();
+    let mut s = wire::login(bed.tidepool.port(), "app", "app", &[])
+        .await
+        .unwrap();
+    let drop_db = [
+        wire::message(b'P', b"\0DROP DATABASE scratch\0\0\0"),
+        wire::message(b'B', b"\0\0\0\0\0\0\0\0"),
+        wire::message(b'E', b"\0\0\0\0\0"),
+        wire::message(b'S', b""),
+    ];
+    for round in 0..3 {
+        bed.cluster
+            .psql(&primary, "CREATE DATABASE scratch OWNER app")
+            .unwrap();
+        // A client of `scratch` leaves its server connection in the pool.
+        let c = bed.tidepool.connect("app", "app", "scratch").await.unwrap();
+        c.batch_execute("SELECT 1").await.unwrap();
+        drop(c);
+        let held = bed
+            .cluster
+            .psql(
+                &primary,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'scratch'",
+            )
+            .unwrap();
+        assert_eq!(
+            held.trim(),
+            "1",
+            "round {round}: the pool holds a connection"
+        );
+        let tags = round_trip(&mut s, &drop_db).await;
+        assert_eq!(tags, b"12CZ", "round {round} (E = error)");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_departed_clients_session_state_is_not_left_to_the_next_client() {
     // One server connection: the next client gets the departed one's.

@@ -274,6 +274,60 @@ async fn a_cancel_sent_while_the_statement_waits_for_a_connection_cancels_it() {
     assert_eq!(v, 42);
 }
 
+/// A client's messages are read in place: while its first statement
+/// waits for a server connection, the rest of a message it had only half
+/// sent arrives, and is read after the half that came first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_split_across_a_wait_for_a_connection_is_read_whole() {
+    use tidepool_tests::wire;
+    use tokio::io::AsyncWriteExt;
+
+    let bed = common::bed(
+        0,
+        "transaction",
+        "max_size = 1",
+        "[[hba]]\ntype = \"host\"\ndatabase = \"all\"\nuser = \"all\"\naddress = \"all\"\nmethod = \"trust\"\n",
+    )
+    .await
+    .unwrap();
+    let holder = bed.app().await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let mut s = wire::login(bed.tidepool.port(), "app", "app", &[])
+        .await
+        .unwrap();
+    let first = wire::message(b'Q', b"SELECT 1\0");
+    let second = wire::message(b'Q', b"SELECT 'second', 2 + 2\0");
+    let (head, tail) = second.split_at(9);
+    // One whole Query and the start of the next: the first waits for the
+    // pool's one connection.
+    s.write_all(&[first.as_slice(), head].concat())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(tail).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut rows = Vec::new();
+    for _ in 0..2 {
+        loop {
+            let (tag, body) =
+                tokio::time::timeout(Duration::from_secs(10), wire::read_message(&mut s))
+                    .await
+                    .expect("replies came")
+                    .unwrap();
+            match tag {
+                b'D' => rows.push(body),
+                b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(rows.len(), 2, "one row per query");
+    let last = String::from_utf8_lossy(&rows[1]).into_owned();
+    assert!(last.contains("second") && last.contains('4'), "{last:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_notifications_and_parameter_status_reach_the_client() {
     let bed = common::bed(0, "session", "", "").await.unwrap();

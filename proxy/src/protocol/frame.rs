@@ -16,11 +16,11 @@ pub const SSL_REQUEST_CODE: u32 = 80877103;
 pub const GSSENC_REQUEST_CODE: u32 = 80877104;
 pub const CANCEL_REQUEST_CODE: u32 = 80877102;
 
-/// The frames of one read or one turn (an extended-protocol transaction
-/// sends five and gets six back): a few kept inline (in the boxed
-/// work of a busy session), so that a transaction's turns allocate no
-/// list; more spill to the heap.
-pub type Frames = smallvec::SmallVec<[Frame; 8]>;
+/// The frames of one turn, read in place (an extended-protocol
+/// transaction sends five): a few kept inline (in the boxed work of a
+/// busy session), so that a transaction's turns allocate no list; more
+/// spill to the heap.
+pub type Frames<'a> = smallvec::SmallVec<[FrameRef<'a>; 8]>;
 
 /// A whole message: tag, length and body, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,14 @@ pub struct FrameRef<'a> {
 impl<'a> FrameRef<'a> {
     pub fn body(&self) -> &'a [u8] {
         &self.bytes[5..]
+    }
+
+    /// An owned copy, for a frame kept beyond the buffer it was read in.
+    pub fn detached(&self) -> Frame {
+        Frame {
+            tag: self.tag,
+            bytes: Bytes::copy_from_slice(self.bytes),
+        }
     }
 }
 

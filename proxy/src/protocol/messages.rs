@@ -314,15 +314,17 @@ pub fn read_backend_key_data(f: &Frame) -> Option<(i32, Bytes)> {
 /// admin commands). Bytes that are not UTF-8 (a client encoding such as
 /// LATIN1 or EUC_JP) are replaced here; the frame itself is forwarded as
 /// the client sent it, and the server reads it in the client's encoding.
-pub fn read_query(f: &Frame) -> Result<std::borrow::Cow<'_, str>, FrameError> {
-    let b = f.body();
+pub fn read_query<'a>(f: impl Into<FrameRef<'a>>) -> Result<std::borrow::Cow<'a, str>, FrameError> {
+    let b = f.into().body();
     let end = memchr::memchr(0, b).unwrap_or(b.len());
     Ok(frame::text_lossy(&b[..end]))
 }
 
 /// Statement name and query text of a Parse.
-pub fn read_parse(f: &Frame) -> Result<(&str, std::borrow::Cow<'_, str>), FrameError> {
-    let mut b = f.body();
+pub fn read_parse<'a>(
+    f: impl Into<FrameRef<'a>>,
+) -> Result<(&'a str, std::borrow::Cow<'a, str>), FrameError> {
+    let mut b = f.into().body();
     let name = frame::cstr_ref(&mut b)?;
     // Read, not forwarded: see read_query.
     let query = frame::cstr_lossy(&mut b)?;
@@ -330,13 +332,14 @@ pub fn read_parse(f: &Frame) -> Result<(&str, std::borrow::Cow<'_, str>), FrameE
 }
 
 /// The statement name of a Parse, without reading its query.
-pub fn parse_name(f: &Frame) -> Result<&str, FrameError> {
-    frame::cstr_ref(&mut f.body())
+pub fn parse_name<'a>(f: impl Into<FrameRef<'a>>) -> Result<&'a str, FrameError> {
+    frame::cstr_ref(&mut f.into().body())
 }
 
 /// Portal name, statement name, and the offset in the frame where the rest
 /// of a Bind begins.
-pub fn read_bind(f: &Frame) -> Result<(&str, &str, usize), FrameError> {
+pub fn read_bind<'a>(f: impl Into<FrameRef<'a>>) -> Result<(&'a str, &'a str, usize), FrameError> {
+    let f = f.into();
     let mut b = f.body();
     let portal = frame::cstr_ref(&mut b)?;
     let stmt = frame::cstr_ref(&mut b)?;
@@ -345,8 +348,9 @@ pub fn read_bind(f: &Frame) -> Result<(&str, &str, usize), FrameError> {
 }
 
 /// Kind ('S' statement or 'P' portal) and name of a Describe or Close.
-pub fn read_target(f: &Frame) -> Result<(u8, &str), FrameError> {
+pub fn read_target<'a>(f: impl Into<FrameRef<'a>>) -> Result<(u8, &'a str), FrameError> {
     let (&kind, mut rest) = f
+        .into()
         .body()
         .split_first()
         .ok_or_else(|| FrameError::BadStartup("empty Describe/Close".into()))?;
@@ -354,15 +358,19 @@ pub fn read_target(f: &Frame) -> Result<(u8, &str), FrameError> {
 }
 
 /// A Parse like `f` but naming the statement `name`.
-pub fn rename_parse(f: &Frame, name: &str) -> Result<Bytes, FrameError> {
+pub fn rename_parse<'a>(f: impl Into<FrameRef<'a>>, name: &str) -> Result<Bytes, FrameError> {
+    let f = f.into();
     let mut b = f.body();
     frame::cstr(&mut b)?;
     Ok(with_header(f.tag, &[name.as_bytes(), b"\0", b]))
 }
 
 /// A Parse like `f` but with query text `query`.
-pub fn replace_parse_query(f: &Frame, query: &str) -> Result<Bytes, FrameError> {
-    let mut b = f.body();
+pub fn replace_parse_query<'a>(
+    f: impl Into<FrameRef<'a>>,
+    query: &str,
+) -> Result<Bytes, FrameError> {
+    let mut b = f.into().body();
     let name = frame::cstr(&mut b)?;
     frame::cstr(&mut b)?; // the old query; `b` is left at the parameter types
     Ok(with_header(
@@ -372,7 +380,8 @@ pub fn replace_parse_query(f: &Frame, query: &str) -> Result<Bytes, FrameError> 
 }
 
 /// A Bind like `f` but binding statement `stmt`.
-pub fn rename_bind(f: &Frame, stmt: &str) -> Result<Bytes, FrameError> {
+pub fn rename_bind<'a>(f: impl Into<FrameRef<'a>>, stmt: &str) -> Result<Bytes, FrameError> {
+    let f = f.into();
     let (portal, _, offset) = read_bind(f)?;
     Ok(with_header(
         b'B',

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use super::{Session, message::Message, state};
 use crate::{
     cache::{Lookup, QueryCache, policy},
-    protocol::{Frame, FrameRef, messages},
+    protocol::{FrameRef, messages},
 };
 
 /// A result being read for the cache.
@@ -26,12 +26,12 @@ pub(super) struct Capture {
 }
 
 /// How a hit is answered.
-enum Reply {
+enum Reply<'a> {
     Simple,
     /// The unit's Parse (if it had one) and how many of its messages
     /// after the first the session skips.
     Extended {
-        parse: Option<Frame>,
+        parse: Option<FrameRef<'a>>,
         skip: usize,
     },
 }
@@ -41,8 +41,8 @@ enum Reply {
 /// libpq (Describe of the portal), tokio-postgres (Describe of the
 /// statement) and most drivers send it, or a prepared statement run.
 struct Unit<'a> {
-    parse: Option<&'a Frame>,
-    bind: &'a Frame,
+    parse: Option<FrameRef<'a>>,
+    bind: FrameRef<'a>,
     /// The Describe's kind, if there is one (its replies are part of the
     /// result).
     describe: Option<u8>,
@@ -50,8 +50,11 @@ struct Unit<'a> {
     len: usize,
 }
 
-fn extended_unit<'a>(f: &'a Frame, rest: &'a [Frame]) -> Option<Unit<'a>> {
-    let all: Vec<&Frame> = std::iter::once(f).chain(rest.iter()).take(5).collect();
+fn extended_unit<'a>(f: FrameRef<'a>, rest: &[FrameRef<'a>]) -> Option<Unit<'a>> {
+    let all: Vec<FrameRef<'a>> = std::iter::once(f)
+        .chain(rest.iter().copied())
+        .take(5)
+        .collect();
     let parse = (all.first()?.tag == b'P').then_some(all[0]);
     let mut it = all[parse.is_some() as usize..].iter().copied();
     let b = it.next().filter(|m| m.tag == b'B')?;
@@ -113,9 +116,9 @@ impl Session {
     /// starts capturing its result.
     pub(super) async fn cache_turn(
         &mut self,
-        f: &Frame,
+        f: FrameRef<'_>,
         msg: &Message<'_>,
-        rest: &[Frame],
+        rest: &[FrameRef<'_>],
     ) -> bool {
         let Some(cache) = self.shared.query_cache.clone() else {
             return false;
@@ -243,7 +246,7 @@ impl Session {
             ],
         );
         let reply = Reply::Extended {
-            parse: unit.parse.cloned(),
+            parse: unit.parse,
             skip: unit.len - 1,
         };
         self.cache_read(cache, class, facts, key, reply).await
@@ -270,7 +273,7 @@ impl Session {
         class: &crate::router::Class,
         facts: &crate::router::Facts,
         key: [u8; 32],
-        reply: Reply,
+        reply: Reply<'_>,
     ) -> bool {
         if self.cache_off
             || !self.at_boundary()
@@ -313,7 +316,7 @@ impl Session {
                         // ParseComplete; the unnamed statement is this one
                         // now, prepared on no connection yet.
                         self.to_client.extend_from_slice(&[b'1', 0, 0, 0, 4]);
-                        self.set_unnamed(&p, (usize::MAX, -1), None);
+                        self.set_unnamed(p, (usize::MAX, -1), None, false);
                     }
                     self.to_client.extend_from_slice(&[b'2', 0, 0, 0, 4]);
                     self.cache_skip = skip;

@@ -10,8 +10,8 @@ use super::*;
 impl Session {
     pub(super) async fn on_client_frame(
         &mut self,
-        f: Frame,
-        rest: &[Frame],
+        f: FrameRef<'_>,
+        rest: &[FrameRef<'_>],
     ) -> Result<(), SessionEnd> {
         tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
         if self.cache_skip > 0 {
@@ -19,16 +19,19 @@ impl Session {
             self.cache_skip -= 1;
             return Ok(());
         }
-        let msg = message::decode(&f).map_err(SessionEnd::Protocol)?;
-        if self.shared.query_cache.is_some() && self.cache_turn(&f, &msg, rest).await {
+        let msg = message::decode(f).map_err(SessionEnd::Protocol)?;
+        if self.shared.query_cache.is_some() && self.cache_turn(f, &msg, rest).await {
             return Ok(());
         }
         // One classification per message serves read-your-writes and
         // routing.
-        let class = self.message_class(&f, &msg);
+        let class = self.message_class(f, &msg);
         self.note_writes(class.as_deref());
-        if self.deferring || (f.tag == b'P' && self.defers_prepare(&f, rest)) {
-            return self.defer_prepare(&f);
+        if self.deferring
+            || (matches!(msg, Message::Parse { name, .. } if !name.is_empty())
+                && self.defers_prepare(f, rest))
+        {
+            return self.defer_prepare(f);
         }
         // tidepool's own SHOW commands are answered here, not routed.
         let own_answer = match &msg {
@@ -42,7 +45,7 @@ impl Session {
             && own_answer.is_none()
         {
             self.guard = None;
-            if let Err((code, text)) = self.route_unit(&f, &msg, class.as_ref(), rest).await {
+            if let Err((code, text)) = self.route_unit(f, &msg, class.as_ref(), rest).await {
                 self.cancel.clear();
                 self.shared
                     .metrics
@@ -61,7 +64,7 @@ impl Session {
             }
         }
         if let Some(g) = self.guard.as_mut() {
-            g.client(&f);
+            g.client(f);
         }
         self.tracker.client(f.tag);
         match msg {
@@ -97,7 +100,7 @@ impl Session {
                 self.free_database(&effects).await;
                 match self.sql_execute(&sql, false) {
                     Some(text) => messages::query(&mut self.to_backend, &text),
-                    None => self.to_backend.extend_from_slice(&f.bytes),
+                    None => self.to_backend.extend_from_slice(f.bytes),
                 }
                 self.tracker.simple_sent(effects.settings);
             }
@@ -107,21 +110,27 @@ impl Session {
                 }
                 self.shared.metrics.queries.fetch_add(1, Ordering::Relaxed);
                 self.count_statement(&query);
-                let effects = state::analyze(&query);
-                self.note_pins(&effects);
-                self.free_database(&effects).await;
-                // A Parse of `EXECUTE name(…)` names tidepool's statement.
-                let replaced = match self.sql_execute(&query, true) {
-                    Some(text) => {
-                        let b = messages::replace_parse_query(&f, &text)
+                // The client's unnamed Parse sent again (a driver's, at
+                // each execution) whose text changes nothing: not read
+                // again.
+                let again = name.is_empty() && self.quiet_unnamed_again(f);
+                let mut quiet = again;
+                let mut replaced = None;
+                if !again {
+                    let effects = state::analyze(&query);
+                    self.note_pins(&effects);
+                    self.free_database(&effects).await;
+                    // A Parse of `EXECUTE name(…)` names tidepool's statement.
+                    if let Some(text) = self.sql_execute(&query, true) {
+                        let b = messages::replace_parse_query(f, &text)
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                        Some((messages::frame_of(&b), text))
+                        replaced = Some((messages::frame_of(&b), text));
                     }
-                    None => None,
-                };
+                    quiet = effects.is_empty() && state::executes(&query).is_none();
+                }
                 let (f, query, class) = match &replaced {
-                    Some((f, text)) => (f, text.as_str(), None),
-                    None => (&f, &*query, class),
+                    Some((f, text)) => (FrameRef::from(f), text.as_str(), None),
+                    None => (f, &*query, class),
                 };
                 let open = match name.is_empty() || self.tracker.skipping() {
                     true => None,
@@ -168,9 +177,9 @@ impl Session {
                         // later round trip may bind it, and the same Parse
                         // again is not read again.
                         let here = self.conn_identity();
-                        self.set_unnamed(f, here, class.clone());
+                        self.set_unnamed(f, here, class.clone(), quiet);
                     }
-                    self.to_backend.extend_from_slice(&f.bytes);
+                    self.to_backend.extend_from_slice(f.bytes);
                     self.push(Expect::Parse {
                         hidden: false,
                         server_name: None,
@@ -186,7 +195,7 @@ impl Session {
                 match self.mapped(stmt_name) {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt);
-                        let b = messages::rename_bind(&f, &stmt.server_name)
+                        let b = messages::rename_bind(f, &stmt.server_name)
                             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                         self.to_backend.extend_from_slice(&b);
                         self.push(Expect::Bind {
@@ -197,7 +206,7 @@ impl Session {
                         if stmt_name.is_empty() {
                             self.ensure_unnamed();
                         }
-                        self.to_backend.extend_from_slice(&f.bytes);
+                        self.to_backend.extend_from_slice(f.bytes);
                         self.push(Expect::Bind { statement: None });
                     }
                 }
@@ -235,7 +244,7 @@ impl Session {
                         if tag == b'D' && kind == b'S' && name.is_empty() {
                             self.ensure_unnamed();
                         }
-                        self.to_backend.extend_from_slice(&f.bytes);
+                        self.to_backend.extend_from_slice(f.bytes);
                         self.push(if tag == b'D' {
                             Expect::Describe { statement: None }
                         } else {
@@ -249,7 +258,7 @@ impl Session {
                 if self.lease.is_none() && !self.ensure_backend(false).await {
                     return Ok(());
                 }
-                self.to_backend.extend_from_slice(&f.bytes);
+                self.to_backend.extend_from_slice(f.bytes);
                 self.push(Expect::Execute);
             }
             Message::Sync => {
@@ -262,24 +271,24 @@ impl Session {
                 if self.lease.is_none() && !self.ensure_backend(false).await {
                     return Ok(());
                 }
-                self.to_backend.extend_from_slice(&f.bytes);
+                self.to_backend.extend_from_slice(f.bytes);
                 self.tracker.sync_sent();
             }
             Message::Flush => {
                 if self.lease.is_some() {
-                    self.to_backend.extend_from_slice(&f.bytes);
+                    self.to_backend.extend_from_slice(f.bytes);
                 }
             }
             Message::FunctionCall => {
                 if self.lease.is_none() && !self.ensure_backend(true).await {
                     return Ok(());
                 }
-                self.to_backend.extend_from_slice(&f.bytes);
+                self.to_backend.extend_from_slice(f.bytes);
                 self.tracker.simple_sent(vec![]);
             }
             Message::CopyData | Message::CopyDone | Message::CopyFail => {
                 if self.lease.is_some() {
-                    self.to_backend.extend_from_slice(&f.bytes);
+                    self.to_backend.extend_from_slice(f.bytes);
                 }
             }
         }

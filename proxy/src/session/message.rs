@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use crate::protocol::{Frame, messages};
+use crate::protocol::{FrameRef, messages};
 
 /// What a client frame says, as far as the session reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,8 @@ impl Message<'_> {
 
 /// Decodes `f`; a malformed or unknown message is a protocol violation
 /// (its description).
-pub fn decode(f: &Frame) -> Result<Message<'_>, String> {
+pub fn decode<'a>(f: impl Into<FrameRef<'a>>) -> Result<Message<'a>, String> {
+    let f = f.into();
     let bad = |e: crate::protocol::FrameError| e.to_string();
     Ok(match f.tag {
         b'Q' => Message::Query(messages::read_query(f).map_err(bad)?),

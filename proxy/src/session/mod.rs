@@ -36,7 +36,7 @@ use crate::{
     config::PoolMode,
     pool::Lease,
     protocol::{
-        frame::{self, Frame, Frames},
+        frame::{self, Frame, FrameRef, Frames},
         messages::{self, Severity},
         sqlstate,
     },
@@ -90,6 +90,10 @@ struct Unnamed {
     at: (usize, i32),
     /// Its statement's class, when routing read it.
     class: Option<Arc<router::Class>>,
+    /// Its text was read and changes nothing the session carries (no pin,
+    /// setting or database to free, no `EXECUTE` to rename): the same
+    /// Parse again is forwarded without reading its text again.
+    quiet: bool,
 }
 
 /// Everything one client session holds.
@@ -135,8 +139,7 @@ pub struct Session {
     guard: Option<Box<StandbyGuard>>,
     /// A unit a standby refused, to run again on the primary (boxed: one
     /// word in every session for what is rare).
-    #[allow(clippy::box_collection)]
-    rerun: Option<Box<Vec<Frame>>>,
+    rerun: Option<Box<BytesMut>>,
     /// The refusal came from a managed cluster's writer: the topology
     /// watcher checks it before the unit runs again.
     check_writer: bool,
@@ -479,47 +482,58 @@ impl Session {
         client: &mut Stream,
         client_buf: &mut BytesMut,
     ) -> Result<(), SessionEnd> {
-        // Messages of a unit that waits for the one before it to finish.
-        // (A plain list: it is rarely used, and this future is copied into
-        // its box whenever the client gets busy.)
-        let mut held: Vec<Frame> = Vec::new();
-        // The client's whole frames of one turn (room kept across turns:
-        // not moved into each call).
-        let mut frames = Frames::new();
         loop {
             if let Some(unit) = self.rerun.take() {
                 Box::pin(self.rerun_on_primary(*unit)).await?;
             }
-            // Handle whatever whole client frames are buffered.
+            // The turn: whatever whole client frames are buffered, read in
+            // place. The buffer is taken out of `client_buf` for the turn,
+            // so that a message's wait can watch the client (read into
+            // `client_buf`) while the frames are borrowed from it.
+            let mut turn = std::mem::take(client_buf);
             let mut r = Ok(());
-            frames.extend(held.drain(..));
-            loop {
-                match frame::take(client_buf, frame::MAX_MESSAGE) {
-                    Ok(Some(f)) => frames.push(f),
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.error(
-                            Severity::Fatal,
-                            sqlstate::PROTOCOL_VIOLATION,
-                            &format!("invalid message from client: {e}"),
-                            None,
-                        );
-                        r = Err(SessionEnd::Protocol(e.to_string()));
-                        break;
-                    }
+            let whole = match frame::whole(&turn, frame::MAX_MESSAGE) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.error(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &format!("invalid message from client: {e}"),
+                        None,
+                    );
+                    r = Err(SessionEnd::Protocol(e.to_string()));
+                    0
                 }
-            }
+            };
             // Inline: `serve` is itself boxed while the client is busy.
             // What the work may await that is large and rare (opening a
             // connection, the catalog, the cache's stores, a cancel's
             // connection) is boxed where it is awaited, so that a busy
             // client's box stays small.
-            if r.is_ok() && !frames.is_empty() {
-                r = self
-                    .handle_frames(&mut frames, &mut held, client, client_buf)
-                    .await;
+            let mut used = whole;
+            if whole > 0 {
+                let frames: Frames<'_> = frame::each(&turn[..whole]).collect();
+                match self.handle_frames(&frames, client, client_buf).await {
+                    Ok(n) => used = n,
+                    Err(e) => r = Err(e),
+                }
             }
-            frames.clear();
+            // A unit pipelined behind one still running on a standby
+            // waits at the front of the buffer, read again once the
+            // replies are in (see `waits_for_boundary`); no more is read
+            // meanwhile.
+            let holding = used < whole;
+            // What is left of the turn (a unit held, a partial frame)
+            // comes before what the client sent during it.
+            turn.advance(used);
+            if !turn.is_empty() {
+                turn.extend_from_slice(client_buf);
+                *client_buf = turn;
+            } else {
+                // Emptied: its room goes back to the worker's spares (see
+                // `tls::recycle`), an idle client keeps none.
+                crate::tls::recycle(&mut turn);
+            }
             if let Err(e) = self.flush_backend(client).await {
                 r = Err(e);
             }
@@ -530,9 +544,6 @@ impl Session {
                 client.write_all(&self.to_client).await?;
             }
             shrink(&mut self.to_client);
-            // Emptied: its room goes back to the worker's spares (see
-            // `tls::recycle`), an idle client keeps none.
-            crate::tls::recycle(client_buf);
             r?;
             if self.rerun.is_some() {
                 continue;
@@ -541,11 +552,11 @@ impl Session {
             if self.shutting_down && idle {
                 return Err(SessionEnd::Shutdown);
             }
-            if held.first().is_some_and(|f| !self.waits_for_boundary(f)) {
+            if holding && !self.waits_for_boundary(client_buf[0]) {
                 // The replies came in while writing: route the next unit.
                 continue;
             }
-            if idle && held.is_empty() {
+            if idle && !holding {
                 // Nothing in flight and nothing held: the wait is `run`'s.
                 // An idle client keeps no more room than a small reply
                 // takes: a large result's is given back.
@@ -570,7 +581,7 @@ impl Session {
                 }
                 // On plain TCP, memory is taken only while there is
                 // something to read: an idle client holds no buffer.
-                read = client.read_more(client_buf), if self.tracker.awaited() < MAX_IN_FLIGHT && held.is_empty() => {
+                read = client.read_more(client_buf), if self.tracker.awaited() < MAX_IN_FLIGHT && !holding => {
                     match read {
                         Ok(0) => return Err(SessionEnd::ClientGone),
                         Ok(_) => {}
@@ -581,24 +592,22 @@ impl Session {
         }
     }
 
-    /// Handles the client's whole messages of one turn, in order; a unit
-    /// pipelined behind one still running on a standby is left in `held`.
+    /// Handles the client's whole messages of one turn, in order, and
+    /// says how many of the turn's bytes it handled: a unit pipelined
+    /// behind one still running on a standby is left unread.
     async fn handle_frames(
         &mut self,
-        frames: &mut Frames,
-        held: &mut Vec<Frame>,
+        frames: &[FrameRef<'_>],
         client: &mut Stream,
         client_buf: &mut BytesMut,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<usize, SessionEnd> {
+        let mut handled = 0;
         // The rest of the batch is visible when a unit of work is routed.
-        for i in 0..frames.len() {
-            if self.waits_for_boundary(&frames[i]) {
-                *held = frames.drain(i..).collect();
+        for (i, &f) in frames.iter().enumerate() {
+            if self.waits_for_boundary(f.tag) {
                 break;
             }
-            // The frame is handed over, not copied: its place is left
-            // empty (the turn's list is cleared after it).
-            let f = std::mem::replace(&mut frames[i], Frame::EMPTY);
+            handled += f.bytes.len();
             let rest = &frames[i + 1..];
             let r = {
                 // Made in place: a busy session's message future is not
@@ -636,7 +645,7 @@ impl Session {
             }
             r?;
         }
-        Ok(())
+        Ok(handled)
     }
 
     fn is_idle(&self) -> bool {
@@ -787,10 +796,19 @@ impl Session {
     /// in (16 KiB or more), which an idle client would otherwise hold for
     /// as long as it keeps its unnamed statement. The same Parse again (a
     /// driver's unnamed statement, at each execution) is not copied again.
-    fn set_unnamed(&mut self, parse: &Frame, at: (usize, i32), class: Option<Arc<router::Class>>) {
+    /// `quiet`: its text was read and changes nothing (see
+    /// [`Unnamed::quiet`]).
+    fn set_unnamed(
+        &mut self,
+        parse: FrameRef<'_>,
+        at: (usize, i32),
+        class: Option<Arc<router::Class>>,
+        quiet: bool,
+    ) {
         match &mut self.unnamed {
             Some(kept) if kept.parse.bytes == parse.bytes => {
                 kept.at = at;
+                kept.quiet = quiet;
                 if class.is_some() {
                     kept.class = class;
                 }
@@ -800,6 +818,7 @@ impl Session {
                     parse: parse.detached(),
                     at,
                     class,
+                    quiet,
                 }
             }
             None => {
@@ -807,14 +826,23 @@ impl Session {
                     parse: parse.detached(),
                     at,
                     class,
+                    quiet,
                 }))
             }
         }
     }
 
+    /// Whether `f` is the client's kept unnamed Parse again, read before
+    /// and found to change nothing (see [`Unnamed::quiet`]).
+    fn quiet_unnamed_again(&self, f: FrameRef<'_>) -> bool {
+        self.unnamed
+            .as_deref()
+            .is_some_and(|kept| kept.quiet && kept.parse.bytes == f.bytes)
+    }
+
     /// The class kept with the client's last unnamed Parse, when `f` is
     /// that same Parse again.
-    fn unnamed_class(&self, f: &Frame) -> Option<Arc<router::Class>> {
+    fn unnamed_class(&self, f: FrameRef<'_>) -> Option<Arc<router::Class>> {
         let kept = self.unnamed.as_deref()?;
         (kept.parse.bytes == f.bytes)
             .then(|| kept.class.clone())

@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 
-use crate::protocol::{Frame, FrameRef, messages, sqlstate};
+use crate::protocol::{FrameRef, messages, sqlstate};
 
 /// What the session does with one backend message of a guarded unit.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,8 +31,8 @@ pub enum Verdict {
 /// runs it.
 #[derive(Debug, Default)]
 pub struct StandbyGuard {
-    /// The unit's client messages, to send again.
-    frames: Vec<Frame>,
+    /// The unit's client messages, whole and in order, to send again.
+    unit: BytesMut,
     /// The unit's last message (Sync, or the simple Query) was seen.
     complete: bool,
     /// The unit can be sent again as it is: no COPY data, no Flush (whose
@@ -55,7 +55,7 @@ impl StandbyGuard {
 
     /// A client message of the unit (messages after its end belong to the
     /// next unit and are not kept).
-    pub fn client(&mut self, f: &Frame) {
+    pub fn client(&mut self, f: FrameRef<'_>) {
         if self.complete {
             return;
         }
@@ -64,11 +64,11 @@ impl StandbyGuard {
             b'P' | b'B' | b'D' | b'E' => {}
             _ => {
                 self.rerunnable = false;
-                self.frames = Vec::new();
+                self.unit = BytesMut::new();
             }
         }
         if self.rerunnable {
-            self.frames.push(f.clone());
+            self.unit.extend_from_slice(f.bytes);
         }
     }
 
@@ -102,9 +102,9 @@ impl StandbyGuard {
         &self.held
     }
 
-    /// The unit's messages, to send again.
-    pub fn into_frames(self) -> Vec<Frame> {
-        self.frames
+    /// The unit's messages, whole, to send again.
+    pub fn into_unit(self) -> BytesMut {
+        self.unit
     }
 }
 
@@ -113,7 +113,12 @@ mod tests {
     use super::*;
     use crate::protocol::messages::Severity;
 
-    use crate::protocol::messages::message as frame;
+    use crate::protocol::{Frame, frame::each, messages::message as frame};
+
+    /// The tags of the unit's messages the guard kept.
+    fn kept(g: StandbyGuard) -> Vec<u8> {
+        each(&g.into_unit()).map(|f| f.tag).collect()
+    }
 
     fn error(code: &str) -> Frame {
         let mut b = BytesMut::new();
@@ -125,7 +130,7 @@ mod tests {
     fn run(client: &[u8], backend: &[Frame]) -> (Vec<Verdict>, StandbyGuard) {
         let mut g = StandbyGuard::new();
         for &tag in client {
-            g.client(&frame(tag, &[]));
+            g.client((&frame(tag, &[])).into());
         }
         let v = backend
             .iter()
@@ -141,7 +146,7 @@ mod tests {
             &[frame(b'T', &[0, 0]), error("25006"), frame(b'Z', b"I")],
         );
         assert_eq!(v, [Verdict::Hold, Verdict::Hold, Verdict::Rerun]);
-        assert_eq!(g.into_frames().len(), 1);
+        assert_eq!(kept(g), b"Q");
     }
 
     #[test]
@@ -157,8 +162,7 @@ mod tests {
             ],
         );
         assert_eq!(v.last(), Some(&Verdict::Rerun));
-        let tags: Vec<u8> = g.into_frames().iter().map(|f| f.tag).collect();
-        assert_eq!(tags, b"PBDES");
+        assert_eq!(kept(g), b"PBDES");
     }
 
     #[test]
@@ -187,7 +191,7 @@ mod tests {
     #[test]
     fn messages_after_the_units_end_are_not_kept() {
         let (_, g) = run(b"PBESQ", &[]);
-        assert_eq!(g.into_frames().len(), 4);
+        assert_eq!(kept(g), b"PBES");
     }
 
     #[test]

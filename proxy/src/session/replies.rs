@@ -51,7 +51,7 @@ impl Session {
                         .lease
                         .as_ref()
                         .is_some_and(|l| self.shared.cluster.is_instance(lease_node(l)));
-                    self.rerun = self.guard.take().map(|g| Box::new(g.into_frames()));
+                    self.rerun = self.guard.take().map(|g| Box::new(g.into_unit()));
                     return;
                 }
                 Verdict::Release => {

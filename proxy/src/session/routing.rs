@@ -9,7 +9,7 @@ use std::{
 
 use super::{Message, Session, SessionEnd, lease_node};
 use crate::{
-    protocol::{Frame, messages, sqlstate},
+    protocol::{FrameRef, frame, messages, sqlstate},
     router,
 };
 
@@ -36,7 +36,7 @@ impl Views {
 fn bound_statement<'a>(
     i: usize,
     msg: &Message<'a>,
-    m: &'a Frame,
+    m: FrameRef<'a>,
 ) -> Result<&'a str, crate::protocol::FrameError> {
     match (i, msg) {
         (0, Message::Bind { statement }) => Ok(statement),
@@ -50,8 +50,8 @@ impl Session {
     /// pipelined behind, may need another node (a write, a transaction
     /// begun). Routed once the replies are in, it goes where it belongs;
     /// a unit the previous one leaves in a transaction stays with it.
-    pub(super) fn waits_for_boundary(&self, f: &Frame) -> bool {
-        matches!(f.tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
+    pub(super) fn waits_for_boundary(&self, tag: u8) -> bool {
+        matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F')
             && (self.tracker.awaited() > 0 || !self.to_backend.is_empty())
             && self.tracker.unit_in_flight()
             && !self.deferring
@@ -79,7 +79,10 @@ impl Session {
     /// Runs on the primary a unit a standby refused during recovery
     /// (25006): its messages go through the session again, routed to the
     /// primary; the client sees only the primary's replies.
-    pub(super) async fn rerun_on_primary(&mut self, unit: Vec<Frame>) -> Result<(), SessionEnd> {
+    pub(super) async fn rerun_on_primary(
+        &mut self,
+        unit: bytes::BytesMut,
+    ) -> Result<(), SessionEnd> {
         self.shared
             .metrics
             .standby_refusals
@@ -98,8 +101,9 @@ impl Session {
                 "tidepool: a standby refused this during recovery (25006); the primary runs it",
             );
         }
+        let unit: Vec<FrameRef<'_>> = frame::each(&unit).collect();
         // The statements the unit's Parse messages named are named again.
-        for f in unit.iter().filter(|f| f.tag == b'P') {
+        for &f in unit.iter().filter(|f| f.tag == b'P') {
             if let Ok(name) = messages::parse_name(f)
                 && !name.is_empty()
             {
@@ -112,8 +116,8 @@ impl Session {
         self.force_primary = true;
         self.rerunning = true;
         let mut r = Ok(());
-        for (i, f) in unit.iter().enumerate() {
-            r = self.on_client_frame(f.clone(), &unit[i + 1..]).await;
+        for (i, &f) in unit.iter().enumerate() {
+            r = self.on_client_frame(f, &unit[i + 1..]).await;
             if r.is_err() {
                 break;
             }
@@ -133,7 +137,11 @@ impl Session {
     /// read statements (load balancing is on). The client's unnamed Parse
     /// sent again is not read again: its class is kept with it
     /// (`set_unnamed`).
-    pub(super) fn message_class(&mut self, f: &Frame, msg: &Message) -> Option<Arc<router::Class>> {
+    pub(super) fn message_class(
+        &mut self,
+        f: FrameRef<'_>,
+        msg: &Message,
+    ) -> Option<Arc<router::Class>> {
         let sql = msg.sql()?;
         if !self.config.load().rules.cfg.enabled {
             return None;
@@ -178,10 +186,10 @@ impl Session {
     /// `first` is the class of `f`'s own statement, when known.
     pub(super) fn unit_class(
         &self,
-        f: &Frame,
+        f: FrameRef<'_>,
         msg: &Message,
         first: Option<&Arc<router::Class>>,
-        rest: &[Frame],
+        rest: &[FrameRef<'_>],
     ) -> (UnitClass, bool) {
         let mut merged = UnitClass::default();
         match msg {
@@ -202,7 +210,7 @@ impl Session {
         // A Bind of the unnamed statement parsed in this unit is covered by
         // that Parse's class.
         let parses = f.tag == b'P' || rest.iter().any(|p| p.tag == b'P');
-        for (i, m) in std::iter::once(f).chain(rest.iter()).enumerate() {
+        for (i, m) in std::iter::once(f).chain(rest.iter().copied()).enumerate() {
             match m.tag {
                 b'P' => match (i, first) {
                     (0, Some(c)) => merged.add(c),
@@ -240,10 +248,10 @@ impl Session {
     /// session to the chosen node.
     pub(super) async fn route_unit(
         &mut self,
-        f: &Frame,
+        f: FrameRef<'_>,
         msg: &Message<'_>,
         class: Option<&Arc<router::Class>>,
-        rest: &[Frame],
+        rest: &[FrameRef<'_>],
     ) -> Result<(), (&'static str, String)> {
         if self.lease.is_none() {
             // The client's work is in hand from here: a cancel request

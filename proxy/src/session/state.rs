@@ -82,6 +82,16 @@ pub struct Effects {
     pub frees_database: Option<String>,
 }
 
+impl Effects {
+    /// The statement changes nothing pooling carries.
+    pub fn is_empty(&self) -> bool {
+        self.pins.is_empty()
+            && self.unpins.is_empty()
+            && self.settings.is_empty()
+            && self.frees_database.is_none()
+    }
+}
+
 /// Splits on `;` outside quotes, comments and dollar-quoted strings.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let b = sql.as_bytes();

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::{Session, SessionEnd, expect::Expect, lease_node, state};
 use crate::{
     config::PoolMode,
-    protocol::{Frame, FrameError, frame, messages},
+    protocol::{FrameError, FrameRef, frame, messages},
 };
 
 #[derive(Debug)]
@@ -28,10 +28,11 @@ pub struct Statement {
 }
 
 impl Statement {
-    pub fn from_parse(
-        f: &Frame,
+    pub fn from_parse<'a>(
+        f: impl Into<FrameRef<'a>>,
         class: std::sync::Arc<crate::router::Class>,
     ) -> Result<Statement, FrameError> {
+        let f = f.into();
         let mut body = f.body();
         frame::cstr(&mut body)?; // the client's name
         let digest = Sha256::digest(body);
@@ -56,11 +57,11 @@ impl Session {
     /// its other connections hold the pool's server connections in open
     /// transactions (pgbench -M prepared -j N does). A syntax error in
     /// such a statement is reported when it is first executed.
-    pub(super) fn defers_prepare(&mut self, f: &Frame, rest: &[Frame]) -> bool {
+    pub(super) fn defers_prepare(&mut self, f: FrameRef<'_>, rest: &[FrameRef<'_>]) -> bool {
         if self.mode != PoolMode::Transaction || !self.at_boundary() {
             return false;
         }
-        for m in std::iter::once(f).chain(rest.iter()) {
+        for m in std::iter::once(f).chain(rest.iter().copied()) {
             match m.tag {
                 b'P' => match messages::parse_name(m) {
                     Ok(name) if !name.is_empty() && !self.statements.contains_key(name) => {}
@@ -77,7 +78,7 @@ impl Session {
 
     /// Records a named Parse and answers ParseComplete; the Sync that ends
     /// the batch is answered with ReadyForQuery.
-    pub(super) fn defer_prepare(&mut self, f: &Frame) -> Result<(), SessionEnd> {
+    pub(super) fn defer_prepare(&mut self, f: FrameRef<'_>) -> Result<(), SessionEnd> {
         match f.tag {
             b'P' => {
                 self.deferring = true;
@@ -192,7 +193,7 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn parse(name: &str, query: &str) -> Frame {
+    fn parse(name: &str, query: &str) -> crate::protocol::Frame {
         let body = format!("{name}\0{query}\0\0\0");
         let mut v = vec![b'P'];
         v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
