@@ -31,12 +31,6 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A frame of no bytes: the place a frame handed over leaves in a list.
-    pub const EMPTY: Frame = Frame {
-        tag: 0,
-        bytes: Bytes::new(),
-    };
-
     pub fn body(&self) -> &[u8] {
         &self.bytes[5..]
     }

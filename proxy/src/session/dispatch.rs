@@ -186,35 +186,86 @@ impl Session {
                     });
                 }
             }
+            Message::Sync if self.lease.is_none() && self.tracker.skipping() => {
+                // Nothing reached a backend since the error: answer here.
+                self.tracker.sync_answered();
+                messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
+            }
+            msg => {
+                // Flush and COPY messages go to the connection the session
+                // has, if any; the others need one.
+                let needs = !matches!(
+                    msg,
+                    Message::Flush | Message::CopyData | Message::CopyDone | Message::CopyFail
+                );
+                let simple = matches!(msg, Message::FunctionCall);
+                if needs && self.lease.is_none() && !self.ensure_backend(simple).await {
+                    return Ok(());
+                }
+                self.forward(f, msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles `f` at once when nothing about it can wait: a message that
+    /// carries no SQL (Bind, Describe, Execute, Close, Sync, Flush) inside
+    /// a unit whose connection the session has, with no query cache to
+    /// ask. Most of an extended-protocol unit's messages are; each then
+    /// makes no future. `None`: [`Session::on_client_frame`] handles it.
+    pub(super) fn on_client_frame_now(
+        &mut self,
+        f: FrameRef<'_>,
+    ) -> Option<Result<(), SessionEnd>> {
+        if !matches!(f.tag, b'B' | b'D' | b'E' | b'C' | b'S' | b'H')
+            || self.lease.is_none()
+            || self.cache_skip > 0
+            || self.deferring
+            || self.shared.query_cache.is_some()
+            || self.at_boundary()
+        {
+            return None;
+        }
+        tracing::trace!(parent: &self.span(), tag = %(f.tag as char), pending = ?self.tracker.pending(), "client message");
+        let msg = match message::decode(f) {
+            Ok(msg) => msg,
+            Err(e) => return Some(Err(SessionEnd::Protocol(e))),
+        };
+        // What `on_client_frame` does for such a message: it has no class
+        // and starts no unit.
+        if let Some(g) = self.guard.as_mut() {
+            g.client(f);
+        }
+        self.tracker.client(f.tag);
+        Some(self.forward(f, msg))
+    }
+
+    /// What a message other than a Query, Parse or Terminate does once the
+    /// session has the connection it needs (Flush and COPY messages need
+    /// none: without one they are dropped).
+    fn forward(&mut self, f: FrameRef<'_>, msg: Message<'_>) -> Result<(), SessionEnd> {
+        match msg {
             Message::Bind {
                 statement: stmt_name,
-            } => {
-                if self.lease.is_none() && !self.ensure_backend(false).await {
-                    return Ok(());
+            } => match self.mapped(stmt_name) {
+                Some(stmt) => {
+                    self.ensure_prepared(&stmt);
+                    let b = messages::rename_bind(f, &stmt.server_name)
+                        .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                    self.to_backend.extend_from_slice(&b);
+                    self.push(Expect::Bind {
+                        statement: Some(stmt.server_name.clone()),
+                    });
                 }
-                match self.mapped(stmt_name) {
-                    Some(stmt) => {
-                        self.ensure_prepared(&stmt);
-                        let b = messages::rename_bind(f, &stmt.server_name)
-                            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                        self.to_backend.extend_from_slice(&b);
-                        self.push(Expect::Bind {
-                            statement: Some(stmt.server_name.clone()),
-                        });
+                None => {
+                    if stmt_name.is_empty() {
+                        self.ensure_unnamed();
                     }
-                    None => {
-                        if stmt_name.is_empty() {
-                            self.ensure_unnamed();
-                        }
-                        self.to_backend.extend_from_slice(f.bytes);
-                        self.push(Expect::Bind { statement: None });
-                    }
+                    self.to_backend.extend_from_slice(f.bytes);
+                    self.push(Expect::Bind { statement: None });
                 }
-            }
+            },
             Message::Describe { kind, name } | Message::Close { kind, name } => {
-                if self.lease.is_none() && !self.ensure_backend(false).await {
-                    return Ok(());
-                }
                 let stmt = if kind == b'S' {
                     self.mapped(name)
                 } else {
@@ -255,41 +306,24 @@ impl Session {
                 }
             }
             Message::Execute => {
-                if self.lease.is_none() && !self.ensure_backend(false).await {
-                    return Ok(());
-                }
                 self.to_backend.extend_from_slice(f.bytes);
                 self.push(Expect::Execute);
             }
             Message::Sync => {
-                if self.lease.is_none() && self.tracker.skipping() {
-                    // Nothing reached a backend since the error: answer here.
-                    self.tracker.sync_answered();
-                    messages::ready_for_query(&mut self.to_client, self.tracker.tx_status());
-                    return Ok(());
-                }
-                if self.lease.is_none() && !self.ensure_backend(false).await {
-                    return Ok(());
-                }
                 self.to_backend.extend_from_slice(f.bytes);
                 self.tracker.sync_sent();
             }
-            Message::Flush => {
-                if self.lease.is_some() {
-                    self.to_backend.extend_from_slice(f.bytes);
-                }
-            }
             Message::FunctionCall => {
-                if self.lease.is_none() && !self.ensure_backend(true).await {
-                    return Ok(());
-                }
                 self.to_backend.extend_from_slice(f.bytes);
                 self.tracker.simple_sent(vec![]);
             }
-            Message::CopyData | Message::CopyDone | Message::CopyFail => {
+            Message::Flush | Message::CopyData | Message::CopyDone | Message::CopyFail => {
                 if self.lease.is_some() {
                     self.to_backend.extend_from_slice(f.bytes);
                 }
+            }
+            Message::Query(_) | Message::Parse { .. } | Message::Terminate => {
+                unreachable!("handled by on_client_frame")
             }
         }
         Ok(())

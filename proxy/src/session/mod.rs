@@ -528,7 +528,9 @@ impl Session {
             turn.advance(used);
             if !turn.is_empty() {
                 turn.extend_from_slice(client_buf);
-                *client_buf = turn;
+                let mut spare = std::mem::replace(client_buf, turn);
+                spare.clear();
+                crate::tls::recycle(&mut spare);
             } else {
                 // Emptied: its room goes back to the worker's spares (see
                 // `tls::recycle`), an idle client keeps none.
@@ -565,6 +567,9 @@ impl Session {
                         *buf = BytesMut::new();
                     }
                 }
+                // So does its read buffer: room a wait's watch of the
+                // client took and did not fill goes to the spares.
+                crate::tls::recycle(client_buf);
                 // So does a server connection it keeps (session pooling):
                 // its idle wait takes a buffer only when the server sends.
                 for lease in self.lease.iter_mut().chain(self.parked.iter_mut()) {
@@ -609,7 +614,9 @@ impl Session {
             }
             handled += f.bytes.len();
             let rest = &frames[i + 1..];
-            let r = {
+            let r = if let Some(r) = self.on_client_frame_now(f) {
+                r
+            } else {
                 // Made in place: a busy session's message future is not
                 // moved after it is made.
                 let mut work = std::pin::pin!(self.on_client_frame(f, rest));

@@ -34,9 +34,10 @@ thread_local! {
 
 /// Takes an empty read buffer's room from its owner (a client going idle
 /// keeps none) and keeps it for the next read on this thread, which then
-/// allocates nothing (see `room`). A buffer that is not empty stays.
+/// allocates nothing (see `room`). A buffer that is not empty stays; one
+/// with no room has nothing to give.
 pub fn recycle(buf: &mut BytesMut) {
-    if !buf.is_empty() {
+    if !buf.is_empty() || buf.capacity() == 0 {
         return;
     }
     let mut b = std::mem::take(buf);
