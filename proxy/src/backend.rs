@@ -30,6 +30,16 @@ pub use crate::tls::stream::try_read_drained;
 /// Session settings, as SQL value text keyed by lower-case name.
 pub type Settings = Arc<BTreeMap<String, String>>;
 
+/// A statement's name on the server (`tp_` + a digest of its content, see
+/// `session::statements`): shared, not copied, by the session's statement,
+/// the connections that have it and the replies awaited for it.
+pub type StatementName = Arc<str>;
+
+/// A connection's statement names: looked up at every Bind of a named
+/// statement, with a fast hash (the names are digests tidepool made, and
+/// the seed is the process's own).
+pub type StatementNames = HashSet<StatementName, foldhash::fast::RandomState>;
+
 /// Most distinct startup settings kept shared (see [`SettingsTable`]).
 const SETTINGS_KEPT: usize = 64;
 
@@ -200,11 +210,11 @@ pub struct ServerConn {
     /// write.
     pub settings: Settings,
     /// Server-side names of statements prepared on this connection.
-    pub prepared: HashSet<String>,
+    pub prepared: StatementNames,
     /// Statements still prepared on the server whose plan the server
     /// refused after a schema change ("cached plan must not change result
     /// type"): closed and prepared again before their next use.
-    pub stale: HashSet<String>,
+    pub stale: StatementNames,
     pub created: Instant,
     pub last_used: Instant,
     /// When, idle in its pool, it is past the pool's limits (its idle
@@ -287,8 +297,8 @@ impl ServerConn {
             }),
             reported: BTreeMap::new(),
             settings: Arc::default(),
-            prepared: HashSet::new(),
-            stale: HashSet::new(),
+            prepared: StatementNames::default(),
+            stale: StatementNames::default(),
             created: Instant::now(),
             last_used: Instant::now(),
             idle_until: None,

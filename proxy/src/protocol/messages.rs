@@ -381,9 +381,22 @@ pub fn replace_parse_query<'a>(
 
 /// A Bind like `f` but binding statement `stmt`.
 pub fn rename_bind<'a>(f: impl Into<FrameRef<'a>>, stmt: &str) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::new();
+    put_renamed_bind(&mut out, f, stmt)?;
+    Ok(out.freeze())
+}
+
+/// [`rename_bind`], written at the end of `out` (nothing is written when
+/// `f` is malformed).
+pub fn put_renamed_bind<'a>(
+    out: &mut BytesMut,
+    f: impl Into<FrameRef<'a>>,
+    stmt: &str,
+) -> Result<(), FrameError> {
     let f = f.into();
     let (portal, _, offset) = read_bind(f)?;
-    Ok(with_header(
+    put_with_header(
+        out,
         b'B',
         &[
             portal.as_bytes(),
@@ -392,7 +405,8 @@ pub fn rename_bind<'a>(f: impl Into<FrameRef<'a>>, stmt: &str) -> Result<Bytes, 
             b"\0",
             &f.bytes[offset..],
         ],
-    ))
+    );
+    Ok(())
 }
 
 /// A Describe or Close of kind `kind` naming `name`.
@@ -401,14 +415,21 @@ pub fn target_message(tag: u8, kind: u8, name: &str) -> Bytes {
 }
 
 fn with_header(tag: u8, parts: &[&[u8]]) -> Bytes {
+    let mut out = BytesMut::new();
+    put_with_header(&mut out, tag, parts);
+    out.freeze()
+}
+
+/// A message of type `tag` whose body is `parts`, written at the end of
+/// `out`.
+fn put_with_header(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = BytesMut::with_capacity(len + 5);
+    out.reserve(len + 5);
     out.put_u8(tag);
     out.put_i32((len + 4) as i32);
     for p in parts {
         out.put_slice(p);
     }
-    out.freeze()
 }
 
 /// Parses the first frame of `bytes` (for tests and small helpers).

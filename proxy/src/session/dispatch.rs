@@ -250,9 +250,8 @@ impl Session {
             } => match self.mapped(stmt_name) {
                 Some(stmt) => {
                     self.ensure_prepared(&stmt);
-                    let b = messages::rename_bind(f, &stmt.server_name)
+                    messages::put_renamed_bind(&mut self.to_backend, f, &stmt.server_name)
                         .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-                    self.to_backend.extend_from_slice(&b);
                     self.push(Expect::Bind {
                         statement: Some(stmt.server_name.clone()),
                     });

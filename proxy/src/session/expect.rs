@@ -9,6 +9,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::state::SettingChange;
+use crate::backend::StatementName;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
@@ -20,7 +21,7 @@ pub enum Expect {
     /// ParseComplete; `hidden` when tidepool injected the Parse.
     Parse {
         hidden: bool,
-        server_name: Option<String>,
+        server_name: Option<StatementName>,
     },
     /// The refusal (42P05) of a Parse of a name the client has not closed:
     /// the same statement is parsed again under tidepool's name, so the
@@ -31,11 +32,11 @@ pub enum Expect {
     /// BindComplete; `statement` is the server-side name when tidepool
     /// renamed the statement.
     Bind {
-        statement: Option<String>,
+        statement: Option<StatementName>,
     },
     /// ParameterDescription? then RowDescription or NoData.
     Describe {
-        statement: Option<String>,
+        statement: Option<StatementName>,
     },
     /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
     Execute,
@@ -43,7 +44,7 @@ pub enum Expect {
     /// itself (the reply is hidden, and if the server skips the Close the
     /// statement is still there).
     Close {
-        stale: Option<String>,
+        stale: Option<StatementName>,
     },
     Sync,
     /// A reply tidepool makes itself ('1' ParseComplete, '3' CloseComplete),
@@ -55,7 +56,7 @@ pub enum Expect {
 /// says it, and the client's, as the client must read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Duplicate {
-    pub server_name: String,
+    pub server_name: StatementName,
     pub client_name: String,
 }
 

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Session, SessionEnd, expect::Expect, lease_node, state};
 use crate::{
+    backend::StatementName,
     config::PoolMode,
     protocol::{FrameError, FrameRef, frame, messages},
 };
@@ -20,7 +21,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Statement {
     /// Name of the statement on backend connections.
-    pub server_name: String,
+    pub server_name: StatementName,
     /// The client's Parse, renamed to `server_name`.
     pub parse: Bytes,
     /// How the statement may be routed.
@@ -40,7 +41,7 @@ impl Statement {
         let server_name = format!("tp_{hex}");
         let parse = messages::rename_parse(f, &server_name)?;
         Ok(Statement {
-            server_name,
+            server_name: server_name.into(),
             parse,
             class,
         })
@@ -110,7 +111,9 @@ impl Session {
     /// Prepares `stmt` on the attached connection if it is not there yet.
     pub(super) fn ensure_prepared(&mut self, stmt: &Statement) {
         let conn = self.lease.as_mut().expect("attached").conn();
-        if conn.prepared.insert(stmt.server_name.clone()) {
+        // Looked up first: most uses find it there, and take no reference.
+        if !conn.prepared.contains(&stmt.server_name) {
+            conn.prepared.insert(stmt.server_name.clone());
             self.close_if_stale(&stmt.server_name);
             self.to_backend.extend_from_slice(&stmt.parse);
             self.push(Expect::Parse {
@@ -177,13 +180,13 @@ impl Session {
 
     /// Before preparing `name` again on the attached connection: closes
     /// the server's copy whose plan it refused (see `ServerConn::stale`).
-    pub(super) fn close_if_stale(&mut self, name: &str) {
+    pub(super) fn close_if_stale(&mut self, name: &StatementName) {
         let conn = self.lease.as_mut().expect("attached").conn();
         if conn.stale.remove(name) {
             self.to_backend
                 .extend_from_slice(&messages::target_message(b'C', b'S', name));
             self.push(Expect::Close {
-                stale: Some(name.to_string()),
+                stale: Some(name.clone()),
             });
         }
     }
@@ -211,6 +214,6 @@ mod tests {
         assert_ne!(a.server_name, c.server_name);
         let parse = messages::frame_of(&a.parse);
         let (name, query) = messages::read_parse(&parse).unwrap();
-        assert_eq!((name, &*query), (a.server_name.as_str(), "SELECT 1"));
+        assert_eq!((name, &*query), (&*a.server_name, "SELECT 1"));
     }
 }

@@ -17,7 +17,10 @@ use super::{
     expect::{self, Expect},
     state::SettingChange,
 };
-use crate::protocol::{FrameRef, messages, sqlstate};
+use crate::{
+    backend::StatementName,
+    protocol::{FrameRef, messages, sqlstate},
+};
 
 /// Where the protocol stands between the client and its server connection.
 #[derive(Debug)]
@@ -57,13 +60,13 @@ pub enum Forward {
 pub enum Effect {
     /// The statement (tidepool's name) is not prepared on the connection:
     /// its Parse failed or was skipped.
-    PreparedGone(String),
+    PreparedGone(StatementName),
     /// The server refused the statement's cached plan ("cached plan must
     /// not change result type"): it must be closed and prepared again.
-    PlanStale(String),
+    PlanStale(StatementName),
     /// A Close tidepool sent for this statement was skipped: the server
     /// still holds it.
-    StillPrepared(String),
+    StillPrepared(StatementName),
     /// DEALLOCATE ALL or DISCARD ALL: no statement is prepared any more.
     AllStatementsGone,
     /// A setting the client changed took effect.

@@ -61,7 +61,7 @@ fn parse(hidden: bool, server_name: Option<&str>) -> Step {
         b'P',
         Some(Expect::Parse {
             hidden,
-            server_name: server_name.map(str::to_string),
+            server_name: server_name.map(Into::into),
         }),
     )
 }
@@ -70,7 +70,7 @@ fn bind(statement: Option<&str>) -> Step {
     Sent(
         b'B',
         Some(Expect::Bind {
-            statement: statement.map(str::to_string),
+            statement: statement.map(Into::into),
         }),
     )
 }
