@@ -304,12 +304,22 @@ fn readable<'a>(
     snapshot
         .nodes
         .iter()
-        .filter(|n| n.status == Status::Up && n.weight > 0.0)
-        .filter(|n| {
-            Some(n.id) == primary
-                || (n.role == Role::Standby && lags.get(&n.id).is_none_or(|l| !l.too_far(cfg)))
-        })
+        .filter(|n| can_read(n, primary, lags, cfg))
         .collect()
+}
+
+/// Whether node `n` may take reads now: up, weighted, and the primary or
+/// a standby not too far behind.
+fn can_read(
+    n: &Node,
+    primary: Option<usize>,
+    lags: &BTreeMap<usize, Lag>,
+    cfg: &LoadBalancingConfig,
+) -> bool {
+    n.status == Status::Up
+        && n.weight > 0.0
+        && (Some(n.id) == primary
+            || (n.role == Role::Standby && lags.get(&n.id).is_none_or(|l| !l.too_far(cfg))))
 }
 
 /// Picks a node by weight.
@@ -339,7 +349,6 @@ pub fn choose_read(
 ) -> Option<Decision> {
     let cfg = &rules.cfg;
     let primary = snapshot.primary().map(|p| p.id);
-    let candidates = readable(snapshot, primary, lags, cfg);
     // Redirect preferences: application name, then database, then user.
     let pref = preference::find(&rules.app, client.application_name)
         .or_else(|| preference::find(&rules.database, client.database))
@@ -347,9 +356,8 @@ pub fn choose_read(
     if let Some((target, ratio)) = pref
         && rng.random::<f64>() < ratio
     {
-        let pick: Nodes = candidates
-            .iter()
-            .copied()
+        let pick: Nodes = readable(snapshot, primary, lags, cfg)
+            .into_iter()
             .filter(|n| match target {
                 Target::Primary => Some(n.id) == primary,
                 Target::Standby => Some(n.id) != primary,
@@ -377,13 +385,16 @@ pub fn choose_read(
     };
     if !cfg.statement_level
         && let Some(id) = session.read_node
-        && candidates.iter().any(|n| n.id == id)
+        && snapshot
+            .node(id)
+            .is_some_and(|n| can_read(n, primary, lags, cfg))
     {
         return behind(id).or(Some(Decision {
             node: id,
             reason: "the session's load-balance node",
         }));
     }
+    let candidates = readable(snapshot, primary, lags, cfg);
     if cfg.statement_level {
         let fresh_only: Nodes = candidates.iter().copied().filter(|n| fresh(n.id)).collect();
         if fresh_only.len() < candidates.len() {

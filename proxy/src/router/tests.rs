@@ -333,3 +333,61 @@ fn a_serializable_session_reads_from_the_primary() {
     assert!(primary_reason(&r, &class, &Facts::default(), &sess).is_some());
     assert!(primary_reason(&r, &class, &Facts::default(), &SessionRouting::default()).is_none());
 }
+
+#[test]
+fn a_session_keeps_its_read_node_while_it_can_take_reads() {
+    let r = rules(|c| {
+        c.statement_level = false;
+        c.delay_threshold = 1000;
+    });
+    let mut s = snapshot(&[1.0, 1.0, 1.0]);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut sess = SessionRouting::default();
+    let mut pick = |s: &Snapshot, lags: &BTreeMap<usize, Lag>, sess: &mut SessionRouting| {
+        choose_read(&r, s, lags, &Client::default(), sess, &mut rng).unwrap()
+    };
+    let none = BTreeMap::new();
+    let first = pick(&s, &none, &mut sess);
+    assert_eq!(first.reason, "load balanced by weight");
+    assert_eq!(sess.read_node, Some(first.node));
+    for _ in 0..20 {
+        let d = pick(&s, &none, &mut sess);
+        assert_eq!(
+            (d.node, d.reason),
+            (first.node, "the session's load-balance node")
+        );
+    }
+    // Its node goes down: the next unit goes elsewhere, which is kept.
+    s.nodes[first.node].status = Status::Down;
+    let moved = pick(&s, &none, &mut sess);
+    assert_ne!(moved.node, first.node);
+    assert_eq!(moved.reason, "load balanced by weight");
+    assert_eq!(sess.read_node, Some(moved.node));
+    s.nodes[first.node].status = Status::Up;
+    // Its node weighs nothing now, or is a standby too far behind: the
+    // same.
+    for unreadable in [0, 1] {
+        let kept = sess.read_node.expect("kept");
+        let mut s = s.clone();
+        let mut lags = BTreeMap::new();
+        match unreadable {
+            0 => s.nodes[kept].weight = 0.0,
+            _ => {
+                // Make the kept node a standby that lags too far.
+                if kept == 0 {
+                    continue;
+                }
+                lags.insert(
+                    kept,
+                    Lag {
+                        bytes: 10_000,
+                        ..Lag::default()
+                    },
+                );
+            }
+        }
+        let d = pick(&s, &lags, &mut sess);
+        assert_ne!(d.node, kept, "case {unreadable}");
+        assert_eq!(sess.read_node, Some(d.node));
+    }
+}

@@ -31,19 +31,6 @@ impl Views {
     }
 }
 
-/// The statement the Bind `m`, message `i` of its unit, binds: the unit's
-/// first message is already decoded (`msg`), the others are read here.
-fn bound_statement<'a>(
-    i: usize,
-    msg: &Message<'a>,
-    m: FrameRef<'a>,
-) -> Result<&'a str, crate::protocol::FrameError> {
-    match (i, msg) {
-        (0, Message::Bind { statement }) => Ok(statement),
-        _ => messages::read_bind(m).map(|(_, name, _)| name),
-    }
-}
-
 impl Session {
     /// Whether `f` starts a unit of work that must wait for the unit before
     /// it to finish: the session works on a standby, and the next unit,
@@ -206,42 +193,75 @@ impl Session {
             }
             _ => {}
         }
-        let mut complete = false;
-        // A Bind of the unnamed statement parsed in this unit is covered by
-        // that Parse's class.
+        // A Bind of a statement parsed in this unit is covered by that
+        // Parse's class.
         let parses = f.tag == b'P' || rest.iter().any(|p| p.tag == b'P');
-        for (i, m) in std::iter::once(f).chain(rest.iter().copied()).enumerate() {
+        match (f.tag, first) {
+            (b'P', Some(c)) => merged.add(c),
+            (b'P', None) => self.add_parse(&mut merged, f),
+            (b'B', _) => match msg {
+                Message::Bind { statement } => self.add_bound(&mut merged, statement, parses),
+                _ => self.add_bind(&mut merged, f, parses),
+            },
+            (b'S', _) => return (merged, false),
+            _ => {}
+        }
+        for &m in rest {
             match m.tag {
-                b'P' => match (i, first) {
-                    (0, Some(c)) => merged.add(c),
-                    _ => match messages::read_parse(m) {
-                        Ok((_, q)) => merged.add(&self.shared.classifier.classify(&q)),
-                        Err(_) => merged.set_write("malformed Parse"),
-                    },
-                },
-                b'B' => match bound_statement(i, msg, m) {
-                    Ok(name) => match self.statements.get(name) {
-                        Some(stmt) => merged.add(&stmt.class),
-                        None if parses => {}
-                        None if name.is_empty() && self.unnamed.is_some() => {
-                            match self.unnamed_statement_class() {
-                                Some(c) => merged.add(&c),
-                                None => merged.set_write("malformed Parse"),
-                            }
-                        }
-                        None => merged.set_write("statement prepared outside tidepool's view"),
-                    },
-                    Err(_) => merged.set_write("malformed Bind"),
-                },
-                b'S' => {
-                    complete = true;
-                    break;
-                }
+                b'P' => self.add_parse(&mut merged, m),
+                b'B' => self.add_bind(&mut merged, m, parses),
+                b'S' => return (merged, false),
                 b'Q' | b'F' => break,
                 _ => {}
             }
         }
-        (merged, !complete)
+        (merged, true)
+    }
+
+    /// Adds to `merged` the class of the statement Parse `m` prepares.
+    fn add_parse(&self, merged: &mut UnitClass, m: FrameRef<'_>) {
+        match messages::read_parse(m) {
+            Ok((_, q)) => merged.add(&self.shared.classifier.classify(&q)),
+            Err(_) => merged.set_write("malformed Parse"),
+        }
+    }
+
+    /// Adds to `merged` the class of the statement Bind `m` binds.
+    fn add_bind(&self, merged: &mut UnitClass, m: FrameRef<'_>, parses: bool) {
+        if parses && m.body().starts_with(&[0, 0]) {
+            // The unnamed portal of the unnamed statement, which the
+            // unit's Parse prepares (the most frequent Bind).
+            return;
+        }
+        match messages::read_bind(m) {
+            Ok((_, name, _)) => self.add_bound(merged, name, parses),
+            Err(_) => merged.set_write("malformed Bind"),
+        }
+    }
+
+    /// Adds to `merged` the class of statement `name`, which a Bind of the
+    /// unit binds; `parses`: the unit has a Parse, whose class covers a
+    /// statement it prepares.
+    fn add_bound(&self, merged: &mut UnitClass, name: &str, parses: bool) {
+        if name.is_empty() {
+            // The unnamed statement is never among the named ones.
+            if parses {
+                return;
+            }
+            match self.unnamed.is_some() {
+                true => match self.unnamed_statement_class() {
+                    Some(c) => merged.add(&c),
+                    None => merged.set_write("malformed Parse"),
+                },
+                false => merged.set_write("statement prepared outside tidepool's view"),
+            }
+            return;
+        }
+        match self.statements.get(name) {
+            Some(stmt) => merged.add(&stmt.class),
+            None if parses => {}
+            None => merged.set_write("statement prepared outside tidepool's view"),
+        }
     }
 
     /// Routes the unit of work that starts with `f` and attaches the
@@ -467,11 +487,12 @@ impl Session {
 
 /// The class of a unit of work: its one statement's class, shared with
 /// the classifier's cache, or several statements' merged. A unit of one
-/// statement (most of them) copies nothing.
+/// statement (most of them) copies nothing, and the value is small (the
+/// merged class, rare, is boxed).
 #[derive(Default)]
 pub(super) struct UnitClass {
     one: Option<Arc<router::Class>>,
-    merged: Option<router::Class>,
+    merged: Option<Box<router::Class>>,
     added: usize,
 }
 
@@ -498,7 +519,7 @@ impl UnitClass {
 
     fn merged(&mut self) -> &mut router::Class {
         if self.merged.is_none() {
-            let mut m = router::Class::default();
+            let mut m = Box::default();
             if let Some(one) = self.one.take() {
                 merge_into(&mut m, &one, true);
             }
