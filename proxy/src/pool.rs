@@ -297,6 +297,36 @@ impl Pool {
         inner.idle_count == 0 && inner.total >= inner.limits.max_size
     }
 
+    /// This worker's most recently returned idle connection, at once, when
+    /// it is alive and `fits` takes it (the caller's settings are its
+    /// own): the usual checkout, without a future. `None` changes nothing
+    /// and leaves the rest to [`Pool::checkout`] (another worker's
+    /// connection, a new one, a wait, a connection whose settings must be
+    /// changed, a dead one to drop).
+    pub fn checkout_idle(
+        self: &Arc<Self>,
+        fits: impl FnOnce(&mut ServerConn) -> bool,
+    ) -> Option<Lease> {
+        let now = Instant::now();
+        let on_worker = crate::worker::current();
+        let mut inner = self.lock();
+        let mut c = inner.pop_idle(on_worker.unwrap_or(0), false)?;
+        if past(c.idle_until, now) || !c.is_alive() || !fits(&mut c) {
+            inner.push_idle(c);
+            return None;
+        }
+        let c = match rehome(c, on_worker) {
+            Ok(c) => c,
+            Err(_) => {
+                inner.total -= 1;
+                return None;
+            }
+        };
+        drop(inner);
+        self.counters.checkouts.fetch_add(1, Ordering::Relaxed);
+        Some(self.lease(c))
+    }
+
     /// Lends a connection: an idle one, a new one, or the next one returned.
     /// `options` are the startup parameters used if a new one is opened.
     pub async fn checkout(

@@ -95,11 +95,43 @@ impl Session {
     /// Attaches the session to the primary, unless it is attached.
     /// Errors carry an SQLSTATE and a message.
     pub(super) async fn acquire(&mut self) -> Result<(), (&'static str, String)> {
-        if self.lease.is_some() {
+        if self.lease.is_some() || self.attach_primary_idle() {
             return Ok(());
         }
         let primary = self.primary().await?;
         self.acquire_on(primary).await
+    }
+
+    /// As [`Session::attach_idle`], on the primary.
+    pub(super) fn attach_primary_idle(&mut self) -> bool {
+        self.shared
+            .cluster
+            .primary_id()
+            .is_some_and(|p| self.attach_idle(p))
+    }
+
+    /// Attaches the session at once to an idle connection of `node`'s pool
+    /// whose settings are the session's (`Pool::checkout_idle`): the
+    /// usual checkout, with no future. False, and nothing changed, when
+    /// there is none or the session has a connection or parked ones
+    /// ([`Session::acquire_on`] then does the rest). Nothing awaits
+    /// between choosing the connection and attaching it, so a cancel
+    /// request is either made before (kept by `begin_wait`, reported by
+    /// `set`) or finds the connection attached.
+    pub(super) fn attach_idle(&mut self, node: usize) -> bool {
+        if self.lease.is_some() || !self.parked.is_empty() {
+            return false;
+        }
+        let Some(pool) = self.pool_on(node) else {
+            return false;
+        };
+        let settings = &self.settings;
+        let Some(mut lease) = pool.checkout_idle(|c| c.settings_match(settings)) else {
+            return false;
+        };
+        self.cancel_after_send |= self.cancel.set(lease.conn().cancel.clone());
+        self.lease = Some(lease);
+        true
     }
 
     /// Makes `node` the session's current backend: a parked connection of

@@ -286,6 +286,9 @@ impl Session {
         let rt = self.config.load().clone();
         if !rt.rules.cfg.enabled {
             // Everything goes to the primary: no need to read the SQL.
+            if self.lease.is_none() && self.attach_primary_idle() {
+                return Ok(());
+            }
             return self.acquire().await;
         }
         let rules = &rt.rules;
@@ -395,6 +398,9 @@ impl Session {
             views
                 .cluster
                 .count(decision.node, |c| c.selects.fetch_add(1, Ordering::Relaxed));
+        }
+        if self.attach_idle(decision.node) {
+            return Ok(());
         }
         self.acquire_on(decision.node).await
     }
