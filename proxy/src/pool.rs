@@ -299,10 +299,11 @@ impl Pool {
 
     /// This worker's most recently returned idle connection, at once, when
     /// it is alive and `fits` takes it (the caller's settings are its
-    /// own): the usual checkout, without a future. `None` changes nothing
-    /// and leaves the rest to [`Pool::checkout`] (another worker's
-    /// connection, a new one, a wait, a connection whose settings must be
-    /// changed, a dead one to drop).
+    /// own): the usual checkout, without a future. `None` leaves the rest
+    /// to [`Pool::checkout`] (another worker's connection, a new one, a
+    /// wait, a connection whose settings must be changed, which stays
+    /// idle); a dead or expired connection found here is dropped, as
+    /// `checkout` drops it (its liveness probe may have read a byte).
     pub fn checkout_idle(
         self: &Arc<Self>,
         fits: impl FnOnce(&mut ServerConn) -> bool,
@@ -311,7 +312,11 @@ impl Pool {
         let on_worker = crate::worker::current();
         let mut inner = self.lock();
         let mut c = inner.pop_idle(on_worker.unwrap_or(0), false)?;
-        if past(c.idle_until, now) || !c.is_alive() || !fits(&mut c) {
+        if past(c.idle_until, now) || !c.is_alive() {
+            inner.total -= 1;
+            return None;
+        }
+        if !fits(&mut c) {
             inner.push_idle(c);
             return None;
         }

@@ -225,7 +225,7 @@ pub fn shape(sql: &str) -> String {
 /// Bytes where the shape may differ from the text: quotes and digits.
 /// Every other byte is copied as it is, so the scan skips runs of them.
 /// The definition `special_mask` follows (and is tested against).
-#[cfg(any(test, not(target_arch = "x86_64")))]
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
 static SHAPE_SPECIAL: [bool; 256] = {
     let mut t = [false; 256];
     t[b'\'' as usize] = true;
@@ -263,17 +263,18 @@ fn next_special(b: &[u8], mut i: usize) -> usize {
 
 /// Bit `k` set for each byte `block[k]` that is a quote (`'`, `"`) or an
 /// ASCII digit: one SSE2 comparison of the whole block per kind (SSE2 is
-/// part of every x86_64 processor). Bytes of UTF-8 characters (0x80 and
+/// part of every x86_64 processor; the table, byte by byte, elsewhere).
+/// Bytes of UTF-8 characters (0x80 and
 /// above) compare as negative, below `'0'`, so are never digits.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 fn special_mask(block: &[u8; 16]) -> u32 {
     use std::arch::x86_64::{
         __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
         _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
-    // SAFETY: SSE2 is in the x86_64 baseline (every x86_64 processor has
-    // it, every x86_64 target enables it), and the unaligned load reads
-    // the sixteen bytes `block` borrows.
+    // SAFETY: the target enables SSE2 (the x86_64 baseline: every x86_64
+    // processor has it), and the unaligned load reads the sixteen bytes
+    // `block` borrows.
     unsafe {
         let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
         let digit = _mm_and_si128(
@@ -289,7 +290,7 @@ fn special_mask(block: &[u8; 16]) -> u32 {
 }
 
 /// As above, byte by byte through the table, on other processors.
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 fn special_mask(block: &[u8; 16]) -> u32 {
     block.iter().enumerate().fold(0, |m, (k, &c)| {
         m | (u32::from(SHAPE_SPECIAL[c as usize]) << k)

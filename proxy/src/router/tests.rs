@@ -340,7 +340,8 @@ fn a_session_keeps_its_read_node_while_it_can_take_reads() {
         c.statement_level = false;
         c.delay_threshold = 1000;
     });
-    let mut s = snapshot(&[1.0, 1.0, 1.0]);
+    // The primary takes no reads: the read node is always a standby.
+    let mut s = snapshot(&[0.0, 1.0, 1.0]);
     let mut rng = StdRng::seed_from_u64(7);
     let mut sess = SessionRouting::default();
     let mut pick = |s: &Snapshot, lags: &BTreeMap<usize, Lag>, sess: &mut SessionRouting| {
@@ -357,37 +358,32 @@ fn a_session_keeps_its_read_node_while_it_can_take_reads() {
             (first.node, "the session's load-balance node")
         );
     }
-    // Its node goes down: the next unit goes elsewhere, which is kept.
+    // Its node goes down: the next unit goes to the other standby, which
+    // is kept.
     s.nodes[first.node].status = Status::Down;
     let moved = pick(&s, &none, &mut sess);
-    assert_ne!(moved.node, first.node);
+    assert_eq!(moved.node, 3 - first.node);
     assert_eq!(moved.reason, "load balanced by weight");
     assert_eq!(sess.read_node, Some(moved.node));
     s.nodes[first.node].status = Status::Up;
-    // Its node weighs nothing now, or is a standby too far behind: the
-    // same.
-    for unreadable in [0, 1] {
+    // Its node weighs nothing now, or lags too far: the same.
+    for weightless in [true, false] {
         let kept = sess.read_node.expect("kept");
         let mut s = s.clone();
         let mut lags = BTreeMap::new();
-        match unreadable {
-            0 => s.nodes[kept].weight = 0.0,
-            _ => {
-                // Make the kept node a standby that lags too far.
-                if kept == 0 {
-                    continue;
-                }
-                lags.insert(
-                    kept,
-                    Lag {
-                        bytes: 10_000,
-                        ..Lag::default()
-                    },
-                );
-            }
+        if weightless {
+            s.nodes[kept].weight = 0.0;
+        } else {
+            lags.insert(
+                kept,
+                Lag {
+                    bytes: 10_000,
+                    ..Lag::default()
+                },
+            );
         }
         let d = pick(&s, &lags, &mut sess);
-        assert_ne!(d.node, kept, "case {unreadable}");
+        assert_eq!(d.node, 3 - kept, "weightless: {weightless}");
         assert_eq!(sess.read_node, Some(d.node));
     }
 }

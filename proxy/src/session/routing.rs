@@ -286,10 +286,13 @@ impl Session {
         let rt = self.config.load().clone();
         if !rt.rules.cfg.enabled {
             // Everything goes to the primary: no need to read the SQL.
-            if self.lease.is_none() && self.attach_primary_idle() {
+            // As `acquire`, without its future when an idle connection
+            // is taken at once.
+            if self.lease.is_some() || self.attach_primary_idle() {
                 return Ok(());
             }
-            return self.acquire().await;
+            let primary = self.primary().await?;
+            return self.acquire_on(primary).await;
         }
         let rules = &rt.rules;
         let (class, incomplete) = self.unit_class(f, msg, class, rest);
