@@ -228,6 +228,11 @@ impl Session {
         match self.acquire().await {
             Ok(()) => true,
             Err((code, msg)) => {
+                // Nothing of the client's runs: a cancel request from now
+                // on is ignored, as PostgreSQL ignores one for an idle
+                // session, not kept for its next work (`acquire_on` left
+                // the slot waiting).
+                self.cancel.clear();
                 self.shared
                     .metrics
                     .client_errors
