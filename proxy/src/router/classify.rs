@@ -264,8 +264,8 @@ fn next_special(b: &[u8], mut i: usize) -> usize {
 /// Bit `k` set for each byte `block[k]` that is a quote (`'`, `"`) or an
 /// ASCII digit: one SSE2 comparison of the whole block per kind (SSE2 is
 /// part of every x86_64 processor; the table, byte by byte, elsewhere).
-/// Bytes of UTF-8 characters (0x80 and
-/// above) compare as negative, below `'0'`, so are never digits.
+/// Bytes of UTF-8 characters (0x80 and above) compare as negative, below
+/// `'0'`, so are never digits.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 fn special_mask(block: &[u8; 16]) -> u32 {
     use std::arch::x86_64::{
