@@ -123,10 +123,12 @@ impl CancelSlot {
     }
 }
 
-/// Every live client's cancel key.
+/// Every live client's cancel key. The process ids are tidepool's own
+/// random numbers, not a client's choice: a fast hash does (one insert
+/// and one removal per connection).
 #[derive(Default)]
 pub struct CancelRegistry {
-    entries: Mutex<HashMap<i32, (i32, Weak<CancelSlot>)>>,
+    entries: Mutex<HashMap<i32, (i32, Weak<CancelSlot>), foldhash::fast::RandomState>>,
 }
 
 /// Removes the client's key when the session ends.

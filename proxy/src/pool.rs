@@ -10,7 +10,7 @@
 //! new one when the pool has room, and only then borrows another worker's.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -669,9 +669,40 @@ fn idle_until(created: Instant, last_used: Instant, l: &PoolLimits) -> Option<In
     }
 }
 
+/// A pool's key as a session holds it: looked up without copying the
+/// user's and database's names (they are copied only for a new pool).
+/// Hashes as [`PoolKey`] does: the same fields in the same order.
+#[derive(Hash)]
+pub struct PoolKeyRef<'a> {
+    pub node: usize,
+    pub user: &'a str,
+    pub database: &'a str,
+}
+
+impl hashbrown::Equivalent<PoolKey> for PoolKeyRef<'_> {
+    fn equivalent(&self, key: &PoolKey) -> bool {
+        self.node == key.node && self.user == key.user && self.database == key.database
+    }
+}
+
+impl PoolKeyRef<'_> {
+    fn to_key(&self) -> PoolKey {
+        PoolKey {
+            node: self.node,
+            user: self.user.to_string(),
+            database: self.database.to_string(),
+        }
+    }
+}
+
+/// The map of every pool. A user and a database are names a client
+/// chooses (a pool is made before its login is proved), so the hash is
+/// foldhash's keyed quality variant, seeded per map.
+type PoolMap = hashbrown::HashMap<PoolKey, Arc<Pool>, foldhash::quality::RandomState>;
+
 /// Every pool, created on first use.
 pub struct Pools {
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    pools: Mutex<PoolMap>,
 }
 
 impl Default for Pools {
@@ -683,27 +714,28 @@ impl Default for Pools {
 impl Pools {
     pub fn new() -> Self {
         Pools {
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(PoolMap::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolMap> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The pool for `key`, made with `make` if it does not exist yet.
     pub fn get_or_create(
         &self,
-        key: &PoolKey,
+        key: PoolKeyRef<'_>,
         make: impl FnOnce() -> (PoolLimits, Endpoint),
     ) -> Arc<Pool> {
         let mut pools = self.lock();
-        if let Some(p) = pools.get(key) {
+        if let Some(p) = pools.get(&key) {
             return p.clone();
         }
         let (limits, target) = make();
+        let key = key.to_key();
         let p = Pool::new(key.clone(), limits, target);
-        pools.insert(key.clone(), p.clone());
+        pools.insert(key, p.clone());
         p
     }
 

@@ -18,7 +18,7 @@ use tidepool::{
     app::{self, Shared},
     cluster::Role,
     config::Config,
-    pool::PoolKey,
+    pool::PoolKeyRef,
 };
 use tokio::{net::TcpListener, sync::watch};
 
@@ -262,13 +262,13 @@ fn split_labels(labels: &str) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_cover_clients_pools_and_nodes_in_prometheus_text() {
     let admin = start("").await;
-    let key = PoolKey {
+    let key = PoolKeyRef {
         node: 1,
-        user: "app".into(),
-        database: "app".into(),
+        user: "app",
+        database: "app",
     };
     let config = admin.shared.config.load_full();
-    admin.shared.pools.get_or_create(&key, || {
+    admin.shared.pools.get_or_create(key, || {
         (
             app::pool_limits(&config, "app"),
             tidepool::pool::Endpoint {

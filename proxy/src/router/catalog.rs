@@ -29,7 +29,7 @@ pub struct Catalog {
     /// volatile, none local" (`Memo`) holds for one generation.
     generation: AtomicU64,
     /// A small number per database name, for memos.
-    tags: Mutex<HashMap<String, u16>>,
+    tags: Mutex<HashMap<String, u16, foldhash::quality::RandomState>>,
 }
 
 /// What a statement's class remembers of the catalog's answer for it: the

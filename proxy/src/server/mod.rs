@@ -32,7 +32,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 // around it would keep the stream, the address and the
                 // shared state for the client's whole life.
                 Ok((stream, peer)) => {
-                    clients.spawn(startup::handle(stream, peer, shared.clone()));
+                    // Boxed first (the future made in its box, as
+                    // `Session::run` makes its turns): spawning then moves
+                    // a pointer, where the client's whole future (~860
+                    // bytes) was copied into the task and again as its
+                    // stage changed.
+                    let client = Box::write(Box::new_uninit(), startup::handle(stream, peer, shared.clone()));
+                    clients.spawn(Box::into_pin(client));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving.

@@ -96,7 +96,9 @@ pub(super) fn handle(
     // Startup and login are boxed: their futures (TLS handshake, SCRAM)
     // are large and done with once the client is in, and an idle client's
     // task should hold only what its session needs.
-    let admit = Box::pin(admit(tcp, peer, shared));
+    // Made in its box (as `Session::run` makes its turns): `Box::pin`
+    // would copy the whole future into the box.
+    let admit = Box::into_pin(Box::write(Box::new_uninit(), admit(tcp, peer, shared)));
     async move {
         let _guard = guard;
         let Some(mut a) = admit.await else {
@@ -160,8 +162,8 @@ async fn admit(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Opt
     // (`tls::recycle`); the session gives it back once idle.
     let mut buf = BytesMut::new();
     let timeout = shared.config.load().server.startup_timeout;
-    let started =
-        tokio::time::timeout(timeout, Box::pin(read_startup(tcp, &mut buf, &shared))).await;
+    let reading = Box::write(Box::new_uninit(), read_startup(tcp, &mut buf, &shared));
+    let started = tokio::time::timeout(timeout, Box::into_pin(reading)).await;
     let (mut client, tls, startup) = match started {
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => return None, // cancel request, or the client left

@@ -12,7 +12,7 @@ use crate::{
     app::Shared,
     backend::BackendError,
     config::PoolMode,
-    pool::{Endpoint, PoolError, PoolKey, PoolLimits},
+    pool::{Endpoint, PoolError, PoolKeyRef, PoolLimits},
     protocol::{
         messages::{self, Severity},
         sqlstate,
@@ -28,16 +28,15 @@ impl Session {
         }
         let snapshot = self.shared.cluster.snapshot();
         let n = snapshot.node(node)?;
-        let key = PoolKey {
+        let key = PoolKeyRef {
             node: n.id,
-            user: self.user.clone(),
-            database: self.database.clone(),
+            user: &self.user,
+            database: &self.database,
         };
-        let shared = self.shared.clone();
-        let pool = self
-            .shared
-            .pools
-            .get_or_create(&key, || pool_setup(&shared, &key, (&n.host, n.port)));
+        let shared = &self.shared;
+        let pool = shared.pools.get_or_create(key, || {
+            pool_setup(shared, n.id, &self.user, (&n.host, n.port))
+        });
         if self.pools.len() <= node {
             self.pools.resize(node + 1, None);
         }
@@ -315,20 +314,25 @@ fn code_of(code: &str) -> &'static str {
 }
 
 /// Limits and target of a new pool, from the current configuration.
-fn pool_setup(shared: &Shared, key: &PoolKey, (host, port): (&str, u16)) -> (PoolLimits, Endpoint) {
+fn pool_setup(
+    shared: &Shared,
+    node_id: usize,
+    user_name: &str,
+    (host, port): (&str, u16),
+) -> (PoolLimits, Endpoint) {
     let config = shared.config.load();
-    let user = config.user(&key.user);
-    let limits = crate::app::pool_limits(&config, &key.user);
+    let user = config.user(user_name);
+    let limits = crate::app::pool_limits(&config, user_name);
     // The node's own settings: configured, or a cluster instance's.
     let node = shared
         .cluster
-        .backend(key.node)
+        .backend(node_id)
         .map(|b| b.tls(&config.backend_defaults))
         .unwrap_or_default();
     let target = Endpoint {
         host: host.to_string(),
         port,
-        tls: shared.cluster.tls(key.node),
+        tls: shared.cluster.tls(node_id),
         login: crate::credentials::Login::for_user(user, &node),
         credentials: shared.cluster.credentials().clone(),
     };
