@@ -124,8 +124,9 @@ impl CancelSlot {
 }
 
 /// Every live client's cancel key. The process ids are tidepool's own
-/// random numbers, not a client's choice: a fast hash does (one insert
-/// and one removal per connection).
+/// random numbers, or a session-mode client's server process's id, never
+/// a client's choice: a fast hash does (one insert and one removal per
+/// connection).
 #[derive(Default)]
 pub struct CancelRegistry {
     entries: Mutex<HashMap<i32, (i32, Weak<CancelSlot>), foldhash::fast::RandomState>>,

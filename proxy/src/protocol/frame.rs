@@ -403,9 +403,9 @@ mod tests {
     /// Every body of up to six bytes from NUL, ASCII, a two-byte UTF-8
     /// character's halves and a byte never valid in UTF-8 is taken or
     /// refused by the one-pass parse exactly as string by string: the
-    /// same names and values, and a refusal wherever that is one
-    /// (empty values, a name without its value, data after the end,
-    /// text that is not UTF-8).
+    /// same names and values (empty values among them), and a refusal
+    /// wherever that is one (a name without its value, data after the
+    /// end, text that is not UTF-8).
     #[test]
     fn startup_settings_parse_as_read_string_by_string() {
         let alphabet = [0u8, b'a', b'=', 0xc3, 0xa9, 0xff];
