@@ -672,7 +672,7 @@ fn idle_until(created: Instant, last_used: Instant, l: &PoolLimits) -> Option<In
 /// A pool's key as a session holds it: looked up without copying the
 /// user's and database's names (they are copied only for a new pool).
 /// Hashes as [`PoolKey`] does: the same fields in the same order.
-#[derive(Hash)]
+#[derive(Clone, Copy, Hash)]
 pub struct PoolKeyRef<'a> {
     pub node: usize,
     pub user: &'a str,
@@ -686,7 +686,7 @@ impl hashbrown::Equivalent<PoolKey> for PoolKeyRef<'_> {
 }
 
 impl PoolKeyRef<'_> {
-    fn to_key(&self) -> PoolKey {
+    fn to_key(self) -> PoolKey {
         PoolKey {
             node: self.node,
             user: self.user.to_string(),

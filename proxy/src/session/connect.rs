@@ -34,9 +34,9 @@ impl Session {
             database: &self.database,
         };
         let shared = &self.shared;
-        let pool = shared.pools.get_or_create(key, || {
-            pool_setup(shared, n.id, &self.user, (&n.host, n.port))
-        });
+        let pool = shared
+            .pools
+            .get_or_create(key, || pool_setup(shared, key, (&n.host, n.port)));
         if self.pools.len() <= node {
             self.pools.resize(node + 1, None);
         }
@@ -316,23 +316,22 @@ fn code_of(code: &str) -> &'static str {
 /// Limits and target of a new pool, from the current configuration.
 fn pool_setup(
     shared: &Shared,
-    node_id: usize,
-    user_name: &str,
+    key: PoolKeyRef<'_>,
     (host, port): (&str, u16),
 ) -> (PoolLimits, Endpoint) {
     let config = shared.config.load();
-    let user = config.user(user_name);
-    let limits = crate::app::pool_limits(&config, user_name);
+    let user = config.user(key.user);
+    let limits = crate::app::pool_limits(&config, key.user);
     // The node's own settings: configured, or a cluster instance's.
     let node = shared
         .cluster
-        .backend(node_id)
+        .backend(key.node)
         .map(|b| b.tls(&config.backend_defaults))
         .unwrap_or_default();
     let target = Endpoint {
         host: host.to_string(),
         port,
-        tls: shared.cluster.tls(node_id),
+        tls: shared.cluster.tls(key.node),
         login: crate::credentials::Login::for_user(user, &node),
         credentials: shared.cluster.credentials().clone(),
     };
