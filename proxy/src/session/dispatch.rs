@@ -19,13 +19,16 @@ impl Session {
             self.cache_skip -= 1;
             return Ok(());
         }
-        let msg = message::decode(f).map_err(SessionEnd::Protocol)?;
+        let msg = match self.parse_again(f) {
+            Some(msg) => msg,
+            None => message::decode(f).map_err(SessionEnd::Protocol)?,
+        };
         if self.shared.query_cache.is_some() && self.cache_turn(f, &msg, rest).await {
             return Ok(());
         }
         // One classification per message serves read-your-writes and
         // routing.
-        let class = self.message_class(f, &msg);
+        let class = self.message_class(&msg);
         self.note_writes(class.as_deref());
         if self.deferring
             || (matches!(msg, Message::Parse { name, .. } if !name.is_empty())
@@ -104,7 +107,7 @@ impl Session {
                 }
                 self.tracker.simple_sent(effects.settings);
             }
-            Message::Parse { name, query } => {
+            Message::Parse { name, query, again } => {
                 if self.lease.is_none() && !self.ensure_backend(false).await {
                     return Ok(());
                 }
@@ -113,7 +116,7 @@ impl Session {
                 // The client's unnamed Parse sent again (a driver's, at
                 // each execution) whose text changes nothing: not read
                 // again.
-                let again = name.is_empty() && self.quiet_unnamed_again(f);
+                let again = again && self.unnamed_quiet();
                 let mut quiet = again;
                 let mut replaced = None;
                 if !again {

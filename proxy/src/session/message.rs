@@ -15,6 +15,10 @@ pub enum Message<'a> {
     Parse {
         name: &'a str,
         query: Cow<'a, str>,
+        /// The client's kept unnamed Parse, byte for byte, again (known to
+        /// the session, which read it from what it kept: never set by
+        /// [`decode`]).
+        again: bool,
     },
     Bind {
         statement: &'a str,
@@ -58,7 +62,11 @@ pub fn decode<'a>(f: impl Into<FrameRef<'a>>) -> Result<Message<'a>, String> {
         b'Q' => Message::Query(messages::read_query(f).map_err(bad)?),
         b'P' => {
             let (name, query) = messages::read_parse(f).map_err(bad)?;
-            Message::Parse { name, query }
+            Message::Parse {
+                name,
+                query,
+                again: false,
+            }
         }
         b'B' => Message::Bind {
             statement: messages::read_bind(f).map_err(bad)?.1,
@@ -83,6 +91,29 @@ pub fn decode<'a>(f: impl Into<FrameRef<'a>>) -> Result<Message<'a>, String> {
     })
 }
 
+/// The length of an unnamed Parse's query text, when that text is valid
+/// UTF-8: what [`decode_parse_again`] needs to decode the same Parse again.
+/// `None` for a named, malformed or not UTF-8 Parse.
+pub fn unnamed_parse_text_len(f: FrameRef<'_>) -> Option<u32> {
+    match messages::read_parse(f) {
+        Ok(("", Cow::Borrowed(q))) => u32::try_from(q.len()).ok(),
+        _ => None,
+    }
+}
+
+/// Decodes `f`, an unnamed Parse byte for byte the same as one whose
+/// [`unnamed_parse_text_len`] was `len`, without searching for its text's
+/// end again (a driver sends its unnamed statement at each execution).
+pub fn decode_parse_again(f: FrameRef<'_>, len: u32) -> Option<Message<'_>> {
+    // The body: the empty name's NUL, then the text.
+    let text = f.body().get(1..1 + len as usize)?;
+    (f.tag == b'P').then(|| Message::Parse {
+        name: "",
+        query: crate::protocol::frame::text_lossy(text),
+        again: true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,7 +130,8 @@ mod tests {
             decode(&frame(b'P', b"s1\0SELECT $1\0\0\0")).unwrap(),
             Message::Parse {
                 name: "s1",
-                query: "SELECT $1".into()
+                query: "SELECT $1".into(),
+                again: false,
             }
         );
         assert_eq!(
@@ -126,6 +158,43 @@ mod tests {
             decode(&frame(b'Q', b"SELECT '\xe9'\0")).unwrap().sql(),
             Some("SELECT '\u{fffd}'")
         );
+    }
+
+    /// An unnamed Parse decoded again from its kept text length reads as
+    /// decoding it afresh does; a Parse whose text is not UTF-8, or that
+    /// is named, keeps no length and is always decoded afresh.
+    #[test]
+    fn an_unnamed_parse_decodes_again_as_afresh() {
+        let again = |body: &[u8]| {
+            let f = frame(b'P', body);
+            let len = unnamed_parse_text_len((&f).into())?;
+            let fresh = match decode(&f).unwrap() {
+                Message::Parse { name, query, .. } => Message::Parse {
+                    name,
+                    query,
+                    again: true,
+                },
+                other => panic!("{other:?}"),
+            };
+            let quick = decode_parse_again((&f).into(), len).unwrap();
+            assert_eq!(quick, fresh);
+            Some(quick.sql().unwrap().to_string())
+        };
+        assert_eq!(
+            again(b"\0SELECT abalance FROM t WHERE aid = $1\0\0\0").as_deref(),
+            Some("SELECT abalance FROM t WHERE aid = $1")
+        );
+        // Parameter types after the text, a character of several bytes.
+        assert_eq!(
+            again(b"\0SELECT '\xc3\xa9', $1\0\0\x01\0\0\0\x17").as_deref(),
+            Some("SELECT '\u{e9}', $1")
+        );
+        assert_eq!(again(b"\0\0\0\0").as_deref(), Some(""));
+        // Not UTF-8 (a client encoding such as LATIN1): decoded afresh.
+        assert_eq!(again(b"\0SELECT '\xe9'\0\0\0"), None);
+        // Named, malformed: no length is kept.
+        assert_eq!(again(b"s1\0SELECT 1\0\0\0"), None);
+        assert_eq!(again(b"\0SELECT 1"), None);
     }
 
     #[test]

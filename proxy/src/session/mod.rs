@@ -94,6 +94,27 @@ struct Unnamed {
     /// setting or database to free, no `EXECUTE` to rename): the same
     /// Parse again is forwarded without reading its text again.
     quiet: bool,
+    /// The length of its query text when that is valid UTF-8: the same
+    /// Parse again is decoded from it, without searching for the text's
+    /// end (`Session::parse_again`).
+    text_len: Option<u32>,
+}
+
+impl Unnamed {
+    fn new(
+        parse: FrameRef<'_>,
+        at: (usize, i32),
+        class: Option<Arc<router::Class>>,
+        quiet: bool,
+    ) -> Unnamed {
+        Unnamed {
+            parse: parse.detached(),
+            at,
+            class,
+            quiet,
+            text_len: message::unnamed_parse_text_len(parse),
+        }
+    }
 }
 
 /// Everything one client session holds.
@@ -820,40 +841,33 @@ impl Session {
                     kept.class = class;
                 }
             }
-            Some(kept) => {
-                **kept = Unnamed {
-                    parse: parse.detached(),
-                    at,
-                    class,
-                    quiet,
-                }
-            }
-            None => {
-                self.unnamed = Some(Box::new(Unnamed {
-                    parse: parse.detached(),
-                    at,
-                    class,
-                    quiet,
-                }))
-            }
+            Some(kept) => **kept = Unnamed::new(parse, at, class, quiet),
+            None => self.unnamed = Some(Box::new(Unnamed::new(parse, at, class, quiet))),
         }
     }
 
-    /// Whether `f` is the client's kept unnamed Parse again, read before
-    /// and found to change nothing (see [`Unnamed::quiet`]).
-    fn quiet_unnamed_again(&self, f: FrameRef<'_>) -> bool {
-        self.unnamed
-            .as_deref()
-            .is_some_and(|kept| kept.quiet && kept.parse.bytes == f.bytes)
+    /// `f` decoded from the client's kept unnamed Parse when it is that
+    /// Parse again, byte for byte (a driver's unnamed statement, at each
+    /// execution): its query text is where it was, so its end is not
+    /// searched for again. `None`: `f` is decoded as any message is.
+    fn parse_again<'a>(&self, f: FrameRef<'a>) -> Option<Message<'a>> {
+        let kept = self.unnamed.as_deref()?;
+        let len = kept.text_len?;
+        if f.tag != b'P' || kept.parse.bytes != f.bytes {
+            return None;
+        }
+        message::decode_parse_again(f, len)
     }
 
-    /// The class kept with the client's last unnamed Parse, when `f` is
-    /// that same Parse again.
-    fn unnamed_class(&self, f: FrameRef<'_>) -> Option<Arc<router::Class>> {
-        let kept = self.unnamed.as_deref()?;
-        (kept.parse.bytes == f.bytes)
-            .then(|| kept.class.clone())
-            .flatten()
+    /// Whether the client's kept unnamed Parse was read and found to
+    /// change nothing (see [`Unnamed::quiet`]).
+    fn unnamed_quiet(&self) -> bool {
+        self.unnamed.as_deref().is_some_and(|kept| kept.quiet)
+    }
+
+    /// The class kept with the client's last unnamed Parse.
+    fn kept_unnamed_class(&self) -> Option<Arc<router::Class>> {
+        self.unnamed.as_deref()?.class.clone()
     }
 
     fn push(&mut self, e: Expect) {

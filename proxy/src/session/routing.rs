@@ -124,17 +124,13 @@ impl Session {
     /// read statements (load balancing is on). The client's unnamed Parse
     /// sent again is not read again: its class is kept with it
     /// (`set_unnamed`).
-    pub(super) fn message_class(
-        &mut self,
-        f: FrameRef<'_>,
-        msg: &Message,
-    ) -> Option<Arc<router::Class>> {
+    pub(super) fn message_class(&mut self, msg: &Message) -> Option<Arc<router::Class>> {
         let sql = msg.sql()?;
         if !self.config.load().rules.cfg.enabled {
             return None;
         }
-        if f.tag == b'P'
-            && let Some(class) = self.unnamed_class(f)
+        if let Message::Parse { again: true, .. } = msg
+            && let Some(class) = self.kept_unnamed_class()
         {
             return Some(class);
         }

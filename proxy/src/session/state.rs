@@ -173,15 +173,23 @@ fn words(s: &str) -> Vec<String> {
 pub fn analyze(sql: &str) -> Effects {
     let mut e = Effects::default();
     // One statement (most query strings, often with a final `;`):
-    // nothing to split.
+    // nothing to split. One search finds both a `;` inside and the `y`
+    // that every advisory lock function's name has (most statements have
+    // neither).
     let one = sql.trim_ascii_end();
     let one = one.strip_suffix(';').unwrap_or(one);
-    if memchr::memchr(b';', one.as_bytes()).is_none() {
-        analyze_one(strip(one), &mut e);
+    let b = one.as_bytes();
+    let (several, advisory) = match memchr::memchr3(b';', b'y', b'Y', b) {
+        None => (false, false),
+        Some(i) if b[i] == b';' => (true, true),
+        Some(i) => (memchr::memchr(b';', &b[i + 1..]).is_some(), true),
+    };
+    if !several {
+        analyze_one(strip(one), advisory, &mut e);
         return e;
     }
     for stmt in split_statements(sql) {
-        analyze_one(strip(stmt), &mut e);
+        analyze_one(strip(stmt), true, &mut e);
     }
     e
 }
@@ -266,13 +274,15 @@ fn starts_stateful(stmt: &str) -> bool {
     ) && is_stateful(first_word(stmt))
 }
 
-fn analyze_one(stmt: &str, e: &mut Effects) {
+/// `advisory`: `stmt` may name an advisory lock function (false only when
+/// it has no `y`).
+fn analyze_one(stmt: &str, advisory: bool, e: &mut Effects) {
     // Most statements (SELECT, INSERT, BEGIN…) change nothing tracked:
     // look at the first word before allocating anything.
     if starts_stateful(stmt) {
         analyze_stateful(stmt, e);
     }
-    if contains_ci(stmt, "advisory") {
+    if advisory && contains_ci(stmt, "advisory") {
         let lower = stmt.to_ascii_lowercase();
         if lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock") {
             e.pins.push(PinReason::AdvisoryLock);
@@ -631,6 +641,51 @@ mod tests {
             analyze("SET a = 1").settings
         );
         assert_eq!(analyze("SET a = 1; SET b = 2").settings.len(), 2);
+    }
+
+    /// What `analyze` finds with its one search for `;` and `y` is what
+    /// reading every statement in full finds: each piece below is joined
+    /// to each other, in both orders, with and without a final `;`, so the
+    /// `y` of a lock function falls before, after and without a `;`.
+    #[test]
+    fn one_search_finds_what_reading_every_statement_finds() {
+        fn in_full(sql: &str) -> Effects {
+            let mut e = Effects::default();
+            for stmt in split_statements(sql) {
+                analyze_one(strip(stmt), true, &mut e);
+            }
+            e
+        }
+        let pieces = [
+            "SELECT 1",
+            "SELECT pg_advisory_lock(1)",
+            "select PG_ADVISORY_LOCK(2)",
+            "SELECT pg_try_advisory_lock(3)",
+            "SELECT pg_advisory_unlock_all()",
+            "SELECT key FROM y",
+            "SET x = 'y'",
+            "LISTEN y",
+            "  /* y */ SELECT pg_advisory_lock(4) ",
+            "",
+        ];
+        let mut checked = 0;
+        for a in pieces {
+            for b in pieces {
+                for end in ["", ";", "; "] {
+                    for sql in [format!("{a}{end}"), format!("{a};{b}{end}")] {
+                        assert_eq!(analyze(&sql), in_full(&sql), "{sql:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, pieces.len() * pieces.len() * 6);
+        // The search's fast answer is taken: no `;` and no `y`.
+        assert!(analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
+        assert_eq!(
+            analyze("SELECT pg_advisory_lock(1)").pins,
+            vec![PinReason::AdvisoryLock]
+        );
     }
 
     #[test]
