@@ -243,14 +243,22 @@ pub fn cstr(buf: &mut &[u8]) -> Result<String, FrameError> {
     cstr_ref(buf).map(str::to_string)
 }
 
-/// As [`cstr`], borrowed from `buf`.
+/// As [`cstr`], borrowed from `buf`. Inlined where it is called: the
+/// empty name (the unnamed statement or portal, the most frequent) is one
+/// comparison there; any other is read by [`cstr_ref_named`].
+#[inline]
 pub fn cstr_ref<'a>(buf: &mut &'a [u8]) -> Result<&'a str, FrameError> {
-    let b: &'a [u8] = buf;
-    if let [0, rest @ ..] = b {
-        // The unnamed statement or portal: the most frequent name.
+    if let [0, rest @ ..] = *buf {
         *buf = rest;
         return Ok("");
     }
+    cstr_ref_named(buf)
+}
+
+/// [`cstr_ref`] of a string that is not empty (or not terminated).
+#[inline(never)]
+fn cstr_ref_named<'a>(buf: &mut &'a [u8]) -> Result<&'a str, FrameError> {
+    let b: &'a [u8] = buf;
     let end =
         name_end(b).ok_or_else(|| FrameError::BadStartup("missing string terminator".into()))?;
     let s = std::str::from_utf8(&b[..end])
