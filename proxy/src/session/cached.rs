@@ -9,7 +9,11 @@ use std::{
 
 use bytes::BytesMut;
 
-use super::{Session, message::Message, state};
+use super::{
+    Session,
+    message::{self, Message},
+    state,
+};
 use crate::{
     cache::{Lookup, QueryCache, policy},
     protocol::{FrameRef, messages},
@@ -316,7 +320,8 @@ impl Session {
                         // ParseComplete; the unnamed statement is this one
                         // now, prepared on no connection yet.
                         self.to_client.extend_from_slice(&[b'1', 0, 0, 0, 4]);
-                        self.set_unnamed(p, (usize::MAX, -1), None, false);
+                        let text_len = message::unnamed_parse_text_len(p);
+                        self.set_unnamed(p, (usize::MAX, -1), None, false, text_len);
                     }
                     self.to_client.extend_from_slice(&[b'2', 0, 0, 0, 4]);
                     self.cache_skip = skip;

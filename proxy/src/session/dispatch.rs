@@ -131,6 +131,14 @@ impl Session {
                     }
                     quiet = effects.is_empty() && state::executes(&query).is_none();
                 }
+                // What a kept unnamed Parse needs to be decoded again: the
+                // client's own text's length, when it is the frame's bytes
+                // (valid UTF-8). A rewritten Parse is never sent again by
+                // the client as it is.
+                let text_len = match (&replaced, &query) {
+                    (None, std::borrow::Cow::Borrowed(q)) => u32::try_from(q.len()).ok(),
+                    _ => None,
+                };
                 let (f, query, class) = match &replaced {
                     Some((f, text)) => (FrameRef::from(f), text.as_str(), None),
                     None => (f, &*query, class),
@@ -180,7 +188,7 @@ impl Session {
                         // later round trip may bind it, and the same Parse
                         // again is not read again.
                         let here = self.conn_identity();
-                        self.set_unnamed(f, here, class.clone(), quiet);
+                        self.set_unnamed(f, here, class.clone(), quiet, text_len);
                     }
                     self.to_backend.extend_from_slice(f.bytes);
                     self.push(Expect::Parse {

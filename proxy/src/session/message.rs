@@ -16,7 +16,7 @@ pub enum Message<'a> {
         name: &'a str,
         query: Cow<'a, str>,
         /// The client's kept unnamed Parse, byte for byte, again (known to
-        /// the session, which read it from what it kept: never set by
+        /// the session, which decoded it with what it kept: never set by
         /// [`decode`]).
         again: bool,
     },

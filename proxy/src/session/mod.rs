@@ -95,26 +95,9 @@ struct Unnamed {
     /// Parse again is forwarded without reading its text again.
     quiet: bool,
     /// The length of its query text when that is valid UTF-8: the same
-    /// Parse again is decoded from it, without searching for the text's
+    /// Parse again is decoded with it, without searching for the text's
     /// end (`Session::parse_again`).
     text_len: Option<u32>,
-}
-
-impl Unnamed {
-    fn new(
-        parse: FrameRef<'_>,
-        at: (usize, i32),
-        class: Option<Arc<router::Class>>,
-        quiet: bool,
-    ) -> Unnamed {
-        Unnamed {
-            parse: parse.detached(),
-            at,
-            class,
-            quiet,
-            text_len: message::unnamed_parse_text_len(parse),
-        }
-    }
 }
 
 /// Everything one client session holds.
@@ -825,14 +808,23 @@ impl Session {
     /// as long as it keeps its unnamed statement. The same Parse again (a
     /// driver's unnamed statement, at each execution) is not copied again.
     /// `quiet`: its text was read and changes nothing (see
-    /// [`Unnamed::quiet`]).
+    /// [`Unnamed::quiet`]); `text_len`: see [`Unnamed::text_len`] (the
+    /// caller has the text decoded).
     fn set_unnamed(
         &mut self,
         parse: FrameRef<'_>,
         at: (usize, i32),
         class: Option<Arc<router::Class>>,
         quiet: bool,
+        text_len: Option<u32>,
     ) {
+        let new = |parse: FrameRef<'_>, class| Unnamed {
+            parse: parse.detached(),
+            at,
+            class,
+            quiet,
+            text_len,
+        };
         match &mut self.unnamed {
             Some(kept) if kept.parse.bytes == parse.bytes => {
                 kept.at = at;
@@ -841,15 +833,16 @@ impl Session {
                     kept.class = class;
                 }
             }
-            Some(kept) => **kept = Unnamed::new(parse, at, class, quiet),
-            None => self.unnamed = Some(Box::new(Unnamed::new(parse, at, class, quiet))),
+            Some(kept) => **kept = new(parse, class),
+            None => self.unnamed = Some(Box::new(new(parse, class))),
         }
     }
 
-    /// `f` decoded from the client's kept unnamed Parse when it is that
-    /// Parse again, byte for byte (a driver's unnamed statement, at each
-    /// execution): its query text is where it was, so its end is not
-    /// searched for again. `None`: `f` is decoded as any message is.
+    /// `f` decoded with what the session kept of its last unnamed Parse,
+    /// when `f` is that Parse again, byte for byte (a driver's unnamed
+    /// statement, at each execution): its query text is where it was, so
+    /// its end is not searched for again. `None`: `f` is decoded as any
+    /// message is.
     fn parse_again<'a>(&self, f: FrameRef<'a>) -> Option<Message<'a>> {
         let kept = self.unnamed.as_deref()?;
         let len = kept.text_len?;
