@@ -174,8 +174,8 @@ pub fn analyze(sql: &str) -> Effects {
     let mut e = Effects::default();
     // One statement (most query strings, often with a final `;`):
     // nothing to split. One search finds both a `;` inside and the `y`
-    // that every advisory lock function's name has (most statements have
-    // neither).
+    // that every advisory lock function's name has (a statement with
+    // neither is neither split nor searched further).
     let one = sql.trim_ascii_end();
     let one = one.strip_suffix(';').unwrap_or(one);
     let b = one.as_bytes();
