@@ -4,7 +4,8 @@
   benchtool.py ports N                      N free TCP ports on 127.0.0.1
   benchtool.py pgbench-stats OUT LOG...     tps and latency percentiles of one run
   benchtool.py mem PID                      RSS/PSS of a process and its descendants
-  benchtool.py perf-cost STAT OUT T W       a proxy's CPU and system calls per transaction
+  benchtool.py perf-cost [--round N] STAT OUT T W
+                                            a proxy's CPU and system calls per transaction
   benchtool.py idle-clients [options]       open N connections, hold them
   benchtool.py writer [options]             a write every 100 ms; report the gaps
 
@@ -130,6 +131,7 @@ def cmd_perf_cost(args):
     result = {
         "target": args.target,
         "workload": args.workload,
+        "round": args.round,
         "transactions": txns,
         "tps": float(m.group(1)) if m else None,
         # task-clock is in milliseconds.
@@ -344,6 +346,7 @@ def main():
     s.set_defaults(fn=cmd_pgbench_stats)
 
     s = sub.add_parser("perf-cost")
+    s.add_argument("--round", type=int, default=1)
     s.add_argument("stat")
     s.add_argument("out")
     s.add_argument("target")

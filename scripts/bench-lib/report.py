@@ -143,6 +143,48 @@ def summarize(rows):
     }
 
 
+def paired_ratio(a_rows, b_rows):
+    """The median over rounds of A's tps ÷ B's in the same round (rounds
+    where both succeeded): a slow spell of the machine during one round
+    weighs on both sides of that round's ratio. None without such a round."""
+
+    def by_round(rows):
+        return {r["round"]: float(r["tps"]) for r in rows if r["status"] == "ok" and r["tps"]}
+
+    a, b = by_round(a_rows), by_round(b_rows)
+    ratios = [a[k] / b[k] for k in a if k in b and b[k] > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def cost_summary(eff):
+    """Per (workload, target), in the order first measured: the median over
+    rounds of CPU µs, tps and every count per transaction, with the lowest
+    and highest CPU µs and the number of runs."""
+    groups = {}
+    for e in eff:
+        groups.setdefault((e["workload"], e["target"]), []).append(e)
+    out = []
+    for (w, t), es in groups.items():
+        cpu = [e["cpu_us_per_txn"] for e in es]
+        keys = []
+        for e in es:
+            keys += [k for k in e["per_txn"] if k not in keys]
+        tps = [e["tps"] for e in es if e.get("tps") is not None]
+        out.append({
+            "workload": w,
+            "target": t,
+            "runs": len(es),
+            "cpu_us_per_txn": statistics.median(cpu),
+            "cpu_min": min(cpu),
+            "cpu_max": max(cpu),
+            "tps": statistics.median(tps) if tps else None,
+            "per_txn": {
+                k: statistics.median([e["per_txn"][k] for e in es if k in e["per_txn"]]) for k in keys
+            },
+        })
+    return out
+
+
 def problem(rows):
     statuses = sorted({r["status"] for r in rows if r["status"] != "ok"})
     return "; ".join(statuses) if statuses else "no result"
@@ -234,7 +276,7 @@ def main():
     eff_rows = []
     if args.efficiency and os.path.exists(args.efficiency):
         with open(args.efficiency) as f:
-            eff_rows = [json.loads(l) for l in f if l.strip()]
+            eff_rows = cost_summary([json.loads(l) for l in f if l.strip()])
 
     def cpu(w, t):
         return next((e["cpu_us_per_txn"] for e in eff_rows if e["workload"] == w and e["target"] == t), None)
@@ -307,8 +349,12 @@ def main():
         p("| select-only with read load balancing (routing on) ÷ routing off | %s | (reported) |"
           % ", ".join("%s %s" % (l, fratio(r)) for l, r in lb))
     goal_row(
-        "read load balancing on, every read weighted to the primary ÷ off ≥ 0.97 (classification and choice only)",
-        [("%s/%d:" % (short[w], c), ratio(tps(w, c, "tidepool-tx-lbp"), tps(w, c, "tidepool-tx"))) for w in sel for c in clients],
+        "read load balancing on, every read weighted to the primary ÷ off ≥ 0.97 (classification and choice only; median of each round's ratio)",
+        [
+            ("%s/%d:" % (short[w], c), paired_ratio(cells.get((w, c, "tidepool-tx-lbp"), []), cells.get((w, c, "tidepool-tx"), [])))
+            for w in sel
+            for c in clients
+        ],
         0.97,
     )
     tp_mem = next((m for m in memory if m["target"] == "tidepool"), None)
@@ -594,18 +640,18 @@ def main():
         p("")
 
     # --- CPU cost ----------------------------------------------------------------
-    eff = []
-    if args.efficiency and os.path.exists(args.efficiency):
-        with open(args.efficiency) as f:
-            eff = [json.loads(l) for l in f if l.strip()]
+    eff = eff_rows
     if eff:
+        runs = max(e["runs"] for e in eff)
         p("## CPU cost per transaction")
         p("")
         p("Counted by the kernel for the proxy's processes (`perf stat`: task-clock, context")
-        p("switches, system calls) during one extra %s-second pgbench run per proxy and workload at" % meta.get("duration"))
-        p("16 clients, divided by the transactions that run completed. Unlike tps these barely")
-        p("depend on what else the machine is doing, so they are the numbers to compare proxies'")
-        p("efficiency by. Pgpool-II's are summed over all its processes.")
+        p("switches, system calls) during extra %s-second pgbench runs at 16 clients, one per proxy" % meta.get("duration"))
+        p("and workload in each of %d round%s (the proxies in a rotated order), each divided by the" % (runs, "" if runs == 1 else "s"))
+        p("transactions that run completed. The table gives the median over the runs, and the")
+        p("lowest–highest CPU time. They are the numbers to compare proxies' efficiency by; on")
+        p("a shared virtual machine a single run can still be off by 15% or more, hence the")
+        p("rounds. Pgpool-II's are summed over all its processes.")
         p("")
         syscalls = []
         for e in eff:
@@ -614,15 +660,16 @@ def main():
                     syscalls.append(k)
         order = ["sendto", "recvfrom", "write", "read", "epoll_wait", "futex"]
         syscalls.sort(key=lambda k: order.index(k) if k in order else 99)
-        p("| workload | proxy | tps in that run | CPU µs / txn | context switches / txn | " + " | ".join("`%s` / txn" % k for k in syscalls) + " |")
-        p("| --- | --- | ---: | ---: | ---: |" + " ---: |" * len(syscalls))
+        p("| workload | proxy | tps in those runs | CPU µs / txn | lowest–highest | context switches / txn | " + " | ".join("`%s` / txn" % k for k in syscalls) + " |")
+        p("| --- | --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(syscalls))
         for e in eff:
             name = ALL_TARGET_NAMES.get(e["target"], e["target"])
             if e["target"].startswith("tidepool"):
                 name = "**%s**" % name
             pt = e["per_txn"]
-            p("| %s | %s | %s | %s | %s | %s |" % (
-                e["workload"], name, fnum(e.get("tps")), fnum(e["cpu_us_per_txn"], 1),
+            spread = "%s–%s" % (fnum(e["cpu_min"], 1), fnum(e["cpu_max"], 1)) if e["runs"] > 1 else "1 run"
+            p("| %s | %s | %s | %s | %s | %s | %s |" % (
+                e["workload"], name, fnum(e.get("tps")), fnum(e["cpu_us_per_txn"], 1), spread,
                 fnum(pt.get("context-switches"), 2), " | ".join(fnum(pt.get(k), 2) for k in syscalls)))
         p("")
 
