@@ -649,8 +649,8 @@ def main():
         p("switches, system calls) during extra %s-second pgbench runs at 16 clients, one per proxy" % meta.get("duration"))
         p("and workload in each of %d round%s (the proxies in a rotated order), each divided by the" % (runs, "" if runs == 1 else "s"))
         p("transactions that run completed. The table gives the median over the runs, and the")
-        p("lowest–highest CPU time. They are the numbers to compare proxies' efficiency by; on")
-        p("a shared virtual machine a single run can still be off by 15% or more, hence the")
+        p("lowest–highest CPU time. They are the numbers to compare proxies' efficiency by, though")
+        p("on a shared virtual machine one run can differ from the next by 15% or more: hence the")
         p("rounds. Pgpool-II's are summed over all its processes.")
         p("")
         syscalls = []
