@@ -589,6 +589,15 @@ def main():
             p("")
             for t, e in errs:
                 p("- %s refused some clients: %s" % (t, "; ".join("%s (×%d)" % (k, v) for k, v in e.items())))
+        limit = meta.get("nofile_large", "")
+        large = next((m for m in memory if m["target"] == "tidepool-large"), None)
+        if large and limit.isdigit() and int(limit) < large["clients"]["requested"]:
+            p("")
+            p("- The %s-client run was held to the machine's limit of %s open files per process:"
+              % (fnum(large["clients"]["requested"]), fnum(int(limit))))
+            p("  raising the hard limit needs `CAP_SYS_RESOURCE`, which this machine does not give")
+            p("  root. The client and tidepool each need a descriptor per connection, so about that")
+            p("  many connections is all one process of either can hold here (opened: %s)." % fnum(large["clients"]["opened"]))
         p("")
         p("Pgpool-II serves one client per child process and each child holds its own server")
         p("connections, so it cannot hold 10,000 idle clients on this cluster: it is measured at")

@@ -83,17 +83,17 @@ class CostSummary(unittest.TestCase):
 class Report(unittest.TestCase):
     """main() over a run's files: the goal rows read the rounds as above."""
 
-    def run_report(self, results, efficiency):
+    def run_report(self, results, efficiency, meta="", memory=""):
         d = tempfile.mkdtemp()
         try:
             paths = {}
-            for name, text in (("results.csv", results), ("meta.tsv", "rounds\t3\nduration\t5\n"),
-                               ("efficiency.jsonl", efficiency)):
+            for name, text in (("results.csv", results), ("meta.tsv", "rounds\t3\nduration\t5\n" + meta),
+                               ("efficiency.jsonl", efficiency), ("memory.jsonl", memory)):
                 paths[name] = os.path.join(d, name)
                 with open(paths[name], "w") as f:
                     f.write(text)
             argv = ["report.py", "--results", paths["results.csv"], "--meta", paths["meta.tsv"],
-                    "--efficiency", paths["efficiency.jsonl"]]
+                    "--efficiency", paths["efficiency.jsonl"], "--memory", paths["memory.jsonl"]]
             out = io.StringIO()
             with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(out):
                 report.main()
@@ -121,6 +121,21 @@ class Report(unittest.TestCase):
         table = text[text.index("## CPU cost per transaction"):]
         self.assertIn("each of 3 rounds", table.replace("\n", " "))
         self.assertIn("| 20.0 | 18.0–30.0 |", table)
+
+    def test_a_large_idle_run_held_to_the_open_file_limit_says_so(self):
+        header = "round,workload,clients,target,tps,n,mean_ms,p50_ms,p95_ms,p99_ms,failed,status\n"
+        results = header + "1,select-simple,16,tidepool-tx,1000,5000,1.0,0.9,1.5,2.0,0,ok\n"
+        large = {"target": "tidepool-large", "note": "transaction pooling, trust",
+                 "clients": {"requested": 50000, "opened": 19957, "failed": 30043,
+                             "errors": {"OSError: [Errno 24] Too many open files": 30008}},
+                 "before": {"procs": 1, "rss_kb": 27000, "pss_kb": 20000},
+                 "after": {"procs": 1, "rss_kb": 60000, "pss_kb": 52000}}
+        memory = json.dumps(large) + "\n"
+        held = self.run_report(results, "", "nofile_large\t20000\n", memory)
+        self.assertIn("held to the machine's limit of 20,000 open files per process", held)
+        self.assertIn("(opened: 19,957)", held)
+        for meta in ("nofile_large\t60000\n", "nofile_large\tunlimited\n", ""):
+            self.assertNotIn("held to the machine's limit", self.run_report(results, "", meta, memory))
 
 
 if __name__ == "__main__":
