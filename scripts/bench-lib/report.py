@@ -659,7 +659,7 @@ def main():
         p("")
 
     # --- CPU cost ----------------------------------------------------------------
-    eff = eff_rows
+    eff = eff_rows  # cost_summary's medians, read by the CPU goal row above too
     if eff:
         runs = max(e["runs"] for e in eff)
         p("## CPU cost per transaction")
