@@ -410,7 +410,7 @@ def main():
         ("cpu", "CPU"), ("nproc", "cores (nproc)"), ("memory", "memory"), ("os", "OS"), ("kernel", "kernel"),
         ("loadavg", "load average at the end"), ("postgresql", "PostgreSQL"), ("pgbench", "pgbench"),
         ("pgbouncer", "PgBouncer"), ("pgpool", "Pgpool-II"), ("tidepool", "tidepool (git commit)"),
-        ("started", "started (UTC)"), ("finished", "finished (UTC)"),
+        ("tidepool_build", "tidepool build"), ("started", "started (UTC)"), ("finished", "finished (UTC)"),
     ]:
         p("| %s | %s |" % (label, meta.get(key, "?")))
     p("")
